@@ -1,0 +1,35 @@
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = [
+    "illume-core",
+    "illume-eval",
+    "illume-tokenizer",
+    "illume-detokenizer",
+    "illume-mllm",
+    "illume-trainer",
+    "illume-runtime",
+    "illume",
+]
+
+
+def pyproject(dist: str) -> dict:
+    return tomllib.loads((ROOT / "packages" / dist / "pyproject.toml").read_text())
+
+
+@pytest.fixture(scope="session")
+def built_dists(tmp_path_factory) -> Path:
+    """sdist + wheel of every package, built once per session without network (no isolation)."""
+    out = tmp_path_factory.mktemp("dist")
+    for dist in PACKAGES:
+        subprocess.run(
+            [sys.executable, "-m", "build", "--no-isolation", "--outdir", str(out), str(ROOT / "packages" / dist)],
+            check=True,
+            capture_output=True,
+        )
+    return out

@@ -1,0 +1,64 @@
+"""illume-core: the typed seams, safe image IO and safetensors checkpoints shared by every illume package.
+
+Light on purpose: numpy, pillow and safetensors only; torch is imported lazily where tensors are
+saved or loaded.
+"""
+
+from .__about__ import __version__
+from .checkpoint import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    CheckpointError,
+    atomic_write,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    load_checkpoint,
+    load_config,
+    load_weights,
+    save_checkpoint,
+)
+from .config import Config, ConfigError
+from .image_io import ImageLimits, ImageLoadError, load_image, load_images, to_rgb
+from .interfaces import (
+    DetokenizerOutput,
+    Detokenizer,
+    ImageGenerationOutput,
+    Message,
+    Pretrained,
+    TextGenerationOutput,
+    UnifiedModel,
+    VisionTokenizer,
+    VisionTokens,
+)
+
+__all__ = [
+    "CONFIG_NAME",
+    "WEIGHTS_NAME",
+    "CheckpointError",
+    "Config",
+    "ConfigError",
+    "Detokenizer",
+    "DetokenizerOutput",
+    "ImageGenerationOutput",
+    "ImageLimits",
+    "ImageLoadError",
+    "Message",
+    "Pretrained",
+    "TextGenerationOutput",
+    "UnifiedModel",
+    "VisionTokenizer",
+    "VisionTokens",
+    "__version__",
+    "atomic_write",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_text",
+    "load_checkpoint",
+    "load_config",
+    "load_image",
+    "load_images",
+    "load_weights",
+    "save_checkpoint",
+    "to_rgb",
+]

@@ -1,0 +1,72 @@
+"""The `illume` command line.
+
+Each subcommand imports its heavy dependencies (torch, transformers) only when it runs, so
+`illume --version` and `illume shapes ...` start fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from importlib import metadata
+
+#: The distributions of the illume monorepo, in dependency order.
+PACKAGES = (
+    "illume-core",
+    "illume-eval",
+    "illume-tokenizer",
+    "illume-detokenizer",
+    "illume-mllm",
+    "illume-trainer",
+    "illume-runtime",
+    "illume",
+)
+
+
+def installed_packages() -> dict[str, str]:
+    """Every installed illume distribution and its version (ours first, then any plug-ins)."""
+    found = {}
+    for dist in metadata.distributions():
+        name = (dist.metadata["Name"] or "").lower().replace("_", "-")
+        if name == "illume" or name.startswith("illume-"):
+            found[name] = dist.version
+    order = {name: i for i, name in enumerate(PACKAGES)}
+    return dict(sorted(found.items(), key=lambda item: (order.get(item[0], len(order)), item[0])))
+
+
+class _VersionAction(argparse.Action):
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, help="print every installed illume package and exit")
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        for name, version in installed_packages().items():
+            print(f"{name} {version}")
+        parser.exit()
+
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="illume",
+        description="ILLUME: a unified multimodal LLM that sees, draws and self-enhances.",
+    )
+    parser.add_argument("--version", action=_VersionAction)
+    parser.add_subparsers(dest="command", metavar="COMMAND")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Command | None = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help()
+        return 0
+    return handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
