@@ -21,8 +21,8 @@ from .checkpoint import (
 from .config import Config, ConfigError
 from .image_io import ImageLimits, ImageLoadError, load_image, load_images, to_rgb
 from .interfaces import (
-    DetokenizerOutput,
     Detokenizer,
+    DetokenizerOutput,
     ImageGenerationOutput,
     Message,
     Pretrained,
