@@ -28,7 +28,15 @@ def built_dists(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("dist")
     for dist in PACKAGES:
         subprocess.run(
-            [sys.executable, "-m", "build", "--no-isolation", "--outdir", str(out), str(ROOT / "packages" / dist)],
+            [
+                sys.executable,
+                "-m",
+                "build",
+                "--no-isolation",
+                "--outdir",
+                str(out),
+                str(ROOT / "packages" / dist),
+            ],
             check=True,
             capture_output=True,
         )

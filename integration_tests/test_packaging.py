@@ -37,7 +37,11 @@ def _wheel_metadata(built, dist: str) -> email.message.Message:
 def _sdist_metadata(built, dist: str) -> email.message.Message:
     (sdist,) = built.glob(f"{dist.replace('-', '_')}-*.tar.gz")
     with tarfile.open(sdist) as archive:
-        member = next(m for m in archive.getmembers() if m.name.count("/") == 1 and m.name.endswith("/PKG-INFO"))
+        member = next(
+            m
+            for m in archive.getmembers()
+            if m.name.count("/") == 1 and m.name.endswith("/PKG-INFO")
+        )
         return email.message_from_bytes(archive.extractfile(member).read())
 
 
@@ -55,12 +59,20 @@ def test_wheel_and_sdist_declare_exactly_the_dependencies(built_dists, dist):
 def test_layout_of_each_package(dist):
     folder = ROOT / "packages" / dist
     module = dist.replace("-", "_")
-    for name in ("pyproject.toml", "README.md", "CHANGELOG.md", f"src/{module}/__about__.py", "tests"):
+    for name in (
+        "pyproject.toml",
+        "README.md",
+        "CHANGELOG.md",
+        f"src/{module}/__about__.py",
+        "tests",
+    ):
         assert (folder / name).exists(), f"{dist} lacks {name}"
     assert pyproject(dist)["build-system"]["build-backend"] == "hatchling.build"
     for req in pyproject(dist)["project"]["dependencies"]:
         if req.startswith("illume"):
-            assert ">=" in req and "==" not in req, f"{dist}: internal dependency {req} must be a >= bound"
+            assert ">=" in req and "==" not in req, (
+                f"{dist}: internal dependency {req} must be a >= bound"
+            )
 
 
 def test_cli_knows_every_package():
@@ -68,7 +80,12 @@ def test_cli_knows_every_package():
 
 
 def test_illume_version_lists_the_eight_packages():
-    result = subprocess.run([sys.executable, "-m", "illume.cli", "--version"], capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "illume.cli", "--version"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     lines = result.stdout.strip().splitlines()
     assert [line.split()[0] for line in lines[:8]] == PACKAGES
     assert all(line.split()[1] == "0.1.0" for line in lines[:8])
@@ -79,8 +96,19 @@ def test_core_and_eval_install_and_import_without_torch(built_dists, tmp_path):
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     python = venv / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
     subprocess.run(
-        [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-         "--find-links", str(built_dists), "-c", str(ROOT / "tools" / "constraints.txt"), "illume-eval"],
+        [
+            str(python),
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--find-links",
+            str(built_dists),
+            "-c",
+            str(ROOT / "tools" / "constraints.txt"),
+            "illume-eval",
+        ],
         check=True,
     )
     check = (

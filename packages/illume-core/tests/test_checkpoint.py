@@ -20,7 +20,9 @@ def test_round_trip_torch_and_tied_weights(tmp_path):
     save_checkpoint(tmp_path, {"width": 3}, tensors)
     config, loaded = load_checkpoint(tmp_path)
     assert config == {"width": 3}
-    assert torch.equal(loaded["embed.weight"], shared) and torch.equal(loaded["head.weight"], shared)
+    assert torch.equal(loaded["embed.weight"], shared) and torch.equal(
+        loaded["head.weight"], shared
+    )
     assert loaded["bias"].dtype == torch.int64
     assert sorted(os.listdir(tmp_path)) == ["config.json", "model.safetensors"]
 

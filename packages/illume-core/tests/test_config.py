@@ -38,7 +38,9 @@ def test_presets_by_name_with_overrides():
 
 
 def test_unknown_keys_and_wrong_class_are_errors(tmp_path):
-    with pytest.raises(ConfigError, match="has no field.*widht.*valid fields: inner, name, patch, width"):
+    with pytest.raises(
+        ConfigError, match="has no field.*widht.*valid fields: inner, name, patch, width"
+    ):
         Outer.from_dict({"widht": 3})
     with pytest.raises(ConfigError, match="this config is a Inner, not a Outer"):
         Outer.from_dict(Inner().to_dict())

@@ -29,7 +29,16 @@ def test_every_source_kind_gives_the_same_rgb_image(tmp_path):
     data = _png_bytes(pil)
     path = tmp_path / "a.png"
     path.write_bytes(data)
-    sources = [str(path), path, data, bytearray(data), memoryview(data), io.BytesIO(data), pil, array]
+    sources = [
+        str(path),
+        path,
+        data,
+        bytearray(data),
+        memoryview(data),
+        io.BytesIO(data),
+        pil,
+        array,
+    ]
     for source in sources:
         out = load_image(source)
         assert out.mode == "RGB" and out.size == (5, 7)
@@ -178,15 +187,24 @@ def _bomb_png(width: int, height: int) -> bytes:
     """A tiny PNG whose header claims width x height pixels (the decompressed data never exists)."""
 
     def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        return (
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        )
 
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
 
 
 def test_decompression_bomb_is_refused_before_decoding():
     # Over our default limit (64M pixels): our header check refuses it.
-    with pytest.raises(ImageLoadError, match=r"100000000 pixels is over the limit.*decompression bomb"):
+    with pytest.raises(
+        ImageLoadError, match=r"100000000 pixels is over the limit.*decompression bomb"
+    ):
         load_image(_bomb_png(10_000, 10_000))
     # So far over that PIL itself refuses it while reading the header: still our error type.
     with pytest.raises(ImageLoadError, match=r"<\d+ bytes>: refused as a decompression bomb"):

@@ -69,7 +69,9 @@ def _is_torch_tensor(value: Any) -> bool:
     return type(value).__module__.startswith("torch")
 
 
-def _save_safetensors(tmp: Path, tensors: Mapping[str, Any], metadata: Mapping[str, str] | None) -> None:
+def _save_safetensors(
+    tmp: Path, tensors: Mapping[str, Any], metadata: Mapping[str, str] | None
+) -> None:
     meta = dict(metadata or {})
     if tensors and all(_is_torch_tensor(v) for v in tensors.values()):
         from safetensors.torch import save_file
@@ -112,10 +114,14 @@ def load_config(directory: str | os.PathLike) -> dict[str, Any]:
     """Reads `config.json` of a checkpoint directory, with errors that say what is missing."""
     directory = Path(directory)
     if not directory.is_dir():
-        raise CheckpointError(f"{directory} is not a directory; pass the folder a model was saved to")
+        raise CheckpointError(
+            f"{directory} is not a directory; pass the folder a model was saved to"
+        )
     path = directory / CONFIG_NAME
     if not path.is_file():
-        raise CheckpointError(f"{directory} has no {CONFIG_NAME}; was it written by save_pretrained?")
+        raise CheckpointError(
+            f"{directory} has no {CONFIG_NAME}; was it written by save_pretrained?"
+        )
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:

@@ -19,7 +19,9 @@ from typing import IO, Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-ImageSource = str | os.PathLike | bytes | bytearray | memoryview | IO[bytes] | Image.Image | np.ndarray
+ImageSource = (
+    str | os.PathLike | bytes | bytearray | memoryview | IO[bytes] | Image.Image | np.ndarray
+)
 
 #: Default ceilings: far above any training image, far below what exhausts memory.
 DEFAULT_MAX_PIXELS = 64_000_000  # e.g. 8000 x 8000
@@ -70,7 +72,8 @@ def _read_bounded(source: Any, name: str, max_bytes: int) -> bytes:
         size = path.stat().st_size
         if size > max_bytes:
             raise ImageLoadError(
-                name, f"file is {size} bytes, over the limit of {max_bytes} (raise max_bytes to accept it)"
+                name,
+                f"file is {size} bytes, over the limit of {max_bytes} (raise max_bytes to accept it)",
             )
         data = path.read_bytes()
     elif isinstance(source, (bytes, bytearray, memoryview)):
@@ -103,7 +106,9 @@ def _from_array(array: np.ndarray, name: str) -> Image.Image:
         return Image.fromarray(array)
     if array.ndim == 3 and array.shape[2] in (3, 4):
         return Image.fromarray(np.ascontiguousarray(array))
-    raise ImageLoadError(name, f"array shape is {tuple(array.shape)}; expected HxWx3 (or HxW, HxWx4)")
+    raise ImageLoadError(
+        name, f"array shape is {tuple(array.shape)}; expected HxWx3 (or HxW, HxWx4)"
+    )
 
 
 def _decode(data: bytes, name: str, limits: ImageLimits) -> Image.Image:
@@ -163,7 +168,9 @@ def to_rgb(image: Image.Image, background: tuple[int, int, int] = (255, 255, 255
         return Image.fromarray(array).convert("RGB")
     if mode in ("1", "L", "P", "CMYK", "YCbCr", "HSV", "LAB"):
         if mode == "LAB":
-            raise ImageLoadError(f"<{mode} image>", "LAB images are not supported; convert to RGB first")
+            raise ImageLoadError(
+                f"<{mode} image>", "LAB images are not supported; convert to RGB first"
+            )
         return image.convert("RGB")
     raise ImageLoadError(f"<{mode} image>", f"unsupported image mode {mode!r}")
 
@@ -189,11 +196,15 @@ def load_image(
     if isinstance(source, Image.Image):
         image = source
         if image.width * image.height > limits.max_pixels:
-            raise ImageLoadError(name, f"{image.width}x{image.height} is over max_pixels={limits.max_pixels}")
+            raise ImageLoadError(
+                name, f"{image.width}x{image.height} is over max_pixels={limits.max_pixels}"
+            )
     elif isinstance(source, np.ndarray):
         image = _from_array(source, name)
         if image.width * image.height > limits.max_pixels:
-            raise ImageLoadError(name, f"{image.width}x{image.height} is over max_pixels={limits.max_pixels}")
+            raise ImageLoadError(
+                name, f"{image.width}x{image.height} is over max_pixels={limits.max_pixels}"
+            )
     else:
         image = _decode(_read_bounded(source, name, limits.max_bytes), name, limits)
     try:

@@ -37,7 +37,9 @@ def installed_packages() -> dict[str, str]:
 
 class _VersionAction(argparse.Action):
     def __init__(self, option_strings, dest, **kwargs):
-        super().__init__(option_strings, dest, nargs=0, help="print every installed illume package and exit")
+        super().__init__(
+            option_strings, dest, nargs=0, help="print every installed illume package and exit"
+        )
 
     def __call__(self, parser, namespace, values, option_string=None):
         for name, version in installed_packages().items():
@@ -54,7 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="ILLUME: a unified multimodal LLM that sees, draws and self-enhances.",
     )
     parser.add_argument("--version", action=_VersionAction)
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    from .commands import shapes
+
+    shapes.register(commands)
     return parser
 
 

@@ -1,0 +1,120 @@
+"""Metrics of the paper's benchmarks, computed exactly on ShapesWorld.
+
+- Text-to-image, GenEval-style: accuracy per tag (single_object, two_object, counting, colors,
+  position, color_attr) and `overall`, the mean over the tags present (GenEval's definition).
+- Understanding: accuracy per question type; POPE accuracy / precision / recall / F1 / yes-ratio
+  per negative type (yes is the positive class).
+- Editing: `target_reached` (the edited image shows exactly the target scene) and `preserved`
+  (the fraction of objects the edit had to leave alone that are still there, same shape, colour, cell).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from .shapes.detect import detect, summary
+from .shapes.edits import Edit
+from .shapes.prompts import TAGS, PromptSpec, SpecCheck, check_spec
+from .shapes.qa import Question, normalize_answer
+
+
+@dataclass
+class T2IResult:
+    spec: PromptSpec
+    check: SpecCheck
+    detected: list
+
+
+def score_t2i(
+    specs: Sequence[PromptSpec], images: Sequence, strict: bool = True
+) -> list[T2IResult]:
+    """Scores each image against its prompt spec."""
+    if len(specs) != len(images):
+        raise ValueError(f"{len(specs)} specs but {len(images)} images; pass one image per spec")
+    results = []
+    for spec, image in zip(specs, images):
+        objects = detect(image)
+        results.append(T2IResult(spec, check_spec(spec, objects, strict=strict), objects))
+    return results
+
+
+def geneval_summary(records: Iterable[tuple[str, bool]]) -> dict[str, float]:
+    """(tag, correct) pairs -> accuracy per tag and `overall` (mean over tags present)."""
+    by_tag: dict[str, list[bool]] = defaultdict(list)
+    for tag, correct in records:
+        by_tag[tag].append(bool(correct))
+    out = {tag: sum(v) / len(v) for tag in TAGS if (v := by_tag.get(tag))}
+    out |= {tag: sum(v) / len(v) for tag, v in by_tag.items() if tag not in TAGS}
+    out["overall"] = sum(out.values()) / len(out) if out else 0.0
+    return out
+
+
+def t2i_summary(results: Sequence[T2IResult]) -> dict[str, float]:
+    return geneval_summary((r.spec.tag, r.check.correct) for r in results)
+
+
+def qa_accuracy(questions: Sequence[Question], answers: Sequence[str]) -> dict[str, float]:
+    """Exact-match accuracy (after `normalize_answer`) per question type and overall (over all questions)."""
+    if len(questions) != len(answers):
+        raise ValueError(f"{len(questions)} questions but {len(answers)} answers")
+    by_type: dict[str, list[bool]] = defaultdict(list)
+    for q, a in zip(questions, answers):
+        by_type[q.type].append(normalize_answer(a) == normalize_answer(q.answer))
+    out = {t: sum(v) / len(v) for t, v in sorted(by_type.items())}
+    total = [x for v in by_type.values() for x in v]
+    out["overall"] = sum(total) / len(total) if total else 0.0
+    return out
+
+
+def pope_metrics(
+    questions: Sequence[Question], answers: Sequence[str]
+) -> dict[str, dict[str, float]]:
+    """POPE figures per negative type, over the existence questions."""
+    groups: dict[str, list[tuple[bool, bool]]] = defaultdict(list)
+    for q, a in zip(questions, answers, strict=True):
+        if q.type != "existence" or q.negative_type is None:
+            continue
+        groups[q.negative_type].append((q.answer == "yes", normalize_answer(a) == "yes"))
+    out = {}
+    for kind, pairs in sorted(groups.items()):
+        tp = sum(t and p for t, p in pairs)
+        fp = sum(not t and p for t, p in pairs)
+        fn = sum(t and not p for t, p in pairs)
+        tn = sum(not t and not p for t, p in pairs)
+        precision = tp / (tp + fp) if tp + fp else 0.0
+        recall = tp / (tp + fn) if tp + fn else 0.0
+        out[kind] = {
+            "accuracy": (tp + tn) / len(pairs),
+            "precision": precision,
+            "recall": recall,
+            "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
+            "yes_ratio": (tp + fp) / len(pairs),
+            "n": float(len(pairs)),
+        }
+    return out
+
+
+def edit_scores(edit: Edit, image) -> tuple[bool, float]:
+    """(target reached, fraction of untouched objects preserved) for one edited image."""
+    found = set(summary(detect(image)))
+    reached = sorted(found) == edit.target.summary()
+    keep = [(o.shape, o.color, o.row, o.col) for o in edit.untouched()]
+    preserved = sum(k in found for k in keep) / len(keep) if keep else 1.0
+    return reached, preserved
+
+
+def edit_metrics(edits: Sequence[Edit], images: Sequence) -> dict[str, float]:
+    if len(edits) != len(images):
+        raise ValueError(f"{len(edits)} edits but {len(images)} images")
+    pairs = [edit_scores(e, im) for e, im in zip(edits, images)]
+    by_kind: dict[str, list[bool]] = defaultdict(list)
+    for e, (reached, _) in zip(edits, pairs):
+        by_kind[e.kind].append(reached)
+    out = {
+        "target_reached": sum(r for r, _ in pairs) / len(pairs) if pairs else 0.0,
+        "preserved": sum(p for _, p in pairs) / len(pairs) if pairs else 0.0,
+    }
+    out |= {f"target_reached_{k}": sum(v) / len(v) for k, v in sorted(by_kind.items())}
+    return out

@@ -1,0 +1,42 @@
+"""ShapesWorld: a synthetic compositional world where every metric of the paper is exact."""
+
+from .dataset import write_dataset, write_split
+from .detect import DetectedObject, detect, scene_recovered
+from .edits import EDIT_KINDS, Edit, sample_edit
+from .prompts import (
+    ASPECTS,
+    TAGS,
+    PromptSpec,
+    Requirement,
+    SpecCheck,
+    caption,
+    check_spec,
+    sample_prompt,
+)
+from .qa import POPE_TYPES, QA_TYPES, Question, normalize_answer, scene_questions
+from .splits import (
+    HELDOUT_PAIRS,
+    HELDOUT_RELATIONS,
+    SPLITS,
+    allowed_in_training,
+    heldout_combinations,
+)
+from .world import (
+    BACKGROUND,
+    CELL_NAMES,
+    COLOR_NAMES,
+    COLORS,
+    SHAPES,
+    Scene,
+    ShapeObject,
+    render,
+    render_pil,
+)
+
+__all__ = [
+    "ASPECTS", "BACKGROUND", "CELL_NAMES", "COLORS", "COLOR_NAMES", "EDIT_KINDS", "HELDOUT_PAIRS",
+    "HELDOUT_RELATIONS", "POPE_TYPES", "QA_TYPES", "SHAPES", "SPLITS", "TAGS", "DetectedObject", "Edit",
+    "PromptSpec", "Question", "Requirement", "Scene", "ShapeObject", "SpecCheck", "allowed_in_training",
+    "caption", "check_spec", "detect", "heldout_combinations", "normalize_answer", "render", "render_pil",
+    "sample_edit", "sample_prompt", "scene_questions", "scene_recovered", "write_dataset", "write_split",
+]  # fmt: skip

@@ -1,0 +1,217 @@
+"""Writes ShapesWorld datasets in the formats the trainer reads for real data too.
+
+Layout of `write_dataset(out, ...)`, one folder per split (train, validation, heldout):
+
+    info.json                     seed, image size, counts, held-out combinations
+    <split>/images/000000.png     the scenes
+    <split>/scenes.jsonl          {"id", "image", "caption", "scene", "spec"}  (spec: GenEval format)
+    <split>/captions.jsonl        {"image", "text"}                            captions (tokenizer, stage 1)
+    <split>/t2i.json              LLaVA-style conversations, text -> image    ("<image>" in the answer)
+    <split>/qa.json               LLaVA-style conversations, image -> answers
+    <split>/qa.jsonl              {"id", "image", "question", "answer", "type", "negative_type"}
+    <split>/edits/000000.png      edit targets
+    <split>/edits.jsonl           {"id", "source", "instruction", "target", "kind", ...scenes}
+    <split>/edits.json            LLaVA-style conversations, image + instruction -> image
+    <split>/pope_<type>.jsonl     POPE question files (random, popular, adversarial)
+    <split>/geneval_metadata.jsonl  GenEval prompt metadata
+
+Paths inside manifests are relative to the manifest's folder. Item i of a split is a pure function
+of (seed, split, i), so datasets are reproducible and any prefix of a larger one is the smaller one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from illume_core import atomic_write, atomic_write_json, atomic_write_text
+
+from .edits import sample_edit
+from .prompts import sample_prompt
+from .qa import POPE_TYPES, scene_questions
+from .splits import HELDOUT_PAIRS, HELDOUT_RELATIONS, SPLITS
+from .world import DEFAULT_SIZE, render
+
+FORMAT_VERSION = 1
+
+_T2I_INSTRUCTIONS = (
+    "Generate an image of {c}.",
+    "Draw {c}.",
+    "Please create an image showing {c}.",
+    "Can you draw an image of {c}?",
+)
+
+
+def item_rng(seed: int, split: str, index: int) -> np.random.Generator:
+    return np.random.default_rng([seed, SPLITS.index(split), index])
+
+
+def t2i_instruction(caption: str, rng: np.random.Generator) -> str:
+    return _T2I_INSTRUCTIONS[int(rng.integers(len(_T2I_INSTRUCTIONS)))].format(c=caption)
+
+
+def _jsonl(rows: list[dict]) -> str:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+
+
+def _save_png(path: Path, array: np.ndarray) -> None:
+    atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))
+
+
+def write_split(
+    out: str | os.PathLike,
+    split: str,
+    n: int,
+    seed: int,
+    size: int = DEFAULT_SIZE,
+    on_item: Callable[[], None] | None = None,
+) -> dict[str, int]:
+    """Writes one split of n scenes (with their QA, edits and prompt metadata); returns counts."""
+    folder = Path(out) / split
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    (folder / "edits").mkdir(parents=True, exist_ok=True)
+    scenes, captions, t2i, qa_conv, qa_flat, edits, edit_conv, metadata = (
+        [],
+        [],
+        [],
+        [],
+        [],
+        [],
+        [],
+        [],
+    )
+    pope: dict[str, list[dict]] = {k: [] for k in POPE_TYPES}
+    for i in range(n):
+        rng = item_rng(seed, split, i)
+        scene, spec = sample_prompt(rng, split)
+        image = f"images/{i:06d}.png"
+        _save_png(folder / image, render(scene, size))
+        item_id = f"{split}-{i:06d}"
+        scenes.append(
+            {
+                "id": item_id,
+                "image": image,
+                "caption": spec.prompt,
+                "scene": scene.to_dict(),
+                "spec": spec.to_geneval(),
+            }
+        )
+        captions.append({"image": image, "text": spec.prompt})
+        metadata.append(spec.to_geneval())
+        t2i.append(
+            {
+                "id": item_id,
+                "image": image,
+                "conversations": [
+                    {"from": "human", "value": t2i_instruction(spec.prompt, rng)},
+                    {"from": "gpt", "value": "<image>"},
+                ],
+            }
+        )
+        questions = scene_questions(scene, rng)
+        turns = []
+        for j, q in enumerate(questions):
+            qa_flat.append({"id": f"{item_id}-q{j}", "image": image, **q.to_dict()})
+            turns += [
+                {"from": "human", "value": ("<image>\n" if j == 0 else "") + q.question},
+                {"from": "gpt", "value": q.answer},
+            ]
+            if q.negative_type:
+                pope[q.negative_type].append(
+                    {
+                        "question_id": f"{item_id}-q{j}",
+                        "image": image,
+                        "text": q.question,
+                        "label": q.answer,
+                    }
+                )
+        qa_conv.append({"id": item_id, "image": image, "conversations": turns})
+        edit = sample_edit(scene, rng, split)
+        if edit is not None:
+            target = f"edits/{i:06d}.png"
+            _save_png(folder / target, render(edit.target, size))
+            edits.append(
+                {
+                    "id": item_id,
+                    "source": image,
+                    "instruction": edit.instruction,
+                    "target": target,
+                    **edit.to_dict(),
+                }
+            )
+            edit_conv.append(
+                {
+                    "id": item_id,
+                    "images": [image, target],
+                    "conversations": [
+                        {"from": "human", "value": "<image>\n" + edit.instruction},
+                        {"from": "gpt", "value": "<image>"},
+                    ],
+                }
+            )
+        if on_item:
+            on_item()
+    atomic_write_text(folder / "scenes.jsonl", _jsonl(scenes))
+    atomic_write_text(folder / "captions.jsonl", _jsonl(captions))
+    atomic_write_text(folder / "qa.jsonl", _jsonl(qa_flat))
+    atomic_write_text(folder / "edits.jsonl", _jsonl(edits))
+    atomic_write_text(folder / "geneval_metadata.jsonl", _jsonl(metadata))
+    for kind, rows in pope.items():
+        atomic_write_text(folder / f"pope_{kind}.jsonl", _jsonl(rows))
+    atomic_write_json(folder / "t2i.json", t2i)
+    atomic_write_json(folder / "qa.json", qa_conv)
+    atomic_write_json(folder / "edits.json", edit_conv)
+    return {"scenes": n, "questions": len(qa_flat), "edits": len(edits)}
+
+
+def write_dataset(
+    out: str | os.PathLike,
+    n: int,
+    seed: int = 0,
+    size: int = DEFAULT_SIZE,
+    n_eval: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """Writes train (n scenes), validation and heldout (n_eval each, default max(100, n // 10))."""
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    n_eval = max(100, n // 10) if n_eval is None else n_eval
+    sizes = {"train": n, "validation": n_eval, "heldout": n_eval}
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    counts = {}
+    if progress:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+        with Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+        ) as bar:
+            for split, count in sizes.items():
+                task = bar.add_task(f"ShapesWorld {split}", total=count)
+                counts[split] = write_split(
+                    out, split, count, seed, size, lambda t=task: bar.advance(t)
+                )
+    else:
+        counts = {
+            split: write_split(out, split, count, seed, size) for split, count in sizes.items()
+        }
+    info = {
+        "format_version": FORMAT_VERSION,
+        "seed": seed,
+        "image_size": size,
+        "counts": counts,
+        "heldout": {
+            "color_shape_pairs": sorted(f"{c} {s}" for c, s in HELDOUT_PAIRS),
+            "relations": [" ".join(r) for r in HELDOUT_RELATIONS],
+        },
+    }
+    atomic_write_json(out / "info.json", info)
+    return info

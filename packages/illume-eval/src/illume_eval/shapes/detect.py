@@ -1,0 +1,197 @@
+"""The exact scorer's eyes: image -> objects (shape, colour, cell), by colour segmentation and shape analysis.
+
+No learning. Each pixel is explained as the background blended with one palette colour
+(p = bg + alpha * (colour - bg)); alpha is its coverage by that colour, and the colour with the
+smallest residual wins. Objects are confined to their grid cell, so each cell is examined alone:
+the dominant colour's coverage mass says whether an object is there and which colour it is, and
+its shape is the template (circle, square, triangle, rendered at the measured centroid and area)
+that overlaps the coverage map best. This holds up under blur, noise, JPEG and resampling.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from .world import (
+    BACKGROUND,
+    CELLS,
+    COLOR_NAMES,
+    COLORS,
+    GRID,
+    SHAPES,
+    Scene,
+    cell_box,
+    render_coverage,
+)
+
+_PALETTE = np.asarray([COLORS[c] for c in COLOR_NAMES], np.float32)  # [K, 3]
+_DIRECTIONS = _PALETTE - np.asarray(BACKGROUND, np.float32)  # [K, 3]
+_NORM2 = (_DIRECTIONS**2).sum(axis=1)  # [K]
+
+#: A pixel counts for a colour when its coverage exceeds MIN_ALPHA and the blend explains it
+#: (residual under MAX_RESIDUAL of the colour's distance from the background).
+MIN_ALPHA = 0.25
+MAX_RESIDUAL = 0.45
+#: An object is present when the winning colour covers this fraction of the cell's area
+#: (the smallest object, a triangle of side 0.55 cell, covers about 0.15).
+MIN_MASS = 0.045
+
+
+@dataclass(frozen=True)
+class DetectedObject:
+    """An object found in an image. `mass` is its coverage in cell areas, `shape_score` the template IoU."""
+
+    shape: str
+    color: str
+    row: int
+    col: int
+    mass: float
+    shape_score: float
+
+    @property
+    def cell(self) -> tuple[int, int]:
+        return (self.row, self.col)
+
+    @property
+    def name(self) -> str:
+        return f"{self.color} {self.shape}"
+
+
+def _as_array(image) -> np.ndarray:
+    array = np.asarray(image)
+    if array.ndim != 3 or array.shape[2] != 3:
+        raise ValueError(
+            f"expected an RGB image (H x W x 3), got shape {array.shape}; convert it to RGB first"
+        )
+    if array.shape[0] != array.shape[1]:
+        raise ValueError(f"ShapesWorld images are square; got {array.shape[1]}x{array.shape[0]}")
+    return array.astype(np.float32)
+
+
+def _hue(rgb: np.ndarray) -> np.ndarray:
+    """Hue in degrees [0, 360) of [N, 3] RGB colours."""
+    r, g, b = (rgb[:, i].astype(np.float64) for i in range(3))
+    return np.degrees(np.arctan2(np.sqrt(3.0) * (g - b), 2.0 * r - g - b)) % 360.0
+
+
+_PALETTE_HUES = _hue(_PALETTE)
+
+
+def nearest_hue(pixels: np.ndarray, weights: np.ndarray) -> int:
+    """Palette index whose hue is closest to the weighted mean of [N, 3] pixels."""
+    mean = (pixels * weights).sum(axis=0, keepdims=True) / max(float(weights.sum()), 1e-6)
+    distance = np.abs((_hue(mean)[0] - _PALETTE_HUES + 180.0) % 360.0 - 180.0)
+    return int(distance.argmin())
+
+
+def _blend_fit(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per pixel and palette colour: coverage alpha [H, W, K] and relative residual [H, W, K]."""
+    alpha = pixels @ _DIRECTIONS.T / _NORM2
+    residual = np.linalg.norm(
+        pixels[..., None, :] - alpha[..., None] * _DIRECTIONS, axis=-1
+    ) / np.sqrt(_NORM2)
+    return alpha, residual
+
+
+def colour_coverage(image) -> tuple[np.ndarray, np.ndarray]:
+    """Per pixel: index of the explaining palette colour [H, W] (-1: background) and its coverage [H, W]."""
+    alpha, residual = _blend_fit(_as_array(image) - np.asarray(BACKGROUND, np.float32))
+    residual = np.where(alpha > MIN_ALPHA, residual, np.inf)
+    best = residual.argmin(axis=-1)
+    best_residual = np.take_along_axis(residual, best[..., None], -1)[..., 0]
+    coverage = np.clip(np.take_along_axis(alpha, best[..., None], -1)[..., 0], 0.0, 1.0)
+    explained = best_residual < MAX_RESIDUAL
+    return np.where(explained, best, -1), np.where(explained, coverage, 0.0)
+
+
+#: Blur levels (Gaussian sigma in pixels at 32x32, scaled with the image) a template may be
+#: softened by to match the image: generated, compressed or resampled images are never crisp.
+BLUR_LEVELS = (0.0, 0.5, 0.8, 1.1)
+
+
+@lru_cache(maxsize=256)
+def _blur_matrix(n: int, sigma: float) -> np.ndarray:
+    """[n, n] matrix that convolves a length-n signal with a Gaussian (mass leaving the ends is lost)."""
+    if sigma <= 0:
+        return np.eye(n, dtype=np.float32)
+    offsets = np.arange(n)[:, None] - np.arange(n)[None, :]
+    kernel = np.exp(-0.5 * (offsets / sigma) ** 2)
+    return (kernel / (sigma * np.sqrt(2 * np.pi))).astype(np.float32)
+
+
+def _template_iou(mask: np.ndarray, box: tuple[int, int, int, int], shape: str, size: int) -> float:
+    """Best soft IoU of the coverage `mask` with `shape` drawn at the mask's centroid, over the
+    blur levels. The template goes through the same blur and MIN_ALPHA cut as the image, and its
+    size is fitted so that what survives the cut has the mask's area."""
+    area = float(mask.sum())
+    x0, y0, x1, y1 = box
+    ys, xs = np.mgrid[y0:y1, x0:x1] + 0.5
+    cx, cy = float((mask * xs).sum() / area), float((mask * ys).sum() / area)
+    side = {
+        "circle": 2 * np.sqrt(area / np.pi),
+        "square": np.sqrt(area),
+        "triangle": np.sqrt(2 * area),
+    }[shape]
+    pad = int(np.ceil(3 * max(BLUR_LEVELS) * size / 32))
+    padded = (x0 - pad, y0 - pad, x1 + pad, y1 + pad)
+    best = 0.0
+    for sigma in BLUR_LEVELS:
+        sigma = sigma * size / 32
+        fitted = side
+        for _ in range(3):  # fit the size: the cut removes blurred edges, so grow until areas agree
+            # a triangle's centroid sits a sixth of its height below its box centre
+            centre_y = cy - fitted / 6 if shape == "triangle" else cy
+            template = render_coverage(
+                shape, cx, centre_y, fitted, padded, supersample=4 if size <= 32 else 2
+            )
+            rows, cols = (
+                _blur_matrix(template.shape[0], sigma),
+                _blur_matrix(template.shape[1], sigma),
+            )
+            soft = (rows @ template @ cols.T)[pad:-pad, pad:-pad]
+            soft = np.where(soft > MIN_ALPHA, soft, 0.0)
+            fitted *= float(np.sqrt(area / max(soft.sum(), 1e-6)))
+        iou = float(np.minimum(mask, soft).sum() / max(np.maximum(mask, soft).sum(), 1e-6))
+        best = max(best, iou)
+    return best
+
+
+def detect(image) -> list[DetectedObject]:
+    """Objects in a ShapesWorld image (an HxWx3 array or a PIL image), at most one per cell."""
+    array = _as_array(image)
+    size = array.shape[0]
+    index, coverage = colour_coverage(array)
+    alpha, _ = _blend_fit(array - np.asarray(BACKGROUND, np.float32))
+    cell_area = (size / GRID) ** 2
+    found = []
+    for cell in CELLS:
+        x0, y0, x1, y1 = box = cell_box(cell, size)
+        idx, cov = index[y0:y1, x0:x1], coverage[y0:y1, x0:x1]
+        foreground = idx >= 0
+        if cov[foreground].sum() / cell_area < MIN_MASS:
+            continue
+        # Colour by hue of the coverage-weighted mean colour: the solid core decides, and hue
+        # survives what JPEG and blur do to edges (desaturation toward grey, chroma bleed).
+        weights = (cov**2)[..., None]
+        k = nearest_hue(array[y0:y1, x0:x1].reshape(-1, 3), weights.reshape(-1, 1))
+        # One object per cell: every foreground pixel of the cell is its extent.
+        mask = np.where(foreground, np.clip(alpha[y0:y1, x0:x1, k], 0.0, 1.0), 0.0)
+        mass = float(mask.sum()) / cell_area
+        if mass < MIN_MASS:
+            continue
+        scores = {shape: _template_iou(mask, box, shape, size) for shape in SHAPES}
+        shape = max(scores, key=scores.get)
+        found.append(DetectedObject(shape, COLOR_NAMES[k], cell[0], cell[1], mass, scores[shape]))
+    return found
+
+
+def summary(objects) -> list[tuple[str, str, int, int]]:
+    return sorted((o.shape, o.color, o.row, o.col) for o in objects)
+
+
+def scene_recovered(image, scene: Scene) -> bool:
+    """Whether the image shows exactly the scene's objects (shape, colour, cell)."""
+    return summary(detect(image)) == scene.summary()

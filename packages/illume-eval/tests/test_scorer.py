@@ -1,0 +1,88 @@
+import numpy as np
+import pytest
+
+from illume_eval.shapes import Scene, ShapeObject, check_spec, detect, render
+from illume_eval.shapes.degrade import DEGRADATIONS
+from illume_eval.shapes.prompts import PromptSpec, Requirement
+from illume_eval.shapes.selfcheck import false_acceptance, scorer_accuracy
+
+
+def test_clean_renders_2000_validation_scenes():
+    figures = scorer_accuracy(2000, size=32, seed=0)
+    assert figures["overall"] >= 0.995, figures
+    assert all(v >= 0.99 for v in figures.values()), figures
+
+
+@pytest.mark.parametrize("kind", DEGRADATIONS)
+def test_robust_to_degradation_at_64px(kind):
+    figures = scorer_accuracy(200, size=64, seed=1, degradation=kind)
+    assert figures["overall"] >= 0.95, figures
+
+
+@pytest.mark.parametrize("kind", ["blur", "noise", "jpeg"])
+def test_robust_to_degradation_at_32px(kind):
+    figures = scorer_accuracy(300, size=32, seed=2, degradation=kind)
+    assert figures["overall"] >= 0.95, figures
+
+
+def test_resize_at_32px_is_the_known_hard_case():
+    # 2x down and up at 32 px leaves objects about 3 px wide: circles and squares blur together.
+    figures = scorer_accuracy(300, size=32, seed=3, degradation="resize")
+    assert figures["overall"] >= 0.85, figures
+
+
+def test_false_acceptance_of_random_prompts():
+    rates = false_acceptance(1200, size=32, seed=4)
+    assert set(rates) == {
+        "single_object",
+        "two_object",
+        "counting",
+        "colors",
+        "position",
+        "color_attr",
+    }
+    assert all(rate <= 0.02 for rate in rates.values()), rates
+
+
+def test_detects_nothing_on_a_blank_image_and_noise():
+    assert detect(render(Scene())) == []
+    noise = np.random.default_rng(0).integers(0, 40, size=(32, 32, 3), dtype=np.uint8)
+    assert detect(noise) == []
+
+
+def test_strict_and_geneval_rules():
+    scene = Scene((ShapeObject("circle", "red", 0, 0), ShapeObject("square", "blue", 2, 2)))
+    objects = detect(render(scene))
+    just_a_circle = PromptSpec("single_object", (Requirement("circle"),))
+    assert not check_spec(just_a_circle, objects).correct  # an unrequested square
+    assert check_spec(just_a_circle, objects, strict=False).correct  # GenEval ignores other objects
+    left = PromptSpec(
+        "position",
+        (
+            Requirement("square", color="blue"),
+            Requirement("circle", color="red", position=("left of", 0)),
+        ),
+    )
+    assert check_spec(left, objects).correct
+    right = PromptSpec(
+        "position",
+        (
+            Requirement("square", color="blue"),
+            Requirement("circle", color="red", position=("right of", 0)),
+        ),
+    )
+    check = check_spec(right, objects)
+    assert not check.correct and check.aspects == {
+        "Object": True,
+        "Counting": True,
+        "Color": True,
+        "Spatial Relation": False,
+    }
+    assert "not right of" in check.analyses["Spatial Relation"]
+
+
+def test_bad_images_are_refused_clearly():
+    with pytest.raises(ValueError, match="expected an RGB image"):
+        detect(np.zeros((32, 32), np.uint8))
+    with pytest.raises(ValueError, match="square"):
+        detect(np.zeros((32, 48, 3), np.uint8))

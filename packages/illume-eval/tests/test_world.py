@@ -1,0 +1,168 @@
+import itertools
+import json
+import re
+
+import numpy as np
+import pytest
+
+from illume_eval.shapes import (
+    CELL_NAMES,
+    HELDOUT_PAIRS,
+    TAGS,
+    Scene,
+    ShapeObject,
+    allowed_in_training,
+    check_spec,
+    heldout_combinations,
+    render,
+    sample_edit,
+    sample_prompt,
+    scene_questions,
+)
+from illume_eval.shapes.prompts import PHRASINGS, PromptSpec
+from illume_eval.shapes.world import BACKGROUND, COLORS, cell_box
+
+
+def test_render_is_deterministic_and_sized():
+    rng = np.random.default_rng(0)
+    scene, _ = sample_prompt(rng)
+    assert np.array_equal(render(scene), render(scene))
+    assert render(scene).shape == (32, 32, 3) and render(scene, 64).shape == (64, 64, 3)
+    assert render(Scene()).reshape(-1, 3).tolist() == [list(BACKGROUND)] * 32 * 32
+
+
+def test_objects_stay_inside_their_cell():
+    for shape in ("circle", "square", "triangle"):
+        obj = ShapeObject(shape, "red", 1, 1, dx=0.08, dy=-0.08, scale=0.70)
+        image = render(Scene((obj,)), 64)
+        x0, y0, x1, y1 = cell_box((1, 1), 64)
+        outside = image.copy()
+        outside[y0:y1, x0:x1] = BACKGROUND
+        assert (outside == BACKGROUND).all(), f"a {shape} spills out of its cell"
+        assert (image[y0:y1, x0:x1] == COLORS["red"]).all(axis=-1).sum() > 60
+
+
+def test_jitter_makes_images_differ():
+    rng = np.random.default_rng(1)
+    images = {render(sample_prompt(rng, tag="colors")[0]).tobytes() for _ in range(50)}
+    assert len(images) == 50
+
+
+def test_scene_json_round_trip_and_validation():
+    scene, _ = sample_prompt(np.random.default_rng(2), tag="color_attr")
+    assert Scene.from_dict(json.loads(scene.to_json())) == scene
+    with pytest.raises(ValueError, match="unknown shape 'star'"):
+        ShapeObject("star", "red", 0, 0)
+    with pytest.raises(ValueError, match="outside the 3x3 grid"):
+        ShapeObject("circle", "red", 3, 0)
+    with pytest.raises(ValueError, match="share a cell"):
+        Scene((ShapeObject("circle", "red", 0, 0), ShapeObject("square", "blue", 0, 0)))
+
+
+def test_every_construction_has_three_or_more_phrasings_and_they_are_used():
+    rng = np.random.default_rng(3)
+    for tag in TAGS:
+        assert len(PHRASINGS[tag]) >= 3, tag
+        words = r"\b(red|green|blue|yellow|purple|cyan|circles?|squares?|triangles?|two|three)\b"
+        forms = {re.sub(words, "X", sample_prompt(rng, tag=tag)[1].prompt) for _ in range(300)}
+        assert len(forms) >= 3, f"{tag} captions use fewer than three phrasings: {forms}"
+    for relation in ("to the left of", "to the right of", "above", "below", "under", "over"):
+        assert any(relation in t for t in PHRASINGS["position"])
+
+
+def test_every_caption_describes_its_scene():
+    rng = np.random.default_rng(4)
+    for split in ("train", "validation", "heldout"):
+        for _ in range(300):
+            scene, spec = sample_prompt(rng, split)
+            assert spec.prompt
+            assert check_spec(spec, scene.objects).correct, (spec, scene)
+            assert PromptSpec.from_geneval(json.loads(json.dumps(spec.to_geneval()))) == spec
+
+
+def test_heldout_combinations_never_occur_in_train_or_validation():
+    """The compositional split: 5,000 train/validation scenes and their edit targets hold none."""
+    rng = np.random.default_rng(5)
+    for split in ("train", "validation"):
+        for _ in range(2500):
+            scene, spec = sample_prompt(rng, split)
+            assert not heldout_combinations(scene), (split, scene)
+            assert not spec.heldout_combinations(), (split, spec)
+            edit = sample_edit(scene, rng, split)
+            if edit is not None:
+                assert allowed_in_training(edit.target)
+    for _ in range(500):
+        _, spec = sample_prompt(rng, "heldout")
+        assert spec.heldout_combinations(), spec
+
+
+def test_heldout_detection_covers_pairs_and_relations():
+    purple_triangle = Scene((ShapeObject("triangle", "purple", 0, 0),))
+    assert heldout_combinations(purple_triangle) == ["purple triangle"]
+    triangle_over_circle = Scene(
+        (ShapeObject("triangle", "red", 0, 2), ShapeObject("circle", "blue", 2, 0))
+    )
+    assert heldout_combinations(triangle_over_circle) == ["triangle above circle"]
+    circle_over_triangle = Scene(
+        (ShapeObject("circle", "blue", 0, 2), ShapeObject("triangle", "red", 2, 0))
+    )
+    assert heldout_combinations(circle_over_triangle) == []
+    assert len(HELDOUT_PAIRS) == 3
+
+
+def test_questions_have_exact_answers():
+    rng = np.random.default_rng(6)
+    seen_types = set()
+    for _ in range(300):
+        scene, _ = sample_prompt(rng)
+        for q in scene_questions(scene, rng):
+            seen_types.add((q.type, q.negative_type))
+            if q.type == "color":
+                shape = next(s for s in ("circle", "square", "triangle") if s in q.question)
+                assert q.answer == next(o.color for o in scene.objects if o.shape == shape)
+            if q.type == "position":
+                cell = next(c for c, name in CELL_NAMES.items() if f" {name}" in q.question)
+                obj = scene.at(cell)
+                assert q.answer == (f"a {obj.color} {obj.shape}" if obj else "nothing")
+            if q.type == "existence":
+                words = q.question.rstrip("?").split()
+                target = next((c, s) for c, s in itertools.pairwise(words) if c in COLORS)
+                present = (target[0], target[1]) in {(o.color, o.shape) for o in scene.objects}
+                assert q.answer == ("yes" if present else "no")
+    for kind in ("random", "popular", "adversarial"):
+        assert ("existence", kind) in seen_types
+    assert {t for t, _ in seen_types} == {"color", "count", "existence", "spatial", "position"}
+
+
+def test_pope_adversarial_negatives_share_an_attribute():
+    from illume_eval.shapes.qa import pope_negative
+
+    rng = np.random.default_rng(7)
+    for _ in range(100):
+        scene, _ = sample_prompt(rng)
+        color, shape = pope_negative(scene, "adversarial", rng)
+        assert (color, shape) not in {(o.color, o.shape) for o in scene.objects}
+        assert any(o.color == color or o.shape == shape for o in scene.objects)
+
+
+def test_edits_change_only_what_they_name():
+    rng = np.random.default_rng(8)
+    kinds = set()
+    for _ in range(200):
+        scene, _ = sample_prompt(rng)
+        edit = sample_edit(scene, rng)
+        if edit is None:
+            continue
+        kinds.add(edit.kind)
+        assert edit.target != edit.source
+        for obj in edit.untouched():
+            assert obj in edit.target.objects
+        source, target = render(edit.source, 64), render(edit.target, 64)
+        changed = (source != target).any(axis=-1)
+        ys, xs = np.nonzero(changed)
+        cells = {(int(y * 3 // 64), int(x * 3 // 64)) for y, x in zip(ys, xs)}
+        allowed = {edit.edited.cell} | {
+            o.cell for o in edit.target.objects if o not in edit.source.objects
+        }
+        assert cells <= allowed, (edit.kind, cells, allowed)
+    assert kinds == {"recolor", "remove", "add", "move"}

@@ -1,0 +1,57 @@
+import json
+
+import numpy as np
+from PIL import Image
+
+from illume.cli import installed_packages
+from illume.cli import main as illume_main
+from illume_eval.interop import write_geneval_samples
+from illume_eval.shapes import render, sample_prompt
+
+
+def test_installed_packages_lists_ours_first():
+    names = list(installed_packages())
+    assert names[:2] == ["illume-core", "illume-eval"] and names[7] == "illume"
+
+
+def test_no_command_prints_help(capsys):
+    assert illume_main([]) == 0
+    assert "shapes" in capsys.readouterr().out
+
+
+def test_cli_make_and_score(tmp_path, capsys):
+    assert (
+        illume_main(
+            [
+                "shapes",
+                "make",
+                "--out",
+                str(tmp_path / "data"),
+                "--n",
+                "20",
+                "--n-eval",
+                "5",
+                "--seed",
+                "1",
+            ]
+        )
+        == 0
+    )
+    info = json.loads((tmp_path / "data" / "info.json").read_text())
+    assert info["counts"]["train"]["scenes"] == 20 and info["heldout"]["color_shape_pairs"]
+    rng = np.random.default_rng(3)
+    pairs = [sample_prompt(rng) for _ in range(4)]
+    write_geneval_samples(
+        tmp_path / "samples",
+        [s for _, s in pairs],
+        [[Image.fromarray(render(sc))] for sc, _ in pairs],
+    )
+    assert (
+        illume_main(
+            ["shapes", "score", str(tmp_path / "samples"), "--results", str(tmp_path / "r.jsonl")]
+        )
+        == 0
+    )
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert json.loads(last)["overall"] == 1.0
+    assert len((tmp_path / "r.jsonl").read_text().splitlines()) == 4
