@@ -1,7 +1,13 @@
 """illume-tokenizer: ILLUME's semantic vision tokenizer (frozen encoder, VQ codebook, feature decoder)."""
 
 from .__about__ import __version__
-from .encoder import SIGLIP_PRESETS, VisionEncoder, build_siglip, siglip_image_processor, vision_tower
+from .encoder import (
+    SIGLIP_PRESETS,
+    VisionEncoder,
+    build_siglip,
+    siglip_image_processor,
+    vision_tower,
+)
 from .model import FeatureDecoder, SemanticTokenizer, TokenizerConfig, TokenizerOutput, feature_loss
 from .quantizer import QuantizerOutput, VectorQuantizer
 

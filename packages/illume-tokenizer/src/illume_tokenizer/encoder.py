@@ -53,7 +53,13 @@ def build_siglip(preset: str, vocab_size: int, pad_token_id: int = 0, eos_token_
     if preset not in SIGLIP_PRESETS:
         raise ValueError(f"no SigLIP preset {preset!r}; presets: {', '.join(SIGLIP_PRESETS)}")
     spec = SIGLIP_PRESETS[preset]
-    text = dict(spec["text"], vocab_size=vocab_size, pad_token_id=pad_token_id, eos_token_id=eos_token_id, bos_token_id=None)
+    text = dict(
+        spec["text"],
+        vocab_size=vocab_size,
+        pad_token_id=pad_token_id,
+        eos_token_id=eos_token_id,
+        bos_token_id=None,
+    )
     config = SiglipConfig(text_config=text, vision_config=dict(spec["vision"]))
     return SiglipModel(config)
 
@@ -62,7 +68,9 @@ def siglip_image_processor(image_size: int):
     """The image processor saved with the built-in encoders: resize, scale to [-1, 1]."""
     from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
 
-    return SiglipImageProcessorPil(size={"height": image_size, "width": image_size}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    return SiglipImageProcessorPil(
+        size={"height": image_size, "width": image_size}, image_mean=[0.5] * 3, image_std=[0.5] * 3
+    )
 
 
 def vision_tower(model: nn.Module) -> nn.Module:
@@ -89,7 +97,9 @@ class VisionEncoder(nn.Module):
         image_processor: the processor that prepares PIL images for this model, if any.
     """
 
-    def __init__(self, model: nn.Module, feature_layer: int | None = None, image_processor: Any = None):
+    def __init__(
+        self, model: nn.Module, feature_layer: int | None = None, image_processor: Any = None
+    ):
         super().__init__()
         self.model = vision_tower(model)
         self.feature_layer = feature_layer
@@ -102,7 +112,12 @@ class VisionEncoder(nn.Module):
         self.dim = int(config.hidden_size)
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, feature_layer: int | None = None, dtype: torch.dtype | None = None) -> VisionEncoder:
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike,
+        feature_layer: int | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> VisionEncoder:
         """Loads the vision tower of any HF model directory (never from a hub: pass a local path)."""
         from transformers import AutoConfig, AutoImageProcessor, AutoModel
 
@@ -120,9 +135,13 @@ class VisionEncoder(nn.Module):
         if not has_weights and torch.empty(0).device.type == "meta":
             # Shape-only instantiation (e.g. checking a paper-scale recipe without its weights).
             vision_config = getattr(config, "vision_config", config)
-            return cls(MODEL_MAPPING[type(vision_config)](vision_config), feature_layer).requires_grad_(False)
+            return cls(
+                MODEL_MAPPING[type(vision_config)](vision_config), feature_layer
+            ).requires_grad_(False)
         with quiet_transformers():
-            if hasattr(config, "vision_config"):  # an image-text checkpoint: load its vision tower only
+            if hasattr(
+                config, "vision_config"
+            ):  # an image-text checkpoint: load its vision tower only
                 model = MODEL_MAPPING[type(config.vision_config)].from_pretrained(path, **kwargs)
             else:
                 model = AutoModel.from_pretrained(path, **kwargs)
@@ -134,7 +153,11 @@ class VisionEncoder(nn.Module):
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         """[B, 3, H, W] normalised pixels -> [B, N, D] patch features, N = grid[0] * grid[1]."""
         out = self.model(pixel_values=pixels, output_hidden_states=self.feature_layer is not None)
-        tokens = out.last_hidden_state if self.feature_layer is None else out.hidden_states[self.feature_layer]
+        tokens = (
+            out.last_hidden_state
+            if self.feature_layer is None
+            else out.hidden_states[self.feature_layer]
+        )
         n = self.grid[0] * self.grid[1]
         if tokens.shape[1] == n + 1:  # a class token (CLIP) comes first
             tokens = tokens[:, 1:]
@@ -143,5 +166,7 @@ class VisionEncoder(nn.Module):
     def preprocess(self, images) -> torch.Tensor:
         """PIL images -> [B, 3, H, W] pixels, with the model's own image processor."""
         if self.image_processor is None:
-            raise ValueError("this encoder has no image processor; save one in its directory (preprocessor_config.json)")
+            raise ValueError(
+                "this encoder has no image processor; save one in its directory (preprocessor_config.json)"
+            )
         return self.image_processor(images=list(images), return_tensors="pt")["pixel_values"]

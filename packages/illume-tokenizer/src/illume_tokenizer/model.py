@@ -89,12 +89,22 @@ def feature_loss(x: torch.Tensor, x_rec: torch.Tensor) -> tuple[torch.Tensor, to
 class FeatureDecoder(nn.Module):
     """Quantized codes [B, N, C] -> reconstructed features [B, N, D] (pre-norm transformer blocks)."""
 
-    def __init__(self, code_dim: int, width: int, depth: int, heads: int, tokens: int, feature_dim: int):
+    def __init__(
+        self, code_dim: int, width: int, depth: int, heads: int, tokens: int, feature_dim: int
+    ):
         super().__init__()
         self.proj_in = nn.Linear(code_dim, width)
         self.position = nn.Parameter(torch.zeros(1, tokens, width))
         nn.init.trunc_normal_(self.position, std=0.02)
-        layer = nn.TransformerEncoderLayer(width, heads, 4 * width, dropout=0.0, activation="gelu", batch_first=True, norm_first=True)
+        layer = nn.TransformerEncoderLayer(
+            width,
+            heads,
+            4 * width,
+            dropout=0.0,
+            activation="gelu",
+            batch_first=True,
+            norm_first=True,
+        )
         self.blocks = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(width)
         self.proj_out = nn.Linear(width, feature_dim)
@@ -109,7 +119,12 @@ class SemanticTokenizer(nn.Module):
 
     def __init__(self, config: TokenizerConfig, encoder: VisionEncoder):
         super().__init__()
-        config = config.replace(feature_dim=encoder.dim, grid=tuple(encoder.grid), image_size=encoder.image_size, feature_layer=encoder.feature_layer)
+        config = config.replace(
+            feature_dim=encoder.dim,
+            grid=tuple(encoder.grid),
+            image_size=encoder.image_size,
+            feature_layer=encoder.feature_layer,
+        )
         self.config = config
         self.encoder = encoder.eval().requires_grad_(False)
         self.proj = nn.Linear(config.feature_dim, config.code_dim)
@@ -118,7 +133,14 @@ class SemanticTokenizer(nn.Module):
             config.commitment, config.ema_decay, config.dead_threshold,
         )  # fmt: skip
         tokens = config.grid[0] * config.grid[1]
-        self.decoder = FeatureDecoder(config.code_dim, config.decoder_width, config.decoder_depth, config.decoder_heads, tokens, config.feature_dim)
+        self.decoder = FeatureDecoder(
+            config.code_dim,
+            config.decoder_width,
+            config.decoder_depth,
+            config.decoder_heads,
+            tokens,
+            config.feature_dim,
+        )
 
     # ------------------------------------------------------------------ VisionTokenizer protocol
 
@@ -132,9 +154,13 @@ class SemanticTokenizer(nn.Module):
 
     def _check_pixels(self, pixels: torch.Tensor) -> None:
         if not isinstance(pixels, torch.Tensor):
-            raise TypeError(f"pixels must be a torch.Tensor [B, 3, H, W], got {type(pixels).__name__}")
+            raise TypeError(
+                f"pixels must be a torch.Tensor [B, 3, H, W], got {type(pixels).__name__}"
+            )
         if not pixels.is_floating_point():
-            raise TypeError(f"pixels must be floating point (normalised by the image processor), got {pixels.dtype}")
+            raise TypeError(
+                f"pixels must be floating point (normalised by the image processor), got {pixels.dtype}"
+            )
         size = self.config.image_size
         if pixels.ndim != 4 or pixels.shape[1] != 3 or pixels.shape[2:] != (size, size):
             raise ValueError(
@@ -154,8 +180,12 @@ class SemanticTokenizer(nn.Module):
     @torch.no_grad()
     def encode(self, pixels: torch.Tensor) -> VisionTokens:
         """[B, 3, H, W] -> codes [B, h, w] (and the chosen code vectors [B, N, C])."""
-        codes = self.quantizer.lookup(self.proj(self.features(pixels)))  # no codebook update, even in train mode
-        return VisionTokens(codes=codes.reshape(-1, *self.grid), quantized=self.quantizer.embed(codes))
+        codes = self.quantizer.lookup(
+            self.proj(self.features(pixels))
+        )  # no codebook update, even in train mode
+        return VisionTokens(
+            codes=codes.reshape(-1, *self.grid), quantized=self.quantizer.embed(codes)
+        )
 
     def decode_features(self, codes: torch.Tensor) -> torch.Tensor:
         """codes [B, h, w] (or [B, N]) int64 -> [B, N, D] reconstructed semantic features."""
@@ -164,10 +194,14 @@ class SemanticTokenizer(nn.Module):
         n = self.grid[0] * self.grid[1]
         if codes.ndim == 3:
             if tuple(codes.shape[1:]) != self.grid:
-                raise ValueError(f"codes must be [B, {self.grid[0]}, {self.grid[1]}], got {list(codes.shape)}")
+                raise ValueError(
+                    f"codes must be [B, {self.grid[0]}, {self.grid[1]}], got {list(codes.shape)}"
+                )
             codes = codes.reshape(codes.shape[0], n)
         elif codes.ndim != 2 or codes.shape[1] != n:
-            raise ValueError(f"codes must be [B, {self.grid[0]}, {self.grid[1]}] or [B, {n}], got {list(codes.shape)}")
+            raise ValueError(
+                f"codes must be [B, {self.grid[0]}, {self.grid[1]}] or [B, {n}], got {list(codes.shape)}"
+            )
         return self.decoder(self.quantizer.embed(codes))
 
     def preprocess(self, images) -> torch.Tensor:
@@ -175,7 +209,9 @@ class SemanticTokenizer(nn.Module):
 
     # ------------------------------------------------------------------ training
 
-    def forward(self, pixels: torch.Tensor | None = None, features: torch.Tensor | None = None) -> TokenizerOutput:
+    def forward(
+        self, pixels: torch.Tensor | None = None, features: torch.Tensor | None = None
+    ) -> TokenizerOutput:
         """Reconstruction of the encoder features of `pixels` (or of precomputed `features`)."""
         x = self.features(pixels) if features is None else features
         q = self.quantize(x)
@@ -209,20 +245,30 @@ class SemanticTokenizer(nn.Module):
                 self.encoder.image_processor.save_pretrained(directory / "encoder")
             config = config.replace(encoder="encoder")
         elif not Path(config.encoder).is_absolute():
-            raise ValueError("save_encoder=False needs config.encoder to be an absolute path to the encoder directory")
+            raise ValueError(
+                "save_encoder=False needs config.encoder to be an absolute path to the encoder directory"
+            )
         save_checkpoint(directory, config.to_dict(), self.trainable_state_dict())
         return directory
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, map_location: str = "cpu") -> SemanticTokenizer:
+    def from_pretrained(
+        cls, directory: str | os.PathLike, map_location: str = "cpu"
+    ) -> SemanticTokenizer:
         directory = Path(directory)
         config_dict, tensors = load_checkpoint(directory, device=map_location)
         config = TokenizerConfig.from_dict(config_dict)
-        encoder_dir = Path(config.encoder) if Path(config.encoder).is_absolute() else directory / config.encoder
+        encoder_dir = (
+            Path(config.encoder)
+            if Path(config.encoder).is_absolute()
+            else directory / config.encoder
+        )
         encoder = VisionEncoder.from_pretrained(encoder_dir, feature_layer=config.feature_layer)
         model = cls(config, encoder)
         missing, unexpected = model.load_state_dict(tensors, strict=False)
         missing = [k for k in missing if not k.startswith("encoder.")]
         if missing or unexpected:
-            raise ValueError(f"{directory}: weights do not match the config (missing {missing}, unexpected {unexpected})")
+            raise ValueError(
+                f"{directory}: weights do not match the config (missing {missing}, unexpected {unexpected})"
+            )
         return model.eval()

@@ -52,8 +52,10 @@ class VectorQuantizer(nn.Module):
         self.update, self.l2_normalize = update, l2_normalize
         self.commitment, self.decay, self.dead_threshold = commitment, decay, dead_threshold
         weight = torch.randn(codebook_size, code_dim)
-        if init == "collapsed":  # every code nearly equal: what a careless init does (tests the restarts)
-            weight = weight[:1].repeat(codebook_size, 1) + 1e-4 * weight
+        if (
+            init == "collapsed"
+        ):  # every code at one far-away point: one code wins every input (tests the restarts)
+            weight = 20 * F.normalize(weight[:1], dim=-1).repeat(codebook_size, 1) + 1e-4 * weight
         elif init != "normal":
             raise ValueError(f"init must be 'normal' or 'collapsed', got {init!r}")
         if update == "ema":
@@ -74,14 +76,18 @@ class VectorQuantizer(nn.Module):
         if codes.dtype != torch.long:
             raise TypeError(f"codes must be int64, got {codes.dtype}")
         if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.codebook_size):
-            raise ValueError(f"codes must lie in [0, {self.codebook_size}), got [{int(codes.min())}, {int(codes.max())}]")
+            raise ValueError(
+                f"codes must lie in [0, {self.codebook_size}), got [{int(codes.min())}, {int(codes.max())}]"
+            )
         return F.embedding(codes, self._normalise(self.codebook))
 
     def lookup(self, z: torch.Tensor) -> torch.Tensor:
         """[B, N, code_dim] -> [B, N] nearest codes by L2 (cosine when normalised)."""
         flat = self._normalise(z).reshape(-1, self.code_dim).float()
         book = self._normalise(self.codebook).float()
-        distances = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ book.t() + book.pow(2).sum(1)[None]
+        distances = (
+            flat.pow(2).sum(1, keepdim=True) - 2 * flat @ book.t() + book.pow(2).sum(1)[None]
+        )
         return distances.argmin(dim=1).reshape(z.shape[:-1])
 
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
@@ -106,7 +112,9 @@ class VectorQuantizer(nn.Module):
         counts = one_hot.sum(0)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(counts)
-        self.usage_ema.mul_(self.decay).add_(counts * self.codebook_size / max(float(counts.sum()), 1.0), alpha=1 - self.decay)
+        self.usage_ema.mul_(self.decay).add_(
+            counts * self.codebook_size / max(float(counts.sum()), 1.0), alpha=1 - self.decay
+        )
         if self.update == "ema":
             sums = one_hot.t() @ flat.float()
             if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -114,7 +122,9 @@ class VectorQuantizer(nn.Module):
             self.ema_count.mul_(self.decay).add_(counts, alpha=1 - self.decay)
             self.ema_sum.mul_(self.decay).add_(sums, alpha=1 - self.decay)
             n = self.ema_count.sum()
-            smoothed = (self.ema_count + 1e-5) / (n + self.codebook_size * 1e-5) * n  # Laplace smoothing
+            smoothed = (
+                (self.ema_count + 1e-5) / (n + self.codebook_size * 1e-5) * n
+            )  # Laplace smoothing
             self.codebook.copy_(self.ema_sum / smoothed[:, None])
         if self.restart_dead_codes:
             self._restart(flat)

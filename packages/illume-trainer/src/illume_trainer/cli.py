@@ -1,0 +1,78 @@
+"""`illume-train STAGE --config RECIPE.yaml [overrides]`: one entry point over every stage (LightningCLI).
+
+A recipe is a LightningCLI YAML (trainer / model / data sections). A config path that does not
+exist as given is looked up among the recipes shipped in this package (`recipes/shapes/...`,
+`recipes/illume-7b/...`). Any field can be overridden on the command line, e.g.
+`illume-train tokenizer --config recipes/shapes/tokenizer.yaml --trainer.max_steps 200`.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+RECIPES = Path(__file__).parent / "recipes"
+
+
+def _stages() -> dict[str, tuple[type, type]]:
+    from .data import ImageDataModule
+    from .stages.encoder import EncoderStage
+    from .stages.tokenizer import TokenizerStage
+
+    return {
+        "encoder": (EncoderStage, ImageDataModule),
+        "tokenizer": (TokenizerStage, ImageDataModule),
+    }
+
+
+def resolve_recipe(path: str) -> str:
+    """The recipe path as given if it exists, else the shipped recipe of that name."""
+    if Path(path).exists():
+        return path
+    for candidate in (
+        RECIPES / path,
+        RECIPES / Path(path).relative_to("recipes") if path.startswith("recipes/") else None,
+    ):
+        if candidate is not None and candidate.exists():
+            return str(candidate)
+    shipped = sorted(str(p.relative_to(RECIPES.parent)) for p in RECIPES.rglob("*.yaml"))
+    raise FileNotFoundError(f"no recipe {path!r}; shipped recipes: {', '.join(shipped)}")
+
+
+def run_stage(stage: str, args: Sequence[str] = (), run: bool = True):
+    """Runs (or, with run=False, only builds) a stage with LightningCLI arguments; returns the CLI."""
+    from lightning.pytorch.cli import LightningCLI
+
+    stages = _stages()
+    if stage not in stages:
+        raise SystemExit(f"illume-train: unknown stage {stage!r}; stages: {', '.join(stages)}")
+    args = list(args)
+    for i, arg in enumerate(args):
+        if arg == "--config" and i + 1 < len(args):
+            args[i + 1] = resolve_recipe(args[i + 1])
+        elif arg.startswith("--config="):
+            args[i] = "--config=" + resolve_recipe(arg.split("=", 1)[1])
+    model_class, data_class = stages[stage]
+    return LightningCLI(
+        model_class,
+        data_class,
+        args=(["fit", *args] if run else args),
+        run=run,
+        save_config_kwargs={"overwrite": True},
+        trainer_defaults={"enable_progress_bar": True},
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        print("stages: " + ", ".join(_stages()))
+        return 0
+    run_stage(argv[0], argv[1:])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

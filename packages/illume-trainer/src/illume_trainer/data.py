@@ -1,0 +1,175 @@
+"""Image data for the vision stages: captions JSONL manifests and image folders, on StatefulDataLoader.
+
+A source is a captions manifest (`.jsonl`, lines `{"image": path, "text": caption}`, paths relative
+to the manifest) or a folder of images (searched recursively; no captions). Bad samples (missing,
+corrupt or oversized images) are skipped and counted, never fatal one by one; a malformed manifest
+line is an error that names the file and the line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from torchdata.stateful_dataloader import StatefulDataLoader
+
+from illume_core import ImageLimits, ImageLoadError, load_image
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+
+class ManifestError(ValueError):
+    """A manifest cannot be read; the message names the file and the line."""
+
+
+@dataclass(frozen=True)
+class Record:
+    image: str
+    text: str = ""
+
+
+def read_captions(path: str | os.PathLike) -> list[Record]:
+    """Records of a captions JSONL manifest; image paths resolved against the manifest's folder."""
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"{path}: no such manifest file")
+    records = []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ManifestError(
+                    f"{path}, line {number}: not valid JSON ({err.msg}, column {err.colno})"
+                ) from None
+            if not isinstance(row, dict) or not isinstance(row.get("image"), str):
+                raise ManifestError(
+                    f'{path}, line {number}: expected an object with an "image" path, got {line.strip()[:80]}'
+                )
+            text = row.get("text", "")
+            if not isinstance(text, str):
+                raise ManifestError(f'{path}, line {number}: "text" must be a string')
+            records.append(Record(str(path.parent / row["image"]), text))
+    return records
+
+
+def read_source(source: str | os.PathLike) -> list[Record]:
+    path = Path(source)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise ManifestError(f"{path}: the folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        return [Record(str(p)) for p in files]
+    if path.suffix == ".jsonl":
+        return read_captions(path)
+    raise ManifestError(f"{path}: expected a captions .jsonl manifest or a folder of images")
+
+
+def to_tensor(image: Image.Image, size: int) -> torch.Tensor:
+    """RGB PIL image -> [3, size, size] uint8 (bicubic resize when the size differs)."""
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.Resampling.BICUBIC)
+    return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+
+class ImageTextDataset(Dataset):
+    """Items {"pixels": [3, S, S] uint8, "text": str, "index": int}, or None for a bad sample."""
+
+    def __init__(
+        self, records: Sequence[Record], image_size: int, limits: ImageLimits | None = None
+    ):
+        self.records = list(records)
+        self.image_size = image_size
+        self.limits = limits or ImageLimits()
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int):
+        record = self.records[index]
+        try:
+            image = load_image(record.image, limits=self.limits)
+        except ImageLoadError as err:
+            return {"error": str(err), "index": index}
+        return {"pixels": to_tensor(image, self.image_size), "text": record.text, "index": index}
+
+
+def collate(items: list[dict]) -> dict:
+    """Stacks the good items; bad ones are dropped and reported in `skipped` / `errors`."""
+    good = [item for item in items if "pixels" in item]
+    bad = [item for item in items if "pixels" not in item]
+    batch = {
+        "pixels": torch.stack([item["pixels"] for item in good])
+        if good
+        else torch.empty(0, 3, 1, 1, dtype=torch.uint8),
+        "text": [item["text"] for item in good],
+        "index": torch.tensor([item["index"] for item in good], dtype=torch.long),
+        "skipped": len(bad),
+        "errors": [item["error"] for item in bad],
+    }
+    return batch
+
+
+class ImageDataModule(L.LightningDataModule):
+    """Images (and captions) from manifests or folders, batched by a StatefulDataLoader.
+
+    Args:
+        train: captions manifests (.jsonl) or image folders.
+        val: the same, for validation (optional).
+        image_size: side the images are resized to (the encoder's input size).
+        batch_size: per process.
+        num_workers: loader worker processes.
+        seed: shuffling seed (the loader's state is checkpointed, so resume continues the epoch).
+    """
+
+    def __init__(
+        self,
+        train: list[str],
+        val: list[str] | None = None,
+        image_size: int = 32,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.train_records: list[Record] = []
+        self.val_records: list[Record] = []
+
+    def setup(self, stage: str | None = None) -> None:
+        if not self.train_records:
+            self.train_records = [r for s in self.hparams.train for r in read_source(s)]
+            self.val_records = [r for s in (self.hparams.val or []) for r in read_source(s)]
+
+    def texts(self) -> list[str]:
+        self.setup()
+        return [r.text for r in self.train_records if r.text]
+
+    def _loader(self, records: list[Record], shuffle: bool) -> StatefulDataLoader:
+        generator = torch.Generator().manual_seed(self.hparams.seed)
+        return StatefulDataLoader(
+            ImageTextDataset(records, self.hparams.image_size),
+            batch_size=self.hparams.batch_size,
+            shuffle=shuffle,
+            num_workers=self.hparams.num_workers,
+            collate_fn=collate,
+            generator=generator,
+            drop_last=shuffle,
+            persistent_workers=self.hparams.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> StatefulDataLoader:
+        return self._loader(self.train_records, shuffle=True)
+
+    def val_dataloader(self):
+        return self._loader(self.val_records, shuffle=False) if self.val_records else []

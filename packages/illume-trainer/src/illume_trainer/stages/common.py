@@ -1,0 +1,52 @@
+"""Pieces every stage shares: the learning-rate schedule and pixel normalisation."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def warmup_cosine(
+    optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, floor: float = 0.1
+):
+    """Linear warm-up to the base rate, then cosine decay to `floor` x base at `total_steps`."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / max(1, warmup_steps)
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return {"scheduler": torch.optim.lr_scheduler.LambdaLR(optimizer, factor), "interval": "step"}
+
+
+def total_steps(trainer) -> int:
+    if trainer.max_steps and trainer.max_steps > 0:
+        return int(trainer.max_steps)
+    return int(trainer.estimated_stepping_batches)
+
+
+class Normalizer(torch.nn.Module):
+    """uint8 [B, 3, H, W] -> float pixels with the encoder's image-processor mean and std."""
+
+    def __init__(self, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)):
+        super().__init__()
+        self.register_buffer(
+            "mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False
+        )
+        self.register_buffer(
+            "std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False
+        )
+
+    @classmethod
+    def for_processor(cls, processor) -> Normalizer:
+        if processor is None:
+            return cls()
+        return cls(
+            tuple(getattr(processor, "image_mean", (0.5,) * 3)),
+            tuple(getattr(processor, "image_std", (0.5,) * 3)),
+        )
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return (pixels.float() / 255.0 - self.mean) / self.std

@@ -1,0 +1,131 @@
+"""Stage 0 (ShapesWorld only): pretrain a SigLIP-architecture encoder with the sigmoid image-text loss.
+
+No pretrained encoder can be downloaded here, so the `shapes` encoder is trained on ShapesWorld
+captions. It is saved in Hugging Face format (model, word-level text tokenizer, image processor),
+so it loads through exactly the path a real SigLIP takes. Users with real weights skip this stage.
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from illume_core import atomic_directory
+from illume_tokenizer import build_siglip, siglip_image_processor
+from illume_tokenizer.encoder import quiet_transformers
+
+from ..text import build_word_tokenizer
+from .common import Normalizer, total_steps, warmup_cosine
+
+
+def sigmoid_loss(logits: torch.Tensor, texts: list[str]) -> torch.Tensor:
+    """SigLIP's pairwise sigmoid loss; pairs with the same caption count as positives, not negatives."""
+    same = torch.tensor([[a == b for b in texts] for a in texts], device=logits.device)
+    labels = same.float() * 2 - 1
+    return -F.logsigmoid(labels * logits).sum(dim=-1).mean()
+
+
+class EncoderStage(L.LightningModule):
+    """Args:
+    output_dir: where the trained encoder is saved (Hugging Face format).
+    preset: SigLIP preset of illume_tokenizer.SIGLIP_PRESETS ("tiny", "shapes").
+    image_size: input side (overrides the preset).
+    lr, weight_decay, warmup_steps: AdamW and its warm-up + cosine schedule.
+    max_text_length: tokens per caption (padded to it, as SigLIP is trained).
+    """
+
+    def __init__(
+        self,
+        output_dir: str,
+        preset: str = "shapes",
+        image_size: int = 32,
+        lr: float = 1e-3,
+        weight_decay: float = 0.05,
+        warmup_steps: int = 100,
+        max_text_length: int = 24,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = None
+        self.text_tokenizer = None
+        self.normalize = Normalizer()
+
+    def configure_model(self) -> None:
+        if self.model is not None:
+            return
+        texts = self.trainer.datamodule.texts()
+        if not texts:
+            raise ValueError(
+                "the encoder stage needs captions: give it captions .jsonl manifests, not image folders"
+            )
+        self.text_tokenizer = build_word_tokenizer(texts)
+        self.model = build_siglip(
+            self.hparams.preset, vocab_size=len(self.text_tokenizer),
+            pad_token_id=self.text_tokenizer.pad_token_id, eos_token_id=self.text_tokenizer.eos_token_id,
+        )  # fmt: skip
+        if self.model.config.vision_config.image_size != self.hparams.image_size:
+            raise ValueError(
+                f"preset {self.hparams.preset!r} takes {self.model.config.vision_config.image_size}px images, "
+                f"the stage was given image_size={self.hparams.image_size}"
+            )
+
+    def _loss(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = self.text_tokenizer(
+            batch["text"],
+            padding="max_length",
+            max_length=self.hparams.max_text_length,
+            truncation=True,
+            return_tensors="pt",
+        )["input_ids"].to(self.device)
+        out = self.model(input_ids=ids, pixel_values=self.normalize(batch["pixels"]))
+        logits = out.logits_per_image
+        accuracy = (
+            (logits.argmax(-1) == torch.arange(len(logits), device=logits.device)).float().mean()
+        )
+        return sigmoid_loss(logits, batch["text"]), accuracy
+
+    def training_step(self, batch, batch_idx):
+        loss, accuracy = self._loss(batch)
+        self.log_dict(
+            {"train/loss": loss, "train/in_batch_top1": accuracy},
+            prog_bar=True,
+            batch_size=len(batch["text"]),
+        )
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        loss, accuracy = self._loss(batch)
+        self.log_dict(
+            {"val/loss": loss, "val/in_batch_top1": accuracy},
+            prog_bar=True,
+            batch_size=len(batch["text"]),
+        )
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
+        )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": warmup_cosine(
+                optimizer, self.hparams.warmup_steps, total_steps(self.trainer)
+            ),
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["text_tokenizer"] = self.text_tokenizer.backend_tokenizer.to_str()
+
+    def on_train_end(self) -> None:
+        if self.trainer.is_global_zero:
+            save_encoder(
+                self.model, self.text_tokenizer, self.hparams.image_size, self.hparams.output_dir
+            )
+
+
+def save_encoder(model, text_tokenizer, image_size: int, output_dir: str) -> None:
+    """Model + tokenizer + image processor, written to a temporary folder and swapped in."""
+    with atomic_directory(output_dir) as tmp, quiet_transformers():
+        model.save_pretrained(tmp)
+        text_tokenizer.save_pretrained(tmp)
+        siglip_image_processor(image_size).save_pretrained(tmp)

@@ -1,0 +1,93 @@
+"""The tokenizer stage: train the quantizer and feature decoder on a frozen encoder (ILLUME Eq. 2)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from illume_core import atomic_directory
+from illume_tokenizer import SemanticTokenizer, TokenizerConfig, VisionEncoder
+
+from .common import Normalizer, total_steps, warmup_cosine
+
+
+class TokenizerStage(L.LightningModule):
+    """Args:
+    encoder: local directory of the vision encoder (a real SigLIP, or the shapes encoder stage's output).
+    output_dir: where the trained tokenizer is saved.
+    preset: TokenizerConfig preset ("tiny", "shapes", "illume-7b"); `overrides` change its fields.
+    feature_layer: encoder layer to tokenize (None: final output; -2: penultimate).
+    lr, weight_decay, warmup_steps: AdamW and its warm-up + cosine schedule.
+    save_encoder: copy the encoder into the tokenizer directory (False: refer to it by path).
+    """
+
+    def __init__(
+        self,
+        encoder: str,
+        output_dir: str,
+        preset: str = "shapes",
+        overrides: dict | None = None,
+        feature_layer: int | None = None,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        warmup_steps: int = 100,
+        save_encoder: bool = True,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        vision = VisionEncoder.from_pretrained(encoder, feature_layer=feature_layer)
+        config = TokenizerConfig.from_name(preset, **(overrides or {})).replace(
+            encoder=str(Path(encoder).resolve())
+        )
+        self.tokenizer = SemanticTokenizer(config, vision)
+        self.normalize = Normalizer.for_processor(vision.image_processor)
+
+    def _step(self, batch, prefix: str):
+        out = self.tokenizer(self.normalize(batch["pixels"]))
+        self.log_dict(
+            {f"{prefix}/loss": out.loss, f"{prefix}/cosine": out.cosine, f"{prefix}/code_usage": out.usage, f"{prefix}/perplexity": out.perplexity},
+            prog_bar=True, batch_size=len(batch["pixels"]),
+        )  # fmt: skip
+        if batch["skipped"]:
+            self.log(f"{prefix}/skipped", float(batch["skipped"]), reduce_fx="sum", batch_size=1)
+        return out.loss
+
+    def training_step(self, batch, batch_idx):
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx):
+        self._step(batch, "val")
+
+    def configure_optimizers(self):
+        params = [
+            p
+            for n, p in self.tokenizer.named_parameters()
+            if p.requires_grad and not n.startswith("encoder.")
+        ]
+        optimizer = torch.optim.AdamW(
+            params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
+        )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": warmup_cosine(
+                optimizer, self.hparams.warmup_steps, total_steps(self.trainer)
+            ),
+        }
+
+    def state_dict(self, *args, **kwargs):
+        # The frozen encoder is not part of the checkpoint: it is reloaded from its directory.
+        return {
+            k: v
+            for k, v in super().state_dict(*args, **kwargs).items()
+            if not k.startswith("tokenizer.encoder.")
+        }
+
+    def load_state_dict(self, state_dict, strict: bool = True, **kwargs):
+        return super().load_state_dict(state_dict, strict=False, **kwargs)
+
+    def on_train_end(self) -> None:
+        if self.trainer.is_global_zero:
+            with atomic_directory(self.hparams.output_dir) as tmp:
+                self.tokenizer.save_pretrained(tmp, save_encoder=self.hparams.save_encoder)
