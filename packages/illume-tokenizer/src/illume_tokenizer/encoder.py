@@ -9,6 +9,7 @@ weights (`preprocessor_config.json`) is used when present. The built-in small en
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -61,16 +62,23 @@ def build_siglip(preset: str, vocab_size: int, pad_token_id: int = 0, eos_token_
         bos_token_id=None,
     )
     config = SiglipConfig(text_config=text, vision_config=dict(spec["vision"]))
-    return SiglipModel(config)
+    model = SiglipModel(config)
+    with torch.no_grad():  # the SigLIP paper's initial temperature and bias (t' = log 10, b = -10)
+        model.logit_scale.fill_(math.log(10.0))
+        model.logit_bias.fill_(-10.0)
+    return model
 
 
-def siglip_image_processor(image_size: int):
-    """The image processor saved with the built-in encoders: resize, scale to [-1, 1]."""
+def siglip_image_processor(
+    image_size: int,
+    image_mean: tuple[float, float, float] = (0.5, 0.5, 0.5),
+    image_std: tuple[float, float, float] = (0.5, 0.5, 0.5),
+):
+    """The image processor saved with the built-in encoders: resize, then (x / 255 - mean) / std."""
     from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
 
-    return SiglipImageProcessorPil(
-        size={"height": image_size, "width": image_size}, image_mean=[0.5] * 3, image_std=[0.5] * 3
-    )
+    size = {"height": image_size, "width": image_size}
+    return SiglipImageProcessorPil(size=size, image_mean=list(image_mean), image_std=list(image_std))
 
 
 def vision_tower(model: nn.Module) -> nn.Module:

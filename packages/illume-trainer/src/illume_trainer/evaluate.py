@@ -33,7 +33,7 @@ def encoder_retrieval(
 ) -> float:
     """Image-to-caption top-1 among the n captions of a split: right when the retrieved caption is
     true of the image's scene (paraphrases and less specific true captions count)."""
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
 
     from illume_tokenizer.encoder import quiet_transformers
 
@@ -41,8 +41,10 @@ def encoder_retrieval(
     with quiet_transformers():
         model = AutoModel.from_pretrained(encoder_dir).eval()
         tokenizer = AutoTokenizer.from_pretrained(encoder_dir)
+        processor = AutoImageProcessor.from_pretrained(encoder_dir)
     rows = _scenes(split_dir, n)
     size = model.config.vision_config.image_size
+    tokenizer.padding_side = "left"
     ids = tokenizer(
         [r["caption"] for r in rows],
         padding="max_length",
@@ -50,7 +52,10 @@ def encoder_retrieval(
         truncation=True,
         return_tensors="pt",
     )["input_ids"]
-    out = model(input_ids=ids, pixel_values=Normalizer()(_pixels(split_dir, rows, size)))
+    out = model(
+        input_ids=ids,
+        pixel_values=Normalizer.for_processor(processor)(_pixels(split_dir, rows, size)),
+    )
     best = out.logits_per_image.argmax(-1).tolist()
     correct = [
         check_spec(

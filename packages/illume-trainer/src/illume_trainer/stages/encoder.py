@@ -32,7 +32,11 @@ class EncoderStage(L.LightningModule):
     preset: SigLIP preset of illume_tokenizer.SIGLIP_PRESETS ("tiny", "shapes").
     image_size: input side (overrides the preset).
     lr, weight_decay, warmup_steps: AdamW and its warm-up + cosine schedule.
-    max_text_length: tokens per caption (padded to it, as SigLIP is trained).
+    max_text_length: tokens per caption (left-padded to it, so that the last position, which
+        SigLIP's text tower pools, holds the caption's last word).
+    pixel_mean, pixel_std: the image processor's normalisation. ShapesWorld uses its background
+        colour as the mean: with 90% of every image background, centring on it keeps images from
+        looking alike to a freshly initialised encoder (which otherwise collapses).
     """
 
     def __init__(
@@ -44,12 +48,14 @@ class EncoderStage(L.LightningModule):
         weight_decay: float = 0.05,
         warmup_steps: int = 100,
         max_text_length: int = 24,
+        pixel_mean: tuple[float, float, float] = (0.5, 0.5, 0.5),
+        pixel_std: tuple[float, float, float] = (0.5, 0.5, 0.5),
     ):
         super().__init__()
         self.save_hyperparameters()
         self.model = None
         self.text_tokenizer = None
-        self.normalize = Normalizer()
+        self.normalize = Normalizer(pixel_mean, pixel_std)
 
     def configure_model(self) -> None:
         if self.model is not None:
@@ -60,6 +66,7 @@ class EncoderStage(L.LightningModule):
                 "the encoder stage needs captions: give it captions .jsonl manifests, not image folders"
             )
         self.text_tokenizer = build_word_tokenizer(texts)
+        self.text_tokenizer.padding_side = "left"
         self.model = build_siglip(
             self.hparams.preset, vocab_size=len(self.text_tokenizer),
             pad_token_id=self.text_tokenizer.pad_token_id, eos_token_id=self.text_tokenizer.eos_token_id,
@@ -103,9 +110,13 @@ class EncoderStage(L.LightningModule):
         )
 
     def configure_optimizers(self):
-        optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
-        )
+        # Weight decay on matrices only: not on norms, biases, or the logit temperature and bias.
+        named = list(self.model.named_parameters())
+        groups = [
+            {"params": [p for _, p in named if p.ndim >= 2], "weight_decay": self.hparams.weight_decay},
+            {"params": [p for _, p in named if p.ndim < 2], "weight_decay": 0.0},
+        ]
+        optimizer = torch.optim.AdamW(groups, lr=self.hparams.lr)
         return {
             "optimizer": optimizer,
             "lr_scheduler": warmup_cosine(
@@ -118,14 +129,15 @@ class EncoderStage(L.LightningModule):
 
     def on_train_end(self) -> None:
         if self.trainer.is_global_zero:
-            save_encoder(
-                self.model, self.text_tokenizer, self.hparams.image_size, self.hparams.output_dir
+            processor = siglip_image_processor(
+                self.hparams.image_size, self.hparams.pixel_mean, self.hparams.pixel_std
             )
+            save_encoder(self.model, self.text_tokenizer, processor, self.hparams.output_dir)
 
 
-def save_encoder(model, text_tokenizer, image_size: int, output_dir: str) -> None:
+def save_encoder(model, text_tokenizer, image_processor, output_dir: str) -> None:
     """Model + tokenizer + image processor, written to a temporary folder and swapped in."""
     with atomic_directory(output_dir) as tmp, quiet_transformers():
         model.save_pretrained(tmp)
         text_tokenizer.save_pretrained(tmp)
-        siglip_image_processor(image_size).save_pretrained(tmp)
+        image_processor.save_pretrained(tmp)

@@ -1,0 +1,68 @@
+"""Trains the ShapesWorld tokenizer from nothing and prints its quality (issue: semantic vision tokenizer).
+
+Steps: write ShapesWorld data; pretrain the `shapes` SigLIP encoder (sigmoid image-text loss);
+measure image-to-caption retrieval; train the tokenizer (quantizer + feature decoder) on the
+frozen encoder; measure cos(x, x_rec), codebook usage and perplexity on validation images.
+Prints a table, then one JSON object on the last line with keys cosine, code_usage, perplexity,
+retrieval_top1, train_seconds.
+
+Run: .venv/bin/python benchmarks/tokenizer_quality.py [--workdir DIR] [--encoder-steps N] [--tokenizer-steps N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from illume_eval.shapes import write_dataset
+from illume_tokenizer import SemanticTokenizer
+from illume_trainer.cli import run_stage
+from illume_trainer.evaluate import encoder_retrieval, tokenizer_quality
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", default=None, help="where data and runs go (default: a temporary folder)")
+    parser.add_argument("--scenes", type=int, default=4000)
+    parser.add_argument("--encoder-steps", type=int, default=1000)
+    parser.add_argument("--tokenizer-steps", type=int, default=1500)
+    parser.add_argument("--encoder", default=None, help="skip encoder pretraining: use this encoder directory")
+    args = parser.parse_args()
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="illume-tokenizer-bench-"))
+    os.chdir(workdir)
+    figures: dict = {"workdir": str(workdir)}
+
+    if not Path("data/shapes/info.json").exists():
+        write_dataset("data/shapes", args.scenes, seed=0, progress=False)
+    quiet = ["--trainer.enable_progress_bar", "false"]
+    encoder = args.encoder
+    if encoder is None:
+        start = time.perf_counter()
+        run_stage("encoder", ["--config", "recipes/shapes/encoder.yaml", "--trainer.max_steps", str(args.encoder_steps), *quiet])
+        figures["encoder_train_seconds"] = round(time.perf_counter() - start, 1)
+        encoder = "runs/shapes/encoder/final"
+    figures["retrieval_top1"] = encoder_retrieval(encoder, "data/shapes/validation", n=100)
+
+    start = time.perf_counter()
+    run_stage(
+        "tokenizer",
+        ["--config", "recipes/shapes/tokenizer.yaml", "--model.encoder", encoder, "--trainer.max_steps", str(args.tokenizer_steps), *quiet],
+    )
+    figures["tokenizer_train_seconds"] = round(time.perf_counter() - start, 1)
+    tokenizer = SemanticTokenizer.from_pretrained("runs/shapes/tokenizer/final")
+    figures |= tokenizer_quality(tokenizer, "data/shapes/validation", n=500)
+    figures["train_seconds"] = round(figures.get("encoder_train_seconds", 0.0) + figures["tokenizer_train_seconds"], 1)
+
+    print(f"{'figure':<26}{'value':>12}")
+    for key in ("retrieval_top1", "cosine", "code_usage", "perplexity", "encoder_train_seconds", "tokenizer_train_seconds", "train_seconds"):
+        if key in figures:
+            print(f"{key:<26}{figures[key]:>12.4f}")
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+import json
+
+import pytest
+import torch
+import yaml
+
+from illume_eval.shapes import write_dataset
+from illume_tokenizer import SemanticTokenizer
+from illume_trainer.cli import RECIPES, resolve_recipe, run_stage
+from illume_trainer.data import ImageTextDataset, ManifestError, collate, read_captions, read_source
+
+
+@pytest.fixture(scope="module")
+def shapes_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shapes")
+    write_dataset(root, 48, seed=0, n_eval=16, progress=False)
+    return root
+
+
+def _common(tmp_path, data, steps=3):
+    return [
+        "--trainer.max_steps", str(steps), "--trainer.enable_progress_bar", "false", "--trainer.logger", "false",
+        "--trainer.enable_checkpointing", "false", "--trainer.default_root_dir", str(tmp_path),
+        "--trainer.val_check_interval", "null", "--trainer.check_val_every_n_epoch", "1",
+        "--data.train", f"[{data}/train/captions.jsonl]", "--data.val", f"[{data}/validation/captions.jsonl]",
+        "--data.batch_size", "8",
+    ]  # fmt: skip
+
+
+def test_encoder_then_tokenizer_stage_through_the_cli(tmp_path, shapes_data):
+    """The shipped ShapesWorld recipes, shrunk to the tiny presets and a few steps."""
+    encoder_dir = tmp_path / "encoder"
+    run_stage("encoder", ["--config", "recipes/shapes/encoder.yaml", "--model.preset", "tiny", "--model.output_dir", str(encoder_dir), *_common(tmp_path, shapes_data)])
+    assert {"config.json", "model.safetensors", "tokenizer.json", "preprocessor_config.json"} <= {p.name for p in encoder_dir.iterdir()}
+    processor = json.loads((encoder_dir / "preprocessor_config.json").read_text())
+    assert processor["image_mean"] == [0.0627] * 3  # the recipe's background-centred normalisation
+
+    tokenizer_dir = tmp_path / "tokenizer"
+    run_stage("tokenizer", ["--config", "recipes/shapes/tokenizer.yaml", "--model.preset", "tiny", "--model.encoder", str(encoder_dir), "--model.output_dir", str(tokenizer_dir), *_common(tmp_path, shapes_data)])
+    tokenizer = SemanticTokenizer.from_pretrained(tokenizer_dir)
+    assert tokenizer.grid == (4, 4) and tokenizer.codebook_size == 64
+    codes = tokenizer.encode(torch.zeros(1, 3, 32, 32)).codes
+    assert codes.shape == (1, 4, 4)
+
+
+def test_recipes_resolve_and_unknown_ones_are_listed():
+    assert resolve_recipe("recipes/shapes/tokenizer.yaml").endswith("shapes/tokenizer.yaml")
+    with pytest.raises(FileNotFoundError, match="shipped recipes: .*shapes/encoder.yaml"):
+        resolve_recipe("recipes/shapes/nope.yaml")
+
+
+def test_paper_scale_tokenizer_recipe_instantiates_on_meta(tmp_path):
+    from transformers import SiglipVisionConfig
+
+    from illume_trainer.stages.tokenizer import TokenizerStage
+
+    recipe = yaml.safe_load((RECIPES / "illume-7b" / "tokenizer.yaml").read_text())
+    trainer, model = recipe["trainer"], recipe["model"]
+    assert trainer["devices"] * trainer["num_nodes"] * recipe["data"]["batch_size"] == 2048
+    assert model["lr"] == 5e-5 and trainer["max_steps"] == 80_000
+    # A SigLIP-so400m-shaped config stands in for the user's local weights.
+    SiglipVisionConfig(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16, image_size=384, patch_size=14).save_pretrained(tmp_path)
+    with torch.device("meta"):
+        stage = TokenizerStage(**(model | {"encoder": str(tmp_path)}))
+    assert stage.tokenizer.grid == (27, 27) and stage.tokenizer.config.feature_layer == -2
+
+
+def test_malformed_manifest_names_file_and_line(tmp_path):
+    manifest = tmp_path / "captions.jsonl"
+    manifest.write_text('{"image": "a.png", "text": "x"}\n{"image": "b.png", "text": \n')
+    with pytest.raises(ManifestError, match=r"captions.jsonl, line 2: not valid JSON"):
+        read_captions(manifest)
+    manifest.write_text('{"text": "no image"}\n')
+    with pytest.raises(ManifestError, match=r"line 1: expected an object with an \"image\" path"):
+        read_captions(manifest)
+    with pytest.raises(ManifestError, match="expected a captions .jsonl manifest or a folder"):
+        read_source(tmp_path / "data.csv")
+
+
+def test_bad_images_are_skipped_and_counted(tmp_path, shapes_data):
+    records = read_captions(shapes_data / "train" / "captions.jsonl")[:4]
+    (tmp_path / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+    records += [type(records[0])(str(tmp_path / "missing.png"), "x"), type(records[0])(str(tmp_path / "corrupt.png"), "y")]
+    dataset = ImageTextDataset(records, 32)
+    batch = collate([dataset[i] for i in range(len(dataset))])
+    assert batch["pixels"].shape == (4, 3, 32, 32) and batch["skipped"] == 2
+    assert any("missing.png" in e and "no such file" in e for e in batch["errors"])
+    assert any("corrupt.png" in e for e in batch["errors"])
