@@ -96,3 +96,20 @@ def test_process_killed_mid_write_keeps_previous_checkpoint(tmp_path):
     assert config == {"version": 1}
     assert torch.equal(tensors["w"], torch.ones(100_000))
     assert json.loads((tmp_path / "config.json").read_text()) == {"version": 1}
+
+
+def test_atomic_directory_swaps_whole_folders(tmp_path):
+    from illume_core import atomic_directory
+
+    target = tmp_path / "model"
+    with atomic_directory(target) as tmp:
+        (tmp / "a.txt").write_text("v1")
+    assert (target / "a.txt").read_text() == "v1"
+    with pytest.raises(RuntimeError), atomic_directory(target) as tmp:
+        (tmp / "a.txt").write_text("half")
+        raise RuntimeError("crash while writing")
+    assert (target / "a.txt").read_text() == "v1"
+    with atomic_directory(target) as tmp:
+        (tmp / "b.txt").write_text("v2")
+    assert sorted(p.name for p in target.iterdir()) == ["b.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no temporary folders left

@@ -61,8 +61,9 @@ def build_siglip(preset: str, vocab_size: int, pad_token_id: int = 0, eos_token_
         eos_token_id=eos_token_id,
         bos_token_id=None,
     )
-    config = SiglipConfig(text_config=text, vision_config=dict(spec["vision"]))
-    model = SiglipModel(config)
+    with quiet_transformers():  # SiglipTextConfig's own defaults warn about its default token ids
+        config = SiglipConfig(text_config=text, vision_config=dict(spec["vision"]))
+        model = SiglipModel(config)
     with torch.no_grad():  # the SigLIP paper's initial temperature and bias (t' = log 10, b = -10)
         model.logit_scale.fill_(math.log(10.0))
         model.logit_bias.fill_(-10.0)

@@ -104,7 +104,7 @@ class VectorQuantizer(nn.Module):
         if self.training:
             self._update_statistics(z.detach().reshape(-1, self.code_dim), one_hot.detach())
         quantized = z + (chosen - z).detach()
-        usage = (self.usage_ema > self.dead_threshold * self.codebook_size).float().mean()
+        usage = (self.usage_ema > self.dead_threshold).float().mean()
         return QuantizerOutput(quantized, codes, loss, perplexity, usage)
 
     @torch.no_grad()
@@ -131,7 +131,7 @@ class VectorQuantizer(nn.Module):
 
     @torch.no_grad()
     def _restart(self, flat: torch.Tensor) -> None:
-        dead = self.usage_ema < self.dead_threshold * self.codebook_size
+        dead = self.usage_ema < self.dead_threshold
         n_dead = int(dead.sum())
         if n_dead == 0:
             return
