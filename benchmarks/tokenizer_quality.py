@@ -25,12 +25,18 @@ from illume_trainer.evaluate import encoder_retrieval, tokenizer_quality
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", default=None, help="where data and runs go (default: a temporary folder)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--workdir", default=None, help="where data and runs go (default: a temporary folder)"
+    )
     parser.add_argument("--scenes", type=int, default=4000)
-    parser.add_argument("--encoder-steps", type=int, default=1000)
+    parser.add_argument("--encoder-steps", type=int, default=2000)
     parser.add_argument("--tokenizer-steps", type=int, default=1500)
-    parser.add_argument("--encoder", default=None, help="skip encoder pretraining: use this encoder directory")
+    parser.add_argument(
+        "--encoder", default=None, help="skip encoder pretraining: use this encoder directory"
+    )
     args = parser.parse_args()
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="illume-tokenizer-bench-"))
     os.chdir(workdir)
@@ -42,7 +48,16 @@ def main() -> None:
     encoder = args.encoder
     if encoder is None:
         start = time.perf_counter()
-        run_stage("encoder", ["--config", "recipes/shapes/encoder.yaml", "--trainer.max_steps", str(args.encoder_steps), *quiet])
+        run_stage(
+            "encoder",
+            [
+                "--config",
+                "recipes/shapes/encoder.yaml",
+                "--trainer.max_steps",
+                str(args.encoder_steps),
+                *quiet,
+            ],
+        )
         figures["encoder_train_seconds"] = round(time.perf_counter() - start, 1)
         encoder = "runs/shapes/encoder/final"
     figures["retrieval_top1"] = encoder_retrieval(encoder, "data/shapes/validation", n=100)
@@ -50,15 +65,33 @@ def main() -> None:
     start = time.perf_counter()
     run_stage(
         "tokenizer",
-        ["--config", "recipes/shapes/tokenizer.yaml", "--model.encoder", encoder, "--trainer.max_steps", str(args.tokenizer_steps), *quiet],
+        [
+            "--config",
+            "recipes/shapes/tokenizer.yaml",
+            "--model.encoder",
+            encoder,
+            "--trainer.max_steps",
+            str(args.tokenizer_steps),
+            *quiet,
+        ],
     )
     figures["tokenizer_train_seconds"] = round(time.perf_counter() - start, 1)
     tokenizer = SemanticTokenizer.from_pretrained("runs/shapes/tokenizer/final")
-    figures |= tokenizer_quality(tokenizer, "data/shapes/validation", n=500)
-    figures["train_seconds"] = round(figures.get("encoder_train_seconds", 0.0) + figures["tokenizer_train_seconds"], 1)
+    figures |= tokenizer_quality(tokenizer, "data/shapes/validation")
+    figures["train_seconds"] = round(
+        figures.get("encoder_train_seconds", 0.0) + figures["tokenizer_train_seconds"], 1
+    )
 
     print(f"{'figure':<26}{'value':>12}")
-    for key in ("retrieval_top1", "cosine", "code_usage", "perplexity", "encoder_train_seconds", "tokenizer_train_seconds", "train_seconds"):
+    for key in (
+        "retrieval_top1",
+        "cosine",
+        "code_usage",
+        "perplexity",
+        "encoder_train_seconds",
+        "tokenizer_train_seconds",
+        "train_seconds",
+    ):
         if key in figures:
             print(f"{key:<26}{figures[key]:>12.4f}")
     print(json.dumps(figures))

@@ -5,17 +5,11 @@ from pathlib import Path
 import pytest
 import tomllib
 
+from illume.cli import PACKAGES as CLI_PACKAGES
+
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = [
-    "illume-core",
-    "illume-eval",
-    "illume-tokenizer",
-    "illume-detokenizer",
-    "illume-mllm",
-    "illume-trainer",
-    "illume-runtime",
-    "illume",
-]
+# The eight distributions, in dependency order (the list the `illume --version` command uses).
+PACKAGES = list(CLI_PACKAGES)
 
 
 def pyproject(dist: str) -> dict:

@@ -30,13 +30,39 @@ def _common(tmp_path, data, steps=3):
 def test_encoder_then_tokenizer_stage_through_the_cli(tmp_path, shapes_data):
     """The shipped ShapesWorld recipes, shrunk to the tiny presets and a few steps."""
     encoder_dir = tmp_path / "encoder"
-    run_stage("encoder", ["--config", "recipes/shapes/encoder.yaml", "--model.preset", "tiny", "--model.output_dir", str(encoder_dir), *_common(tmp_path, shapes_data)])
-    assert {"config.json", "model.safetensors", "tokenizer.json", "preprocessor_config.json"} <= {p.name for p in encoder_dir.iterdir()}
+    run_stage(
+        "encoder",
+        [
+            "--config",
+            "recipes/shapes/encoder.yaml",
+            "--model.preset",
+            "tiny",
+            "--model.output_dir",
+            str(encoder_dir),
+            *_common(tmp_path, shapes_data),
+        ],
+    )
+    assert {"config.json", "model.safetensors", "tokenizer.json", "preprocessor_config.json"} <= {
+        p.name for p in encoder_dir.iterdir()
+    }
     processor = json.loads((encoder_dir / "preprocessor_config.json").read_text())
     assert processor["image_mean"] == [0.0627] * 3  # the recipe's background-centred normalisation
 
     tokenizer_dir = tmp_path / "tokenizer"
-    run_stage("tokenizer", ["--config", "recipes/shapes/tokenizer.yaml", "--model.preset", "tiny", "--model.encoder", str(encoder_dir), "--model.output_dir", str(tokenizer_dir), *_common(tmp_path, shapes_data)])
+    run_stage(
+        "tokenizer",
+        [
+            "--config",
+            "recipes/shapes/tokenizer.yaml",
+            "--model.preset",
+            "tiny",
+            "--model.encoder",
+            str(encoder_dir),
+            "--model.output_dir",
+            str(tokenizer_dir),
+            *_common(tmp_path, shapes_data),
+        ],
+    )
     tokenizer = SemanticTokenizer.from_pretrained(tokenizer_dir)
     assert tokenizer.grid == (4, 4) and tokenizer.codebook_size == 64
     codes = tokenizer.encode(torch.zeros(1, 3, 32, 32)).codes
@@ -59,7 +85,14 @@ def test_paper_scale_tokenizer_recipe_instantiates_on_meta(tmp_path):
     assert trainer["devices"] * trainer["num_nodes"] * recipe["data"]["batch_size"] == 2048
     assert model["lr"] == 5e-5 and trainer["max_steps"] == 80_000
     # A SigLIP-so400m-shaped config stands in for the user's local weights.
-    SiglipVisionConfig(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16, image_size=384, patch_size=14).save_pretrained(tmp_path)
+    SiglipVisionConfig(
+        hidden_size=1152,
+        intermediate_size=4304,
+        num_hidden_layers=27,
+        num_attention_heads=16,
+        image_size=384,
+        patch_size=14,
+    ).save_pretrained(tmp_path)
     with torch.device("meta"):
         stage = TokenizerStage(**(model | {"encoder": str(tmp_path)}))
     assert stage.tokenizer.grid == (27, 27) and stage.tokenizer.config.feature_layer == -2
@@ -80,7 +113,10 @@ def test_malformed_manifest_names_file_and_line(tmp_path):
 def test_bad_images_are_skipped_and_counted(tmp_path, shapes_data):
     records = read_captions(shapes_data / "train" / "captions.jsonl")[:4]
     (tmp_path / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
-    records += [type(records[0])(str(tmp_path / "missing.png"), "x"), type(records[0])(str(tmp_path / "corrupt.png"), "y")]
+    records += [
+        type(records[0])(str(tmp_path / "missing.png"), "x"),
+        type(records[0])(str(tmp_path / "corrupt.png"), "y"),
+    ]
     dataset = ImageTextDataset(records, 32)
     batch = collate([dataset[i] for i in range(len(dataset))])
     assert batch["pixels"].shape == (4, 3, 32, 32) and batch["skipped"] == 2

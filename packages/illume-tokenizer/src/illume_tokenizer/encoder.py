@@ -79,7 +79,9 @@ def siglip_image_processor(
     from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
 
     size = {"height": image_size, "width": image_size}
-    return SiglipImageProcessorPil(size=size, image_mean=list(image_mean), image_std=list(image_std))
+    return SiglipImageProcessorPil(
+        size=size, image_mean=list(image_mean), image_std=list(image_std)
+    )
 
 
 def vision_tower(model: nn.Module) -> nn.Module:

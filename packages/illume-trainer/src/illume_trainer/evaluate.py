@@ -16,9 +16,11 @@ from .data import to_tensor
 from .stages.common import Normalizer
 
 
-def _scenes(split_dir: Path, n: int) -> list[dict]:
-    rows = [json.loads(line) for line in (split_dir / "scenes.jsonl").read_text().splitlines()[:n]]
-    if len(rows) < n:
+def _scenes(split_dir: Path, n: int | None) -> list[dict]:
+    """The first n scenes of a split (all of them when n is None)."""
+    rows = [json.loads(line) for line in (split_dir / "scenes.jsonl").read_text().splitlines()]
+    rows = rows if n is None else rows[:n]
+    if n is not None and len(rows) < n:
         raise ValueError(f"{split_dir} has {len(rows)} scenes, fewer than the {n} asked for")
     return rows
 
@@ -68,7 +70,7 @@ def encoder_retrieval(
 
 @torch.no_grad()
 def tokenizer_quality(
-    tokenizer, split_dir: str | os.PathLike, n: int = 500, batch_size: int = 100
+    tokenizer, split_dir: str | os.PathLike, n: int | None = None, batch_size: int = 100
 ) -> dict[str, float]:
     """Mean cos(x, x_rec), share of the codebook used, and code perplexity over n images of a split."""
     split_dir = Path(split_dir)
@@ -76,7 +78,7 @@ def tokenizer_quality(
     normalize = Normalizer.for_processor(tokenizer.encoder.image_processor)
     cosines, codes = [], []
     tokenizer.eval()
-    for start in range(0, n, batch_size):
+    for start in range(0, len(rows), batch_size):
         pixels = normalize(
             _pixels(split_dir, rows[start : start + batch_size], tokenizer.config.image_size)
         )

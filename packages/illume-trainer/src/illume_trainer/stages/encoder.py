@@ -113,7 +113,10 @@ class EncoderStage(L.LightningModule):
         # Weight decay on matrices only: not on norms, biases, or the logit temperature and bias.
         named = list(self.model.named_parameters())
         groups = [
-            {"params": [p for _, p in named if p.ndim >= 2], "weight_decay": self.hparams.weight_decay},
+            {
+                "params": [p for _, p in named if p.ndim >= 2],
+                "weight_decay": self.hparams.weight_decay,
+            },
             {"params": [p for _, p in named if p.ndim < 2], "weight_decay": 0.0},
         ]
         optimizer = torch.optim.AdamW(groups, lr=self.hparams.lr)
