@@ -39,6 +39,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="illume-tokenizer-bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
     os.chdir(workdir)
     figures: dict = {"workdir": str(workdir)}
 

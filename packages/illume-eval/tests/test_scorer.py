@@ -19,16 +19,10 @@ def test_robust_to_degradation_at_64px(kind):
     assert figures["overall"] >= 0.95, figures
 
 
-@pytest.mark.parametrize("kind", ["blur", "noise", "jpeg"])
+@pytest.mark.parametrize("kind", DEGRADATIONS)
 def test_robust_to_degradation_at_32px(kind):
     figures = scorer_accuracy(300, size=32, seed=2, degradation=kind)
     assert figures["overall"] >= 0.95, figures
-
-
-def test_resize_at_32px_is_the_known_hard_case():
-    # 2x down and up at 32 px leaves objects about 3 px wide: circles and squares blur together.
-    figures = scorer_accuracy(300, size=32, seed=3, degradation="resize")
-    assert figures["overall"] >= 0.85, figures
 
 
 def test_false_acceptance_of_random_prompts():

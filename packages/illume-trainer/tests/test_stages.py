@@ -122,3 +122,22 @@ def test_bad_images_are_skipped_and_counted(tmp_path, shapes_data):
     assert batch["pixels"].shape == (4, 3, 32, 32) and batch["skipped"] == 2
     assert any("missing.png" in e and "no such file" in e for e in batch["errors"])
     assert any("corrupt.png" in e for e in batch["errors"])
+
+
+def test_image_folders_are_a_source(tmp_path, shapes_data):
+    records = read_source(shapes_data / "validation" / "images")
+    assert len(records) == 16 and all(r.text == "" for r in records)
+    with pytest.raises(ManifestError, match="holds no images"):
+        read_source(tmp_path)
+
+
+def test_quality_figures_of_a_trained_tokenizer(tmp_path, shapes_data):
+    from illume_tokenizer import TokenizerConfig, VisionEncoder, build_siglip, siglip_image_processor
+    from illume_trainer.evaluate import tokenizer_quality
+
+    build_siglip("tiny", vocab_size=40).save_pretrained(tmp_path / "enc")
+    siglip_image_processor(32).save_pretrained(tmp_path / "enc")
+    tokenizer = SemanticTokenizer(TokenizerConfig.from_name("tiny"), VisionEncoder.from_pretrained(tmp_path / "enc"))
+    figures = tokenizer_quality(tokenizer, shapes_data / "validation", batch_size=7)
+    assert set(figures) == {"cosine", "code_usage", "perplexity"}
+    assert -1 <= figures["cosine"] <= 1 and 0 < figures["code_usage"] <= 1 and figures["perplexity"] >= 1
