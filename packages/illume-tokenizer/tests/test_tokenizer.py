@@ -179,14 +179,9 @@ def test_paper_scale_config_instantiates_on_meta(tmp_path):
     """SigLIP-so400m-shaped encoder (config only, no weights) + the illume-7b tokenizer preset."""
     from transformers import SiglipVisionConfig
 
-    SiglipVisionConfig(
-        hidden_size=1152,
-        intermediate_size=4304,
-        num_hidden_layers=27,
-        num_attention_heads=16,
-        image_size=384,
-        patch_size=14,
-    ).save_pretrained(tmp_path)
+    from illume_tokenizer import SIGLIP_SO400M_VISION
+
+    SiglipVisionConfig(**SIGLIP_SO400M_VISION).save_pretrained(tmp_path)
     with torch.device("meta"):
         tokenizer = SemanticTokenizer(
             TokenizerConfig.from_name("illume-7b"),

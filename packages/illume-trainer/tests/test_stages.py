@@ -78,6 +78,7 @@ def test_recipes_resolve_and_unknown_ones_are_listed():
 def test_paper_scale_tokenizer_recipe_instantiates_on_meta(tmp_path):
     from transformers import SiglipVisionConfig
 
+    from illume_tokenizer import SIGLIP_SO400M_VISION
     from illume_trainer.stages.tokenizer import TokenizerStage
 
     recipe = yaml.safe_load((RECIPES / "illume-7b" / "tokenizer.yaml").read_text())
@@ -85,14 +86,7 @@ def test_paper_scale_tokenizer_recipe_instantiates_on_meta(tmp_path):
     assert trainer["devices"] * trainer["num_nodes"] * recipe["data"]["batch_size"] == 2048
     assert model["lr"] == 5e-5 and trainer["max_steps"] == 80_000
     # A SigLIP-so400m-shaped config stands in for the user's local weights.
-    SiglipVisionConfig(
-        hidden_size=1152,
-        intermediate_size=4304,
-        num_hidden_layers=27,
-        num_attention_heads=16,
-        image_size=384,
-        patch_size=14,
-    ).save_pretrained(tmp_path)
+    SiglipVisionConfig(**SIGLIP_SO400M_VISION).save_pretrained(tmp_path)
     with torch.device("meta"):
         stage = TokenizerStage(**(model | {"encoder": str(tmp_path)}))
     assert stage.tokenizer.grid == (27, 27) and stage.tokenizer.config.feature_layer == -2
@@ -132,12 +126,23 @@ def test_image_folders_are_a_source(tmp_path, shapes_data):
 
 
 def test_quality_figures_of_a_trained_tokenizer(tmp_path, shapes_data):
-    from illume_tokenizer import TokenizerConfig, VisionEncoder, build_siglip, siglip_image_processor
+    from illume_tokenizer import (
+        TokenizerConfig,
+        VisionEncoder,
+        build_siglip,
+        siglip_image_processor,
+    )
     from illume_trainer.evaluate import tokenizer_quality
 
     build_siglip("tiny", vocab_size=40).save_pretrained(tmp_path / "enc")
     siglip_image_processor(32).save_pretrained(tmp_path / "enc")
-    tokenizer = SemanticTokenizer(TokenizerConfig.from_name("tiny"), VisionEncoder.from_pretrained(tmp_path / "enc"))
+    tokenizer = SemanticTokenizer(
+        TokenizerConfig.from_name("tiny"), VisionEncoder.from_pretrained(tmp_path / "enc")
+    )
     figures = tokenizer_quality(tokenizer, shapes_data / "validation", batch_size=7)
     assert set(figures) == {"cosine", "code_usage", "perplexity"}
-    assert -1 <= figures["cosine"] <= 1 and 0 < figures["code_usage"] <= 1 and figures["perplexity"] >= 1
+    assert (
+        -1 <= figures["cosine"] <= 1
+        and 0 < figures["code_usage"] <= 1
+        and figures["perplexity"] >= 1
+    )

@@ -15,7 +15,7 @@ import json
 import re
 from dataclasses import dataclass
 
-from .shapes.detect import detect
+from .shapes.detection import detect
 from .shapes.prompts import ASPECTS, PromptSpec, check_spec
 
 #: The prompt an assessor answers (the paper's assessment instruction, adapted to ShapesWorld).

@@ -14,7 +14,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from .shapes.detect import detect, summary
+from .shapes.detection import detect, summary
 from .shapes.edits import Edit
 from .shapes.prompts import TAGS, PromptSpec, SpecCheck, check_spec
 from .shapes.qa import Question, normalize_answer

@@ -3,6 +3,7 @@
 from .__about__ import __version__
 from .encoder import (
     SIGLIP_PRESETS,
+    SIGLIP_SO400M_VISION,
     VisionEncoder,
     build_siglip,
     siglip_image_processor,
@@ -13,6 +14,7 @@ from .quantizer import QuantizerOutput, VectorQuantizer
 
 __all__ = [
     "SIGLIP_PRESETS",
+    "SIGLIP_SO400M_VISION",
     "FeatureDecoder",
     "QuantizerOutput",
     "SemanticTokenizer",

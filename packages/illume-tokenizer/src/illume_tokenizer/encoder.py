@@ -29,6 +29,12 @@ SIGLIP_PRESETS: dict[str, dict[str, Any]] = {
     },
 }  # fmt: skip
 
+#: The vision tower of SigLIP-so400m-patch14-384, the paper-scale encoder (weights from a local path).
+SIGLIP_SO400M_VISION: dict[str, Any] = {
+    "hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": 27, "num_attention_heads": 16,
+    "image_size": 384, "patch_size": 14,
+}  # fmt: skip
+
 
 @contextlib.contextmanager
 def quiet_transformers():

@@ -1,7 +1,7 @@
 """ShapesWorld: a synthetic compositional world where every metric of the paper is exact."""
 
 from .dataset import write_dataset, write_split
-from .detect import DetectedObject, detect, scene_recovered
+from .detection import DetectedObject, detect, scene_recovered
 from .edits import EDIT_KINDS, Edit, sample_edit
 from .prompts import (
     ASPECTS,

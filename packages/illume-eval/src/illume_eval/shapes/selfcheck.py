@@ -13,7 +13,7 @@ import numpy as np
 from ..assessment import oracle_assessment, parse_assessment
 from ..metrics import geneval_summary
 from .degrade import degrade
-from .detect import detect, summary
+from .detection import detect, summary
 from .prompts import check_spec, sample_prompt
 from .world import render
 
