@@ -100,7 +100,10 @@ def _blend_fit(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def colour_coverage(image) -> tuple[np.ndarray, np.ndarray]:
     """Per pixel: index of the explaining palette colour [H, W] (-1: background) and its coverage [H, W]."""
-    alpha, residual = _blend_fit(_as_array(image) - np.asarray(BACKGROUND, np.float32))
+    return _best_colour(*_blend_fit(_as_array(image) - np.asarray(BACKGROUND, np.float32)))
+
+
+def _best_colour(alpha: np.ndarray, residual: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     residual = np.where(alpha > MIN_ALPHA, residual, np.inf)
     best = residual.argmin(axis=-1)
     best_residual = np.take_along_axis(residual, best[..., None], -1)[..., 0]
@@ -205,8 +208,8 @@ def detect(image) -> list[DetectedObject]:
     """Objects in a ShapesWorld image (an HxWx3 array or a PIL image), at most one per cell."""
     array = _as_array(image)
     size = array.shape[0]
-    index, coverage = colour_coverage(array)
-    alpha, _ = _blend_fit(array - np.asarray(BACKGROUND, np.float32))
+    alpha, residual = _blend_fit(array - np.asarray(BACKGROUND, np.float32))
+    index, coverage = _best_colour(alpha, residual)
     cell_area = (size / GRID) ** 2
     found = []
     for cell in CELLS:
