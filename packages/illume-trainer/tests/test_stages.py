@@ -146,3 +146,21 @@ def test_quality_figures_of_a_trained_tokenizer(tmp_path, shapes_data):
         and 0 < figures["code_usage"] <= 1
         and figures["perplexity"] >= 1
     )
+
+
+def test_tokenizer_stage_checkpoints_leave_the_frozen_encoder_out(tmp_path):
+    from illume_tokenizer import build_siglip, siglip_image_processor
+    from illume_trainer.stages.tokenizer import TokenizerStage
+
+    build_siglip("tiny", vocab_size=40).save_pretrained(tmp_path / "enc")
+    siglip_image_processor(32).save_pretrained(tmp_path / "enc")
+    stage = TokenizerStage(str(tmp_path / "enc"), str(tmp_path / "out"), preset="tiny")
+    state = stage.state_dict()
+    assert state and not any(k.startswith("tokenizer.encoder.") for k in state)
+    fresh = TokenizerStage(str(tmp_path / "enc"), str(tmp_path / "out"), preset="tiny")
+    fresh.load_state_dict(state)
+    assert torch.equal(
+        fresh.tokenizer.decoder.proj_out.weight, stage.tokenizer.decoder.proj_out.weight
+    )
+    with pytest.raises(RuntimeError, match="does not fit"):
+        fresh.load_state_dict({k: v for k, v in state.items() if "decoder" not in k})

@@ -85,7 +85,13 @@ class TokenizerStage(L.LightningModule):
         }
 
     def load_state_dict(self, state_dict, strict: bool = True, **kwargs):
-        return super().load_state_dict(state_dict, strict=False, **kwargs)
+        result = super().load_state_dict(state_dict, strict=False, **kwargs)
+        missing = [k for k in result.missing_keys if not k.startswith("tokenizer.encoder.")]
+        if strict and (missing or result.unexpected_keys):
+            raise RuntimeError(
+                f"checkpoint does not fit this tokenizer: missing {missing}, unexpected {result.unexpected_keys}"
+            )
+        return result
 
     def on_train_end(self) -> None:
         if self.trainer.is_global_zero:
