@@ -18,6 +18,7 @@ from illume_eval.shapes import (
     sample_edit,
     sample_prompt,
     scene_questions,
+    spec_holds,
 )
 from illume_eval.shapes.prompts import PHRASINGS, PromptSpec
 from illume_eval.shapes.world import BACKGROUND, COLORS, cell_box
@@ -78,6 +79,21 @@ def test_every_caption_describes_its_scene():
             assert spec.prompt
             assert check_spec(spec, scene.objects).correct, (spec, scene)
             assert PromptSpec.from_geneval(json.loads(json.dumps(spec.to_geneval()))) == spec
+
+
+def test_spec_holds_agrees_with_check_spec_on_every_pair():
+    rng = np.random.default_rng(5)
+    pairs = [sample_prompt(rng, "train") for _ in range(60)]
+    specs = [spec for _, spec in pairs]
+    scenes = [scene for scene, _ in pairs]
+    verdicts = []
+    for spec, scene, strict in itertools.product(specs, scenes, (True, False)):
+        expected = check_spec(spec, scene.objects, strict=strict).correct
+        assert spec_holds(spec, scene.objects, strict=strict) == expected, (spec, scene, strict)
+        verdicts.append(expected)
+    assert (
+        0.02 < np.mean(verdicts) < 0.5
+    )  # both verdicts occur often, so the agreement means something
 
 
 def test_heldout_combinations_never_occur_in_train_or_validation():

@@ -1,7 +1,8 @@
 """Image data for the vision stages: captions JSONL manifests and image folders, on StatefulDataLoader.
 
-A source is a captions manifest (`.jsonl`, lines `{"image": path, "text": caption}`, paths relative
-to the manifest) or a folder of images (searched recursively; no captions). Bad samples (missing,
+A source is a captions manifest (`.jsonl`, lines `{"image": path, "text": caption, ...}`, paths
+relative to the manifest; further keys are kept as the record's `meta`) or a folder of images
+(searched recursively; no captions). Bad samples (missing,
 corrupt or oversized images) are skipped and counted, never fatal one by one; a malformed manifest
 line is an error that names the file and the line.
 """
@@ -34,6 +35,7 @@ class ManifestError(ValueError):
 class Record:
     image: str
     text: str = ""
+    meta: dict | None = None  # the manifest line's other keys (ShapesWorld: "scene", "spec")
 
 
 def read_captions(path: str | os.PathLike) -> list[Record]:
@@ -59,7 +61,8 @@ def read_captions(path: str | os.PathLike) -> list[Record]:
             text = row.get("text", "")
             if not isinstance(text, str):
                 raise ManifestError(f'{path}, line {number}: "text" must be a string')
-            records.append(Record(str(path.parent / row["image"]), text))
+            meta = {k: v for k, v in row.items() if k not in ("image", "text")} or None
+            records.append(Record(str(path.parent / row["image"]), text, meta))
     return records
 
 
@@ -83,7 +86,8 @@ def to_tensor(image: Image.Image, size: int) -> torch.Tensor:
 
 
 class ImageTextDataset(Dataset):
-    """Items {"pixels": [3, S, S] uint8, "text": str, "index": int}, or None for a bad sample."""
+    """Items {"pixels": [3, S, S] uint8, "text": str, "meta": dict | None, "index": int}, or
+    {"error": str, "index": int} for a bad sample."""
 
     def __init__(
         self, records: Sequence[Record], image_size: int, limits: ImageLimits | None = None
@@ -101,7 +105,12 @@ class ImageTextDataset(Dataset):
             image = load_image(record.image, limits=self.limits)
         except ImageLoadError as err:
             return {"error": str(err), "index": index}
-        return {"pixels": to_tensor(image, self.image_size), "text": record.text, "index": index}
+        return {
+            "pixels": to_tensor(image, self.image_size),
+            "text": record.text,
+            "meta": record.meta,
+            "index": index,
+        }
 
 
 def collate(items: list[dict]) -> dict:
@@ -113,6 +122,7 @@ def collate(items: list[dict]) -> dict:
         if good
         else torch.empty(0, 3, 1, 1, dtype=torch.uint8),
         "text": [item["text"] for item in good],
+        "meta": [item["meta"] for item in good],
         "index": torch.tensor([item["index"] for item in good], dtype=torch.long),
         "skipped": len(bad),
         "errors": [item["error"] for item in bad],

@@ -12,6 +12,7 @@ from .prompts import (
     caption,
     check_spec,
     sample_prompt,
+    spec_holds,
 )
 from .qa import POPE_TYPES, QA_TYPES, Question, normalize_answer, scene_questions
 from .splits import (
@@ -38,5 +39,5 @@ __all__ = [
     "HELDOUT_RELATIONS", "POPE_TYPES", "QA_TYPES", "SHAPES", "SPLITS", "TAGS", "DetectedObject", "Edit",
     "PromptSpec", "Question", "Requirement", "Scene", "ShapeObject", "SpecCheck", "allowed_in_training",
     "caption", "check_spec", "detect", "heldout_combinations", "normalize_answer", "render", "render_pil",
-    "sample_edit", "sample_prompt", "scene_questions", "scene_recovered", "write_dataset", "write_split",
+    "sample_edit", "sample_prompt", "scene_questions", "scene_recovered", "spec_holds", "write_dataset", "write_split",
 ]  # fmt: skip

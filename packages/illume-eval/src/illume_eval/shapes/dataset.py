@@ -5,7 +5,7 @@ Layout of `write_dataset(out, ...)`, one folder per split (train, validation, he
     info.json                     seed, image size, counts, held-out combinations
     <split>/images/000000.png     the scenes
     <split>/scenes.jsonl          {"id", "image", "caption", "scene", "spec"}  (spec: GenEval format)
-    <split>/captions.jsonl        {"image", "text"}                            captions (tokenizer, stage 1)
+    <split>/captions.jsonl        {"image", "text", "scene", "spec"}           captions (encoder, tokenizer, stage 1)
     <split>/t2i.json              LLaVA-style conversations, text -> image    ("<image>" in the answer)
     <split>/qa.json               LLaVA-style conversations, image -> answers
     <split>/qa.jsonl              {"id", "image", "question", "answer", "type", "negative_type"}
@@ -101,7 +101,14 @@ def write_split(
                 "spec": spec.to_geneval(),
             }
         )
-        captions.append({"image": image, "text": spec.prompt})
+        captions.append(
+            {
+                "image": image,
+                "text": spec.prompt,
+                "scene": scene.to_dict(),
+                "spec": spec.to_geneval(),
+            }
+        )
         metadata.append(spec.to_geneval())
         t2i.append(
             {

@@ -423,3 +423,39 @@ def check_spec(spec: PromptSpec, objects: Sequence[ObjectLike], strict: bool = T
     else:
         analyses["Spatial Relation"] = f"The layout is wrong: {'; '.join(relation_errors)}."
     return SpecCheck(all(aspects.values()), aspects, analyses)
+
+
+def spec_holds(spec: PromptSpec, objects: Sequence[ObjectLike], strict: bool = True) -> bool:
+    """`check_spec(spec, objects, strict).correct` without the analysis sentences: fast enough to
+    label every caption-image pair of a training batch (the encoder stage's positives)."""
+    found = Counter(o.shape for o in objects)
+    wanted: Counter[str] = Counter()
+    named: Counter[tuple[str, str]] = Counter()
+    for req in spec.include:
+        wanted[req.shape] += req.count
+        if req.color is not None:
+            named[(req.shape, req.color)] += req.count
+    if strict and (set(found) != set(wanted) or any(found[s] != n for s, n in wanted.items())):
+        return False
+    if not strict:
+        if any(found[s] < n for s, n in wanted.items()):
+            return False
+        if any(sum(r.matches(o) for o in objects) >= r.count for r in spec.exclude):
+            return False
+    for (shape, color), n in named.items():
+        if sum(1 for o in objects if o.shape == shape and o.color == color) < n:
+            return False
+    for req in spec.include:
+        if req.position is None:
+            continue
+        relation, ref = req.position
+        other = spec.include[ref]
+        if not any(
+            a is not b and relation_holds(relation, a, b)
+            for a in objects
+            if req.matches(a)
+            for b in objects
+            if other.matches(b)
+        ):
+            return False
+    return True

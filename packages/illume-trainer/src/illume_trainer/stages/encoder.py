@@ -12,17 +12,44 @@ import torch
 import torch.nn.functional as F
 
 from illume_core import atomic_directory
+from illume_mllm import build_word_tokenizer
 from illume_tokenizer import build_siglip, siglip_image_processor
 from illume_tokenizer.encoder import quiet_transformers
 
-from ..text import build_word_tokenizer
 from .common import Normalizer, total_steps, warmup_cosine
 
+POSITIVES = ("same_caption", "scene")
 
-def sigmoid_loss(logits: torch.Tensor, texts: list[str]) -> torch.Tensor:
-    """SigLIP's pairwise sigmoid loss; pairs with the same caption count as positives, not negatives."""
-    same = torch.tensor([[a == b for b in texts] for a in texts], device=logits.device)
-    labels = same.float() * 2 - 1
+
+def positive_pairs(batch: dict, rule: str) -> torch.Tensor:
+    """[B_images, B_texts] bool: which image-caption pairs of a batch are positives.
+
+    "same_caption": image i and caption j match when caption j is caption i (any dataset).
+    "scene": when caption j is true of image i's scene, by illume-eval's exact check (ShapesWorld
+    manifests carry "scene" and "spec"). Generic captions ("a circle and a square") are true of
+    several images of a batch; calling those pairs negatives would teach the encoder falsehoods.
+    """
+    texts = batch["text"]
+    if rule == "same_caption":
+        return torch.tensor([[a == b for b in texts] for a in texts])
+    if rule == "scene":
+        from illume_eval.shapes import PromptSpec, Scene, spec_holds
+
+        metas = batch["meta"]
+        if any(m is None or "scene" not in m or "spec" not in m for m in metas):
+            raise ValueError(
+                'positives="scene" needs manifests whose lines carry "scene" and "spec" '
+                "(ShapesWorld captions.jsonl); use positives=same_caption for other data"
+            )
+        specs = [PromptSpec.from_geneval(m["spec"]) for m in metas]
+        scenes = [Scene.from_dict(m["scene"]).objects for m in metas]
+        return torch.tensor([[spec_holds(s, objects) for s in specs] for objects in scenes])
+    raise ValueError(f"unknown positives rule {rule!r}; expected one of {POSITIVES}")
+
+
+def sigmoid_loss(logits: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
+    """SigLIP's pairwise sigmoid loss over a [B, B] logit matrix with the given positive pairs."""
+    labels = positives.to(logits.device).float() * 2 - 1
     return -F.logsigmoid(labels * logits).sum(dim=-1).mean()
 
 
@@ -34,6 +61,7 @@ class EncoderStage(L.LightningModule):
     lr, weight_decay, warmup_steps: AdamW and its warm-up + cosine schedule.
     max_text_length: tokens per caption (left-padded to it, so that the last position, which
         SigLIP's text tower pools, holds the caption's last word).
+    positives: which image-caption pairs count as positives (see `positive_pairs`).
     pixel_mean, pixel_std: the image processor's normalisation. ShapesWorld uses its background
         colour as the mean: with 90% of every image background, centring on it keeps images from
         looking alike to a freshly initialised encoder (which otherwise collapses).
@@ -50,8 +78,11 @@ class EncoderStage(L.LightningModule):
         max_text_length: int = 24,
         pixel_mean: tuple[float, float, float] = (0.5, 0.5, 0.5),
         pixel_std: tuple[float, float, float] = (0.5, 0.5, 0.5),
+        positives: str = "same_caption",
     ):
         super().__init__()
+        if positives not in POSITIVES:
+            raise ValueError(f"unknown positives rule {positives!r}; expected one of {POSITIVES}")
         self.save_hyperparameters()
         self.model = None
         self.text_tokenizer = None
@@ -87,10 +118,10 @@ class EncoderStage(L.LightningModule):
         )["input_ids"].to(self.device)
         out = self.model(input_ids=ids, pixel_values=self.normalize(batch["pixels"]))
         logits = out.logits_per_image
-        accuracy = (
-            (logits.argmax(-1) == torch.arange(len(logits), device=logits.device)).float().mean()
-        )
-        return sigmoid_loss(logits, batch["text"]), accuracy
+        positives = positive_pairs(batch, self.hparams.positives)
+        # in-batch top-1: the best-scoring caption is a positive of the image
+        accuracy = positives[torch.arange(len(logits)), logits.argmax(-1).cpu()].float().mean()
+        return sigmoid_loss(logits, positives), accuracy
 
     def training_step(self, batch, batch_idx):
         loss, accuracy = self._loss(batch)
