@@ -24,27 +24,31 @@ from illume_trainer.cli import run_stage
 from illume_trainer.evaluate import encoder_retrieval, tokenizer_quality
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--workdir", default=None, help="where data and runs go (default: a temporary folder)"
     )
     parser.add_argument("--scenes", type=int, default=4000)
     parser.add_argument("--encoder-steps", type=int, default=2000)
-    parser.add_argument("--tokenizer-steps", type=int, default=1500)
+    parser.add_argument("--tokenizer-steps", type=int, default=2500)
     parser.add_argument(
         "--encoder", default=None, help="skip encoder pretraining: use this encoder directory"
     )
-    args = parser.parse_args()
-    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="illume-tokenizer-bench-"))
+
+
+def enter_workdir(args, prefix: str) -> dict:
+    """Changes into the work folder (made if needed), writes ShapesWorld data there if missing."""
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix=prefix))
     workdir.mkdir(parents=True, exist_ok=True)
     os.chdir(workdir)
-    figures: dict = {"workdir": str(workdir)}
-
     if not Path("data/shapes/info.json").exists():
         write_dataset("data/shapes", args.scenes, seed=0, progress=False)
+    return {"workdir": str(workdir)}
+
+
+def train_tokenizer(args, figures: dict) -> str:
+    """Encoder (unless given) and tokenizer stages of the shipped recipes; returns the tokenizer
+    directory and adds retrieval and training times to `figures`."""
     quiet = ["--trainer.enable_progress_bar", "false"]
     encoder = args.encoder
     if encoder is None:
@@ -77,7 +81,17 @@ def main() -> None:
         ],
     )
     figures["tokenizer_train_seconds"] = round(time.perf_counter() - start, 1)
-    tokenizer = SemanticTokenizer.from_pretrained("runs/shapes/tokenizer/final")
+    return "runs/shapes/tokenizer/final"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_arguments(parser)
+    args = parser.parse_args()
+    figures = enter_workdir(args, "illume-tokenizer-bench-")
+    tokenizer = SemanticTokenizer.from_pretrained(train_tokenizer(args, figures))
     figures |= tokenizer_quality(tokenizer, "data/shapes/validation")
     figures["train_seconds"] = round(
         figures.get("encoder_train_seconds", 0.0) + figures["tokenizer_train_seconds"], 1

@@ -164,3 +164,78 @@ def test_tokenizer_stage_checkpoints_leave_the_frozen_encoder_out(tmp_path):
     )
     with pytest.raises(RuntimeError, match="does not fit"):
         fresh.load_state_dict({k: v for k, v in state.items() if "decoder" not in k})
+
+
+def _tiny_tokenizer(root):
+    from illume_tokenizer import (
+        TokenizerConfig,
+        VisionEncoder,
+        build_siglip,
+        siglip_image_processor,
+    )
+
+    torch.manual_seed(0)
+    build_siglip("tiny", vocab_size=40).save_pretrained(root / "enc")
+    siglip_image_processor(32).save_pretrained(root / "enc")
+    tokenizer = SemanticTokenizer(
+        TokenizerConfig.from_name("tiny"), VisionEncoder.from_pretrained(root / "enc")
+    )
+    tokenizer.save_pretrained(root / "tok")
+    return root / "tok"
+
+
+def test_detokenizer_stage_through_the_cli_and_its_quality_figures(tmp_path, shapes_data):
+    from illume_detokenizer import DetokenizerPipeline
+    from illume_trainer.evaluate import detokenizer_quality
+    from illume_trainer.stages.detokenizer import DetokenizerStage
+
+    tokenizer_dir = _tiny_tokenizer(tmp_path)
+    out = tmp_path / "detok"
+    run_stage(
+        "detokenizer",
+        [
+            "--config", "recipes/shapes/detokenizer.yaml", "--model.tokenizer", str(tokenizer_dir),
+            "--model.output_dir", str(out), "--model.preset", "tiny",
+            "--model.overrides", '{"image_size": 32}', *_common(tmp_path, shapes_data),
+        ],
+    )  # fmt: skip
+    pipe = DetokenizerPipeline.from_pretrained(out)
+    pipe.set_progress_bar_config(disable=True)
+    assert (out / "tokenizer.txt").read_text().strip() == str(tokenizer_dir.resolve())
+    tokenizer = SemanticTokenizer.from_pretrained(tokenizer_dir)
+    figures = detokenizer_quality(
+        tokenizer,
+        pipe,
+        shapes_data / "validation",
+        n=4,
+        samplers=(("dpm++", 2), ("ddim", 2)),
+        batch_size=3,
+    )
+    assert set(figures["by_sampler"]) == {"dpm++@2", "ddim@2"}
+    assert 0 <= figures["scene_recovery"] <= 1 and figures["psnr"] > 0
+
+    # Checkpoints hold what trains, not the frozen tokenizer; they load back strictly.
+    stage = DetokenizerStage(
+        str(tokenizer_dir), str(out), preset="tiny", overrides={"image_size": 32}
+    )
+    state = stage.state_dict()
+    assert state and not any(k.startswith("tokenizer.") for k in state)
+    fresh = DetokenizerStage(
+        str(tokenizer_dir), str(out), preset="tiny", overrides={"image_size": 32}
+    )
+    fresh.load_state_dict(state)
+    with pytest.raises(RuntimeError, match="does not fit"):
+        fresh.load_state_dict({k: v for k, v in state.items() if "conditioner" not in k})
+
+
+def test_encoder_positives_by_caption_or_by_scene(shapes_data):
+    from illume_trainer.stages.encoder import positive_pairs
+
+    records = read_captions(shapes_data / "train" / "captions.jsonl")[:24]
+    batch = {"text": [r.text for r in records], "meta": [r.meta for r in records]}
+    same = positive_pairs(batch, "same_caption")
+    by_scene = positive_pairs(batch, "scene")
+    assert same.diagonal().all() and by_scene.diagonal().all()  # every caption is true of its image
+    assert (by_scene & ~same).any()  # generic captions are true of other images too
+    with pytest.raises(ValueError, match='needs manifests whose lines carry "scene"'):
+        positive_pairs({"text": batch["text"], "meta": [None] * 24}, "scene")

@@ -1,5 +1,23 @@
-"""illume-detokenizer: see README.md for what this package holds."""
+"""illume-detokenizer: ILLUME's diffusion detokenizer, semantic features back to pixels.
+
+from illume_detokenizer import DetokenizerPipeline
+pipe = DetokenizerPipeline.from_pretrained("runs/shapes/detokenizer/final").use_scheduler("dpm++")
+images = pipe(codes=codes, tokenizer=tokenizer, steps=20, guidance=3.0).images
+"""
 
 from .__about__ import __version__
+from .build import (
+    TRAINABLE,
+    DetokenizerConfig,
+    attention_parameters,
+    build_pipeline,
+    from_sdxl,
+    trainable_parameters,
+)
+from .conditioner import Conditions, FeatureConditioner
+from .pipeline import SCHEDULERS, DetokenizerPipeline, to_pil
 
-__all__ = ["__version__"]
+__all__ = [
+    "SCHEDULERS", "TRAINABLE", "Conditions", "DetokenizerConfig", "DetokenizerPipeline", "FeatureConditioner",
+    "__version__", "attention_parameters", "build_pipeline", "from_sdxl", "to_pil", "trainable_parameters",
+]  # fmt: skip

@@ -17,12 +17,14 @@ RECIPES = Path(__file__).parent / "recipes"
 
 def _stages() -> dict[str, tuple[type, type]]:
     from .data import ImageDataModule
+    from .stages.detokenizer import DetokenizerStage
     from .stages.encoder import EncoderStage
     from .stages.tokenizer import TokenizerStage
 
     return {
         "encoder": (EncoderStage, ImageDataModule),
         "tokenizer": (TokenizerStage, ImageDataModule),
+        "detokenizer": (DetokenizerStage, ImageDataModule),
     }
 
 

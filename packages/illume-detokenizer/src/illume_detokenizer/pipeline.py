@@ -1,0 +1,220 @@
+"""`DetokenizerPipeline`: semantic features (or vision codes) in, images out.
+
+A diffusers `DiffusionPipeline` of a `FeatureConditioner`, a `UNet2DConditionModel`, a scheduler
+and, for latent-space models, an `AutoencoderKL`. `save_pretrained` / `from_pretrained` write and
+read the usual diffusers folder (`model_index.json`, one subfolder per component, safetensors).
+
+    pipe = DetokenizerPipeline.from_pretrained("runs/shapes/detokenizer/final")
+    pipe.use_scheduler("dpm++")
+    images = pipe(features, steps=20, guidance=3.0, generator=torch.Generator().manual_seed(0)).images
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import ClassVar
+
+import torch
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    DDPMScheduler,
+    DiffusionPipeline,
+    DPMSolverMultistepScheduler,
+    EulerDiscreteScheduler,
+    UNet2DConditionModel,
+)
+from diffusers.utils.torch_utils import randn_tensor
+from PIL import Image
+
+from illume_core import DetokenizerOutput
+
+from .conditioner import Conditions, FeatureConditioner
+
+#: Samplers by name: (scheduler class, settings on top of the trained noise schedule).
+SCHEDULERS: dict[str, tuple[type, dict]] = {
+    "ddim": (DDIMScheduler, {}),
+    "dpm++": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+    "euler": (EulerDiscreteScheduler, {}),
+    "ddpm": (DDPMScheduler, {}),  # ancestral, stochastic: the training scheduler's own sampler
+}
+
+
+def to_pil(pixels: torch.Tensor) -> list[Image.Image]:
+    """[B, 3, H, W] in [0, 1] -> B RGB images."""
+    array = (pixels.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(a) for a in array]
+
+
+class DetokenizerPipeline(DiffusionPipeline):
+    """Features [B, N, D] -> B images, by conditioned denoising with classifier-free guidance.
+
+    Components: `conditioner` (FeatureConditioner), `unet` (UNet2DConditionModel), `scheduler`,
+    and `vae` (AutoencoderKL; None for pixel-space models such as ShapesWorld's).
+    `pixel_unshuffle` f (pixel space only): the U-Net denoises [3 f^2, H/f, W/f] space-to-depth
+    pixels, an exactly invertible reshape that makes every convolution f^2 times cheaper.
+    """
+
+    model_cpu_offload_seq = "conditioner->unet->vae"
+    _optional_components: ClassVar[list[str]] = ["vae"]
+
+    def __init__(
+        self,
+        conditioner: FeatureConditioner,
+        unet: UNet2DConditionModel,
+        scheduler,
+        vae: AutoencoderKL | None = None,
+        pixel_unshuffle: int = 1,
+    ):
+        super().__init__()
+        if pixel_unshuffle < 1 or (vae is not None and pixel_unshuffle != 1):
+            raise ValueError("pixel_unshuffle must be >= 1, and 1 for latent-space (VAE) pipelines")
+        self.register_modules(conditioner=conditioner, unet=unet, scheduler=scheduler, vae=vae)
+        self.register_to_config(pixel_unshuffle=pixel_unshuffle)
+
+    # -- configuration ----------------------------------------------------------------------------
+
+    def use_scheduler(self, name: str) -> DetokenizerPipeline:
+        """Switches the sampler ("ddim", "dpm++", "euler", "ddpm"), keeping the trained noise schedule."""
+        if name not in SCHEDULERS:
+            raise ValueError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
+        cls, settings = SCHEDULERS[name]
+        self.scheduler = cls.from_config(self.scheduler.config, **settings)
+        return self
+
+    @property
+    def image_size(self) -> int:
+        """Side of the generated images in pixels."""
+        if self.vae is None:
+            factor = self.config.pixel_unshuffle
+        else:
+            factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return self.unet.config.sample_size * factor
+
+    # -- the U-Net with its conditions ------------------------------------------------------------
+
+    def _time_ids(self, batch: int, device, dtype) -> torch.Tensor:
+        """SDXL's micro-conditioning: (original H, W, crop top, left, target H, W)."""
+        side = self.image_size
+        return torch.tensor([[side, side, 0, 0, side, side]], device=device, dtype=dtype).expand(
+            batch, -1
+        )
+
+    def predict(
+        self, sample: torch.Tensor, t: torch.Tensor, conditions: Conditions
+    ) -> torch.Tensor:
+        """The U-Net's prediction for noisy `sample` [B, C, h, w] at timesteps t under `conditions`."""
+        added = None
+        if self.unet.config.addition_embed_type == "text_time":
+            if conditions.pooled is None:
+                raise ValueError(
+                    "this U-Net takes text_time conditions: build the conditioner with pooled_dim "
+                    f"= {self.unet.config.projection_class_embeddings_input_dim} - 6 * "
+                    f"{self.unet.config.addition_time_embed_dim}"
+                )
+            added = {
+                "text_embeds": conditions.pooled,
+                "time_ids": self._time_ids(len(sample), sample.device, sample.dtype),
+            }
+        return self.unet(
+            sample, t, encoder_hidden_states=conditions.encoder_hidden_states,
+            added_cond_kwargs=added, return_dict=False,
+        )[0]  # fmt: skip
+
+    # -- pixels <-> the U-Net's space ------------------------------------------------------------
+
+    def to_model_space(self, pixels: torch.Tensor, generator=None) -> torch.Tensor:
+        """[B, 3, H, W] in [0, 1] -> what the U-Net denoises (pixels in [-1, 1], or VAE latents)."""
+        x = pixels * 2 - 1
+        if self.vae is None:
+            return torch.nn.functional.pixel_unshuffle(x, self.config.pixel_unshuffle)
+        latents = self.vae.encode(x.to(self.vae.dtype)).latent_dist.sample(generator)
+        return latents * self.vae.config.scaling_factor
+
+    def to_pixels(self, sample: torch.Tensor) -> torch.Tensor:
+        if self.vae is not None:
+            sample = self.vae.decode(sample / self.vae.config.scaling_factor, return_dict=False)[0]
+        else:
+            sample = torch.nn.functional.pixel_shuffle(sample, self.config.pixel_unshuffle)
+        return ((sample.float() + 1) / 2).clamp(0, 1)
+
+    # -- sampling ---------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        features: torch.Tensor | None = None,
+        *,
+        codes: torch.Tensor | None = None,
+        tokenizer=None,
+        steps: int = 20,
+        guidance: float = 3.0,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        output_type: str = "pil",
+    ) -> DetokenizerOutput:
+        """Images for B feature maps (or B code grids, decoded by `tokenizer.decode_features`).
+
+        Args:
+            features: [B, N, D] reconstructed semantic features.
+            codes, tokenizer: instead of features, codes [B, h, w] and the tokenizer that made them.
+            steps: denoising steps of the current scheduler.
+            guidance: classifier-free guidance scale; <= 1 runs the conditional branch only.
+            generator: one generator, or one per image (then each image depends only on its own
+                seed, so a batch equals the same images drawn one by one).
+            output_type: "pil" (images and pixels) or "pt" (pixels only).
+        """
+        if (features is None) == (codes is None):
+            raise ValueError("pass either features [B, N, D] or codes [B, h, w] (with tokenizer=)")
+        if codes is not None:
+            if tokenizer is None:
+                raise ValueError("codes need the tokenizer that made them: pass tokenizer=...")
+            features = tokenizer.decode_features(codes)
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        if output_type not in ("pil", "pt"):
+            raise ValueError(f"output_type must be 'pil' or 'pt', got {output_type!r}")
+        device, dtype = self.unet.device, self.unet.dtype
+        batch = len(features)
+        if isinstance(generator, list) and len(generator) != batch:
+            raise ValueError(
+                f"got {len(generator)} generators for {batch} images; pass one per image"
+            )
+
+        features = features.to(device)
+        use_cfg = guidance > 1.0
+        conditions = self.conditioner(features)
+        if use_cfg:  # unconditional and conditional rows in one U-Net batch
+            null = self.conditioner.unconditional(batch)
+            conditions = Conditions(
+                torch.cat([null.encoder_hidden_states, conditions.encoder_hidden_states]),
+                None if null.pooled is None else torch.cat([null.pooled, conditions.pooled]),
+            )
+        conditions = Conditions(
+            conditions.encoder_hidden_states.to(dtype),
+            None if conditions.pooled is None else conditions.pooled.to(dtype),
+        )
+
+        shape = (
+            batch,
+            self.unet.config.in_channels,
+            self.unet.config.sample_size,
+            self.unet.config.sample_size,
+        )
+        sample = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+        self.scheduler.set_timesteps(steps, device=device)
+        sample = sample * self.scheduler.init_noise_sigma
+        step_kwargs = {}  # stochastic samplers draw their noise from the same generator(s)
+        if "generator" in inspect.signature(self.scheduler.step).parameters:
+            step_kwargs["generator"] = generator
+        for t in self.progress_bar(self.scheduler.timesteps):
+            model_in = torch.cat([sample, sample]) if use_cfg else sample
+            model_in = self.scheduler.scale_model_input(model_in, t)
+            prediction = self.predict(model_in, t.expand(len(model_in)), conditions)
+            if use_cfg:
+                uncond, cond = prediction.chunk(2)
+                prediction = uncond + guidance * (cond - uncond)
+            sample = self.scheduler.step(prediction, t, sample, **step_kwargs, return_dict=False)[0]
+
+        pixels = self.to_pixels(sample)
+        images = to_pil(pixels) if output_type == "pil" else []
+        return DetokenizerOutput(images=images, pixels=pixels)
