@@ -1,5 +1,20 @@
-"""illume-mllm: see README.md for what this package holds."""
+"""illume-mllm: ILLUME's unified MLLM (sees with continuous features, draws with vision tokens).
+
+from illume_mllm import IllumeForConditionalGeneration, IllumeProcessor, generate_image_tokens
+model = IllumeForConditionalGeneration.from_pretrained("runs/shapes/mllm/final")
+processor = IllumeProcessor.from_pretrained("runs/shapes/mllm/final")
+"""
 
 from .__about__ import __version__
+from .build import LLM_PRESETS, build_model, build_processor, build_word_tokenizer
+from .generation import ImageTokenSampler, filter_logits, generate_image_tokens, generate_text
+from .modeling import IllumeConfig, IllumeForConditionalGeneration
+from .processing import IGNORE, Example, IllumeProcessor, ProcessorConfig
+from .vocab import MARKERS, VisionVocab, extend_tokenizer, vision_token, vocab_of
 
-__all__ = ["__version__"]
+__all__ = [
+    "IGNORE", "LLM_PRESETS", "MARKERS", "Example", "IllumeConfig", "IllumeForConditionalGeneration",
+    "IllumeProcessor", "ImageTokenSampler", "ProcessorConfig", "VisionVocab", "__version__", "build_model",
+    "build_processor", "build_word_tokenizer", "extend_tokenizer", "filter_logits", "generate_image_tokens",
+    "generate_text", "vision_token", "vocab_of",
+]  # fmt: skip

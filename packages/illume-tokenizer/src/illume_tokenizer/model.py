@@ -58,7 +58,7 @@ class TokenizerConfig(Config):
 
     presets: ClassVar[dict] = {
         "tiny": {"codebook_size": 64, "code_dim": 8, "decoder_width": 32, "decoder_depth": 1, "decoder_heads": 2},
-        "shapes": {"codebook_size": 512, "code_dim": 16, "decoder_width": 128, "decoder_depth": 3, "decoder_heads": 4},
+        "shapes": {"codebook_size": 1024, "code_dim": 32, "decoder_width": 192, "decoder_depth": 4, "decoder_heads": 4},
         # Paper scale on SigLIP-so400m (1152-d features, 27x27 patches at 384 px).
         "illume-7b": {"codebook_size": 16384, "code_dim": 32, "decoder_width": 1152, "decoder_depth": 12, "decoder_heads": 16, "feature_layer": -2},
     }  # fmt: skip

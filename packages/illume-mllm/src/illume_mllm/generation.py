@@ -1,0 +1,196 @@
+"""Sampling images (vision tokens) and text answers from an `IllumeForConditionalGeneration`.
+
+Images: transformers' `generate` drives the model (one forward per token, KV cache) over a doubled
+batch, conditional rows then unconditional rows (DESIGN.md section 4: the same prompt with the
+caption removed). `ImageTokenSampler`, a logits processor, does the ILLUME part at every step:
+classifier-free guidance from the two halves, the image's row structure (vision tokens inside a
+row, `<end_of_line>` exactly at row ends, `<end_of_image>` after the last row), temperature, top-k
+and top-p, and the draw itself from a seeded generator. It hands `generate` a one-hot score for
+the drawn token in both halves, so greedy decoding appends the same token to a row and its
+unconditional twin.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from transformers import LogitsProcessor, LogitsProcessorList
+
+from illume_core import Message
+
+from .processing import Example, IllumeProcessor
+from .vocab import VisionVocab
+
+
+def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
+    """Keeps the top-k logits, then the smallest set whose probability reaches top_p; -inf elsewhere."""
+    if top_k is not None and 0 < top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        ordered, order = torch.sort(logits, descending=True, dim=-1)
+        cumulative = ordered.softmax(-1).cumsum(-1)
+        drop = cumulative - ordered.softmax(-1) >= top_p  # keep the token that crosses top_p
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    return logits
+
+
+class ImageTokenSampler(LogitsProcessor):
+    """CFG + row structure + sampling for one image per conditional row (see module docstring).
+
+    Args:
+        vocab: the model's vision vocabulary.
+        grid: (h, w) codes per image.
+        prompt_length: length of the (left-padded) prompts; generation starts after it.
+        guidance: CFG scale; 1 uses the conditional logits alone (then the batch is not doubled).
+        temperature, top_k, top_p: applied to the guided logits of the vision tokens.
+        generator: the seeded source of every draw.
+    """
+
+    def __init__(
+        self,
+        vocab: VisionVocab,
+        grid: tuple[int, int],
+        prompt_length: int,
+        guidance: float = 1.0,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        generator: torch.Generator | None = None,
+        eos_token_id: int | None = None,
+    ):
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        self.vocab, self.grid, self.prompt_length = vocab, grid, prompt_length
+        self.guidance, self.temperature, self.top_k, self.top_p = (
+            guidance,
+            temperature,
+            top_k,
+            top_p,
+        )
+        self.generator, self.eos_token_id = generator, eos_token_id
+
+    @property
+    def length(self) -> int:
+        """Tokens of one image: <start_of_image>, h rows of (w codes, <end_of_line>), <end_of_image>."""
+        h, w = self.grid
+        return 1 + h * (w + 1) + 1
+
+    def forced(self, position: int) -> int | None:
+        """The only token allowed at this position of the image, or None inside a row."""
+        w = self.grid[1]
+        if position == 0:
+            return self.vocab.start_of_image
+        if position >= self.length - 1:
+            return self.vocab.end_of_image if position == self.length - 1 else self.eos_token_id
+        column = (position - 1) % (w + 1)
+        return self.vocab.end_of_line if column == w else None
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
+        rows = len(scores) // 2 if self.guidance != 1.0 else len(scores)
+        position = input_ids.shape[1] - self.prompt_length
+        forced = self.forced(position)
+        if forced is not None:
+            token = torch.full((rows,), forced, dtype=torch.long, device=scores.device)
+        else:
+            logits = scores[:rows].float()
+            if self.guidance != 1.0:
+                uncond = scores[rows : 2 * rows].float()
+                logits = uncond + self.guidance * (logits - uncond)
+            ids = self.vocab.vision_ids
+            logits = logits[:, ids.start : ids.stop]  # only vision tokens inside a row
+            if self.temperature == 0:
+                code = logits.argmax(-1)
+            else:
+                logits = filter_logits(logits / self.temperature, self.top_k, self.top_p)
+                probs = logits.softmax(-1).cpu()
+                code = torch.multinomial(probs, 1, generator=self.generator)[:, 0].to(scores.device)
+            token = code + ids.start
+        token = token.repeat(len(scores) // rows)
+        out = torch.full_like(scores, float("-inf"))
+        out[torch.arange(len(scores), device=scores.device), token] = 0.0
+        return out
+
+
+def _batch(processor: IllumeProcessor, examples: Sequence[Example]) -> dict:
+    batch = processor.collate(examples, padding_side="left")
+    batch.pop("labels")
+    if batch["pixel_values"] is None:
+        batch.pop("pixel_values")
+    return batch
+
+
+@torch.no_grad()
+def generate_image_tokens(
+    model,
+    processor: IllumeProcessor,
+    conversations: Sequence[Sequence[Message]],
+    unconditional: Sequence[Sequence[Message]] | None = None,
+    guidance: float = 1.0,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """One image per conversation (each ending in a user turn) -> codes [B, h, w].
+
+    `unconditional`: the matching conversations without the condition (needed when guidance != 1).
+    """
+    if guidance != 1.0 and (unconditional is None or len(unconditional) != len(conversations)):
+        raise ValueError("classifier-free guidance needs one unconditional conversation per prompt")
+    examples = [processor.encode_conversation(c, add_generation_prompt=True) for c in conversations]
+    if guidance != 1.0:
+        examples += [
+            processor.encode_conversation(c, add_generation_prompt=True) for c in unconditional
+        ]
+    batch = _batch(processor, examples)
+    sampler = ImageTokenSampler(
+        processor.vocab, processor.config.image_grid, batch["input_ids"].shape[1], guidance,
+        temperature, top_k, top_p, generator, eos_token_id=processor.tokenizer.eos_token_id,
+    )  # fmt: skip
+    device = model.device
+    batch = {k: v.to(device) for k, v in batch.items()}
+    if "pixel_values" in batch:
+        batch["pixel_values"] = batch["pixel_values"].to(model.dtype)
+    out = model.generate(
+        **batch,
+        logits_processor=LogitsProcessorList([sampler]),
+        do_sample=False,
+        max_new_tokens=sampler.length,
+        min_new_tokens=sampler.length,
+        pad_token_id=processor.tokenizer.pad_token_id,
+        eos_token_id=None,
+    )
+    new = out[: len(conversations), batch["input_ids"].shape[1] :].tolist()
+    return torch.stack([processor.codes_from_ids(ids) for ids in new])
+
+
+@torch.no_grad()
+def generate_text(
+    model,
+    processor: IllumeProcessor,
+    conversations: Sequence[Sequence[Message]],
+    max_new_tokens: int = 32,
+    do_sample: bool = False,
+    **sampling,
+) -> list[str]:
+    """Text answers to the last user turn of each conversation (greedy by default)."""
+    examples = [processor.encode_conversation(c, add_generation_prompt=True) for c in conversations]
+    batch = {k: v.to(model.device) for k, v in _batch(processor, examples).items()}
+    if "pixel_values" in batch:
+        batch["pixel_values"] = batch["pixel_values"].to(model.dtype)
+    vision = processor.vocab
+    out = model.generate(
+        **batch,
+        max_new_tokens=max_new_tokens,
+        do_sample=do_sample,
+        pad_token_id=processor.tokenizer.pad_token_id,
+        eos_token_id=processor.tokenizer.eos_token_id,
+        suppress_tokens=[*vision.vision_ids, vision.image, vision.start_of_image],
+        **sampling,
+    )
+    new = out[:, batch["input_ids"].shape[1] :]
+    return [
+        processor.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in new.tolist()
+    ]

@@ -1,0 +1,219 @@
+"""The real-architecture path in miniature: a tiny Llama and a tiny SigLIP built with transformers,
+saved, loaded by path (as Vicuna-7B and SigLIP-so400m would be)."""
+
+import pytest
+import torch
+from PIL import Image
+from transformers import (
+    AutoModelForImageTextToText,
+    LlamaConfig,
+    LlamaForCausalLM,
+    SiglipVisionConfig,
+    SiglipVisionModel,
+)
+from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
+
+from illume_core import Message
+from illume_mllm import (
+    IGNORE,
+    IllumeForConditionalGeneration,
+    IllumeProcessor,
+    ImageTokenSampler,
+    build_model,
+    build_processor,
+    build_word_tokenizer,
+    filter_logits,
+    generate_image_tokens,
+    generate_text,
+)
+
+K, GRID = 20, (4, 4)
+TEXTS = [
+    "a red circle",
+    "what color is it ? red",
+    "make it blue",
+    "now remove it",
+    "generate an image of .",
+]
+
+
+@pytest.fixture(scope="module")
+def parts(tmp_path_factory):
+    root = tmp_path_factory.mktemp("parts")
+    torch.manual_seed(0)
+    tokenizer = build_word_tokenizer(TEXTS)
+    vision = SiglipVisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        image_size=32,
+        patch_size=8,
+    )
+    SiglipVisionModel(vision).save_pretrained(root / "vision")
+    SiglipImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(root / "vision")
+    llm = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=2, tie_word_embeddings=False,
+    )  # fmt: skip
+    LlamaForCausalLM(llm).save_pretrained(root / "llm")
+    tokenizer.save_pretrained(root / "text")
+    return root
+
+
+@pytest.fixture
+def built(parts):
+    from transformers import AutoTokenizer
+
+    processor = build_processor(
+        AutoTokenizer.from_pretrained(parts / "text"), parts / "vision", K, GRID, preset="shapes"
+    )
+    torch.manual_seed(0)
+    model = build_model(processor, parts / "vision", parts / "llm").eval()
+    with torch.no_grad():  # new rows start near their mean; spread them so argmaxes are not ties
+        model.lm_head.weight.add_(torch.randn_like(model.lm_head.weight))
+    return model, processor
+
+
+def _image(color=(200, 0, 0)):
+    return Image.new("RGB", (32, 32), color)
+
+
+def test_vocabulary_extended_and_weights_loaded_from_paths(parts, built):
+    model, processor = built
+    original = len(build_word_tokenizer(TEXTS))
+    assert len(processor.tokenizer) == original + 4 + K
+    assert model.config.text_config.vocab_size == len(processor.tokenizer)
+    vocab = processor.vocab
+    assert list(vocab.vision_ids) == list(range(vocab.offset, vocab.offset + K))
+    llm = LlamaForCausalLM.from_pretrained(parts / "llm")
+    assert torch.equal(
+        model.get_input_embeddings().weight[:original], llm.get_input_embeddings().weight
+    )
+    tower = SiglipVisionModel.from_pretrained(parts / "vision")
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(model.vision_tower.state_dict().values(), tower.state_dict().values())
+    )
+
+
+def test_saved_model_reloads_through_the_auto_classes(tmp_path, built):
+    model, processor = built
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    loaded = AutoModelForImageTextToText.from_pretrained(tmp_path).eval()
+    assert isinstance(loaded, IllumeForConditionalGeneration)
+    again = IllumeProcessor.from_pretrained(tmp_path)
+    assert again.vocab == processor.vocab and again.config == processor.config
+    batch = processor.collate(
+        [processor.encode_conversation([Message("user", [_image(), "what color is it ?"])], True)]
+    )
+    batch.pop("labels")
+    torch.testing.assert_close(loaded(**batch).logits, model(**batch).logits)
+
+
+def test_labels_cover_only_assistant_answers(built):
+    _, processor = built
+    codes = torch.arange(16).reshape(4, 4)
+    example = processor.encode_conversation(
+        [Message("user", [_image(), "make it blue"]), Message("assistant", [codes]),
+         Message("user", "what color is it ?"), Message("assistant", "red")]
+    )  # fmt: skip
+    learned = [t for t, label in zip(example.input_ids, example.labels) if label != IGNORE]
+    eos = processor.tokenizer.eos_token_id
+    assert learned == [*processor.image_output_ids(codes), eos, *processor.text_ids("red"), eos]
+    assert example.input_ids.count(processor.vocab.image) == processor.config.image_seq_length
+    assert torch.equal(processor.codes_from_ids(processor.image_output_ids(codes)), codes)
+    with pytest.raises(ValueError, match=r"must be \[4, 4\]"):
+        processor.image_output_ids(torch.zeros(3, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match="must lie in"):
+        processor.image_output_ids(torch.full((4, 4), K))
+    with pytest.raises(ValueError, match="input images belong in user turns"):
+        processor.encode_conversation([Message("user", "x"), Message("assistant", [_image()])])
+
+
+def test_stage_one_moves_only_the_new_vocabulary_rows(built):
+    model, processor = built
+    model.train().requires_grad_(False)
+    matrices = model.train_new_rows_only()
+    adapter = list(model.adapter.parameters())
+    for p in adapter:
+        p.requires_grad_(True)
+    before = [m.detach().clone() for m in matrices]
+    optimizer = torch.optim.AdamW(
+        [{"params": matrices, "weight_decay": 0.0}, {"params": adapter}], lr=1e-2
+    )
+    batch = processor.collate(
+        [processor.encode_conversation([Message("user", [_image()]), Message("assistant", "a red circle")]),
+         processor.encode_conversation([Message("user", "a red circle"), Message("assistant", [torch.randint(0, K, GRID)])])]
+    )  # fmt: skip
+    model(**batch).loss.backward()
+    optimizer.step()
+    new = model.new_rows()
+    for weight, old in zip(matrices, before):
+        assert torch.equal(weight[~new], old[~new]), "a text row changed in stage 1"
+        assert not torch.equal(weight[new], old[new])
+    model.release_rows()
+
+
+def test_image_generation_grid_seeds_and_batching(built):
+    model, processor = built
+    prompts = [processor.t2i_messages("a red circle")] * 2
+    uncond = [processor.t2i_messages("")] * 2
+
+    def draw(seed, **kw):
+        return generate_image_tokens(
+            model,
+            processor,
+            prompts,
+            uncond,
+            guidance=3.0,
+            top_k=8,
+            generator=torch.Generator().manual_seed(seed),
+            **kw,
+        )
+
+    first = draw(0)
+    assert first.shape == (2, *GRID) and first.min() >= 0 and first.max() < K
+    assert torch.equal(first, draw(0))
+    assert not torch.equal(first, draw(1))
+    # Greedy: a prompt gives the same image alone and left-padded in a batch with a longer one.
+    mixed = [
+        processor.t2i_messages("a red circle"),
+        processor.t2i_messages("a red circle . what color is it ?"),
+    ]
+    batch = generate_image_tokens(model, processor, mixed, temperature=0.0)
+    alone = generate_image_tokens(model, processor, mixed[:1], temperature=0.0)
+    assert torch.equal(batch[:1], alone)
+    with pytest.raises(ValueError, match="needs one unconditional conversation"):
+        generate_image_tokens(model, processor, prompts, guidance=2.0)
+
+
+def test_two_turn_editing_conversation(built):
+    model, processor = built
+    generator = torch.Generator().manual_seed(0)
+    history = [Message("user", [_image(), "make it blue"])]
+    first = generate_image_tokens(model, processor, [history], generator=generator)[0]
+    history += [Message("assistant", [first]), Message("user", "now remove it")]
+    second = generate_image_tokens(model, processor, [history], generator=generator)[0]
+    assert second.shape == GRID
+    answer = generate_text(model, processor, [history[:1]], max_new_tokens=3)
+    assert isinstance(answer[0], str)
+
+
+def test_sampler_structure_and_filters():
+    logits = torch.tensor([[1.0, 3.0, 2.0, 0.0]])
+    assert torch.isinf(filter_logits(logits, top_k=2, top_p=None)).tolist() == [
+        [True, False, False, True]
+    ]
+    kept = ~torch.isinf(filter_logits(logits, top_k=None, top_p=0.5))
+    assert kept.tolist() == [[False, True, False, False]]
+    from illume_mllm import VisionVocab
+
+    sampler = ImageTokenSampler(
+        VisionVocab(0, 1, 2, 3, 10, 5), (2, 3), prompt_length=0, eos_token_id=9
+    )
+    layout = [sampler.forced(i) for i in range(sampler.length + 1)]
+    assert layout == [1, None, None, None, 3, None, None, None, 3, 2, 9]
+    with pytest.raises(ValueError, match="temperature"):
+        ImageTokenSampler(VisionVocab(0, 1, 2, 3, 10, 5), (2, 3), 0, temperature=-1)
