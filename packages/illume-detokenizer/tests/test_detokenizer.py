@@ -178,7 +178,10 @@ def test_text_time_unet_without_a_pooled_condition_is_refused():
 
 def test_pixel_unshuffle_is_exactly_invertible_and_saved(tmp_path):
     pipe = _pipe(pixel_unshuffle=2)
-    assert pipe.unet.config.in_channels == 12 and pipe.unet.config.sample_size == 8
+    assert pipe.unet.config.out_channels == 12 and pipe.unet.config.sample_size == 8
+    # plus two coordinate channels and the feature grid's 32 channels
+    assert pipe.unet.config.in_channels == 12 + 2 + 32
+    assert pipe.conditioner(torch.randn(3, N, D)).spatial.shape == (3, 32, 4, 4)
     assert pipe.image_size == 16
     pixels = torch.rand(2, 3, 16, 16)
     assert pipe.to_model_space(pixels).shape == (2, 12, 8, 8)

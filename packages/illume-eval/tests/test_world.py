@@ -182,3 +182,15 @@ def test_edits_change_only_what_they_name():
         }
         assert cells <= allowed, (edit.kind, cells, allowed)
     assert kinds == {"recolor", "remove", "add", "move"}
+
+
+def test_edits_round_trip_through_their_dict():
+    from illume_eval.shapes import Edit
+
+    rng = np.random.default_rng(8)
+    for _ in range(100):
+        scene, _ = sample_prompt(rng, "train")
+        edit = sample_edit(scene, rng, "train")
+        if edit is not None:
+            again = Edit.from_dict(json.loads(json.dumps(edit.to_dict())))
+            assert again == edit and again.untouched() == edit.untouched()

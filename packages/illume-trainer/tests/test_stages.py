@@ -239,3 +239,88 @@ def test_encoder_positives_by_caption_or_by_scene(shapes_data):
     assert (by_scene & ~same).any()  # generic captions are true of other images too
     with pytest.raises(ValueError, match='needs manifests whose lines carry "scene"'):
         positive_pairs({"text": batch["text"], "meta": [None] * 24}, "scene")
+
+
+def test_paper_scale_detokenizer_recipe_trains_sdxl_attention_only(tmp_path):
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+
+    from illume_detokenizer import attention_parameters
+    from illume_trainer.stages.detokenizer import DetokenizerStage
+
+    recipe = yaml.safe_load((RECIPES / "illume-7b" / "detokenizer.yaml").read_text())
+    trainer, model = recipe["trainer"], recipe["model"]
+    assert trainer["devices"] * trainer["num_nodes"] * recipe["data"]["batch_size"] == 128
+    assert (
+        model["lr"] == 2e-5 and trainer["max_steps"] == 80_000 and model["trainable"] == "attention"
+    )
+    # An SDXL-shaped model in miniature stands in for the user's local SDXL directory.
+    sdxl = tmp_path / "sdxl"
+    UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 32),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        layers_per_block=1, attention_head_dim=8, cross_attention_dim=64, norm_num_groups=8,
+        addition_embed_type="text_time", addition_time_embed_dim=8, projection_class_embeddings_input_dim=32 + 6 * 8,
+    ).save_pretrained(sdxl / "unet")  # fmt: skip
+    AutoencoderKL(
+        block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=8, sample_size=16,
+    ).save_pretrained(sdxl / "vae")  # fmt: skip
+    EulerDiscreteScheduler(beta_schedule="scaled_linear").save_pretrained(sdxl / "scheduler")
+    tokenizer_dir = _tiny_tokenizer(tmp_path)
+    stage = DetokenizerStage(**(model | {"tokenizer": str(tokenizer_dir), "sdxl": str(sdxl)}))
+    unet_trainable = {id(p) for p in stage._trainable} & {id(p) for p in stage.unet.parameters()}
+    assert unet_trainable == {id(p) for p in attention_parameters(stage.unet)}
+    assert not any(p.requires_grad for p in stage.vae.parameters())
+    # One step at the VAE's size; the tokenizer sees the images resized to its own 32 px.
+    batch = {
+        "pixels": torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8),
+        "index": torch.arange(2),
+        "skipped": 0,
+    }
+    loss = stage._loss(batch, training=True)
+    assert torch.isfinite(loss)
+
+
+def test_mllm_stages_one_to_three_through_the_cli(tmp_path, shapes_data):
+    from illume_mllm import IllumeForConditionalGeneration, IllumeProcessor, generate_image_tokens
+
+    tokenizer_dir = _tiny_tokenizer(tmp_path)
+    data = shapes_data
+    common = [
+        "--trainer.max_steps", "2", "--trainer.enable_progress_bar", "false", "--trainer.logger", "false",
+        "--trainer.enable_checkpointing", "false", "--trainer.default_root_dir", str(tmp_path),
+        "--trainer.val_check_interval", "null", "--trainer.check_val_every_n_epoch", "1",
+        "--data.batch_size", "4", "--model.tokenizer", str(tokenizer_dir),
+    ]  # fmt: skip
+    previous = None
+    for stage in (1, 2, 3):
+        out = tmp_path / f"stage{stage}"
+        args = [
+            "--config",
+            f"recipes/shapes/mllm_stage{stage}.yaml",
+            *common,
+            "--model.output_dir",
+            str(out),
+        ]
+        recipe = yaml.safe_load((RECIPES / "shapes" / f"mllm_stage{stage}.yaml").read_text())
+        files = [f.replace("data/shapes", str(data)) for f in recipe["data"]["train"]]
+        args += [
+            "--data.train",
+            json.dumps(files),
+            "--data.val",
+            json.dumps([files[0].replace("train", "validation")]),
+        ]
+        if stage == 1:
+            args += ["--model.llm", "tiny"]
+        else:
+            args += ["--model.init", str(previous)]
+        run_stage("mllm", args)
+        previous = out
+    model = IllumeForConditionalGeneration.from_pretrained(previous)
+    processor = IllumeProcessor.from_pretrained(previous)
+    assert model.config.codebook_size == 64 and processor.config.image_grid == (4, 4)
+    codes = generate_image_tokens(
+        model, processor, [processor.t2i_messages("a red circle")], [processor.t2i_messages("")], guidance=2.0,
+        generator=torch.Generator().manual_seed(0),
+    )  # fmt: skip
+    assert codes.shape == (1, 4, 4)

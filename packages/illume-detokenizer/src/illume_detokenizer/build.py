@@ -38,6 +38,11 @@ class DetokenizerConfig(Config):
     """Side of the images in pixels."""
     pixel_unshuffle: int = 2
     """The U-Net denoises [3 f^2, S/f, S/f] space-to-depth pixels (f = 1: plain pixels)."""
+    coordinate_channels: bool = True
+    """Feed (y, x) coordinates as two extra input channels (see DetokenizerPipeline)."""
+    spatial_channels: int = 32
+    """Feed the feature grid, projected to this many channels, as extra input channels too
+    (see FeatureConditioner); 0 for cross-attention only."""
     block_out_channels: tuple[int, ...] = (64, 96, 128)
     down_block_types: tuple[str, ...] = (
         "DownBlock2D",
@@ -59,9 +64,10 @@ class DetokenizerConfig(Config):
     num_train_timesteps: int = 1000
     beta_schedule: str = "squaredcos_cap_v2"
     """'squaredcos_cap_v2' suits small pixel-space images; SDXL uses 'scaled_linear'."""
-    prediction_type: str = "v_prediction"
-    """'v_prediction' stays stable where the cosine schedule's signal vanishes (its x0 estimate
-    does not divide by a near-zero alpha, as epsilon's does); SDXL itself uses 'epsilon'."""
+    prediction_type: str = "sample"
+    """What the U-Net predicts. 'sample' (the clean image) learns fastest when the condition nearly
+    determines the image, as a tokenizer's features do, and never divides by the vanishing signal
+    of the cosine schedule's last steps, as 'epsilon' does; SDXL itself uses 'epsilon'."""
     null_condition: str = "learned"
     position_embedding: str = "learned"
 
@@ -80,9 +86,17 @@ class DetokenizerConfig(Config):
 
 
 def build_pipeline(
-    config: DetokenizerConfig, feature_dim: int, num_tokens: int
+    config: DetokenizerConfig,
+    feature_dim: int,
+    num_tokens: int,
+    grid: tuple[int, int] | None = None,
 ) -> DetokenizerPipeline:
-    """A randomly initialised pixel-space pipeline from a config (the ShapesWorld detokenizer)."""
+    """A randomly initialised pixel-space pipeline from a config (the ShapesWorld detokenizer).
+    `grid`: the features' (h, w), default square."""
+    if grid is None:
+        side = int(round(num_tokens**0.5))
+        grid = (side, side) if side * side == num_tokens else None
+    spatial = config.spatial_channels if grid is not None else 0
     text_time = config.addition_embed_type == "text_time"
     if text_time and (config.pooled_dim is None or config.addition_time_embed_dim is None):
         raise ValueError(
@@ -93,7 +107,7 @@ def build_pipeline(
         raise ValueError(f"image_size {config.image_size} is not a multiple of pixel_unshuffle {f}")
     unet = UNet2DConditionModel(
         sample_size=config.image_size // f,
-        in_channels=3 * f * f,
+        in_channels=3 * f * f + (2 if config.coordinate_channels else 0) + spatial,
         out_channels=3 * f * f,
         block_out_channels=config.block_out_channels,
         down_block_types=config.down_block_types,
@@ -115,6 +129,8 @@ def build_pipeline(
         pooled_dim=config.pooled_dim if text_time else None,
         null_condition=config.null_condition,
         position_embedding=config.position_embedding,
+        spatial_channels=spatial,
+        grid=grid if spatial else None,
     )
     # The noise schedule of training; sampling defaults to DPM-Solver++ on it (deterministic).
     scheduler = DPMSolverMultistepScheduler(
@@ -125,8 +141,9 @@ def build_pipeline(
         solver_order=2,
     )
     return DetokenizerPipeline(
-        conditioner=conditioner, unet=unet, scheduler=scheduler, pixel_unshuffle=f
-    )
+        conditioner=conditioner, unet=unet, scheduler=scheduler, pixel_unshuffle=f,
+        coordinate_channels=config.coordinate_channels,
+    )  # fmt: skip
 
 
 def from_sdxl(

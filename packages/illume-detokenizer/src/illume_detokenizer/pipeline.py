@@ -53,6 +53,9 @@ class DetokenizerPipeline(DiffusionPipeline):
     and `vae` (AutoencoderKL; None for pixel-space models such as ShapesWorld's).
     `pixel_unshuffle` f (pixel space only): the U-Net denoises [3 f^2, H/f, W/f] space-to-depth
     pixels, an exactly invertible reshape that makes every convolution f^2 times cheaper.
+    `coordinate_channels`: two input channels of fixed (y, x) coordinates (CoordConv). Convolutions
+    alone hardly know where they are, so a U-Net trained from scratch is slow to learn which
+    condition token (a place in the image) its cross-attention queries should read.
     """
 
     model_cpu_offload_seq = "conditioner->unet->vae"
@@ -65,12 +68,15 @@ class DetokenizerPipeline(DiffusionPipeline):
         scheduler,
         vae: AutoencoderKL | None = None,
         pixel_unshuffle: int = 1,
+        coordinate_channels: bool = False,
     ):
         super().__init__()
         if pixel_unshuffle < 1 or (vae is not None and pixel_unshuffle != 1):
             raise ValueError("pixel_unshuffle must be >= 1, and 1 for latent-space (VAE) pipelines")
         self.register_modules(conditioner=conditioner, unet=unet, scheduler=scheduler, vae=vae)
-        self.register_to_config(pixel_unshuffle=pixel_unshuffle)
+        self.register_to_config(
+            pixel_unshuffle=pixel_unshuffle, coordinate_channels=coordinate_channels
+        )
 
     # -- configuration ----------------------------------------------------------------------------
 
@@ -104,6 +110,17 @@ class DetokenizerPipeline(DiffusionPipeline):
         self, sample: torch.Tensor, t: torch.Tensor, conditions: Conditions
     ) -> torch.Tensor:
         """The U-Net's prediction for noisy `sample` [B, C, h, w] at timesteps t under `conditions`."""
+        if conditions.spatial is not None:  # the feature grid, upsampled to the sample's size
+            spatial = torch.nn.functional.interpolate(
+                conditions.spatial.to(sample.dtype), size=sample.shape[-2:], mode="nearest"
+            )
+            sample = torch.cat([sample, spatial], dim=1)
+        if self.config.coordinate_channels:
+            b, _, h, w = sample.shape
+            ys = torch.linspace(-1, 1, h, device=sample.device, dtype=sample.dtype)
+            xs = torch.linspace(-1, 1, w, device=sample.device, dtype=sample.dtype)
+            coords = torch.stack(torch.meshgrid(ys, xs, indexing="ij"))  # [2, h, w]
+            sample = torch.cat([sample, coords.expand(b, -1, -1, -1)], dim=1)
         added = None
         if self.unet.config.addition_embed_type == "text_time":
             if conditions.pooled is None:
@@ -184,19 +201,12 @@ class DetokenizerPipeline(DiffusionPipeline):
         use_cfg = guidance > 1.0
         conditions = self.conditioner(features)
         if use_cfg:  # unconditional and conditional rows in one U-Net batch
-            null = self.conditioner.unconditional(batch)
-            conditions = Conditions(
-                torch.cat([null.encoder_hidden_states, conditions.encoder_hidden_states]),
-                None if null.pooled is None else torch.cat([null.pooled, conditions.pooled]),
-            )
-        conditions = Conditions(
-            conditions.encoder_hidden_states.to(dtype),
-            None if conditions.pooled is None else conditions.pooled.to(dtype),
-        )
+            conditions = Conditions.cat([self.conditioner.unconditional(batch), conditions])
+        conditions = conditions.to(dtype)
 
         shape = (
             batch,
-            self.unet.config.in_channels,
+            self.unet.config.out_channels,
             self.unet.config.sample_size,
             self.unet.config.sample_size,
         )

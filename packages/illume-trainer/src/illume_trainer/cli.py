@@ -16,15 +16,18 @@ RECIPES = Path(__file__).parent / "recipes"
 
 
 def _stages() -> dict[str, tuple[type, type]]:
+    from .conversations import ConversationDataModule
     from .data import ImageDataModule
     from .stages.detokenizer import DetokenizerStage
     from .stages.encoder import EncoderStage
+    from .stages.mllm import MLLMStage
     from .stages.tokenizer import TokenizerStage
 
     return {
         "encoder": (EncoderStage, ImageDataModule),
         "tokenizer": (TokenizerStage, ImageDataModule),
         "detokenizer": (DetokenizerStage, ImageDataModule),
+        "mllm": (MLLMStage, ConversationDataModule),
     }
 
 

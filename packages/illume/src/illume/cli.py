@@ -57,9 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action=_VersionAction)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    from .commands import shapes
+    from .commands import demo, shapes, tasks
 
+    demo.register(commands)
     shapes.register(commands)
+    tasks.register(commands)
     return parser
 
 

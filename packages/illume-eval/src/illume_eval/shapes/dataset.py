@@ -7,6 +7,7 @@ Layout of `write_dataset(out, ...)`, one folder per split (train, validation, he
     <split>/scenes.jsonl          {"id", "image", "caption", "scene", "spec"}  (spec: GenEval format)
     <split>/captions.jsonl        {"image", "text", "scene", "spec"}           captions (encoder, tokenizer, stage 1)
     <split>/t2i.json              LLaVA-style conversations, text -> image    ("<image>" in the answer)
+    <split>/i2t.json              LLaVA-style conversations, image -> caption (stage 1 captioning)
     <split>/qa.json               LLaVA-style conversations, image -> answers
     <split>/qa.jsonl              {"id", "image", "question", "answer", "type", "negative_type"}
     <split>/edits/000000.png      edit targets
@@ -47,6 +48,13 @@ _T2I_INSTRUCTIONS = (
 )
 
 
+_I2T_INSTRUCTIONS = (
+    "Describe the image.",
+    "What does the image show?",
+    "Write a short caption for the image.",
+)
+
+
 def item_rng(seed: int, split: str, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, SPLITS.index(split), index])
 
@@ -75,7 +83,8 @@ def write_split(
     folder = Path(out) / split
     (folder / "images").mkdir(parents=True, exist_ok=True)
     (folder / "edits").mkdir(parents=True, exist_ok=True)
-    scenes, captions, t2i, qa_conv, qa_flat, edits, edit_conv, metadata = (
+    scenes, captions, t2i, i2t, qa_conv, qa_flat, edits, edit_conv, metadata = (
+        [],
         [],
         [],
         [],
@@ -161,6 +170,21 @@ def write_split(
                     ],
                 }
             )
+        # a generator of its own, so that adding captioning left every other item as it was
+        describe = np.random.default_rng([seed, SPLITS.index(split), i, 1])
+        i2t.append(
+            {
+                "id": item_id,
+                "image": image,
+                "conversations": [
+                    {
+                        "from": "human",
+                        "value": "<image>\n" + str(describe.choice(_I2T_INSTRUCTIONS)),
+                    },
+                    {"from": "gpt", "value": spec.prompt},
+                ],
+            }
+        )
         if on_item:
             on_item()
     atomic_write_text(folder / "scenes.jsonl", _jsonl(scenes))
@@ -171,6 +195,7 @@ def write_split(
     for kind, rows in pope.items():
         atomic_write_text(folder / f"pope_{kind}.jsonl", _jsonl(rows))
     atomic_write_json(folder / "t2i.json", t2i)
+    atomic_write_json(folder / "i2t.json", i2t)
     atomic_write_json(folder / "qa.json", qa_conv)
     atomic_write_json(folder / "edits.json", edit_conv)
     return {"scenes": n, "questions": len(qa_flat), "edits": len(edits)}

@@ -54,6 +54,19 @@ class Edit:
             },
         }
 
+    @classmethod
+    def from_dict(cls, data: dict) -> Edit:
+        """The inverse of `to_dict` (an `edits.jsonl` line)."""
+        source, target = (
+            Scene.from_dict(data["source_scene"]),
+            Scene.from_dict(data["target_scene"]),
+        )
+        key = tuple(data["edited"][k] for k in ("shape", "color", "row", "col"))
+        for obj in (*source.objects, *target.objects):
+            if (obj.shape, obj.color, obj.row, obj.col) == key:
+                return cls(data["kind"], data["instruction"], source, target, obj)
+        raise ValueError(f"the edited object {key} is in neither scene")
+
 
 def _pick(rng: np.random.Generator, options):
     return options[int(rng.integers(len(options)))]

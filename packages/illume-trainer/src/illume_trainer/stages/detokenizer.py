@@ -77,6 +77,7 @@ class DetokenizerStage(L.LightningModule):
         self.conditioner, self.unet, self.vae = pipe.conditioner, pipe.unet, pipe.vae
         self.scheduler_config = dict(pipe.scheduler.config)
         self.pixel_unshuffle = pipe.config.pixel_unshuffle
+        self.coordinate_channels = pipe.config.coordinate_channels
         self.noise_schedule = DDPMScheduler.from_config(pipe.scheduler.config)
         self._trainable = trainable_parameters(pipe, trainable)
         self._codes: dict[int, torch.Tensor] = {}
@@ -90,6 +91,7 @@ class DetokenizerStage(L.LightningModule):
             scheduler=DPMSolverMultistepScheduler.from_config(self.scheduler_config),
             vae=self.vae,
             pixel_unshuffle=self.pixel_unshuffle,
+            coordinate_channels=self.coordinate_channels,
         )
         pipe.set_progress_bar_config(disable=True)
         return pipe
@@ -100,7 +102,13 @@ class DetokenizerStage(L.LightningModule):
         index = batch["index"].tolist()
         if use_cache and all(i in self._codes for i in index):
             return torch.stack([self._codes[i] for i in index]).to(self.device)
-        codes = self.tokenizer.encode(self.normalize(batch["pixels"])).codes
+        pixels = batch["pixels"]
+        side = self.tokenizer.config.image_size
+        if pixels.shape[-1] != side:  # e.g. 1024 px for SDXL's VAE, 384 px for SigLIP
+            pixels = F.interpolate(
+                pixels.float(), size=(side, side), mode="bicubic", antialias=True
+            ).clamp(0, 255)
+        codes = self.tokenizer.encode(self.normalize(pixels)).codes
         if use_cache:
             self._codes.update(zip(index, codes.cpu(), strict=True))
         return codes
@@ -122,11 +130,15 @@ class DetokenizerStage(L.LightningModule):
         if training and self.hparams.condition_dropout > 0:
             drop = torch.rand(len(x0), device=self.device) < self.hparams.condition_dropout
         prediction = pipe.predict(xt, t, self.conditioner(features, drop))
-        target = (
-            noise
-            if self.noise_schedule.config.prediction_type == "epsilon"
-            else self.noise_schedule.get_velocity(x0, noise, t)
-        )
+        kind = self.noise_schedule.config.prediction_type
+        if kind == "epsilon":
+            target = noise
+        elif kind == "v_prediction":
+            target = self.noise_schedule.get_velocity(x0, noise, t)
+        elif kind == "sample":
+            target = x0
+        else:
+            raise ValueError(f"unsupported prediction_type {kind!r}")
         return F.mse_loss(prediction.float(), target.float())
 
     def training_step(self, batch, batch_idx):

@@ -1,0 +1,30 @@
+"""`illume demo` end to end at the smoke profile: every stage, the evaluation, the report, resume."""
+
+import json
+
+from illume.cli import main
+from illume.pipeline import IllumePipeline
+
+
+def test_demo_smoke_profile_runs_and_resumes(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--profile", "smoke"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in (
+        "t2i_overall",
+        "t2i_heldout",
+        "qa_accuracy",
+        "pope_f1",
+        "edit_target",
+        "edit_preserve",
+    ):
+        assert 0.0 <= metrics[key] <= 1.0
+    assert set(metrics["train_seconds"]) == {
+        "encoder", "tokenizer", "detokenizer", "mllm_stage1", "mllm_stage2", "mllm_stage3"
+    }  # fmt: skip
+    report = (out / "report.html").read_text()
+    assert report.count("data:image/png;base64,") >= 20 and "<svg" in report
+    IllumePipeline.from_pretrained(out / "pipeline")
+    # A second run finds every stage finished and trains nothing.
+    assert main(["demo", "--out", str(out), "--profile", "smoke"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["train_seconds"] == {}

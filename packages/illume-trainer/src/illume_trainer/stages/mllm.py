@@ -1,0 +1,248 @@
+"""The MLLM stages (ILLUME Table 5): one LightningModule, what trains set by the recipe.
+
+    groups: {adapter: 1e-3, new_rows: 2e-4}            stage 1, visual embedding initialisation
+    groups: {adapter: 5e-5, llm: 5e-5}                 stage 2, unified image-text alignment
+    groups: {vision: 2e-6, adapter: 2e-5, llm: 2e-5}   stage 3, supervised fine-tuning
+
+`new_rows` trains only the added rows (vision tokens, markers) of the embedding and the LM head;
+`llm` trains all of the LLM. Stage 1 builds the model from parts (an LLM directory or a Llama
+preset, the vision encoder directory, the tokenizer's codebook size and grid); later stages start
+from the previous stage's output (`init`). Output images in answers are the vision tokenizer's
+codes of the target image; T2I captions are dropped with probability `p_uncond` (CFG).
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import lightning as L
+import torch
+from PIL import Image
+
+from illume_core import Message, atomic_directory
+from illume_mllm import (
+    LLM_PRESETS,
+    IllumeForConditionalGeneration,
+    IllumeProcessor,
+    build_model,
+    build_processor,
+    build_word_tokenizer,
+)
+from illume_tokenizer import SemanticTokenizer
+
+from ..data import to_tensor
+from .common import Normalizer, total_steps, warmup_cosine
+
+GROUPS = ("vision", "adapter", "llm", "new_rows")
+
+
+class MLLMStage(L.LightningModule):
+    """Args:
+    output_dir: where the trained MLLM (model + processor) is saved.
+    tokenizer: the vision tokenizer directory (codes of output images; codebook size and grid).
+    groups: what trains and at which learning rate (see module docstring).
+    init: the previous stage's output directory; None builds the model (stage 1).
+    vision: vision encoder directory (stage 1 only; default: the tokenizer's encoder).
+    llm: LLM directory, or a preset of illume_mllm.LLM_PRESETS trained from scratch (stage 1 only).
+    processor_preset: ProcessorConfig preset ("shapes": no system prompt).
+    weight_decay, warmup_steps: AdamW and its warm-up + cosine schedule (no decay on embeddings,
+        so rows that do not train stay bit-identical).
+    p_uncond: probability of dropping a text-to-image caption (the unconditional branch of CFG).
+    """
+
+    def __init__(
+        self,
+        output_dir: str,
+        tokenizer: str,
+        groups: dict[str, float],
+        init: str | None = None,
+        vision: str | None = None,
+        llm: str = "shapes",
+        processor_preset: str | None = "shapes",
+        weight_decay: float = 0.0,
+        warmup_steps: int = 100,
+        p_uncond: float = 0.1,
+        seed: int = 0,
+    ):
+        super().__init__()
+        unknown = set(groups) - set(GROUPS)
+        if unknown or not groups:
+            raise ValueError(f"groups must name some of {GROUPS}, got {sorted(groups)}")
+        if "new_rows" in groups and "llm" in groups:
+            raise ValueError("new_rows is part of llm: train one or the other")
+        self.save_hyperparameters()
+        self.vision_tokenizer = (
+            SemanticTokenizer.from_pretrained(tokenizer).eval().requires_grad_(False)
+        )
+        self.normalize = Normalizer.for_processor(self.vision_tokenizer.encoder.image_processor)
+        self.model: IllumeForConditionalGeneration | None = None
+        self.processor: IllumeProcessor | None = None
+        self._codes: dict[str, torch.Tensor] = {}
+        self._rng = random.Random(seed)
+        if init is not None:
+            self._load(init)
+
+    # -- building ---------------------------------------------------------------------------------
+
+    def _load(self, directory: str) -> None:
+        self.model = IllumeForConditionalGeneration.from_pretrained(directory)
+        self.processor = IllumeProcessor.from_pretrained(directory)
+
+    def configure_model(self) -> None:
+        if self.model is not None:
+            return
+        hp = self.hparams
+        vision = hp.vision or str(Path(hp.tokenizer) / self.vision_tokenizer.config.encoder)
+        if hp.llm in LLM_PRESETS:
+            text_tokenizer = build_word_tokenizer(self.trainer.datamodule.texts())
+            llm = LLM_PRESETS[hp.llm]
+        else:
+            from transformers import AutoTokenizer
+
+            text_tokenizer = AutoTokenizer.from_pretrained(hp.llm)
+            llm = hp.llm
+        tok = self.vision_tokenizer
+        self.processor = build_processor(
+            text_tokenizer, vision, tok.codebook_size, tok.grid, preset=hp.processor_preset
+        )
+        self.model = build_model(self.processor, vision, llm)
+
+    def _select(self) -> list[dict]:
+        """Freezes everything, then unfreezes the recipe's groups; returns optimizer groups."""
+        model, groups = self.model, self.hparams.groups
+        model.requires_grad_(False)
+        model.release_rows()
+        out = []
+
+        def add(params, lr, decay=True):
+            params = list(params)
+            for p in params:
+                p.requires_grad_(True)
+            matrices = [p for p in params if p.ndim >= 2] if decay else []
+            rest = [p for p in params if not decay or p.ndim < 2]
+            if matrices:
+                out.append(
+                    {"params": matrices, "lr": lr, "weight_decay": self.hparams.weight_decay}
+                )
+            if rest:
+                out.append({"params": rest, "lr": lr, "weight_decay": 0.0})
+
+        if "vision" in groups:
+            add(model.vision_tower.parameters(), groups["vision"])
+        if "adapter" in groups:
+            add(model.adapter.parameters(), groups["adapter"])
+        if "llm" in groups:
+            embeddings = {
+                id(model.get_input_embeddings().weight),
+                id(model.get_output_embeddings().weight),
+            }
+            params = [*model.language_model.parameters(), *model.lm_head.parameters()]
+            add([p for p in params if id(p) not in embeddings], groups["llm"])
+            add(
+                [model.get_input_embeddings().weight, model.get_output_embeddings().weight],
+                groups["llm"],
+                decay=False,
+            )
+        if "new_rows" in groups:
+            add(model.train_new_rows_only(), groups["new_rows"], decay=False)
+        return out
+
+    # -- batches ----------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def codes_of(self, paths: list[str]) -> list[torch.Tensor]:
+        """Vision-tokenizer codes [h, w] of target images (cached: the tokenizer is frozen)."""
+        from illume_core import load_image
+
+        todo = [p for p in dict.fromkeys(paths) if p not in self._codes]
+        if todo:
+            size = self.vision_tokenizer.config.image_size
+            pixels = torch.stack([to_tensor(load_image(p), size) for p in todo]).to(self.device)
+            codes = self.vision_tokenizer.encode(self.normalize(pixels)).codes.cpu()
+            self._codes.update(zip(todo, codes, strict=True))
+        return [self._codes[p] for p in paths]
+
+    def messages(self, item: dict, training: bool) -> list[Message]:
+        """A dataset item -> Messages with PIL input images and code-grid output images."""
+        turns = list(item["turns"])
+        is_t2i = (
+            len(turns) == 2
+            and turns[0][1].count("<image>") == 0
+            and turns[1][1].strip() == "<image>"
+        )
+        if training and is_t2i and self._rng.random() < self.hparams.p_uncond:
+            turns[0] = (turns[0][0], "")  # the caption dropped: the unconditional prompt of CFG
+        outputs = dict(
+            zip(item["outputs"], self.codes_of(list(item["outputs"].values())), strict=True)
+        )
+        messages, k = [], 0
+        for role, value in turns:
+            parts: list[str | Image.Image | torch.Tensor] = []
+            for i, text in enumerate(value.split("<image>")):
+                if i > 0:
+                    parts.append(item["inputs"][k] if role == "user" else outputs[k])
+                    k += 1
+                if text.strip():
+                    parts.append(text.strip())
+            messages.append(Message(role, parts))
+        return messages
+
+    def _loss(self, batch, training: bool):
+        examples = [
+            self.processor.encode_conversation(self.messages(i, training)) for i in batch["items"]
+        ]
+        inputs = self.processor.collate(examples)
+        inputs = {k: v.to(self.device) for k, v in inputs.items() if v is not None}
+        return self.model(**inputs).loss, len(examples)
+
+    def training_step(self, batch, batch_idx):
+        loss, n = self._loss(batch, training=True)
+        self.log("train/loss", loss, prog_bar=True, batch_size=n)
+        if batch["skipped"]:
+            self.log("train/skipped", float(batch["skipped"]), reduce_fx="sum", batch_size=1)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        loss, n = self._loss(batch, training=False)
+        self.log("val/loss", loss, prog_bar=True, batch_size=n)
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.AdamW(self._select())
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": warmup_cosine(
+                optimizer, self.hparams.warmup_steps, total_steps(self.trainer)
+            ),
+        }
+
+    # The frozen vision tokenizer is reloaded from its directory, not checkpointed.
+    def state_dict(self, *args, **kwargs):
+        state = super().state_dict(*args, **kwargs)
+        return {k: v for k, v in state.items() if not k.startswith("vision_tokenizer.")}
+
+    def load_state_dict(self, state_dict, strict: bool = True, **kwargs):
+        result = super().load_state_dict(state_dict, strict=False, **kwargs)
+        missing = [k for k in result.missing_keys if not k.startswith("vision_tokenizer.")]
+        if strict and (missing or result.unexpected_keys):
+            raise RuntimeError(
+                f"checkpoint does not fit this MLLM: missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}"
+            )
+        return result
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["rng"] = self._rng.getstate()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "rng" in checkpoint:
+            self._rng.setstate(checkpoint["rng"])
+
+    def on_train_end(self) -> None:
+        if self.trainer.is_global_zero:
+            self.model.release_rows()
+            with atomic_directory(self.hparams.output_dir) as tmp:
+                self.model.save_pretrained(tmp)
+                self.processor.save_pretrained(tmp)
+                (Path(tmp) / "vision_tokenizer.txt").write_text(
+                    str(Path(self.hparams.tokenizer).resolve()) + "\n"
+                )

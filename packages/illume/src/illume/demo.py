@@ -1,0 +1,167 @@
+"""`illume demo`: the whole system from nothing on ShapesWorld, in one command.
+
+Make data; train the shapes encoder, the tokenizer, the detokenizer and the MLLM's three stages
+with the shipped recipes (`recipes/shapes/...`, steps scaled by the profile); evaluate with
+illume-eval's exact scorers; write `report.html`, `metrics.json` and a `pipeline/` directory that
+`illume generate / answer / edit --model OUT/pipeline` use. Every stage writes its result
+atomically to `runs/.../final`; a second run skips finished stages and resumes an interrupted one
+from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from illume_core import atomic_write_json
+
+from .pipeline import IllumePipeline
+
+
+@dataclass(frozen=True)
+class Profile:
+    """How much data and training a demo run uses."""
+
+    scenes: int
+    n_eval: int
+    encoder_steps: int
+    tokenizer_steps: int
+    detokenizer_steps: int
+    mllm_steps: tuple[int, int, int]
+    eval_t2i: int
+    eval_qa: int
+    eval_edit: int
+
+
+PROFILES: dict[str, Profile] = {
+    # About 15 minutes on 2 CPU cores: every stage trained, figures below the benchmark's.
+    "default": Profile(2000, 200, 400, 600, 600, (200, 300, 400), 60, 150, 40),
+    # The benchmark figures (benchmarks/*_quality.py): an hour or more on 2 CPU cores.
+    "full": Profile(4000, 400, 2000, 2500, 1500, (600, 1000, 1000), 200, 600, 100),
+    # Seconds: the plumbing only (tests).
+    "smoke": Profile(300, 16, 2, 2, 2, (2, 2, 2), 4, 8, 4),
+}
+
+#: (name, trainer stage, recipe, output of the stage) in training order.
+STAGES = (
+    ("encoder", "encoder", "recipes/shapes/encoder.yaml", "runs/shapes/encoder/final"),
+    ("tokenizer", "tokenizer", "recipes/shapes/tokenizer.yaml", "runs/shapes/tokenizer/final"),
+    (
+        "detokenizer",
+        "detokenizer",
+        "recipes/shapes/detokenizer.yaml",
+        "runs/shapes/detokenizer/final",
+    ),
+    ("mllm_stage1", "mllm", "recipes/shapes/mllm_stage1.yaml", "runs/shapes/mllm/stage1/final"),
+    ("mllm_stage2", "mllm", "recipes/shapes/mllm_stage2.yaml", "runs/shapes/mllm/stage2/final"),
+    ("mllm_stage3", "mllm", "recipes/shapes/mllm_stage3.yaml", "runs/shapes/mllm/stage3/final"),
+)
+
+
+def _steps(profile: Profile, name: str) -> int:
+    if name.startswith("mllm_stage"):
+        return profile.mllm_steps[int(name[-1]) - 1]
+    return getattr(profile, f"{name}_steps")
+
+
+def train(
+    profile: Profile, overrides: dict[str, list[str]] | None = None, progress: bool = True
+) -> dict:
+    """Runs every unfinished stage in the current directory; returns seconds per stage."""
+    from illume_trainer.cli import run_stage
+
+    seconds = {}
+    for name, stage, recipe, output in STAGES:
+        if Path(output).is_dir():  # written atomically: present means finished
+            continue
+        root = Path(output).parent
+        args = [
+            "--config", recipe, "--trainer.max_steps", str(_steps(profile, name)),
+            "--trainer.enable_progress_bar", str(progress).lower(),
+            "--trainer.val_check_interval", str(max(1, _steps(profile, name) // 2)),
+            "--trainer.log_every_n_steps", str(max(1, min(20, _steps(profile, name) // 10))),
+            *(overrides or {}).get(name, []),
+        ]  # fmt: skip
+        last = root / "checkpoints" / "last.ckpt"
+        if last.is_file():
+            args += ["--ckpt_path", str(last)]
+        start = time.perf_counter()
+        run_stage(stage, args)
+        seconds[name] = round(time.perf_counter() - start, 1)
+    return seconds
+
+
+def evaluate(
+    pipe: IllumePipeline, profile: Profile, data: str = "data/shapes"
+) -> tuple[dict, dict]:
+    """(metrics, records) on the validation and held-out splits."""
+    from .evaluate import edit_quality, qa_quality, t2i_quality
+
+    t2i = t2i_quality(pipe, f"{data}/validation", n=profile.eval_t2i)
+    heldout = t2i_quality(pipe, f"{data}/heldout", n=profile.eval_t2i)
+    qa = qa_quality(pipe, f"{data}/validation", n=profile.eval_qa)
+    edits = edit_quality(pipe, f"{data}/validation", n=profile.eval_edit)
+    pope = qa["pope"]
+    metrics = {
+        "t2i_overall": t2i["summary"]["overall"],
+        "t2i_heldout": heldout["summary"]["overall"],
+        "qa_accuracy": qa["accuracy"]["overall"],
+        "pope_f1": min((v["f1"] for v in pope.values()), default=0.0),
+        "edit_target": edits["summary"]["target_reached"],
+        "edit_preserve": edits["summary"]["preserved"],
+        "t2i": t2i["summary"],
+        "t2i_heldout_by_tag": heldout["summary"],
+        "qa": qa["accuracy"],
+        "pope": pope,
+        "edits": edits["summary"],
+    }
+    return metrics, {"t2i": t2i, "heldout": heldout, "qa": qa, "edits": edits}
+
+
+def run_demo(out: str | os.PathLike, profile: str = "default", progress: bool = True) -> dict:
+    """The whole demo in `out`; returns metrics.json's content."""
+    from illume_eval.shapes import write_dataset
+
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; profiles: {', '.join(PROFILES)}")
+    chosen = PROFILES[profile]
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    here = Path.cwd()
+    os.chdir(out)
+    try:
+        start = time.perf_counter()
+        if not Path("data/shapes/info.json").exists():
+            write_dataset(
+                "data/shapes", chosen.scenes, seed=0, n_eval=chosen.n_eval, progress=progress
+            )
+        seconds = train(chosen, progress=progress)
+        pipe = IllumePipeline.from_stages(
+            "runs/shapes/tokenizer/final",
+            "runs/shapes/mllm/stage3/final",
+            "runs/shapes/detokenizer/final",
+        )
+        if not Path("pipeline").is_dir():
+            pipe.save_pretrained("pipeline")
+        metrics, records = evaluate(pipe, chosen)
+        metrics |= {
+            "profile": profile,
+            "profile_settings": asdict(chosen),
+            "train_seconds": seconds,
+        }
+        metrics["total_seconds"] = round(time.perf_counter() - start, 1)
+        atomic_write_json("metrics.json", metrics)
+        from .report import write_report
+
+        write_report("report.html", metrics, records, pipe)
+        return metrics
+    finally:
+        os.chdir(here)
+
+
+def summary_line(metrics: dict) -> str:
+    keys = ("t2i_overall", "t2i_heldout", "qa_accuracy", "pope_f1", "edit_target", "edit_preserve")
+    return json.dumps({k: round(metrics[k], 4) for k in keys})

@@ -1,0 +1,200 @@
+"""`IllumePipeline`: the vision tokenizer, the unified MLLM and the diffusion detokenizer, composed.
+
+    pipe = IllumePipeline.from_pretrained("runs/shapes/pipeline")
+    images = pipe.generate_image("a red circle above a blue square", num_images=4, seed=0)
+    answer = pipe.answer(image, "How many circles are in the image?")
+    edited = pipe.edit(image, "change the red circle to green")
+
+A pipeline directory holds `tokenizer/`, `mllm/` (model + processor) and `detokenizer/`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from illume_core import Message, atomic_directory
+from illume_detokenizer import DetokenizerPipeline
+from illume_mllm import (
+    IllumeForConditionalGeneration,
+    IllumeProcessor,
+    generate_image_tokens,
+    generate_text,
+)
+from illume_tokenizer import SemanticTokenizer
+
+
+@dataclass
+class SamplingConfig:
+    """How images are drawn: vision-token sampling, then the detokenizer's denoising."""
+
+    guidance: float = 3.0
+    """Classifier-free guidance of the MLLM's vision tokens (1 = none)."""
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    steps: int = 20
+    """Detokenizer denoising steps."""
+    detokenizer_guidance: float = 3.0
+    sampler: str = "dpm++"
+
+
+class IllumePipeline:
+    """See the module docstring. Every image-drawing call takes a `seed` (or a generator)."""
+
+    def __init__(
+        self,
+        tokenizer: SemanticTokenizer,
+        model: IllumeForConditionalGeneration,
+        processor: IllumeProcessor,
+        detokenizer: DetokenizerPipeline,
+        sampling: SamplingConfig | None = None,
+    ):
+        self.tokenizer = tokenizer.eval()
+        self.model = model.eval()
+        self.processor = processor
+        self.detokenizer = detokenizer
+        self.detokenizer.set_progress_bar_config(disable=True)
+        self.sampling = sampling or SamplingConfig()
+        if (model.config.codebook_size, tuple(model.config.image_grid)) != (
+            tokenizer.codebook_size,
+            tokenizer.grid,
+        ):
+            raise ValueError(
+                f"the MLLM speaks {model.config.codebook_size} codes on a {model.config.image_grid} grid, the "
+                f"tokenizer {tokenizer.codebook_size} on {list(tokenizer.grid)}: they were not trained together"
+            )
+
+    # -- persistence ------------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike) -> IllumePipeline:
+        directory = Path(directory)
+        missing = [p for p in ("tokenizer", "mllm", "detokenizer") if not (directory / p).is_dir()]
+        if missing:
+            raise FileNotFoundError(
+                f"{directory} is not an ILLUME pipeline directory: no {', '.join(missing)}/ "
+                "(make one with IllumePipeline.save_pretrained or `illume demo`)"
+            )
+        return cls(
+            SemanticTokenizer.from_pretrained(directory / "tokenizer"),
+            IllumeForConditionalGeneration.from_pretrained(directory / "mllm"),
+            IllumeProcessor.from_pretrained(directory / "mllm"),
+            DetokenizerPipeline.from_pretrained(directory / "detokenizer"),
+        )
+
+    @classmethod
+    def from_stages(
+        cls, tokenizer: str | os.PathLike, mllm: str | os.PathLike, detokenizer: str | os.PathLike
+    ) -> IllumePipeline:
+        """The outputs of the training stages, each from its own directory."""  # fmt: skip
+        return cls(
+            SemanticTokenizer.from_pretrained(tokenizer),
+            IllumeForConditionalGeneration.from_pretrained(mllm),
+            IllumeProcessor.from_pretrained(mllm),
+            DetokenizerPipeline.from_pretrained(detokenizer),
+        )
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        with atomic_directory(directory) as tmp:
+            self.tokenizer.save_pretrained(Path(tmp) / "tokenizer")
+            self.model.save_pretrained(Path(tmp) / "mllm")
+            self.processor.save_pretrained(Path(tmp) / "mllm")
+            self.detokenizer.save_pretrained(Path(tmp) / "detokenizer")
+
+    # -- helpers ----------------------------------------------------------------------------------
+
+    def _generator(self, seed: int | None, generator: torch.Generator | None) -> torch.Generator:
+        if generator is not None:
+            return generator
+        return torch.Generator().manual_seed(seed if seed is not None else torch.seed() % 2**31)
+
+    def render(self, codes: torch.Tensor, generator: torch.Generator) -> list[Image.Image]:
+        """codes [B, h, w] -> B images through the detokenizer."""
+        s = self.sampling
+        self.detokenizer.use_scheduler(s.sampler)
+        seeds = torch.randint(0, 2**31 - 1, (len(codes),), generator=generator).tolist()
+        return self.detokenizer(
+            codes=codes, tokenizer=self.tokenizer, steps=s.steps, guidance=s.detokenizer_guidance,
+            generator=[torch.Generator().manual_seed(x) for x in seeds],
+        ).images  # fmt: skip
+
+    def draw_codes(
+        self, conversations: Sequence[Sequence[Message]], unconditional, generator: torch.Generator
+    ) -> torch.Tensor:
+        s = self.sampling
+        return generate_image_tokens(
+            self.model, self.processor, conversations, unconditional, guidance=s.guidance,
+            temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, generator=generator,
+        )  # fmt: skip
+
+    # -- tasks ------------------------------------------------------------------------------------
+
+    def generate_image(
+        self, prompt: str | Sequence[str], num_images: int = 1, seed: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> list[Image.Image]:  # fmt: skip
+        """Text to image: `num_images` images per prompt, in prompt order."""
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        generator = self._generator(seed, generator)
+        conversations = [self.processor.t2i_messages(p) for p in prompts for _ in range(num_images)]
+        unconditional = [self.processor.t2i_messages("")] * len(conversations)
+        return self.render(self.draw_codes(conversations, unconditional, generator), generator)
+
+    def answer(self, image: Image.Image | Sequence[Image.Image], question: str | Sequence[str], max_new_tokens: int = 16) -> str | list[str]:  # fmt: skip
+        """Visual question answering (greedy); a list of images and questions gives a list of answers."""
+        single = isinstance(question, str)
+        images = [image] if single else list(image)
+        questions = [question] if single else list(question)
+        answers = generate_text(
+            self.model, self.processor,
+            [[Message("user", [im, q])] for im, q in zip(images, questions, strict=True)],
+            max_new_tokens=max_new_tokens,
+        )  # fmt: skip
+        return answers[0] if single else answers
+
+    def edit(
+        self, image: Image.Image | Sequence[Image.Image], instruction: str | Sequence[str], seed: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Image.Image | list[Image.Image]:  # fmt: skip
+        """Image + instruction -> the edited image (CFG against the image without the instruction)."""
+        single = isinstance(instruction, str)
+        images = [image] if single else list(image)
+        instructions = [instruction] if single else list(instruction)
+        generator = self._generator(seed, generator)
+        conversations = [
+            [Message("user", [im, t])] for im, t in zip(images, instructions, strict=True)
+        ]
+        unconditional = [[Message("user", [im])] for im in images]
+        out = self.render(self.draw_codes(conversations, unconditional, generator), generator)
+        return out[0] if single else out
+
+    def chat(
+        self, messages: Sequence[Message], seed: int | None = None, max_new_tokens: int = 32
+    ) -> str | Image.Image:
+        """Answers the last user turn of a conversation with images in its history: text, or an
+        image when the model starts its answer with one."""  # fmt: skip
+        text_ids = self.processor.encode_conversation(
+            messages, add_generation_prompt=True
+        ).input_ids
+        with torch.no_grad():
+            logits = self.model(
+                input_ids=torch.tensor([text_ids]), pixel_values=self._pixels(messages)
+            ).logits[0, -1]
+        if int(logits.argmax()) == self.processor.vocab.start_of_image:
+            generator = self._generator(seed, None)
+            codes = generate_image_tokens(self.model, self.processor, [messages], generator=generator,
+                                          temperature=self.sampling.temperature, top_k=self.sampling.top_k)  # fmt: skip
+            return self.render(codes, generator)[0]
+        return generate_text(self.model, self.processor, [messages], max_new_tokens=max_new_tokens)[
+            0
+        ]
+
+    def _pixels(self, messages: Sequence[Message]):
+        images = [p for m in messages for p in m.parts if isinstance(p, Image.Image)]
+        return self.processor.pixel_values(images) if images else None
