@@ -9,6 +9,7 @@ layers, plus the new conditioner); "all" trains every U-Net weight.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from typing import ClassVar
@@ -94,7 +95,7 @@ def build_pipeline(
     """A randomly initialised pixel-space pipeline from a config (the ShapesWorld detokenizer).
     `grid`: the features' (h, w), default square."""
     if grid is None:
-        side = int(round(num_tokens**0.5))
+        side = math.isqrt(num_tokens)
         grid = (side, side) if side * side == num_tokens else None
     spatial = config.spatial_channels if grid is not None else 0
     text_time = config.addition_embed_type == "text_time"
