@@ -10,6 +10,12 @@ from illume_trainer.cli import RECIPES, resolve_recipe, run_stage
 from illume_trainer.data import ImageTextDataset, ManifestError, collate, read_captions, read_source
 
 
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path, monkeypatch):
+    """Recipes write checkpoints under relative runs/ paths: keep them out of the repository."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture(scope="module")
 def shapes_data(tmp_path_factory):
     root = tmp_path_factory.mktemp("shapes")
@@ -20,7 +26,7 @@ def shapes_data(tmp_path_factory):
 def _common(tmp_path, data, steps=3):
     return [
         "--trainer.max_steps", str(steps), "--trainer.enable_progress_bar", "false", "--trainer.logger", "false",
-        "--trainer.enable_checkpointing", "false", "--trainer.default_root_dir", str(tmp_path),
+        "--trainer.default_root_dir", str(tmp_path),
         "--trainer.val_check_interval", "null", "--trainer.check_val_every_n_epoch", "1",
         "--data.train", f"[{data}/train/captions.jsonl]", "--data.val", f"[{data}/validation/captions.jsonl]",
         "--data.batch_size", "8",
@@ -288,7 +294,7 @@ def test_mllm_stages_one_to_three_through_the_cli(tmp_path, shapes_data):
     data = shapes_data
     common = [
         "--trainer.max_steps", "2", "--trainer.enable_progress_bar", "false", "--trainer.logger", "false",
-        "--trainer.enable_checkpointing", "false", "--trainer.default_root_dir", str(tmp_path),
+        "--trainer.default_root_dir", str(tmp_path),
         "--trainer.val_check_interval", "null", "--trainer.check_val_every_n_epoch", "1",
         "--data.batch_size", "4", "--model.tokenizer", str(tokenizer_dir),
     ]  # fmt: skip

@@ -18,13 +18,12 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
-import torch
 from torch.utils.data import Dataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from illume_core import ImageLimits, ImageLoadError, load_image
 
-from .data import ManifestError
+from .data import ManifestError, make_loader
 
 IMAGE = "<image>"
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
@@ -198,16 +197,10 @@ class ConversationDataModule(L.LightningDataModule):
         return [v.replace(IMAGE, " ") for c in [*self.train_set, *self.val_set] for _, v in c.turns]
 
     def _loader(self, conversations, shuffle: bool) -> StatefulDataLoader:
-        return StatefulDataLoader(
-            ConversationDataset(conversations),
-            batch_size=self.hparams.batch_size,
-            shuffle=shuffle,
-            num_workers=self.hparams.num_workers,
-            collate_fn=collate_conversations,
-            generator=torch.Generator().manual_seed(self.hparams.seed),
-            drop_last=shuffle,
-            persistent_workers=self.hparams.num_workers > 0,
-        )
+        return make_loader(
+            ConversationDataset(conversations), collate_conversations, self.hparams.batch_size,
+            shuffle, self.hparams.num_workers, self.hparams.seed, self.trainer,
+        )  # fmt: skip
 
     def train_dataloader(self) -> StatefulDataLoader:
         return self._loader(self.train_set, shuffle=True)

@@ -130,6 +130,31 @@ def collate(items: list[dict]) -> dict:
     return batch
 
 
+def make_loader(
+    dataset: Dataset, collate_fn, batch_size: int, shuffle: bool, num_workers: int, seed: int,
+    trainer=None,
+) -> StatefulDataLoader:  # fmt: skip
+    """A StatefulDataLoader whose order is a function of (seed, epoch) and whose position is saved
+    in checkpoints, so a resumed run sees exactly the batches the uninterrupted run would have.
+    Under DDP each process reads its own shard (torchdata's StatefulDistributedSampler)."""
+    from torchdata.stateful_dataloader.sampler import StatefulDistributedSampler
+
+    world = trainer.world_size if trainer is not None else 1
+    rank = trainer.global_rank if trainer is not None else 0
+    sampler = StatefulDistributedSampler(
+        dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed, drop_last=shuffle
+    )
+    return StatefulDataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        collate_fn=collate_fn,
+        drop_last=shuffle,
+        persistent_workers=num_workers > 0,
+    )
+
+
 class ImageDataModule(L.LightningDataModule):
     """Images (and captions) from manifests or folders, batched by a StatefulDataLoader.
 
@@ -166,17 +191,10 @@ class ImageDataModule(L.LightningDataModule):
         return [r.text for r in self.train_records if r.text]
 
     def _loader(self, records: list[Record], shuffle: bool) -> StatefulDataLoader:
-        generator = torch.Generator().manual_seed(self.hparams.seed)
-        return StatefulDataLoader(
-            ImageTextDataset(records, self.hparams.image_size),
-            batch_size=self.hparams.batch_size,
-            shuffle=shuffle,
-            num_workers=self.hparams.num_workers,
-            collate_fn=collate,
-            generator=generator,
-            drop_last=shuffle,
-            persistent_workers=self.hparams.num_workers > 0,
-        )
+        return make_loader(
+            ImageTextDataset(records, self.hparams.image_size), collate, self.hparams.batch_size,
+            shuffle, self.hparams.num_workers, self.hparams.seed, self.trainer,
+        )  # fmt: skip
 
     def train_dataloader(self) -> StatefulDataLoader:
         return self._loader(self.train_records, shuffle=True)

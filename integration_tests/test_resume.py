@@ -1,0 +1,91 @@
+"""Exact resume: a run SIGKILLed mid-epoch and resumed from `last` ends where the uninterrupted run
+ends (weights, optimizer state, and the next batch), bit for bit."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+import yaml
+
+from illume_eval.shapes import write_dataset
+from illume_tokenizer import build_siglip, siglip_image_processor
+from illume_trainer.checkpointing import AtomicCheckpointIO
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS, KILL_AT = 9, 4  # 6 batches per epoch: killed mid-epoch, finished in the next one
+
+
+def _train(work: Path, name: str, kill_at: int | None, resume: bool) -> subprocess.CompletedProcess:
+    run = work / name
+    callbacks = [
+        {"class_path": "illume_trainer.checkpointing.ResumeState"},
+        {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+         "init_args": {"dirpath": str(run / "ckpt"), "save_last": True, "save_top_k": 0, "every_n_train_steps": 1}},
+        {"class_path": "integration_tests.resume_helpers.RecordBatches", "init_args": {"path": str(run / "batches.jsonl")}},
+    ]  # fmt: skip
+    if kill_at is not None:
+        callbacks.append(
+            {
+                "class_path": "integration_tests.resume_helpers.KillAtStep",
+                "init_args": {"step": kill_at},
+            }
+        )
+    extra = {
+        "trainer": {
+            "callbacks": callbacks,
+            "plugins": [{"class_path": "illume_trainer.checkpointing.AtomicCheckpointIO"}],
+        }
+    }
+    run.mkdir(exist_ok=True)
+    (run / "extra.yaml").write_text(yaml.safe_dump(extra))
+    args = [
+        sys.executable, "-m", "illume_trainer.cli", "tokenizer", "--config", "recipes/shapes/tokenizer.yaml",
+        "--config", str(run / "extra.yaml"), "--model.preset", "tiny", "--model.encoder", str(work / "enc"),
+        "--model.output_dir", str(run / "out"), "--data.train", f"[{work}/data/train/captions.jsonl]",
+        "--data.val", "null", "--data.batch_size", "8", "--trainer.max_steps", str(STEPS + 1),
+        "--trainer.enable_progress_bar", "false", "--trainer.logger", "false", "--trainer.default_root_dir", str(run),
+        "--trainer.num_sanity_val_steps", "0",
+    ]  # fmt: skip
+    if resume:
+        args += ["--ckpt_path", str(run / "ckpt" / "last.ckpt")]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_sigkill_mid_epoch_then_resume_matches_the_uninterrupted_run(tmp_path):
+    write_dataset(tmp_path / "data", 48, seed=0, n_eval=8, progress=False)
+    torch.manual_seed(0)
+    build_siglip("tiny", vocab_size=40).save_pretrained(tmp_path / "enc")
+    siglip_image_processor(32).save_pretrained(tmp_path / "enc")
+
+    done = _train(tmp_path, "straight", None, resume=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    killed = _train(tmp_path, "killed", KILL_AT, resume=False)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    resumed = _train(tmp_path, "killed", None, resume=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+    # Step STEPS + 1 ran in both: compare the state after STEPS steps and the batch of step STEPS.
+    io = AtomicCheckpointIO()
+    straight = io.load_checkpoint(tmp_path / "straight" / "ckpt" / "last.ckpt")
+    again = io.load_checkpoint(tmp_path / "killed" / "ckpt" / "last.ckpt")
+    assert straight["global_step"] == again["global_step"] == STEPS + 1
+    for key, value in straight["state_dict"].items():
+        assert torch.equal(value, again["state_dict"][key]), key
+    for a, b in zip(
+        straight["optimizer_states"][0]["state"].values(),
+        again["optimizer_states"][0]["state"].values(),
+    ):
+        for name in a:
+            assert torch.equal(torch.as_tensor(a[name]), torch.as_tensor(b[name])), name
+
+    def batches(name):
+        rows = [json.loads(x) for x in (tmp_path / name / "batches.jsonl").read_text().splitlines()]
+        return {r["step"]: r["index"] for r in rows}
+
+    assert batches("straight") == batches(
+        "killed"
+    )  # every step, the killed one included, saw the same ids
