@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from illume.demo import PROFILES, evaluate, train
+from illume.demo import HEADLINE, PROFILES, evaluate, train
 from illume.evaluate import t2i_quality
 from illume.pipeline import IllumePipeline
 from illume_eval.shapes import write_dataset
@@ -80,27 +80,10 @@ def main() -> None:
         print(f"{guidance:>9}{temperature:>13}{top_k or '-':>7}{overall:>13.3f}")
 
     print(f"\n{'figure':<16}{'value':>10}")
-    for key in (
-        "t2i_overall",
-        "t2i_heldout",
-        "qa_accuracy",
-        "pope_f1",
-        "edit_target",
-        "edit_preserve",
-    ):
+    for key in HEADLINE:
         print(f"{key:<16}{metrics[key]:>10.4f}")
     print(f"stage seconds: {json.dumps(seconds)}")
-    out = {
-        k: metrics[k]
-        for k in (
-            "t2i_overall",
-            "t2i_heldout",
-            "qa_accuracy",
-            "pope_f1",
-            "edit_target",
-            "edit_preserve",
-        )
-    }
+    out = {k: metrics[k] for k in HEADLINE}
     out |= {"train_seconds": train_seconds, "stage_seconds": seconds, "t2i_by_tag": metrics["t2i"],
             "pope": metrics["pope"], "sweep": sweep, "workdir": str(workdir)}  # fmt: skip
     print(json.dumps(out))

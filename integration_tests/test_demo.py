@@ -3,6 +3,7 @@
 import json
 
 from illume.cli import main
+from illume.demo import HEADLINE
 from illume.pipeline import IllumePipeline
 
 
@@ -10,14 +11,7 @@ def test_demo_smoke_profile_runs_and_resumes(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--profile", "smoke"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
-    for key in (
-        "t2i_overall",
-        "t2i_heldout",
-        "qa_accuracy",
-        "pope_f1",
-        "edit_target",
-        "edit_preserve",
-    ):
+    for key in HEADLINE:
         assert 0.0 <= metrics[key] <= 1.0
     assert set(metrics["train_seconds"]) == {
         "encoder", "tokenizer", "detokenizer", "mllm_stage1", "mllm_stage2", "mllm_stage3"

@@ -45,6 +45,9 @@ PROFILES: dict[str, Profile] = {
     "smoke": Profile(300, 16, 2, 2, 2, (2, 2, 2), 4, 8, 4),
 }
 
+#: The headline figures (the MLLM issue's), first in metrics.json, the report and benchmarks.
+HEADLINE = ("t2i_overall", "t2i_heldout", "qa_accuracy", "pope_f1", "edit_target", "edit_preserve")
+
 #: (name, trainer stage, recipe, output of the stage) in training order.
 STAGES = (
     ("encoder", "encoder", "recipes/shapes/encoder.yaml", "runs/shapes/encoder/final"),
@@ -163,5 +166,4 @@ def run_demo(out: str | os.PathLike, profile: str = "default", progress: bool = 
 
 
 def summary_line(metrics: dict) -> str:
-    keys = ("t2i_overall", "t2i_heldout", "qa_accuracy", "pope_f1", "edit_target", "edit_preserve")
-    return json.dumps({k: round(metrics[k], 4) for k in keys})
+    return json.dumps({k: round(metrics[k], 4) for k in HEADLINE})

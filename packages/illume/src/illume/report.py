@@ -11,6 +11,8 @@ import torch
 from illume_core import load_image
 from illume_eval.report import Card, HtmlReport
 
+from .demo import HEADLINE
+
 
 def _loss_curves(root: str = "runs/shapes") -> dict[str, list[tuple[float, float]]]:
     """train/loss against step from each stage's Lightning CSV log (the latest version)."""
@@ -60,19 +62,7 @@ def write_report(path: str, metrics: dict, records: dict, pipe) -> None:
         "Every verdict is illume-eval's exact scorer (green: the image shows exactly what was asked)."
     )
     report.heading("Headline figures")
-    report.metrics(
-        {
-            k: metrics[k]
-            for k in (
-                "t2i_overall",
-                "t2i_heldout",
-                "qa_accuracy",
-                "pope_f1",
-                "edit_target",
-                "edit_preserve",
-            )
-        }
-    )
+    report.metrics({k: metrics[k] for k in HEADLINE})
     report.heading("Tokenizer reconstructions (through the detokenizer)")
     report.grid(_reconstructions(pipe))
     for key, title in (

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import lightning as L
 import torch
 
 
@@ -50,3 +51,24 @@ class Normalizer(torch.nn.Module):
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return (pixels.float() / 255.0 - self.mean) / self.std
+
+
+class FrozenPartsStage(L.LightningModule):
+    """A stage whose frozen parts (state-dict prefixes in `frozen`) are reloaded from their own
+    directories, not written into every checkpoint; everything else loads strictly."""
+
+    frozen: tuple[str, ...] = ()
+
+    def state_dict(self, *args, **kwargs):
+        state = super().state_dict(*args, **kwargs)
+        return {k: v for k, v in state.items() if not k.startswith(self.frozen)}
+
+    def load_state_dict(self, state_dict, strict: bool = True, **kwargs):
+        result = super().load_state_dict(state_dict, strict=False, **kwargs)
+        missing = [k for k in result.missing_keys if not k.startswith(self.frozen)]
+        if strict and (missing or result.unexpected_keys):
+            raise RuntimeError(
+                f"checkpoint does not fit this {type(self).__name__}: missing {missing[:5]}, "
+                f"unexpected {result.unexpected_keys[:5]}"
+            )
+        return result

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
@@ -24,10 +23,10 @@ from illume_detokenizer import (
 )
 from illume_tokenizer import SemanticTokenizer
 
-from .common import Normalizer, total_steps, warmup_cosine
+from .common import FrozenPartsStage, Normalizer, total_steps, warmup_cosine
 
 
-class DetokenizerStage(L.LightningModule):
+class DetokenizerStage(FrozenPartsStage):
     """Args:
     tokenizer: directory of the trained tokenizer (frozen here).
     output_dir: where the trained pipeline is saved (diffusers layout).
@@ -41,6 +40,8 @@ class DetokenizerStage(L.LightningModule):
     cache_codes: keep each training image's codes after the first epoch (the tokenizer is frozen
         and deterministic, so this changes nothing but the time).
     """
+
+    frozen = ("tokenizer.", "vae.")  # reloaded from their directories
 
     def __init__(
         self,
@@ -164,22 +165,6 @@ class DetokenizerStage(L.LightningModule):
                 optimizer, self.hparams.warmup_steps, total_steps(self.trainer)
             ),
         }
-
-    # Frozen parts (tokenizer, VAE) are reloaded from their directories, not checkpointed.
-    _FROZEN = ("tokenizer.", "vae.")
-
-    def state_dict(self, *args, **kwargs):
-        state = super().state_dict(*args, **kwargs)
-        return {k: v for k, v in state.items() if not k.startswith(self._FROZEN)}
-
-    def load_state_dict(self, state_dict, strict: bool = True, **kwargs):
-        result = super().load_state_dict(state_dict, strict=False, **kwargs)
-        missing = [k for k in result.missing_keys if not k.startswith(self._FROZEN)]
-        if strict and (missing or result.unexpected_keys):
-            raise RuntimeError(
-                f"checkpoint does not fit this detokenizer: missing {missing}, unexpected {result.unexpected_keys}"
-            )
-        return result
 
     def on_train_end(self) -> None:
         # Runs after callbacks' on_train_end, so an EMA callback has already swapped its average in.

@@ -16,12 +16,12 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-import lightning as L
 import torch
 from PIL import Image
 
 from illume_core import Message, atomic_directory
 from illume_mllm import (
+    IGNORE,
     LLM_PRESETS,
     IllumeForConditionalGeneration,
     IllumeProcessor,
@@ -32,12 +32,12 @@ from illume_mllm import (
 from illume_tokenizer import SemanticTokenizer
 
 from ..data import to_tensor
-from .common import Normalizer, total_steps, warmup_cosine
+from .common import FrozenPartsStage, Normalizer, total_steps, warmup_cosine
 
 GROUPS = ("vision", "adapter", "llm", "new_rows")
 
 
-class MLLMStage(L.LightningModule):
+class MLLMStage(FrozenPartsStage):
     """Args:
     output_dir: where the trained MLLM (model + processor) is saved.
     tokenizer: the vision tokenizer directory (codes of output images; codebook size and grid).
@@ -50,6 +50,8 @@ class MLLMStage(L.LightningModule):
         so rows that do not train stay bit-identical).
     p_uncond: probability of dropping a text-to-image caption (the unconditional branch of CFG).
     """
+
+    frozen = ("vision_tokenizer.",)  # reloaded from its directory
 
     def __init__(
         self,
@@ -189,12 +191,24 @@ class MLLMStage(L.LightningModule):
         return messages
 
     def _loss(self, batch, training: bool):
+        """Mean cross-entropy over the answer tokens of the *global* batch: each process divides
+        its sum by the token count of all processes (times their number, as DDP averages), so 2
+        processes of B / 2 conversations train exactly like one process of B."""
         examples = [
             self.processor.encode_conversation(self.messages(i, training)) for i in batch["items"]
         ]
         inputs = self.processor.collate(examples)
         inputs = {k: v.to(self.device) for k, v in inputs.items() if v is not None}
-        return self.model(**inputs).loss, len(examples)
+        labels = inputs.pop("labels")[:, 1:]
+        logits = self.model(**inputs).logits[:, :-1]
+        total = torch.nn.functional.cross_entropy(
+            logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE, reduction="sum"
+        )
+        count = (labels != IGNORE).sum()
+        world = self.trainer.world_size if self._trainer is not None else 1
+        if world > 1:
+            count = self.all_gather(count).sum() / world
+        return total / count.clamp_min(1), len(examples)
 
     def training_step(self, batch, batch_idx):
         loss, n = self._loss(batch, training=True)
@@ -215,20 +229,6 @@ class MLLMStage(L.LightningModule):
                 optimizer, self.hparams.warmup_steps, total_steps(self.trainer)
             ),
         }
-
-    # The frozen vision tokenizer is reloaded from its directory, not checkpointed.
-    def state_dict(self, *args, **kwargs):
-        state = super().state_dict(*args, **kwargs)
-        return {k: v for k, v in state.items() if not k.startswith("vision_tokenizer.")}
-
-    def load_state_dict(self, state_dict, strict: bool = True, **kwargs):
-        result = super().load_state_dict(state_dict, strict=False, **kwargs)
-        missing = [k for k in result.missing_keys if not k.startswith("vision_tokenizer.")]
-        if strict and (missing or result.unexpected_keys):
-            raise RuntimeError(
-                f"checkpoint does not fit this MLLM: missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}"
-            )
-        return result
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["rng"] = self._rng.getstate()

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import lightning as L
 import torch
 
 from illume_core import atomic_directory
 from illume_tokenizer import SemanticTokenizer, TokenizerConfig, VisionEncoder
 
-from .common import Normalizer, total_steps, warmup_cosine
+from .common import FrozenPartsStage, Normalizer, total_steps, warmup_cosine
 
 
-class TokenizerStage(L.LightningModule):
+class TokenizerStage(FrozenPartsStage):
     """Args:
     encoder: local directory of the vision encoder (a real SigLIP, or the shapes encoder stage's output).
     output_dir: where the trained tokenizer is saved.
@@ -22,6 +21,8 @@ class TokenizerStage(L.LightningModule):
     lr, weight_decay, warmup_steps: AdamW and its warm-up + cosine schedule.
     save_encoder: copy the encoder into the tokenizer directory (False: refer to it by path).
     """
+
+    frozen = ("tokenizer.encoder.",)  # reloaded from its directory
 
     def __init__(
         self,
@@ -75,23 +76,6 @@ class TokenizerStage(L.LightningModule):
                 optimizer, self.hparams.warmup_steps, total_steps(self.trainer)
             ),
         }
-
-    def state_dict(self, *args, **kwargs):
-        # The frozen encoder is not part of the checkpoint: it is reloaded from its directory.
-        return {
-            k: v
-            for k, v in super().state_dict(*args, **kwargs).items()
-            if not k.startswith("tokenizer.encoder.")
-        }
-
-    def load_state_dict(self, state_dict, strict: bool = True, **kwargs):
-        result = super().load_state_dict(state_dict, strict=False, **kwargs)
-        missing = [k for k in result.missing_keys if not k.startswith("tokenizer.encoder.")]
-        if strict and (missing or result.unexpected_keys):
-            raise RuntimeError(
-                f"checkpoint does not fit this tokenizer: missing {missing}, unexpected {result.unexpected_keys}"
-            )
-        return result
 
     def on_train_end(self) -> None:
         if self.trainer.is_global_zero:
