@@ -81,6 +81,7 @@ class MLLMStage(FrozenPartsStage):
         self.model: IllumeForConditionalGeneration | None = None
         self.processor: IllumeProcessor | None = None
         self._codes: dict[str, torch.Tensor] = {}
+        self._param_groups: list[dict] | None = None
         self._rng = random.Random(seed)
         if init is not None:
             self._load(init)
@@ -92,8 +93,18 @@ class MLLMStage(FrozenPartsStage):
         self.processor = IllumeProcessor.from_pretrained(directory)
 
     def configure_model(self) -> None:
-        if self.model is not None:
-            return
+        # What trains is fixed here, before a strategy wraps the model: DDP must see only the
+        # parameters that receive gradients.
+        if self.model is None:
+            # Initialised from the stage's seed alone, whatever ran before: every process of a
+            # distributed run, and a single-process run, start from the same weights.
+            with torch.random.fork_rng():
+                torch.manual_seed(self.hparams.seed)
+                self._build()
+        if self._param_groups is None:
+            self._param_groups = self._select()
+
+    def _build(self) -> None:
         hp = self.hparams
         vision = hp.vision or str(Path(hp.tokenizer) / self.vision_tokenizer.config.encoder)
         if hp.llm in LLM_PRESETS:
@@ -222,7 +233,8 @@ class MLLMStage(FrozenPartsStage):
         self.log("val/loss", loss, prog_bar=True, batch_size=n)
 
     def configure_optimizers(self):
-        optimizer = torch.optim.AdamW(self._select())
+        self.configure_model()
+        optimizer = torch.optim.AdamW(self._param_groups)
         return {
             "optimizer": optimizer,
             "lr_scheduler": warmup_cosine(
