@@ -22,6 +22,18 @@ def warmup_cosine(
     return {"scheduler": torch.optim.lr_scheduler.LambdaLR(optimizer, factor), "interval": "step"}
 
 
+def adamw_warmup_cosine(stage, params, **adamw) -> dict:
+    """configure_optimizers' answer for every stage: AdamW over `params` (tensors or groups) with
+    the stage's warm-up + cosine schedule over the run's steps."""
+    optimizer = torch.optim.AdamW(params, **adamw)
+    return {
+        "optimizer": optimizer,
+        "lr_scheduler": warmup_cosine(
+            optimizer, stage.hparams.warmup_steps, total_steps(stage.trainer)
+        ),
+    }
+
+
 def total_steps(trainer) -> int:
     if trainer.max_steps and trainer.max_steps > 0:
         return int(trainer.max_steps)

@@ -23,7 +23,7 @@ from illume_detokenizer import (
 )
 from illume_tokenizer import SemanticTokenizer
 
-from .common import FrozenPartsStage, Normalizer, total_steps, warmup_cosine
+from .common import FrozenPartsStage, Normalizer, adamw_warmup_cosine
 
 
 class DetokenizerStage(FrozenPartsStage):
@@ -156,15 +156,9 @@ class DetokenizerStage(FrozenPartsStage):
         self.log("val/loss", loss, prog_bar=True, batch_size=len(batch["pixels"]))
 
     def configure_optimizers(self):
-        optimizer = torch.optim.AdamW(
-            self._trainable, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
+        return adamw_warmup_cosine(
+            self, self._trainable, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
         )
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": warmup_cosine(
-                optimizer, self.hparams.warmup_steps, total_steps(self.trainer)
-            ),
-        }
 
     def on_train_end(self) -> None:
         # Runs after callbacks' on_train_end, so an EMA callback has already swapped its average in.

@@ -16,7 +16,7 @@ from illume_mllm import build_word_tokenizer
 from illume_tokenizer import build_siglip, siglip_image_processor
 from illume_tokenizer.encoder import quiet_transformers
 
-from .common import Normalizer, total_steps, warmup_cosine
+from .common import Normalizer, adamw_warmup_cosine
 
 POSITIVES = ("same_caption", "scene")
 
@@ -150,13 +150,7 @@ class EncoderStage(L.LightningModule):
             },
             {"params": [p for _, p in named if p.ndim < 2], "weight_decay": 0.0},
         ]
-        optimizer = torch.optim.AdamW(groups, lr=self.hparams.lr)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": warmup_cosine(
-                optimizer, self.hparams.warmup_steps, total_steps(self.trainer)
-            ),
-        }
+        return adamw_warmup_cosine(self, groups, lr=self.hparams.lr)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["text_tokenizer"] = self.text_tokenizer.backend_tokenizer.to_str()

@@ -32,7 +32,7 @@ from illume_mllm import (
 from illume_tokenizer import SemanticTokenizer
 
 from ..data import to_tensor
-from .common import FrozenPartsStage, Normalizer, total_steps, warmup_cosine
+from .common import FrozenPartsStage, Normalizer, adamw_warmup_cosine
 
 GROUPS = ("vision", "adapter", "llm", "new_rows")
 
@@ -234,13 +234,7 @@ class MLLMStage(FrozenPartsStage):
 
     def configure_optimizers(self):
         self.configure_model()
-        optimizer = torch.optim.AdamW(self._param_groups)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": warmup_cosine(
-                optimizer, self.hparams.warmup_steps, total_steps(self.trainer)
-            ),
-        }
+        return adamw_warmup_cosine(self, self._param_groups)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["rng"] = self._rng.getstate()

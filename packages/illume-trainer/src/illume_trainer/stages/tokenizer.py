@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from illume_core import atomic_directory
 from illume_tokenizer import SemanticTokenizer, TokenizerConfig, VisionEncoder
 
-from .common import FrozenPartsStage, Normalizer, total_steps, warmup_cosine
+from .common import FrozenPartsStage, Normalizer, adamw_warmup_cosine
 
 
 class TokenizerStage(FrozenPartsStage):
@@ -67,15 +65,9 @@ class TokenizerStage(FrozenPartsStage):
             for n, p in self.tokenizer.named_parameters()
             if p.requires_grad and not n.startswith("encoder.")
         ]
-        optimizer = torch.optim.AdamW(
-            params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
+        return adamw_warmup_cosine(
+            self, params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
         )
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": warmup_cosine(
-                optimizer, self.hparams.warmup_steps, total_steps(self.trainer)
-            ),
-        }
 
     def on_train_end(self) -> None:
         if self.trainer.is_global_zero:
