@@ -113,11 +113,15 @@ class ImageTokenSampler(LogitsProcessor):
         return out
 
 
-def _batch(processor: IllumeProcessor, examples: Sequence[Example]) -> dict:
+def _batch(model, processor: IllumeProcessor, examples: Sequence[Example]) -> dict:
+    """Left-padded prompts on the model's device (pixels in its dtype), without labels."""
     batch = processor.collate(examples, padding_side="left")
     batch.pop("labels")
     if batch["pixel_values"] is None:
         batch.pop("pixel_values")
+    batch = {k: v.to(model.device) for k, v in batch.items()}
+    if "pixel_values" in batch:
+        batch["pixel_values"] = batch["pixel_values"].to(model.dtype)
     return batch
 
 
@@ -144,15 +148,11 @@ def generate_image_tokens(
         examples += [
             processor.encode_conversation(c, add_generation_prompt=True) for c in unconditional
         ]
-    batch = _batch(processor, examples)
+    batch = _batch(model, processor, examples)
     sampler = ImageTokenSampler(
         processor.vocab, processor.config.image_grid, batch["input_ids"].shape[1], guidance,
         temperature, top_k, top_p, generator, eos_token_id=processor.tokenizer.eos_token_id,
     )  # fmt: skip
-    device = model.device
-    batch = {k: v.to(device) for k, v in batch.items()}
-    if "pixel_values" in batch:
-        batch["pixel_values"] = batch["pixel_values"].to(model.dtype)
     out = model.generate(
         **batch,
         logits_processor=LogitsProcessorList([sampler]),
@@ -177,9 +177,7 @@ def generate_text(
 ) -> list[str]:
     """Text answers to the last user turn of each conversation (greedy by default)."""
     examples = [processor.encode_conversation(c, add_generation_prompt=True) for c in conversations]
-    batch = {k: v.to(model.device) for k, v in _batch(processor, examples).items()}
-    if "pixel_values" in batch:
-        batch["pixel_values"] = batch["pixel_values"].to(model.dtype)
+    batch = _batch(model, processor, examples)
     vision = processor.vocab
     out = model.generate(
         **batch,

@@ -70,9 +70,7 @@ def _steps(profile: Profile, name: str) -> int:
     return getattr(profile, f"{name}_steps")
 
 
-def train(
-    profile: Profile, overrides: dict[str, list[str]] | None = None, progress: bool = True
-) -> dict:
+def train(profile: Profile, progress: bool = True) -> dict:
     """Runs every unfinished stage in the current directory; returns seconds per stage."""
     from illume_trainer.cli import run_stage
 
@@ -86,7 +84,6 @@ def train(
             "--trainer.enable_progress_bar", str(progress).lower(),
             "--trainer.val_check_interval", str(max(1, _steps(profile, name) // 2)),
             "--trainer.log_every_n_steps", str(max(1, min(20, _steps(profile, name) // 10))),
-            *(overrides or {}).get(name, []),
         ]  # fmt: skip
         last = root / "checkpoints" / "last.ckpt"
         if last.is_file():

@@ -32,21 +32,16 @@ def _loss_curves(root: str = "runs/shapes") -> dict[str, list[tuple[float, float
 
 
 def _reconstructions(pipe, data: str = "data/shapes/validation", n: int = 8) -> list[Card]:
+    from illume_trainer.data import to_tensor
     from illume_trainer.stages.common import Normalizer
 
     paths = sorted(Path(data, "images").glob("*.png"))[:n]
     images = [load_image(p) for p in paths]
     size = pipe.tokenizer.config.image_size
-    pixels = torch.stack(
-        [
-            torch.from_numpy(__import__("numpy").asarray(im.resize((size, size)))).permute(2, 0, 1)
-            for im in images
-        ]
-    )
+    pixels = torch.stack([to_tensor(im, size) for im in images])
     with torch.no_grad():
-        codes = pipe.tokenizer.encode(
-            Normalizer.for_processor(pipe.tokenizer.encoder.image_processor)(pixels)
-        ).codes
+        normalize = Normalizer.for_processor(pipe.tokenizer.encoder.image_processor)
+        codes = pipe.tokenizer.encode(normalize(pixels)).codes
     generator = torch.Generator().manual_seed(0)
     drawn = pipe.render(codes, generator)
     return [

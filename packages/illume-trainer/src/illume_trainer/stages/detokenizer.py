@@ -75,27 +75,12 @@ class DetokenizerStage(FrozenPartsStage):
             pipe = build_pipeline(config, feature_dim=feature_dim, num_tokens=num_tokens)
         pipe.set_progress_bar_config(disable=True)
         # Submodules of the LightningModule, so that devices, checkpoints and strategies see them.
+        # The pipeline holds the very same modules: it is what trains, and what is saved.
         self.conditioner, self.unet, self.vae = pipe.conditioner, pipe.unet, pipe.vae
-        self.scheduler_config = dict(pipe.scheduler.config)
-        self.pixel_unshuffle = pipe.config.pixel_unshuffle
-        self.coordinate_channels = pipe.config.coordinate_channels
+        self.pipe = pipe
         self.noise_schedule = DDPMScheduler.from_config(pipe.scheduler.config)
         self._trainable = trainable_parameters(pipe, trainable)
         self._codes: dict[int, torch.Tensor] = {}
-
-    def pipeline(self) -> DetokenizerPipeline:
-        from diffusers import DPMSolverMultistepScheduler
-
-        pipe = DetokenizerPipeline(
-            conditioner=self.conditioner,
-            unet=self.unet,
-            scheduler=DPMSolverMultistepScheduler.from_config(self.scheduler_config),
-            vae=self.vae,
-            pixel_unshuffle=self.pixel_unshuffle,
-            coordinate_channels=self.coordinate_channels,
-        )
-        pipe.set_progress_bar_config(disable=True)
-        return pipe
 
     @torch.no_grad()
     def codes(self, batch, use_cache: bool) -> torch.Tensor:
@@ -120,7 +105,7 @@ class DetokenizerStage(FrozenPartsStage):
             features = self.tokenizer.decode_features(
                 self.codes(batch, use_cache=training and self.hparams.cache_codes)
             )
-        pipe = self.pipeline()
+        pipe = self.pipe
         x0 = pipe.to_model_space(pixels)
         noise = torch.randn(x0.shape, generator=generator, device="cpu").to(x0)
         t = torch.randint(
@@ -164,7 +149,7 @@ class DetokenizerStage(FrozenPartsStage):
         # Runs after callbacks' on_train_end, so an EMA callback has already swapped its average in.
         if self.trainer.is_global_zero:
             with atomic_directory(self.hparams.output_dir) as tmp:
-                self.pipeline().save_pretrained(tmp)
+                self.pipe.save_pretrained(tmp)
                 # which tokenizer's features this detokenizer draws from
                 (Path(tmp) / "tokenizer.txt").write_text(
                     str(Path(self.hparams.tokenizer).resolve()) + "\n"
