@@ -119,7 +119,11 @@ class MLLMStage(FrozenPartsStage):
         self.processor = build_processor(
             text_tokenizer, vision, tok.codebook_size, tok.grid, preset=hp.processor_preset
         )
-        self.model = build_model(self.processor, vision, llm)
+        # Understanding reads the layer the tokenizer quantizes (None there is the last layer).
+        layer = tok.config.feature_layer
+        self.model = build_model(
+            self.processor, vision, llm, vision_feature_layer=-1 if layer is None else layer
+        )
 
     def _select(self) -> list[dict]:
         """Freezes everything, then unfreezes the recipe's groups; returns optimizer groups."""

@@ -15,7 +15,7 @@ class TokenizerStage(FrozenPartsStage):
     encoder: local directory of the vision encoder (a real SigLIP, or the shapes encoder stage's output).
     output_dir: where the trained tokenizer is saved.
     preset: TokenizerConfig preset ("tiny", "shapes", "illume-7b"); `overrides` change its fields.
-    feature_layer: encoder layer to tokenize (None: final output; -2: penultimate).
+    feature_layer: encoder layer to tokenize (-2: penultimate); None takes the preset's.
     lr, weight_decay, warmup_steps: AdamW and its warm-up + cosine schedule.
     save_encoder: copy the encoder into the tokenizer directory (False: refer to it by path).
     """
@@ -36,10 +36,12 @@ class TokenizerStage(FrozenPartsStage):
     ):
         super().__init__()
         self.save_hyperparameters()
-        vision = VisionEncoder.from_pretrained(encoder, feature_layer=feature_layer)
         config = TokenizerConfig.from_name(preset, **(overrides or {})).replace(
             encoder=str(Path(encoder).resolve())
         )
+        if feature_layer is None:  # the preset's choice (the encoder fills it in otherwise)
+            feature_layer = config.feature_layer
+        vision = VisionEncoder.from_pretrained(encoder, feature_layer=feature_layer)
         self.tokenizer = SemanticTokenizer(config, vision)
         self.normalize = Normalizer.for_processor(vision.image_processor)
 
