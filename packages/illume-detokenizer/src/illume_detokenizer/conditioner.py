@@ -142,7 +142,7 @@ class FeatureConditioner(ModelMixin, ConfigMixin):
         if self.config.spatial_channels:
             h, w = self.config.grid
             spatial = self.spatial_proj(self.spatial_norm(features))  # [B, N, S]
-            spatial = spatial.transpose(1, 2).reshape(len(features), -1, h, w)  # [B, S, h, w]
+            spatial = spatial.transpose(1, 2).reshape(features.shape[0], -1, h, w)  # [B, S, h, w]
         return Conditions(states, pooled, spatial)
 
     def unconditional(self, batch_size: int) -> Conditions:

@@ -131,7 +131,7 @@ class DetokenizerPipeline(DiffusionPipeline):
                 )
             added = {
                 "text_embeds": conditions.pooled,
-                "time_ids": self._time_ids(len(sample), sample.device, sample.dtype),
+                "time_ids": self._time_ids(sample.shape[0], sample.device, sample.dtype),
             }
         return self.unet(
             sample, t, encoder_hidden_states=conditions.encoder_hidden_states,

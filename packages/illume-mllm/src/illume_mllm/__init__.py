@@ -7,7 +7,14 @@ processor = IllumeProcessor.from_pretrained("runs/shapes/mllm/final")
 
 from .__about__ import __version__
 from .build import LLM_PRESETS, build_model, build_processor, build_word_tokenizer
-from .generation import ImageTokenSampler, filter_logits, generate_image_tokens, generate_text
+from .generation import (
+    ImageTokenSampler,
+    draw_codes,
+    filter_logits,
+    generate_image_tokens,
+    generate_text,
+    prompt_batch,
+)
 from .modeling import IllumeConfig, IllumeForConditionalGeneration
 from .processing import IGNORE, Example, IllumeProcessor, ProcessorConfig
 from .vocab import MARKERS, VisionVocab, extend_tokenizer, vision_token, vocab_of
@@ -15,6 +22,6 @@ from .vocab import MARKERS, VisionVocab, extend_tokenizer, vision_token, vocab_o
 __all__ = [
     "IGNORE", "LLM_PRESETS", "MARKERS", "Example", "IllumeConfig", "IllumeForConditionalGeneration",
     "IllumeProcessor", "ImageTokenSampler", "ProcessorConfig", "VisionVocab", "__version__", "build_model",
-    "build_processor", "build_word_tokenizer", "extend_tokenizer", "filter_logits", "generate_image_tokens",
-    "generate_text", "vision_token", "vocab_of",
+    "build_processor", "build_word_tokenizer", "draw_codes", "extend_tokenizer", "filter_logits", "generate_image_tokens",
+    "generate_text", "prompt_batch", "vision_token", "vocab_of",
 ]  # fmt: skip

@@ -36,6 +36,32 @@ def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) 
     return logits
 
 
+def draw_codes(
+    cond: torch.Tensor,
+    uncond: torch.Tensor | None,
+    guidance: float = 1.0,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Codes [R] drawn from vision-token logits [R, K] of conditional rows (and their unconditional
+    twins [R, K] when guidance != 1): CFG, temperature, top-k, top-p, then one seeded draw per row.
+
+    Every image sampler (this module's and illume-runtime's fast loops) draws through here, so the
+    same seed gives the same codes whatever computed the logits. The draw runs where the generator
+    lives (a CPU generator: on the CPU, as transformers' own sampling would)."""
+    logits = cond.float()
+    if guidance != 1.0:
+        uncond = uncond.float()
+        logits = uncond + guidance * (logits - uncond)
+    if temperature == 0:
+        return logits.argmax(-1)
+    probs = filter_logits(logits / temperature, top_k, top_p).softmax(-1)
+    device = generator.device if generator is not None else torch.device("cpu")
+    return torch.multinomial(probs.to(device), 1, generator=generator)[:, 0].to(cond.device)
+
+
 class ImageTokenSampler(LogitsProcessor):
     """CFG + row structure + sampling for one image per conditional row (see module docstring).
 
@@ -94,18 +120,12 @@ class ImageTokenSampler(LogitsProcessor):
         if forced is not None:
             token = torch.full((rows,), forced, dtype=torch.long, device=scores.device)
         else:
-            logits = scores[:rows].float()
-            if self.guidance != 1.0:
-                uncond = scores[rows : 2 * rows].float()
-                logits = uncond + self.guidance * (logits - uncond)
-            ids = self.vocab.vision_ids
-            logits = logits[:, ids.start : ids.stop]  # only vision tokens inside a row
-            if self.temperature == 0:
-                code = logits.argmax(-1)
-            else:
-                logits = filter_logits(logits / self.temperature, self.top_k, self.top_p)
-                probs = logits.softmax(-1).cpu()
-                code = torch.multinomial(probs, 1, generator=self.generator)[:, 0].to(scores.device)
+            ids = self.vocab.vision_ids  # only vision tokens inside a row
+            uncond = scores[rows : 2 * rows, ids.start : ids.stop] if self.guidance != 1.0 else None
+            code = draw_codes(
+                scores[:rows, ids.start : ids.stop], uncond, self.guidance, self.temperature,
+                self.top_k, self.top_p, self.generator,
+            )  # fmt: skip
             token = code + ids.start
         token = token.repeat(len(scores) // rows)
         out = torch.full_like(scores, float("-inf"))
@@ -113,7 +133,7 @@ class ImageTokenSampler(LogitsProcessor):
         return out
 
 
-def _batch(model, processor: IllumeProcessor, examples: Sequence[Example]) -> dict:
+def prompt_batch(model, processor: IllumeProcessor, examples: Sequence[Example]) -> dict:
     """Left-padded prompts on the model's device (pixels in its dtype), without labels."""
     batch = processor.collate(examples, padding_side="left")
     batch.pop("labels")
@@ -148,7 +168,7 @@ def generate_image_tokens(
         examples += [
             processor.encode_conversation(c, add_generation_prompt=True) for c in unconditional
         ]
-    batch = _batch(model, processor, examples)
+    batch = prompt_batch(model, processor, examples)
     sampler = ImageTokenSampler(
         processor.vocab, processor.config.image_grid, batch["input_ids"].shape[1], guidance,
         temperature, top_k, top_p, generator, eos_token_id=processor.tokenizer.eos_token_id,
@@ -177,7 +197,7 @@ def generate_text(
 ) -> list[str]:
     """Text answers to the last user turn of each conversation (greedy by default)."""
     examples = [processor.encode_conversation(c, add_generation_prompt=True) for c in conversations]
-    batch = _batch(model, processor, examples)
+    batch = prompt_batch(model, processor, examples)
     vision = processor.vocab
     out = model.generate(
         **batch,

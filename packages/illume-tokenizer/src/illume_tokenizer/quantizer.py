@@ -75,7 +75,12 @@ class VectorQuantizer(nn.Module):
         """codes [...] -> [..., code_dim] code vectors."""
         if codes.dtype != torch.long:
             raise TypeError(f"codes must be int64, got {codes.dtype}")
-        if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.codebook_size):
+        checkable = not (torch.compiler.is_exporting() or torch.compiler.is_compiling())
+        if (
+            checkable
+            and codes.numel()
+            and (int(codes.min()) < 0 or int(codes.max()) >= self.codebook_size)
+        ):
             raise ValueError(
                 f"codes must lie in [0, {self.codebook_size}), got [{int(codes.min())}, {int(codes.max())}]"
             )

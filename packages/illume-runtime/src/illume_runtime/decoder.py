@@ -1,0 +1,234 @@
+"""The MLLM's language model as one flat module over its own weights, for fast loops and export.
+
+transformers' Llama is general (cache classes, mask builders, hooks, output dataclasses); a decode
+step of a small model spends most of its time there rather than in matrix products. `FlatDecoder`
+is the same arithmetic written out once (RMSNorm, rotary attention, gated MLP), over the *same*
+parameter tensors (nothing is copied), in two forms:
+
+- `forward_static`: a preallocated KV cache [L, B, Hkv, S, hd] written in place at `slot`, attention
+  over all S slots with an additive mask: fixed shapes, no allocations that grow with the sequence,
+  CUDA-graph friendly. Used by `TorchImageGenerator`.
+- `forward_past`: the past keys/values passed in and the presents returned (the optimum /
+  onnxruntime-genai convention). Used for the ONNX prefill and decode graphs.
+
+Llama-family decoders only (Llama, Vicuna, Mistral without sliding windows, Qwen2): a model with
+anything else raises, naming what it lacks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SUPPORTED = ("llama", "mistral", "qwen2")
+
+
+@dataclass(frozen=True)
+class DecoderShape:
+    """Sizes of the language model: L layers, H query heads, Hkv key/value heads of width hd."""
+
+    layers: int
+    hidden: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+
+
+def language_parts(model) -> tuple[nn.Module, nn.Module]:
+    """(the decoder stack, the LM head) of an IllumeForConditionalGeneration or a causal LM."""
+    if hasattr(model, "language_model") and hasattr(model, "lm_head"):
+        return model.language_model, model.lm_head
+    if hasattr(model, "model") and hasattr(model, "lm_head"):
+        return model.model, model.lm_head
+    raise TypeError(f"{type(model).__name__} has no language model and LM head to run")
+
+
+class FlatDecoder(nn.Module):
+    """See the module docstring. `max_positions` bounds the rotary table (prompt + generated)."""
+
+    def __init__(self, model, max_positions: int | None = None):
+        super().__init__()
+        lm, head = language_parts(model)
+        config = lm.config
+        if config.model_type not in SUPPORTED or getattr(config, "sliding_window", None):
+            raise NotImplementedError(
+                f"FlatDecoder runs Llama-family decoders ({', '.join(SUPPORTED)}, no sliding window); "
+                f"this model is {config.model_type!r}: use the reference runtime (runtime='reference')"
+            )
+        attn = lm.layers[0].self_attn
+        head_dim = (
+            getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        )
+        self.shape = DecoderShape(
+            layers=len(lm.layers), hidden=config.hidden_size, heads=config.num_attention_heads,
+            kv_heads=config.num_key_value_heads, head_dim=head_dim, vocab=head.weight.shape[0],
+        )  # fmt: skip
+        self.embed_tokens, self.layers, self.norm, self.lm_head = (
+            lm.embed_tokens,
+            lm.layers,
+            lm.norm,
+            head,
+        )
+        self.scaling = float(getattr(attn, "scaling", head_dim**-0.5))
+        max_positions = max_positions or config.max_position_embeddings
+        # cos / sin of every position, from the model's own rotary module (its scaling included).
+        positions = torch.arange(max_positions, device=head.weight.device)[None]
+        probe = torch.zeros(1, dtype=head.weight.dtype, device=head.weight.device)
+        cos, sin = lm.rotary_emb(probe, positions)
+        self.register_buffer("cos", cos[0], persistent=False)  # [P, hd]
+        self.register_buffer("sin", sin[0], persistent=False)  # [P, hd]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.lm_head.weight.dtype
+
+    # -- pieces -----------------------------------------------------------------------------------
+
+    @staticmethod
+    def _rms(x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon)
+        return norm.weight * x.to(dtype)
+
+    @staticmethod
+    def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        half = x.shape[-1] // 2
+        rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+        return x * cos + rotated * sin
+
+    def _qkv(self, i: int, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        """x [B, T, D] -> q [B, H, T, hd], k, v [B, Hkv, T, hd] (rotary applied)."""
+        s, attn = self.shape, self.layers[i].self_attn
+        b, t, _ = x.shape
+        h = self._rms(x, self.layers[i].input_layernorm)
+        q = F.linear(h, attn.q_proj.weight, attn.q_proj.bias).view(b, t, s.heads, s.head_dim)
+        k = F.linear(h, attn.k_proj.weight, attn.k_proj.bias).view(b, t, s.kv_heads, s.head_dim)
+        v = F.linear(h, attn.v_proj.weight, attn.v_proj.bias).view(b, t, s.kv_heads, s.head_dim)
+        cos, sin = cos[:, :, None], sin[:, :, None]  # [B, T, 1, hd]
+        q, k = self._rotate(q, cos, sin), self._rotate(k, cos, sin)
+        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+
+    def _attend(self, q, k, v, bias) -> torch.Tensor:
+        """q [B, H, T, hd] over k, v [B, Hkv, S, hd] with bias [B, 1, T, S] -> [B, T, H * hd]."""
+        if self.shape.kv_heads != self.shape.heads:
+            repeat = self.shape.heads // self.shape.kv_heads
+            k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scaling)
+        b, _, t, _ = q.shape
+        return out.transpose(1, 2).reshape(b, t, -1)
+
+    def _finish(self, i: int, x: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
+        layer = self.layers[i]
+        attn, mlp = layer.self_attn, layer.mlp
+        x = x + F.linear(attended, attn.o_proj.weight, attn.o_proj.bias)
+        h = self._rms(x, layer.post_attention_layernorm)
+        gate, up, down = mlp.gate_proj, mlp.up_proj, mlp.down_proj
+        gated = mlp.act_fn(F.linear(h, gate.weight, gate.bias)) * F.linear(h, up.weight, up.bias)
+        return x + F.linear(gated, down.weight, down.bias)
+
+    def logits(self, hidden: torch.Tensor, rows: slice | None = None) -> torch.Tensor:
+        """Final norm + LM head: [B, D] -> [B, V], or only the vocabulary `rows` (e.g. vision ids)."""
+        h = self._rms(hidden, self.norm)
+        weight = self.lm_head.weight if rows is None else self.lm_head.weight[rows]
+        bias = self.lm_head.bias
+        return F.linear(h, weight, None if bias is None else bias if rows is None else bias[rows])
+
+    def rotary(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """positions [B, T] -> cos, sin [B, T, hd]."""
+        return self.cos[positions], self.sin[positions]
+
+    # -- the two forms ----------------------------------------------------------------------------
+
+    def forward_static(
+        self,
+        x: torch.Tensor,
+        positions: torch.Tensor,
+        bias: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        slots: torch.Tensor,
+    ) -> torch.Tensor:
+        """x [B, T, D] at rotary `positions` [B, T], written to cache `slots` [T] of
+        k_cache / v_cache [L, B, Hkv, S, hd]; bias [B, 1, T, S] -> last hidden state [B, D]."""
+        cos, sin = self.rotary(positions)
+        for i in range(self.shape.layers):
+            q, k, v = self._qkv(i, x, cos, sin)
+            k_cache[i].index_copy_(2, slots, k)
+            v_cache[i].index_copy_(2, slots, v)
+            x = self._finish(i, x, self._attend(q, k_cache[i], v_cache[i], bias))
+        return x[:, -1]
+
+    def forward_past(
+        self,
+        x: torch.Tensor,
+        positions: torch.Tensor,
+        attention_mask: torch.Tensor,
+        past: list[tuple[torch.Tensor, torch.Tensor]],
+    ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """x [B, T, D] after `past` keys/values [B, Hkv, P, hd] per layer; attention_mask [B, P + T]
+        (1 = attend, left padding 0) -> last hidden state [B, D] and the presents [B, Hkv, P + T, hd]."""
+        cos, sin = self.rotary(positions)
+        total = attention_mask.shape[1]
+        slots = torch.arange(total - x.shape[1], total, device=x.device)
+        bias = padding_causal_bias(attention_mask, slots, x.dtype)
+        presents = []
+        for i in range(self.shape.layers):
+            q, k, v = self._qkv(i, x, cos, sin)
+            k, v = torch.cat([past[i][0], k], dim=2), torch.cat([past[i][1], v], dim=2)
+            presents.append((k, v))
+            x = self._finish(i, x, self._attend(q, k, v, bias))
+        return x[:, -1], presents
+
+
+def padding_causal_bias(
+    key_mask: torch.Tensor, query_slots: torch.Tensor, dtype: torch.dtype
+) -> torch.Tensor:
+    """key_mask [B, S] (1 = a real token) and the slots [T] of the queries -> additive [B, 1, T, S]:
+    a query sees the real keys at or before its own slot.
+
+    Masked entries get the dtype's minimum, not -inf: a left-padding query row with nothing to
+    attend to then stays finite (a NaN there would reach real rows through the values)."""
+    attention_mask = key_mask
+    causal = (
+        torch.arange(key_mask.shape[1], device=key_mask.device)[None, :] <= query_slots[:, None]
+    )
+    allowed = causal[None] & attention_mask[:, None, :].bool()  # [B, T, S]
+    zero = torch.zeros((), dtype=dtype, device=attention_mask.device)
+    return torch.where(allowed, zero, torch.finfo(dtype).min)[:, None]
+
+
+def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Rotary positions [B, S] of left-padded rows: 0 at each row's first real token."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def prompt_embeddings(
+    model, input_ids: torch.Tensor, pixel_values: torch.Tensor | None
+) -> torch.Tensor:
+    """LLaVA's input: token embeddings [B, T, D] with the adapter's image features in the `<image>` slots."""
+    embeds = model.get_input_embeddings()(input_ids)
+    if pixel_values is None:
+        return embeds
+    features = vision_features(model, pixel_values).to(embeds.dtype)  # [I, N, D]
+    slots = (input_ids == model.config.image_token_index)[..., None].expand_as(embeds)
+    if int(slots[..., 0].sum()) != features.shape[0] * features.shape[1]:
+        raise ValueError(
+            f"the prompts have {int(slots[..., 0].sum())} <image> slots for {features.shape[0]} images of "
+            f"{features.shape[1]} features: build them with the model's IllumeProcessor"
+        )
+    return embeds.masked_scatter(slots, features)
+
+
+def vision_features(model, pixel_values: torch.Tensor) -> torch.Tensor:
+    """pixel_values [I, 3, H, W] -> adapter features [I, N, D] (the tower's configured layer)."""
+    config = model.config
+    out = model.vision_tower(pixel_values, output_hidden_states=True)
+    features = out.hidden_states[config.vision_feature_layer]
+    if config.vision_feature_select_strategy == "default":
+        features = features[:, 1:]  # drop a class token
+    return model.adapter(features)

@@ -1,0 +1,359 @@
+"""ONNX export of a pipeline directory: every sub-model a deployer runs, and a manifest.
+
+    export_pipeline("runs/demo/pipeline", "runs/demo/onnx")     # or: illume export --model ... --out ...
+
+Graphs (fp32; B, T, P, I are dynamic):
+
+| file | inputs -> outputs |
+|---|---|
+| tokenizer_encoder.onnx | pixel_values [B, 3, H, W] (normalised) -> codes [B, h, w] int64 |
+| tokenizer_decoder.onnx | codes [B, h, w] int64 -> features [B, N, D] |
+| vision_adapter.onnx | pixel_values [I, 3, H, W] -> image_features [I, N, D_llm] |
+| embeddings.onnx | input_ids [B, T] -> inputs_embeds [B, T, D_llm] |
+| prefill.onnx | inputs_embeds, attention_mask [B, T], position_ids [B, T] -> logits [B, V] (last position), present.{i}.key / .value [B, Hkv, T, hd] |
+| decode.onnx | input_ids [B, 1], attention_mask [B, P + 1], position_ids [B, 1], past_key_values.{i}.key / .value [B, Hkv, P, hd] -> logits [B, V], present.{i}.key / .value [B, Hkv, P + 1, hd] |
+| conditioner.onnx | features [B, N, D] -> encoder_hidden_states (+ spatial, text_embeds) |
+| unet_step.onnx | sample, timestep [B], encoder_hidden_states (+ spatial, text_embeds when the detokenizer has them) -> prediction |
+
+The key/value names follow optimum and onnxruntime-genai. The decoder graphs are exported from
+`FlatDecoder` (the same weights and arithmetic as the PyTorch model) with torch's dynamo exporter.
+`processor/` and `null_features.npy` (the detokenizer's unconditional input) are saved beside the
+graphs. Each graph is checked with `onnx.checker.check_model(full_check=True)` and, when `verify` is
+on, run once in ONNX Runtime against PyTorch before it is listed in `manifest.json`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import os
+import platform
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from illume_core import atomic_directory
+
+from .decoder import FlatDecoder, vision_features
+
+MANIFEST = "manifest.json"
+OPSET = 18
+
+
+@dataclass
+class GraphSpec:
+    """One exported graph: its file, input and output names, and the dynamic axes by input."""
+
+    file: str
+    inputs: list[str]
+    outputs: list[str]
+    dynamic: dict[str, dict[int, str]] = field(default_factory=dict)
+
+
+# -- wrappers: one forward per graph, tensors in and out ---------------------------------------
+
+
+class _Encoder(nn.Module):
+    def __init__(self, tokenizer):
+        super().__init__()
+        self.tokenizer = tokenizer
+
+    def forward(self, pixel_values):
+        return self.tokenizer.encode(pixel_values).codes
+
+
+class _FeatureDecoder(nn.Module):
+    def __init__(self, tokenizer):
+        super().__init__()
+        self.tokenizer = tokenizer
+
+    def forward(self, codes):
+        return self.tokenizer.decode_features(codes)
+
+
+class _Adapter(nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values):
+        return vision_features(self.model, pixel_values)
+
+
+class _Embeddings(nn.Module):
+    def __init__(self, decoder: FlatDecoder):
+        super().__init__()
+        self.embed = decoder.embed_tokens
+
+    def forward(self, input_ids):
+        return self.embed(input_ids)
+
+
+class _Prefill(nn.Module):
+    def __init__(self, decoder: FlatDecoder):
+        super().__init__()
+        self.decoder = decoder
+
+    def forward(self, inputs_embeds, attention_mask, position_ids):
+        s = self.decoder.shape
+        b = inputs_embeds.shape[0]
+        empty = inputs_embeds.new_zeros(b, s.kv_heads, 0, s.head_dim)
+        hidden, presents = self.decoder.forward_past(
+            inputs_embeds, position_ids, attention_mask, [(empty, empty)] * s.layers
+        )
+        return (self.decoder.logits(hidden), *[t for kv in presents for t in kv])
+
+
+class _Decode(nn.Module):
+    def __init__(self, decoder: FlatDecoder):
+        super().__init__()
+        self.decoder = decoder
+
+    def forward(self, input_ids, attention_mask, position_ids, *past):
+        pairs = [(past[2 * i], past[2 * i + 1]) for i in range(self.decoder.shape.layers)]
+        x = self.decoder.embed_tokens(input_ids)
+        hidden, presents = self.decoder.forward_past(x, position_ids, attention_mask, pairs)
+        return (self.decoder.logits(hidden), *[t for kv in presents for t in kv])
+
+
+class _Conditioner(nn.Module):
+    def __init__(self, conditioner):
+        super().__init__()
+        self.conditioner = conditioner
+
+    def forward(self, features):
+        c = self.conditioner(features)
+        return tuple(x for x in (c.encoder_hidden_states, c.spatial, c.pooled) if x is not None)
+
+
+class _UNetStep(nn.Module):
+    def __init__(self, pipe, spatial: bool, pooled: bool):
+        super().__init__()
+        self.pipe, self.spatial, self.pooled = pipe, spatial, pooled
+        self.unet = pipe.unet  # registered, so the exporter sees the weights as parameters
+
+    def forward(self, sample, timestep, encoder_hidden_states, *extra):
+        from illume_detokenizer.conditioner import Conditions
+
+        extra = list(extra)
+        spatial = extra.pop(0) if self.spatial else None
+        pooled = extra.pop(0) if self.pooled else None
+        return self.pipe.predict(
+            sample, timestep, Conditions(encoder_hidden_states, pooled, spatial)
+        )
+
+
+def kv_names(layers: int, prefix: str) -> list[str]:
+    return [f"{prefix}.{i}.{kind}" for i in range(layers) for kind in ("key", "value")]
+
+
+# -- export ---------------------------------------------------------------------------------------
+
+
+def _export(module: nn.Module, args: tuple, path: Path, spec: GraphSpec) -> None:
+    import onnx
+
+    dims: dict[str, torch.export.Dim] = {}
+
+    def dim(name: str) -> torch.export.Dim:
+        if name not in dims:
+            dims[name] = torch.export.Dim(
+                name.replace(" ", "_").replace("+", "plus"), min=1, max=8192
+            )
+        return dims[name]
+
+    dynamic_shapes = [
+        {axis: dim(name) for axis, name in spec.dynamic.get(n, {}).items()} or None
+        for n in spec.inputs
+    ]
+    # torch.export mirrors the signature: the inputs of a `*args` parameter form one nested tuple.
+    params = inspect.signature(module.forward).parameters.values()
+    if any(p.kind is p.VAR_POSITIONAL for p in params):
+        fixed = sum(p.kind is p.POSITIONAL_OR_KEYWORD for p in params)
+        dynamic_shapes = [*dynamic_shapes[:fixed], tuple(dynamic_shapes[fixed:])]
+    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registration.level
+    registration.setLevel(logging.ERROR)  # "torchvision is not installed" for ops we never use
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's own deprecation chatter
+        program = torch.onnx.export(
+            module.eval(), args, dynamo=True, input_names=spec.inputs, output_names=spec.outputs,
+            dynamic_shapes=dynamic_shapes, opset_version=OPSET, external_data=False, verbose=False,
+        )  # fmt: skip
+    registration.setLevel(level)
+    program.save(str(path))
+    onnx.checker.check_model(str(path), full_check=True)
+    # The exporter falls back quietly when tracing specialises a dimension; a graph fixed to the
+    # example's batch would only fail later, in a deployer's hands.
+    graph_inputs = {i.name: i for i in onnx.load(str(path), load_external_data=False).graph.input}
+    for name, axes in spec.dynamic.items():
+        dims = graph_inputs[name].type.tensor_type.shape.dim
+        fixed = [int(axis) for axis in axes if not dims[int(axis)].dim_param]
+        if fixed:
+            raise RuntimeError(
+                f"{path.name}: input {name} came out with fixed axes {fixed} (meant to be dynamic); "
+                "the model code specialises them (e.g. len(tensor) or a Python int from a shape)"
+            )
+
+
+def export_pipeline(
+    pipeline_dir: str | os.PathLike, out_dir: str | os.PathLike, verify: bool = True
+) -> dict:
+    """Exports the pipeline directory's sub-models to `out_dir` (replaced atomically); returns the manifest."""
+    from illume_detokenizer import DetokenizerPipeline
+    from illume_mllm import IllumeForConditionalGeneration, IllumeProcessor
+    from illume_tokenizer import SemanticTokenizer
+
+    pipeline_dir = Path(pipeline_dir)
+    for part in ("tokenizer", "mllm", "detokenizer"):
+        if not (pipeline_dir / part).is_dir():
+            raise FileNotFoundError(
+                f"{pipeline_dir} has no {part}/: pass a pipeline directory (IllumePipeline.save_pretrained, `illume demo`)"
+            )
+    tokenizer = SemanticTokenizer.from_pretrained(pipeline_dir / "tokenizer").eval()
+    model = IllumeForConditionalGeneration.from_pretrained(pipeline_dir / "mllm").eval()
+    processor = IllumeProcessor.from_pretrained(pipeline_dir / "mllm")
+    detokenizer = DetokenizerPipeline.from_pretrained(pipeline_dir / "detokenizer")
+    with atomic_directory(out_dir) as tmp:
+        manifest = export_models(tokenizer, model, processor, detokenizer, Path(tmp), verify=verify)
+    return manifest
+
+
+@torch.no_grad()
+def export_models(tokenizer, model, processor, detokenizer, out: Path, verify: bool = True) -> dict:
+    """Exports into `out` (which must exist) and writes the manifest there."""
+    out = Path(out)
+    graphs: dict[str, tuple[nn.Module, tuple, GraphSpec]] = {}
+    size = tokenizer.config.image_size
+    h, w = tokenizer.grid
+    pixels = torch.rand(2, 3, size, size)
+    graphs["tokenizer_encoder"] = (
+        _Encoder(tokenizer),
+        (pixels,),
+        GraphSpec(
+            "tokenizer_encoder.onnx", ["pixel_values"], ["codes"], {"pixel_values": {0: "batch"}}
+        ),
+    )
+    codes = torch.randint(0, tokenizer.codebook_size, (2, h, w))
+    graphs["tokenizer_decoder"] = (_FeatureDecoder(tokenizer), (codes,), GraphSpec(
+        "tokenizer_decoder.onnx", ["codes"], ["features"], {"codes": {0: "batch"}}))  # fmt: skip
+
+    vision = model.config.vision_config
+    image = torch.rand(2, 3, vision.image_size, vision.image_size)
+    graphs["vision_adapter"] = (_Adapter(model), (image,), GraphSpec(
+        "vision_adapter.onnx", ["pixel_values"], ["image_features"], {"pixel_values": {0: "images"}}))  # fmt: skip
+
+    decoder = FlatDecoder(model)
+    s = decoder.shape
+    ids = torch.randint(0, s.vocab, (2, 5))
+    graphs["embeddings"] = (_Embeddings(decoder), (ids,), GraphSpec(
+        "embeddings.onnx", ["input_ids"], ["inputs_embeds"], {"input_ids": {0: "batch", 1: "sequence"}}))  # fmt: skip
+    embeds = torch.randn(2, 5, s.hidden)
+    mask = torch.tensor([[0, 1, 1, 1, 1], [1, 1, 1, 1, 1]])
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    presents = kv_names(s.layers, "present")
+    graphs["prefill"] = (_Prefill(decoder), (embeds, mask, positions), GraphSpec(
+        "prefill.onnx", ["inputs_embeds", "attention_mask", "position_ids"], ["logits", *presents],
+        {"inputs_embeds": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
+         "position_ids": {0: "batch", 1: "sequence"}}))  # fmt: skip
+    past_names = kv_names(s.layers, "past_key_values")
+    past = tuple(torch.randn(2, s.kv_heads, 5, s.head_dim) for _ in past_names)
+    step_mask = torch.cat([mask, torch.ones(2, 1, dtype=mask.dtype)], dim=1)
+    graphs["decode"] = (_Decode(decoder), (ids[:, :1], step_mask, positions[:, -1:] + 1, *past), GraphSpec(
+        "decode.onnx", ["input_ids", "attention_mask", "position_ids", *past_names], ["logits", *presents],
+        {"input_ids": {0: "batch"}, "attention_mask": {0: "batch", 1: "past_sequence + 1"},
+         "position_ids": {0: "batch"}, **{n: {0: "batch", 2: "past_sequence"} for n in past_names}}))  # fmt: skip
+
+    conditioner, unet = detokenizer.conditioner, detokenizer.unet
+    features = tokenizer.decode_features(codes)
+    conditions = conditioner(features)
+    condition_names = ["encoder_hidden_states"]
+    condition_names += ["spatial"] if conditions.spatial is not None else []
+    condition_names += ["text_embeds"] if conditions.pooled is not None else []
+    graphs["conditioner"] = (_Conditioner(conditioner), (features,), GraphSpec(
+        "conditioner.onnx", ["features"], condition_names, {"features": {0: "batch"}}))  # fmt: skip
+    sample = torch.randn(
+        2, unet.config.in_channels - _extra_channels(detokenizer), *_sample_size(detokenizer)
+    )
+    extra_names, extra = [], []
+    if conditions.spatial is not None:
+        extra_names.append("spatial"), extra.append(conditions.spatial)
+    if conditions.pooled is not None:
+        extra_names.append("text_embeds"), extra.append(conditions.pooled)
+    step = _UNetStep(detokenizer, conditions.spatial is not None, conditions.pooled is not None)
+    graphs["unet_step"] = (step, (sample, torch.tensor([10.0, 500.0]), conditions.encoder_hidden_states, *extra),
+        GraphSpec("unet_step.onnx", ["sample", "timestep", "encoder_hidden_states", *extra_names], ["prediction"],
+                  {n: {0: "batch"} for n in ["sample", "timestep", "encoder_hidden_states", *extra_names]}))  # fmt: skip
+
+    from rich.progress import Progress
+
+    with Progress(transient=True) as progress:
+        task = progress.add_task("exporting ONNX graphs", total=len(graphs))
+        for name, (module, args, spec) in graphs.items():
+            progress.update(task, description=f"exporting {name}")
+            _export(module, args, out / spec.file, spec)
+            if verify:
+                _verify(module, args, out / spec.file, spec)
+            progress.advance(task)
+
+    vocab = processor.vocab
+    manifest = {
+        "format": "illume-onnx/1",
+        "opset": OPSET,
+        "dtype": "float32",
+        "graphs": {name: asdict(spec) for name, (_, _, spec) in graphs.items()},
+        "decoder": asdict(s),
+        "vision": {"image_size": vision.image_size, "image_seq_length": model.config.image_seq_length},
+        "tokenizer": {"image_size": size, "grid": [h, w], "codebook_size": tokenizer.codebook_size},
+        "vocab": {"image": vocab.image, "start_of_image": vocab.start_of_image, "end_of_image": vocab.end_of_image,
+                  "end_of_line": vocab.end_of_line, "offset": vocab.offset, "codebook_size": vocab.codebook_size},
+        "versions": {"torch": torch.__version__, "python": platform.python_version()},
+    }  # fmt: skip
+    # What a deployer needs beside the graphs: the prompt processor, and the null condition that
+    # the conditioner graph turns into the unconditional branch of the detokenizer's CFG.
+    processor.save_pretrained(out / "processor")
+    np.save(out / "null_features.npy", conditioner.null_features.detach().float().numpy())
+    text = json.dumps(manifest, indent=2)
+    (out / MANIFEST).write_text(text)
+    return json.loads(text)  # as a reader sees it (axis numbers become strings)
+
+
+def _extra_channels(pipe) -> int:
+    """Input channels the pipeline adds to the sample itself (feature grid, coordinates)."""
+    extra = 2 if pipe.config.coordinate_channels else 0
+    return extra + (pipe.conditioner.config.spatial_channels or 0)
+
+
+def _sample_size(pipe) -> tuple[int, int]:
+    size = pipe.unet.config.sample_size
+    return (size, size) if isinstance(size, int) else tuple(size)
+
+
+def _verify(
+    module: nn.Module,
+    args: tuple,
+    path: Path,
+    spec: GraphSpec,
+    atol: float = 1e-4,
+    rtol: float = 1e-3,
+) -> None:
+    """Runs the graph once in ONNX Runtime (CPU) against PyTorch; raises on a mismatch."""
+    import numpy as np
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {n: a.numpy() for n, a in zip(spec.inputs, args, strict=True)})
+    want = module(*args)
+    want = want if isinstance(want, tuple) else (want,)
+    for name, g, t in zip(spec.outputs, got, want, strict=True):
+        t = t.numpy()
+        if g.shape != t.shape or not np.allclose(g, t, atol=atol, rtol=rtol):
+            raise RuntimeError(
+                f"{path.name}: output {name} differs from PyTorch (shapes {g.shape} vs {t.shape}, "
+                f"max |diff| {np.abs(g - t).max() if g.shape == t.shape else 'n/a'})"
+            )

@@ -1,0 +1,155 @@
+"""The fast image-token loop in PyTorch: CFG rows in one forward over a preallocated KV cache.
+
+Same inputs and outputs as `illume_mllm.generate_image_tokens` (the reference: transformers'
+`generate` with a logits processor), and the same draws: both sample through
+`illume_mllm.draw_codes`, so one seed gives identical codes on the CPU. What it saves, per token:
+
+- transformers' per-step machinery (cache objects growing by concatenation, mask rebuilding,
+  logits processors over the whole vocabulary, output dataclasses);
+- the LM head at forced positions (`<start_of_image>`, `<end_of_line>`, `<end_of_image>`), and the
+  text rows of the LM head everywhere (inside a row only vision tokens may be drawn);
+- any growth: the cache [L, 2B, Hkv, S, hd] and the attention mask are allocated once per batch
+  shape and reused, and a decode step has the same shapes at every position (so it can be
+  compiled, or captured as a CUDA graph on a GPU with `compile=True`).
+
+    fast = TorchImageGenerator(model, processor)
+    codes = fast(conversations, unconditional, guidance=3.0, generator=torch.Generator().manual_seed(0))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from illume_core import Message
+from illume_mllm import draw_codes, prompt_batch
+
+from .decoder import FlatDecoder, padding_causal_bias, positions_from_mask, prompt_embeddings
+
+
+def image_positions(grid: tuple[int, int]) -> list[bool]:
+    """For each token of a generated image, whether it is drawn (True) or forced by the row structure."""
+    h, w = grid
+    return [False] + ([True] * w + [False]) * h + [False]
+
+
+class TorchImageGenerator:
+    """See the module docstring.
+
+    Args:
+        model: an IllumeForConditionalGeneration (eval mode; any device and dtype).
+        processor: its IllumeProcessor.
+        compile: compile the decode step with torch.compile ("reduce-overhead", i.e. CUDA graphs,
+            on a GPU). Off by default: on a CPU the eager step is already short.
+    """
+
+    def __init__(self, model, processor, compile: bool = False):
+        self.model, self.processor = model.eval(), processor
+        self.vocab = processor.vocab
+        self.grid = tuple(processor.config.image_grid)
+        self.decoder = FlatDecoder(model)
+        self._buffers: dict[tuple, dict[str, torch.Tensor]] = {}
+        self._step = self._decode_step
+        if compile:
+            mode = "reduce-overhead" if self.decoder.lm_head.weight.is_cuda else "default"
+            self._step = torch.compile(self._decode_step, mode=mode, fullgraph=True, dynamic=False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.decoder.lm_head.weight.device
+
+    def _workspace(self, rows: int, slots: int) -> dict[str, torch.Tensor]:
+        """The cache and mask for `rows` x `slots`, allocated once per shape."""
+        key = (rows, slots)
+        if key not in self._buffers:
+            s, dtype, device = self.decoder.shape, self.decoder.dtype, self.device
+            cache = (s.layers, rows, s.kv_heads, slots, s.head_dim)
+            self._buffers = {key: {  # keep one shape: a new batch shape frees the old cache
+                "k": torch.zeros(cache, dtype=dtype, device=device),
+                "v": torch.zeros(cache, dtype=dtype, device=device),
+                "bias": torch.empty(rows, 1, 1, slots, dtype=dtype, device=device),
+                "position": torch.empty(rows, dtype=torch.long, device=device),
+                "slot": torch.empty(1, dtype=torch.long, device=device),
+            }}  # fmt: skip
+        return self._buffers[key]
+
+    def _decode_step(self, token: torch.Tensor, ws: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Feeds token [R] at ws["slot"] / ws["position"]; returns the last hidden state [R, D]."""
+        ws["bias"].index_fill_(3, ws["slot"], 0.0)
+        x = self.decoder.embed_tokens(token[:, None])
+        hidden = self.decoder.forward_static(
+            x, ws["position"][:, None], ws["bias"], ws["k"], ws["v"], ws["slot"]
+        )
+        ws["position"].add_(1)
+        ws["slot"].add_(1)
+        return hidden
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        conversations: Sequence[Sequence[Message]],
+        unconditional: Sequence[Sequence[Message]] | None = None,
+        guidance: float = 1.0,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """One image per conversation -> codes [B, h, w] (arguments as generate_image_tokens)."""
+        if guidance != 1.0 and (unconditional is None or len(unconditional) != len(conversations)):
+            raise ValueError(
+                "classifier-free guidance needs one unconditional conversation per prompt"
+            )
+        processor, vocab = self.processor, self.vocab
+        examples = [
+            processor.encode_conversation(c, add_generation_prompt=True) for c in conversations
+        ]
+        if guidance != 1.0:
+            examples += [
+                processor.encode_conversation(c, add_generation_prompt=True) for c in unconditional
+            ]
+        batch = prompt_batch(self.model, processor, examples)
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        rows, prompt = ids.shape
+        drawn = image_positions(self.grid)
+        last_drawn = max(i for i, d in enumerate(drawn) if d)
+        ws = self._workspace(rows, prompt + last_drawn)
+
+        # Prefill: the prompts into slots [0, prompt).
+        ws["k"].zero_(), ws["v"].zero_()
+        key_mask = torch.zeros(rows, ws["bias"].shape[-1], dtype=mask.dtype, device=mask.device)
+        key_mask[:, :prompt] = mask
+        slots = torch.arange(prompt, device=self.device)
+        embeds = prompt_embeddings(self.model, ids, batch.get("pixel_values")).to(
+            self.decoder.dtype
+        )
+        hidden = self.decoder.forward_static(
+            embeds, positions_from_mask(mask), padding_causal_bias(key_mask, slots, embeds.dtype),
+            ws["k"], ws["v"], slots,
+        )  # fmt: skip
+        ws["bias"].copy_(padding_causal_bias(key_mask, slots[-1:], embeds.dtype))
+        ws["position"].copy_(mask.sum(-1))
+        ws["slot"].fill_(prompt)
+
+        # Decode: forced tokens are fed without an LM head; drawn ones from the vision rows only.
+        half = rows // 2 if guidance != 1.0 else rows
+        vision = vocab.vision_ids
+        forced = {0: vocab.start_of_image}
+        codes = []
+        for position, is_drawn in enumerate(drawn[: last_drawn + 1]):
+            if is_drawn:
+                logits = self.decoder.logits(hidden, slice(vision.start, vision.stop))
+                uncond = logits[half:] if guidance != 1.0 else None
+                code = draw_codes(
+                    logits[:half], uncond, guidance, temperature, top_k, top_p, generator
+                )
+                codes.append(code)
+                token = (code + vision.start).repeat(rows // half)
+            else:
+                value = forced.get(position, vocab.end_of_line)
+                token = torch.full((rows,), value, dtype=torch.long, device=self.device)
+            if position < last_drawn:
+                hidden = self._step(token, ws)
+        h, w = self.grid
+        return torch.stack(codes, dim=1).view(half, h, w).cpu()

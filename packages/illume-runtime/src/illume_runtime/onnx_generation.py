@@ -1,0 +1,151 @@
+"""Image tokens (and greedy text) from the exported graphs with ONNX Runtime.
+
+The loop of `TorchImageGenerator`, over `prefill.onnx` and `decode.onnx`: conditional and
+unconditional rows in one batch, the presents of a step bound as the next step's past (they stay
+on the GPU under CUDA / TensorRT), and draws through `illume_mllm.draw_codes`, so one seed gives
+the same codes as the PyTorch paths.
+
+    fast = OnnxImageGenerator("runs/demo/onnx")               # the processor is saved beside the graphs
+    codes = fast(conversations, unconditional, guidance=3.0, generator=torch.Generator().manual_seed(0))
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from illume_core import Message
+from illume_mllm import IllumeProcessor, draw_codes
+
+from .engines import OnnxModels
+from .generation import image_positions
+
+
+class OnnxImageGenerator:
+    """See the module docstring. `models`: an OnnxModels or an export directory (then on `device`)."""
+
+    def __init__(
+        self,
+        models: OnnxModels | str | os.PathLike,
+        processor: IllumeProcessor | None = None,
+        device: str = "cpu",
+    ):
+        self.models = models if isinstance(models, OnnxModels) else OnnxModels(models, device)
+        self.processor = processor or IllumeProcessor.from_pretrained(
+            self.models.directory / "processor"
+        )
+        self.layers = self.models.manifest["decoder"]["layers"]
+        self.vocab = self.processor.vocab
+        self.grid = tuple(self.processor.config.image_grid)
+
+    # -- pieces -----------------------------------------------------------------------------------
+
+    def _prefill(self, conversations: Sequence[Sequence[Message]]):
+        """Left-padded prompts -> (logits, presents, attention mask [R, T], next positions [R])."""
+        examples = [
+            self.processor.encode_conversation(c, add_generation_prompt=True) for c in conversations
+        ]
+        batch = self.processor.collate(examples, padding_side="left")
+        ids = batch["input_ids"].numpy()
+        mask = batch["attention_mask"].numpy().astype(np.int64)
+        embeds = self.models.run("embeddings", input_ids=ids)[0]
+        if batch["pixel_values"] is not None:
+            features = self.models.run(
+                "vision_adapter", pixel_values=batch["pixel_values"].float().numpy()
+            )[0]
+            slots = ids == self.vocab.image
+            if int(slots.sum()) != features.shape[0] * features.shape[1]:
+                raise ValueError(
+                    f"{int(slots.sum())} <image> slots for {features.shape[0]} images: use the exported processor"
+                )
+            embeds[slots] = features.reshape(-1, features.shape[-1])
+        positions = np.clip(mask.cumsum(-1) - 1, 0, None)
+        out = self.models.run_bound(
+            "prefill", {"inputs_embeds": embeds, "attention_mask": mask, "position_ids": positions}
+        )
+        return out[0], out[1:], mask, mask.sum(-1)
+
+    def _decode(self, token: np.ndarray, mask: np.ndarray, position: np.ndarray, presents: list):
+        feeds = {
+            "input_ids": token[:, None],
+            "attention_mask": mask,
+            "position_ids": position[:, None],
+        }
+        for i in range(self.layers):
+            feeds[f"past_key_values.{i}.key"] = presents[2 * i]
+            feeds[f"past_key_values.{i}.value"] = presents[2 * i + 1]
+        out = self.models.run_bound("decode", feeds)
+        return out[0], out[1:]
+
+    # -- images -----------------------------------------------------------------------------------
+
+    def __call__(
+        self,
+        conversations: Sequence[Sequence[Message]],
+        unconditional: Sequence[Sequence[Message]] | None = None,
+        guidance: float = 1.0,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """One image per conversation -> codes [B, h, w] (arguments as generate_image_tokens)."""
+        if guidance != 1.0 and (unconditional is None or len(unconditional) != len(conversations)):
+            raise ValueError(
+                "classifier-free guidance needs one unconditional conversation per prompt"
+            )
+        rows = list(conversations) + (list(unconditional) if guidance != 1.0 else [])
+        logits, presents, mask, position = self._prefill(rows)
+        half = len(conversations)
+        vision = self.vocab.vision_ids
+        drawn = image_positions(self.grid)
+        last_drawn = max(i for i, d in enumerate(drawn) if d)
+        codes = []
+        for step, is_drawn in enumerate(drawn[: last_drawn + 1]):
+            if is_drawn:
+                scores = torch.from_numpy(logits.numpy()[:, vision.start : vision.stop])
+                uncond = scores[half:] if guidance != 1.0 else None
+                code = draw_codes(
+                    scores[:half], uncond, guidance, temperature, top_k, top_p, generator
+                )
+                codes.append(code)
+                token = np.tile(code.numpy() + vision.start, len(rows) // half)
+            else:
+                value = self.vocab.start_of_image if step == 0 else self.vocab.end_of_line
+                token = np.full(len(rows), value, dtype=np.int64)
+            if step < last_drawn:
+                mask = np.concatenate([mask, np.ones((len(rows), 1), np.int64)], axis=1)
+                logits, presents = self._decode(token.astype(np.int64), mask, position, presents)
+                position = position + 1
+        h, w = self.grid
+        return torch.stack(codes, dim=1).view(half, h, w)
+
+    # -- text ---------------------------------------------------------------------------------------
+
+    def greedy_text(
+        self, conversations: Sequence[Sequence[Message]], max_new_tokens: int = 32
+    ) -> list[str]:
+        """Greedy answers, as `illume_mllm.generate_text` gives them (vision tokens suppressed)."""
+        tokenizer = self.processor.tokenizer
+        logits, presents, mask, position = self._prefill(conversations)
+        banned = [*self.vocab.vision_ids, self.vocab.image, self.vocab.start_of_image]
+        answers = [[] for _ in conversations]
+        done = np.zeros(len(conversations), bool)
+        for _ in range(max_new_tokens):
+            scores = logits.numpy().copy()
+            scores[:, banned] = -np.inf
+            token = scores.argmax(-1).astype(np.int64)
+            token[done] = tokenizer.pad_token_id
+            for row, t in enumerate(token):
+                if not done[row]:
+                    answers[row].append(int(t))
+            done |= token == tokenizer.eos_token_id
+            if done.all():
+                break
+            mask = np.concatenate([mask, np.ones((len(token), 1), np.int64)], axis=1)
+            logits, presents = self._decode(token, mask, position, presents)
+            position = position + 1
+        return [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in answers]

@@ -1,0 +1,119 @@
+"""A tiny ILLUME MLLM (SigLIP tower, Llama with grouped-query attention) built, saved and loaded by
+path, as real weights would be."""
+
+import pytest
+import torch
+from PIL import Image
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    SiglipVisionConfig,
+    SiglipVisionModel,
+)
+from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
+
+from illume_core import Message
+from illume_mllm import (
+    IllumeForConditionalGeneration,
+    IllumeProcessor,
+    build_model,
+    build_processor,
+    build_word_tokenizer,
+)
+
+K, GRID = 24, (3, 4)
+TEXTS = [
+    "a red circle above a blue square",
+    "make it green",
+    "generate an image of .",
+    "what is it ?",
+]
+
+
+@pytest.fixture(scope="session")
+def mllm_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mllm")
+    torch.manual_seed(0)
+    tokenizer = build_word_tokenizer(TEXTS)
+    vision = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                num_attention_heads=2, image_size=32, patch_size=8)  # fmt: skip
+    SiglipVisionModel(vision).save_pretrained(root / "vision")
+    SiglipImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(root / "vision")
+    llm = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)  # fmt: skip
+    LlamaForCausalLM(llm).save_pretrained(root / "llm")
+    processor = build_processor(tokenizer, root / "vision", K, GRID, preset="shapes")
+    model = build_model(processor, root / "vision", root / "llm", vision_feature_layer=-2)
+    with torch.no_grad():  # spread the fresh rows so that draws are not near-uniform
+        model.lm_head.weight.normal_(0, 0.5)
+        model.get_input_embeddings().weight.normal_(0, 0.5)
+    model.save_pretrained(root / "model")
+    processor.save_pretrained(root / "model")
+    return root / "model"
+
+
+@pytest.fixture(scope="session")
+def mllm(mllm_dir):
+    return IllumeForConditionalGeneration.from_pretrained(
+        mllm_dir
+    ).eval(), IllumeProcessor.from_pretrained(mllm_dir)
+
+
+def image(color=(200, 30, 30)):
+    return Image.new("RGB", (32, 32), color)
+
+
+def _t2i(processor, prompts):
+    return [processor.t2i_messages(p) for p in prompts], [processor.t2i_messages("")] * len(prompts)
+
+
+def _edits(colors, instruction="make it green"):
+    return ([[Message("user", [image(c), instruction])] for c in colors],
+            [[Message("user", [image(c)])] for c in colors])  # fmt: skip
+
+
+@pytest.fixture
+def t2i():
+    """(processor, prompts) -> (conversations, unconditional conversations) for text-to-image."""
+    return _t2i
+
+
+@pytest.fixture
+def edits():
+    """(colours of the input images) -> (edit conversations, the same without the instruction)."""
+    return _edits
+
+
+@pytest.fixture(scope="session")
+def pipeline_dir(tmp_path_factory):
+    """A tiny pipeline directory (tokenizer/, mllm/, detokenizer/) in the layout IllumePipeline saves."""
+    from illume_detokenizer import DetokenizerConfig, build_pipeline
+    from illume_mllm import LLM_PRESETS
+    from illume_tokenizer import (
+        SemanticTokenizer,
+        TokenizerConfig,
+        VisionEncoder,
+        build_siglip,
+        siglip_image_processor,
+    )
+
+    root = tmp_path_factory.mktemp("pipeline")
+    torch.manual_seed(0)
+    build_siglip("tiny", vocab_size=40).save_pretrained(root / "enc")
+    siglip_image_processor(32).save_pretrained(root / "enc")
+    tokenizer = SemanticTokenizer(
+        TokenizerConfig.from_name("tiny"),
+        VisionEncoder.from_pretrained(root / "enc", feature_layer=-2),
+    )
+    words = build_word_tokenizer(TEXTS)
+    processor = build_processor(
+        words, root / "enc", tokenizer.codebook_size, tokenizer.grid, preset="shapes"
+    )
+    model = build_model(processor, root / "enc", LLM_PRESETS["tiny"], vision_feature_layer=-2)
+    detok = build_pipeline(DetokenizerConfig.from_name("tiny", image_size=32, spatial_channels=4),
+                           tokenizer.config.feature_dim, tokenizer.grid[0] * tokenizer.grid[1], tokenizer.grid)  # fmt: skip
+    tokenizer.save_pretrained(root / "pipe" / "tokenizer")
+    model.save_pretrained(root / "pipe" / "mllm")
+    processor.save_pretrained(root / "pipe" / "mllm")
+    detok.save_pretrained(root / "pipe" / "detokenizer")
+    return root / "pipe"

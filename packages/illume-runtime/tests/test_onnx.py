@@ -1,0 +1,155 @@
+"""Export of a pipeline directory and ONNX Runtime against PyTorch."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from illume_core import Message
+from illume_detokenizer import DetokenizerPipeline
+from illume_mllm import (
+    IllumeForConditionalGeneration,
+    IllumeProcessor,
+    generate_image_tokens,
+    generate_text,
+)
+from illume_runtime import OnnxImageGenerator, OnnxModels, export_pipeline
+from illume_tokenizer import SemanticTokenizer
+
+
+@pytest.fixture(scope="module")
+def exported(pipeline_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("onnx") / "graphs"
+    manifest = export_pipeline(pipeline_dir, out)
+    return out, manifest
+
+
+@pytest.fixture(scope="module")
+def reference(pipeline_dir):
+    return (
+        SemanticTokenizer.from_pretrained(pipeline_dir / "tokenizer").eval(),
+        IllumeForConditionalGeneration.from_pretrained(pipeline_dir / "mllm").eval(),
+        IllumeProcessor.from_pretrained(pipeline_dir / "mllm"),
+        DetokenizerPipeline.from_pretrained(pipeline_dir / "detokenizer"),
+    )
+
+
+def test_every_graph_is_listed_checked_and_named_by_the_kv_convention(exported):
+    out, manifest = exported
+    assert set(manifest["graphs"]) == {
+        "tokenizer_encoder", "tokenizer_decoder", "vision_adapter", "embeddings", "prefill", "decode",
+        "conditioner", "unet_step",
+    }  # fmt: skip
+    assert json.loads((out / "manifest.json").read_text()) == manifest
+    for spec in manifest["graphs"].values():
+        onnx.checker.check_model(str(out / spec["file"]), full_check=True)
+    layers = manifest["decoder"]["layers"]
+    decode = onnx.load(str(out / "decode.onnx"), load_external_data=False)
+    inputs, outputs = [i.name for i in decode.graph.input], [o.name for o in decode.graph.output]
+    assert inputs[:3] == ["input_ids", "attention_mask", "position_ids"]
+    assert inputs[3:] == [
+        f"past_key_values.{i}.{k}" for i in range(layers) for k in ("key", "value")
+    ]
+    assert outputs == ["logits"] + [
+        f"present.{i}.{k}" for i in range(layers) for k in ("key", "value")
+    ]
+
+
+def _close(got, want):
+    np.testing.assert_allclose(got, want.detach().numpy(), atol=1e-4, rtol=1e-3)
+
+
+def test_each_sub_model_matches_pytorch_at_other_batch_sizes(exported, reference):
+    out, _ = exported
+    tokenizer, model, _processor, detok = reference
+    models = OnnxModels(out)
+    torch.manual_seed(1)
+    pixels = torch.rand(3, 3, 32, 32)  # batch 3: the graphs were traced at 2
+    with torch.no_grad():
+        codes = tokenizer.encode(pixels).codes
+        assert np.array_equal(
+            models.run("tokenizer_encoder", pixel_values=pixels.numpy())[0], codes.numpy()
+        )
+        features = tokenizer.decode_features(codes)
+        _close(models.run("tokenizer_decoder", codes=codes.numpy())[0], features)
+        from illume_runtime.decoder import vision_features
+
+        _close(
+            models.run("vision_adapter", pixel_values=pixels.numpy())[0],
+            vision_features(model, pixels),
+        )
+        conditions = detok.conditioner(features)
+        got = models.run("conditioner", features=features.numpy())
+        _close(got[0], conditions.encoder_hidden_states)
+        _close(got[1], conditions.spatial)
+        sample = torch.randn(3, 3, 32, 32)  # the tiny preset denoises 32x32 RGB pixels
+        t = torch.tensor([1.0, 300.0, 999.0])
+        want = detok.predict(sample, t, conditions)
+        got = models.run("unet_step", sample=sample.numpy(), timestep=t.numpy(),
+                         encoder_hidden_states=conditions.encoder_hidden_states.numpy(), spatial=conditions.spatial.numpy())  # fmt: skip
+        _close(got[0], want)
+
+
+def test_prefill_then_decode_match_the_transformers_model(exported, reference):
+    out, _ = exported
+    _, model, processor, _ = reference
+    gen = OnnxImageGenerator(out)
+    conversations = [
+        processor.t2i_messages("a red circle"),
+        processor.t2i_messages("a red circle above a blue square"),
+    ]
+    logits, presents, mask, position = gen._prefill(conversations)
+    batch = processor.collate(
+        [processor.encode_conversation(c, add_generation_prompt=True) for c in conversations],
+        padding_side="left",
+    )
+    positions = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        full = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=positions,
+                     use_cache=True)  # fmt: skip
+    _close(logits.numpy(), full.logits[:, -1])
+    token = np.array([5, 6], np.int64)
+    mask = np.concatenate([mask, np.ones((2, 1), np.int64)], axis=1)
+    step, _ = gen._decode(token, mask, position, presents)
+    with torch.no_grad():
+        want = model(input_ids=torch.from_numpy(token)[:, None], attention_mask=torch.from_numpy(mask),
+                     position_ids=torch.from_numpy(position)[:, None], past_key_values=full.past_key_values).logits[:, -1]  # fmt: skip
+    _close(step.numpy(), want)
+
+
+def test_onnx_loop_draws_the_reference_codes_with_the_same_seed(exported, reference):
+    out, _ = exported
+    _, model, processor, _ = reference
+    gen = OnnxImageGenerator(out)
+    prompts = ["a red circle", "a red circle above a blue square", "make it green"]
+    conversations = [processor.t2i_messages(p) for p in prompts]
+    unconditional = [processor.t2i_messages("")] * len(prompts)
+    for kwargs in (
+        {"guidance": 3.0},
+        {"guidance": 2.0, "temperature": 0.7, "top_k": 5},
+        {"guidance": 1.0, "temperature": 0.0},
+    ):
+        want = generate_image_tokens(model, processor, conversations, unconditional,
+                                     generator=torch.Generator().manual_seed(11), **kwargs)  # fmt: skip
+        got = gen(
+            conversations, unconditional, generator=torch.Generator().manual_seed(11), **kwargs
+        )
+        assert torch.equal(got, want), kwargs
+
+
+def test_identical_greedy_text_on_a_fixed_prompt_set(exported, reference):
+    out, _ = exported
+    _, model, processor, _ = reference
+    from PIL import Image
+
+    conversations = [[Message("user", [Image.new("RGB", (32, 32), c), q])]
+                     for c, q in (((200, 0, 0), "what is it ?"), ((0, 0, 200), "a red circle"))]  # fmt: skip
+    want = generate_text(model, processor, conversations, max_new_tokens=6)
+    assert OnnxImageGenerator(out).greedy_text(conversations, max_new_tokens=6) == want
+
+
+def test_a_directory_without_a_manifest_is_refused(tmp_path):
+    with pytest.raises(FileNotFoundError, match="illume export"):
+        OnnxModels(tmp_path)
