@@ -4,5 +4,4 @@ import illume_runtime
 
 
 def test_imports_and_reports_its_installed_version():
-    # The package has no models yet (see its README); it installs, imports and knows its version.
     assert illume_runtime.__version__ == metadata.version("illume-runtime")

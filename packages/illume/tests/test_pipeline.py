@@ -74,3 +74,35 @@ def test_task_commands(pipeline_dir, tmp_path, capsys):
     assert main(["answer", "--model", str(pipeline_dir), str(image), "how many circles ?"]) == 0
     with pytest.raises(FileNotFoundError, match="not an ILLUME pipeline directory"):
         IllumePipeline.from_pretrained(tmp_path)
+
+
+def test_every_runtime_draws_the_same_codes_and_the_export_command(pipeline_dir, tmp_path, capsys):
+    pipe = IllumePipeline.from_pretrained(pipeline_dir)
+    conversations = [pipe.processor.t2i_messages(p) for p in ("a red circle", "make it blue")]
+    unconditional = [pipe.processor.t2i_messages("")] * 2
+    assert main(["export", "--model", str(pipeline_dir), "--out", str(tmp_path / "onnx")]) == 0
+    assert "decode" in capsys.readouterr().out
+    codes = {}
+    for runtime in ("reference", "torch", "onnx"):
+        pipe.use_runtime(runtime, tmp_path / "onnx")
+        codes[runtime] = pipe.draw_codes(
+            conversations, unconditional, torch.Generator().manual_seed(5)
+        )
+    assert torch.equal(codes["torch"], codes["reference"])
+    assert torch.equal(codes["onnx"], codes["reference"])
+    with pytest.raises(ValueError, match="runtime must be one of"):
+        pipe.use_runtime("tensorflow")
+    out = tmp_path / "gen"
+    args = [
+        "generate",
+        "--model",
+        str(pipeline_dir),
+        "--steps",
+        "2",
+        "--runtime",
+        "onnx",
+        "--onnx",
+        str(tmp_path / "onnx"),
+    ]
+    assert main([*args, "a red circle", "--out", str(out)]) == 0
+    assert [p.name for p in out.iterdir()] == ["0000.png"]

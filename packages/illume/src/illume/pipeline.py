@@ -6,6 +6,11 @@
     edited = pipe.edit(image, "change the red circle to green")
 
 A pipeline directory holds `tokenizer/`, `mllm/` (model + processor) and `detokenizer/`.
+
+Vision tokens are drawn by one of the runtimes of illume-runtime (`pipe.use_runtime(...)`), all of
+which give the same codes for the same seed on the CPU: "torch" (default: the fast PyTorch loop),
+"reference" (transformers' `generate`), "onnx" / "tensorrt" (ONNX Runtime on the graphs that
+`illume export` writes; exported into `<pipeline dir>/onnx` on first use when no directory is given).
 """
 
 from __future__ import annotations
@@ -27,6 +32,9 @@ from illume_mllm import (
     generate_text,
 )
 from illume_tokenizer import SemanticTokenizer
+
+
+RUNTIMES = ("torch", "reference", "onnx", "tensorrt")
 
 
 @dataclass
@@ -61,6 +69,9 @@ class IllumePipeline:
         self.detokenizer = detokenizer
         self.detokenizer.set_progress_bar_config(disable=True)
         self.sampling = sampling or SamplingConfig()
+        self.directory: Path | None = None
+        self.runtime = "torch"
+        self._generator_impl = None
         if (model.config.codebook_size, tuple(model.config.image_grid)) != (
             tokenizer.codebook_size,
             tokenizer.grid,
@@ -81,12 +92,14 @@ class IllumePipeline:
                 f"{directory} is not an ILLUME pipeline directory: no {', '.join(missing)}/ "
                 "(make one with IllumePipeline.save_pretrained or `illume demo`)"
             )
-        return cls(
+        pipe = cls(
             SemanticTokenizer.from_pretrained(directory / "tokenizer"),
             IllumeForConditionalGeneration.from_pretrained(directory / "mllm"),
             IllumeProcessor.from_pretrained(directory / "mllm"),
             DetokenizerPipeline.from_pretrained(directory / "detokenizer"),
         )
+        pipe.directory = directory
+        return pipe
 
     @classmethod
     def from_stages(
@@ -106,6 +119,63 @@ class IllumePipeline:
             self.model.save_pretrained(Path(tmp) / "mllm")
             self.processor.save_pretrained(Path(tmp) / "mllm")
             self.detokenizer.save_pretrained(Path(tmp) / "detokenizer")
+
+    # -- runtimes ---------------------------------------------------------------------------------
+
+    def use_runtime(
+        self, runtime: str, onnx_dir: str | os.PathLike | None = None
+    ) -> IllumePipeline:
+        """Chooses what draws vision tokens: "torch", "reference", "onnx" or "tensorrt" (see the
+        module docstring). `onnx_dir`: the export to run (default `<pipeline dir>/onnx`)."""
+        if runtime not in RUNTIMES:
+            raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
+        impl = None
+        if runtime == "torch":
+            from illume_runtime import TorchImageGenerator
+
+            impl = TorchImageGenerator(self.model, self.processor)
+        elif runtime in ("onnx", "tensorrt"):
+            from illume_runtime import OnnxImageGenerator
+
+            device = (
+                "tensorrt"
+                if runtime == "tensorrt"
+                else ("cuda" if self.model.device.type == "cuda" else "cpu")
+            )
+            impl = OnnxImageGenerator(self._onnx_dir(onnx_dir), self.processor, device=device)
+        self.runtime, self._generator_impl = runtime, impl
+        return self
+
+    def _onnx_dir(self, onnx_dir: str | os.PathLike | None) -> Path:
+        if onnx_dir is not None:
+            return Path(onnx_dir)
+        if self.directory is None:
+            raise ValueError(
+                "this pipeline was not loaded from a directory: pass onnx_dir (made by `illume export`)"
+            )
+        out = self.directory / "onnx"
+        if not (out / "manifest.json").is_file():
+            from illume_runtime import export_pipeline
+
+            print(f"illume: exporting ONNX graphs to {out} (once)")
+            export_pipeline(self.directory, out)
+        return out
+
+    def _draw(
+        self, conversations, unconditional, generator: torch.Generator, **sampling
+    ) -> torch.Tensor:
+        if self.runtime != "reference" and self._generator_impl is None:
+            self.use_runtime(self.runtime)
+        if self.runtime == "reference":
+            return generate_image_tokens(
+                self.model,
+                self.processor,
+                conversations,
+                unconditional,
+                generator=generator,
+                **sampling,
+            )
+        return self._generator_impl(conversations, unconditional, generator=generator, **sampling)
 
     # -- helpers ----------------------------------------------------------------------------------
 
@@ -128,9 +198,9 @@ class IllumePipeline:
         self, conversations: Sequence[Sequence[Message]], unconditional, generator: torch.Generator
     ) -> torch.Tensor:
         s = self.sampling
-        return generate_image_tokens(
-            self.model, self.processor, conversations, unconditional, guidance=s.guidance,
-            temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, generator=generator,
+        return self._draw(
+            conversations, unconditional, generator, guidance=s.guidance, temperature=s.temperature,
+            top_k=s.top_k, top_p=s.top_p,
         )  # fmt: skip
 
     # -- tasks ------------------------------------------------------------------------------------
@@ -188,8 +258,8 @@ class IllumePipeline:
             ).logits[0, -1]
         if int(logits.argmax()) == self.processor.vocab.start_of_image:
             generator = self._generator(seed, None)
-            codes = generate_image_tokens(self.model, self.processor, [messages], generator=generator,
-                                          temperature=self.sampling.temperature, top_k=self.sampling.top_k)  # fmt: skip
+            codes = self._draw([messages], None, generator, temperature=self.sampling.temperature,
+                               top_k=self.sampling.top_k, top_p=self.sampling.top_p)  # fmt: skip
             return self.render(codes, generator)[0]
         return generate_text(self.model, self.processor, [messages], max_new_tokens=max_new_tokens)[
             0

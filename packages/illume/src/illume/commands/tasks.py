@@ -17,6 +17,12 @@ def _sampling(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, default=None)
     parser.add_argument("--top-k", type=int, default=None)
     parser.add_argument("--steps", type=int, default=None, help="detokenizer denoising steps")
+    parser.add_argument(
+        "--runtime", default="torch", choices=("torch", "reference", "onnx", "tensorrt"),
+        help="what draws the vision tokens (same codes for the same seed on a CPU); onnx and "
+        "tensorrt run the graphs of --onnx, exported into MODEL/onnx when not given",
+    )  # fmt: skip
+    parser.add_argument("--onnx", default=None, help="an `illume export` directory")
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -40,6 +46,14 @@ def register(commands: argparse._SubParsersAction) -> None:
     edit.add_argument("--out", default="edited.png")
     edit.set_defaults(handler=_edit)
 
+    export = commands.add_parser(
+        "export", help="ONNX graphs of a pipeline (tokenizer, MLLM prefill/decode, U-Net step)"
+    )
+    export.add_argument("--model", required=True, help="pipeline directory")
+    export.add_argument("--out", required=True, help="folder for the graphs and manifest.json")
+    export.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime check")
+    export.set_defaults(handler=_export)
+
 
 def _load(args: argparse.Namespace):
     from illume.pipeline import IllumePipeline
@@ -49,6 +63,8 @@ def _load(args: argparse.Namespace):
                          ("top_k", getattr(args, "top_k", None)), ("steps", getattr(args, "steps", None))):  # fmt: skip
         if value is not None:
             setattr(pipe.sampling, field, value)
+    if hasattr(args, "runtime"):
+        pipe.use_runtime(args.runtime, args.onnx)
     return pipe
 
 
@@ -87,3 +103,12 @@ def _png(image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def _export(args: argparse.Namespace) -> int:
+    from illume_runtime import export_pipeline
+
+    manifest = export_pipeline(args.model, args.out, verify=not args.no_verify)
+    for name, spec in manifest["graphs"].items():
+        print(f"{name:<18} {Path(args.out) / spec['file']}")
+    return 0
