@@ -33,7 +33,6 @@ from illume_mllm import (
 )
 from illume_tokenizer import SemanticTokenizer
 
-
 RUNTIMES = ("torch", "reference", "onnx", "tensorrt")
 
 
