@@ -330,3 +330,57 @@ def test_mllm_stages_one_to_three_through_the_cli(tmp_path, shapes_data):
         generator=torch.Generator().manual_seed(0),
     )  # fmt: skip
     assert codes.shape == (1, 4, 4)
+
+
+TABLE_5 = {  # stage: (global batch, steps, learning rates by group)
+    1: (256, 5000, {"adapter": 1e-3, "new_rows": 2e-4}),
+    2: (1024, 15000, {"adapter": 5e-5, "llm": 5e-5}),
+    3: (1024, 8000, {"vision": 2e-6, "adapter": 2e-5, "llm": 2e-5}),
+}
+
+
+@pytest.mark.parametrize("number", [1, 2, 3])
+def test_paper_scale_mllm_recipes_follow_table_5_and_instantiate_on_meta(tmp_path, number):
+    from transformers import LlamaConfig, SiglipVisionConfig
+
+    from illume_mllm import build_word_tokenizer
+    from illume_tokenizer import SIGLIP_SO400M_VISION, siglip_image_processor
+    from illume_trainer.stages.mllm import MLLMStage
+    from illume_trainer.strategies import import_class
+
+    recipe = yaml.safe_load((RECIPES / "illume-7b" / f"mllm_stage{number}.yaml").read_text())
+    trainer, model = recipe["trainer"], recipe["model"]
+    batch, steps, groups = TABLE_5[number]
+    per_step = trainer["devices"] * trainer["num_nodes"] * recipe["data"]["batch_size"]
+    assert per_step * trainer.get("accumulate_grad_batches", 1) == batch
+    assert trainer["max_steps"] == steps and model["groups"] == groups
+    # Shape-only stand-ins for the user's local Vicuna-7B and SigLIP-so400m directories.
+    vicuna, siglip = tmp_path / "vicuna", tmp_path / "siglip"
+    LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+                num_key_value_heads=32, vocab_size=32000).save_pretrained(vicuna)  # fmt: skip
+    build_word_tokenizer(["a red circle", "what is it ?"]).save_pretrained(vicuna)
+    SiglipVisionConfig(**SIGLIP_SO400M_VISION).save_pretrained(siglip)
+    siglip_image_processor(384).save_pretrained(siglip)
+    args = model | {
+        "tokenizer": str(_tiny_tokenizer(tmp_path)),
+        "vision": str(siglip),
+        "llm": str(vicuna),
+        "init": None,
+    }
+    stage = MLLMStage(**args)  # loads the (tiny) vision tokenizer
+    with torch.device("meta"):  # builds the 7B model: shapes only
+        stage.configure_model()
+    llm = stage.model.language_model
+    assert len(llm.layers) == 32 and llm.config.hidden_size == 4096
+    assert {g["lr"] for g in stage._param_groups} == set(groups.values())
+    vision_trains = any(p.requires_grad for p in stage.model.vision_tower.parameters())
+    assert vision_trains == ("vision" in groups)
+    strategy = trainer["strategy"]
+    if number == 1:
+        assert strategy == "ddp"  # only the adapter and the new rows train
+        return
+    fsdp = import_class(strategy["class_path"])(**strategy["init_args"])
+    units = fsdp.wrap_policy._run_policy(stage.model, set(), {})
+    kinds = {type(m).__name__ for m in units}
+    assert kinds == {"LlamaDecoderLayer", "SiglipEncoderLayer"}
+    assert len(units) == 32 + SIGLIP_SO400M_VISION["num_hidden_layers"]

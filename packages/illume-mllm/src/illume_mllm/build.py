@@ -16,6 +16,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from .modeling import IllumeConfig, IllumeForConditionalGeneration
 from .processing import IllumeProcessor, ProcessorConfig
 from .vocab import extend_tokenizer
@@ -142,6 +144,8 @@ def build_model(
         tie_word_embeddings=False,
     )
     model = IllumeForConditionalGeneration(config)
+    if load_weights and torch.empty(0).device.type == "meta":
+        load_weights = False  # shape-only instantiation (checking a paper-scale recipe)
     if load_weights:
         tower_class = MODEL_MAPPING[type(vision_config)]
         tower = tower_class.from_pretrained(vision_dir)

@@ -277,9 +277,7 @@ def export_models(tokenizer, model, processor, detokenizer, out: Path, verify: b
     condition_names += ["text_embeds"] if conditions.pooled is not None else []
     graphs["conditioner"] = (_Conditioner(conditioner), (features,), GraphSpec(
         "conditioner.onnx", ["features"], condition_names, {"features": {0: "batch"}}))  # fmt: skip
-    sample = torch.randn(
-        2, unet.config.in_channels - _extra_channels(detokenizer), *_sample_size(detokenizer)
-    )
+    sample = torch.randn(2, *unet_sample_shape(detokenizer))
     extra_names, extra = [], []
     if conditions.spatial is not None:
         extra_names.append("spatial"), extra.append(conditions.spatial)
@@ -323,15 +321,13 @@ def export_models(tokenizer, model, processor, detokenizer, out: Path, verify: b
     return json.loads(text)  # as a reader sees it (axis numbers become strings)
 
 
-def _extra_channels(pipe) -> int:
-    """Input channels the pipeline adds to the sample itself (feature grid, coordinates)."""
-    extra = 2 if pipe.config.coordinate_channels else 0
-    return extra + (pipe.conditioner.config.spatial_channels or 0)
-
-
-def _sample_size(pipe) -> tuple[int, int]:
+def unet_sample_shape(pipe) -> tuple[int, int, int]:
+    """(C, h, w) of what a DetokenizerPipeline denoises: the U-Net's input channels less those the
+    pipeline adds itself (feature grid, coordinates)."""
+    extra = (2 if pipe.config.coordinate_channels else 0) + (pipe.conditioner.config.spatial_channels or 0)
     size = pipe.unet.config.sample_size
-    return (size, size) if isinstance(size, int) else tuple(size)
+    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    return pipe.unet.config.in_channels - extra, h, w
 
 
 def _verify(

@@ -1,0 +1,312 @@
+"""Image-token generation speed: the fast runtimes against the reference, side by side (issue: runtime).
+
+The reference is `illume_mllm.generate_image_tokens` (transformers' `generate`, CFG through a logits
+processor). Against it, in one run on the same model and prompts: the fast PyTorch loop
+(`TorchImageGenerator`) and the ONNX Runtime loop over exported graphs (`OnnxImageGenerator`).
+All three draw the same codes for the same seed, which the benchmark checks as it goes.
+
+- CPU, ShapesWorld-scale model (the `shapes` presets; random weights, since speed does not depend on
+  them; `--model DIR` takes a trained pipeline directory instead): image tokens per second with
+  CFG for 1, 4 and 16 images; tokenizer encode images/s and one detokenizer U-Net step (CFG batch),
+  PyTorch against ONNX Runtime.
+- Decode-step roofline: one CFG decode step of the fast loop against the memory-bandwidth bound
+  (bytes of weights + KV cache read per step / measured copy bandwidth). On a GPU: a Llama-7B-shaped
+  model with random bf16 weights (nothing to download), with the reference's step next to it; on
+  a CPU: the ShapesWorld model, as a stand-in until a GPU run.
+
+Prints tables, then one JSON object on its last line with keys cpu_speedup_1, cpu_speedup_4,
+cpu_speedup_16 (and gpu_roofline_fraction, gpu_speedup_1 where a GPU ran).
+
+Run: .venv/bin/python benchmarks/generation_speed.py [--model PIPELINE_DIR] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+PROMPTS = [
+    "a red circle", "two blue squares", "a green triangle to the left of a yellow circle",
+    "a purple square above a cyan triangle", "a yellow circle and a red square",
+]  # fmt: skip
+
+
+def shapes_pipeline(root: Path):
+    """A ShapesWorld-scale tokenizer, MLLM and detokenizer with random weights (the shipped presets)."""
+    from illume_detokenizer import DetokenizerConfig, build_pipeline
+    from illume_mllm import LLM_PRESETS, build_model, build_processor, build_word_tokenizer
+    from illume_tokenizer import (
+        SemanticTokenizer,
+        TokenizerConfig,
+        VisionEncoder,
+        build_siglip,
+        siglip_image_processor,
+    )
+
+    torch.manual_seed(0)
+    words = build_word_tokenizer(
+        PROMPTS + ["generate an image of .", "how many circles are there ?"]
+    )
+    build_siglip("shapes", vocab_size=len(words)).save_pretrained(root / "encoder")
+    siglip_image_processor(32).save_pretrained(root / "encoder")
+    config = TokenizerConfig.from_name("shapes")
+    tokenizer = SemanticTokenizer(
+        config, VisionEncoder.from_pretrained(root / "encoder", config.feature_layer)
+    ).eval()
+    processor = build_processor(
+        words, root / "encoder", tokenizer.codebook_size, tokenizer.grid, preset="shapes"
+    )
+    model = build_model(
+        processor, root / "encoder", LLM_PRESETS["shapes"], vision_feature_layer=-2
+    ).eval()
+    detok = build_pipeline(DetokenizerConfig.from_name("shapes"), tokenizer.config.feature_dim,
+                           tokenizer.grid[0] * tokenizer.grid[1], tokenizer.grid)  # fmt: skip
+    return tokenizer, model, processor, detok
+
+
+def load_pipeline(directory: Path):
+    from illume_detokenizer import DetokenizerPipeline
+    from illume_mllm import IllumeForConditionalGeneration, IllumeProcessor
+    from illume_tokenizer import SemanticTokenizer
+
+    return (
+        SemanticTokenizer.from_pretrained(directory / "tokenizer").eval(),
+        IllumeForConditionalGeneration.from_pretrained(directory / "mllm").eval(),
+        IllumeProcessor.from_pretrained(directory / "mllm"),
+        DetokenizerPipeline.from_pretrained(directory / "detokenizer"),
+    )
+
+
+def best_seconds(fn, repeats: int) -> float:
+    """Best of `repeats` timed calls after one warm-up (the usual way to time on a shared machine)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def copy_bandwidth(device: str) -> float:
+    """Measured bytes/s of a large tensor copy (read + write) on `device`."""
+    n = (1 << 28) if device == "cuda" else (1 << 26)  # 1 GiB / 256 MiB of fp32
+    src = torch.empty(n, device=device).uniform_()
+    dst = torch.empty_like(src)
+    seconds = best_seconds(lambda: dst.copy_(src), 5)
+    return 2 * src.numel() * src.element_size() / seconds
+
+
+def decode_roofline(model, processor, device: str, repeats: int, reference: bool) -> dict:
+    """One CFG decode step (2 rows) of the fast loop, and optionally of transformers' forward with a
+    DynamicCache, against bytes-read / bandwidth at a KV length of prompt + one image."""
+    from transformers import DynamicCache
+
+    from illume_runtime import FlatDecoder
+
+    decoder = FlatDecoder(model)
+    s, dtype = decoder.shape, decoder.dtype
+    h, w = processor.config.image_grid
+    length = 64 + h * (w + 1) + 2
+    rows = 2
+    k = torch.randn(s.layers, rows, s.kv_heads, length, s.head_dim, dtype=dtype, device=device)
+    v = torch.randn_like(k)
+    bias = torch.zeros(rows, 1, 1, length, dtype=dtype, device=device)
+    slot = torch.tensor([length - 1], device=device)
+    position = torch.full((rows, 1), length - 1, device=device)
+    token = torch.zeros(rows, 1, dtype=torch.long, device=device)
+    vision = processor.vocab.vision_ids
+
+    @torch.no_grad()
+    def fast_step():
+        hidden = decoder.forward_static(decoder.embed_tokens(token), position, bias, k, v, slot)
+        return decoder.logits(hidden, slice(vision.start, vision.stop))
+
+    step = best_seconds(fast_step, repeats)
+    weights = sum(p.numel() * p.element_size() for p in model.language_model.parameters())
+    weights += (
+        model.lm_head.weight[vision.start : vision.stop].numel()
+        * model.lm_head.weight.element_size()
+    )
+    cache = 2 * k.numel() * k.element_size()
+    bound = (weights + cache) / copy_bandwidth(device)
+    out = {"step_ms": step * 1e3, "bound_ms": bound * 1e3, "roofline_fraction": bound / step,
+           "weights_gb": weights / 1e9, "kv_gb": cache / 1e9}  # fmt: skip
+    if reference:
+        past = DynamicCache()
+        for i in range(s.layers):
+            past.update(k[i, :, :, :-1], v[i, :, :, :-1], i)
+        mask = torch.ones(rows, length, dtype=torch.long, device=device)
+
+        @torch.no_grad()
+        def reference_step():
+            if past.get_seq_length() == length:  # drop the previous call's token
+                past.crop(-1)
+            return model(input_ids=token, attention_mask=mask, position_ids=position,
+                         past_key_values=past, use_cache=True).logits  # fmt: skip
+
+        out["reference_step_ms"] = best_seconds(reference_step, repeats) * 1e3
+    return out
+
+
+def gpu_model(processor_dir: Path):
+    """A Llama-7B-shaped ILLUME MLLM with random bf16 weights on the GPU (Vicuna-7B's sizes)."""
+    from illume_mllm import build_model, build_processor, build_word_tokenizer
+    from illume_tokenizer import build_siglip, siglip_image_processor
+
+    words = build_word_tokenizer(PROMPTS)
+    build_siglip("tiny", vocab_size=len(words)).save_pretrained(processor_dir)
+    siglip_image_processor(32).save_pretrained(processor_dir)
+    processor = build_processor(words, processor_dir, 16384, (24, 24), preset="shapes")
+    llm = {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
+           "num_attention_heads": 32, "num_key_value_heads": 32}  # fmt: skip
+    with torch.device("meta"):
+        model = build_model(processor, processor_dir, llm, load_weights=False)
+    model = model.to_empty(device="cuda").to(torch.bfloat16)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.02)
+    # Buffers came from the meta device empty: the rotary table is rebuilt from the config.
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    model.model.language_model.rotary_emb = LlamaRotaryEmbedding(
+        model.config.text_config, device="cuda"
+    )
+    return model.eval(), processor
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="a trained pipeline directory (default: shapes presets, random weights)",
+    )
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--guidance", type=float, default=3.0)
+    parser.add_argument("--skip-onnx", action="store_true")
+    args = parser.parse_args()
+
+    from illume_mllm import generate_image_tokens
+    from illume_runtime import OnnxImageGenerator, OnnxModels, TorchImageGenerator, export_models
+    from illume_runtime.export import unet_sample_shape
+
+    workdir = Path(tempfile.mkdtemp(prefix="illume-speed-"))
+    tokenizer, model, processor, detok = (
+        load_pipeline(Path(args.model)) if args.model else shapes_pipeline(workdir / "parts")
+    )
+    figures: dict = {
+        "machine": f"{platform.machine()} {torch.get_num_threads()} threads",
+        "torch": torch.__version__,
+    }
+    fast = TorchImageGenerator(model, processor)
+    onnx_loop = None
+    if not args.skip_onnx:
+        start = time.perf_counter()
+        export_models(tokenizer, model, processor, detok, _mkdir(workdir / "onnx"))
+        figures["export_seconds"] = round(time.perf_counter() - start, 1)
+        models = OnnxModels(workdir / "onnx")
+        onnx_loop = OnnxImageGenerator(models, processor)
+
+    tokens_per_image = processor.config.image_grid[0] * processor.config.image_grid[1]
+    rows = []
+    for batch in args.batches:
+        prompts = [PROMPTS[i % len(PROMPTS)] for i in range(batch)]
+        conversations = [processor.t2i_messages(p) for p in prompts]
+        unconditional = [processor.t2i_messages("")] * batch
+        runners = {
+            "reference": lambda g: generate_image_tokens(model, processor, conversations, unconditional, guidance=args.guidance, generator=g),
+            "torch": lambda g: fast(conversations, unconditional, guidance=args.guidance, generator=g),
+        }  # fmt: skip
+        if onnx_loop is not None:
+            runners["onnx"] = lambda g: onnx_loop(
+                conversations, unconditional, guidance=args.guidance, generator=g
+            )
+        codes = {name: run(torch.Generator().manual_seed(0)) for name, run in runners.items()}
+        identical = all(torch.equal(c, codes["reference"]) for c in codes.values())
+        speed = {}
+        for name, run in runners.items():
+            seconds = best_seconds(
+                lambda run=run: run(torch.Generator().manual_seed(0)), args.repeats
+            )
+            speed[name] = batch * tokens_per_image / seconds
+        rows.append((batch, speed, identical))
+        figures[f"cpu_speedup_{batch}"] = round(speed["torch"] / speed["reference"], 2)
+        if "onnx" in speed:
+            figures[f"cpu_onnx_speedup_{batch}"] = round(speed["onnx"] / speed["reference"], 2)
+        figures[f"tokens_per_second_{batch}"] = {k: round(v, 1) for k, v in speed.items()}
+        figures[f"codes_identical_{batch}"] = identical
+
+    if onnx_loop is not None:  # the other sub-models, PyTorch against ONNX Runtime
+        pixels = torch.rand(64, 3, tokenizer.config.image_size, tokenizer.config.image_size)
+        with torch.no_grad():
+            torch_encode = best_seconds(lambda: tokenizer.encode(pixels), args.repeats)
+        ort_encode = best_seconds(
+            lambda: models.run("tokenizer_encoder", pixel_values=pixels.numpy()), args.repeats
+        )
+        figures["encode_images_per_second"] = {
+            "torch": round(64 / torch_encode, 1),
+            "onnx": round(64 / ort_encode, 1),
+        }
+        codes = torch.randint(0, tokenizer.codebook_size, (2, *tokenizer.grid))
+        with torch.no_grad():
+            conditions = detok.conditioner(tokenizer.decode_features(codes))
+            sample = torch.randn(2, *unet_sample_shape(detok))
+            t = torch.tensor([500.0, 500.0])
+            torch_step = best_seconds(lambda: detok.predict(sample, t, conditions), args.repeats)
+        feeds = {
+            "sample": sample.numpy(),
+            "timestep": t.numpy(),
+            "encoder_hidden_states": conditions.encoder_hidden_states.numpy(),
+        }
+        if conditions.spatial is not None:
+            feeds["spatial"] = conditions.spatial.numpy()
+        ort_step = best_seconds(lambda: models.run("unet_step", **feeds), args.repeats)
+        figures["unet_step_ms"] = {
+            "torch": round(torch_step * 1e3, 2),
+            "onnx": round(ort_step * 1e3, 2),
+        }
+
+    figures["cpu_roofline"] = {
+        k: round(v, 4)
+        for k, v in decode_roofline(model, processor, "cpu", args.repeats, True).items()
+    }
+    if torch.cuda.is_available():
+        big, big_processor = gpu_model(workdir / "gpu-processor")
+        roof = decode_roofline(big, big_processor, "cuda", args.repeats, reference=True)
+        figures["gpu"] = {k: round(v, 4) for k, v in roof.items()} | {
+            "device": torch.cuda.get_device_name()
+        }
+        figures["gpu_roofline_fraction"] = round(roof["roofline_fraction"], 3)
+        figures["gpu_speedup_1"] = round(roof["reference_step_ms"] / roof["step_ms"], 2)
+
+    print(f"{'images':>6} {'runtime':<10} {'tokens/s':>10} {'x reference':>12}  same codes")
+    for batch, speed, identical in rows:
+        for name, value in speed.items():
+            print(
+                f"{batch:>6} {name:<10} {value:>10.1f} {value / speed['reference']:>12.2f}  {identical}"
+            )
+    for key in ("encode_images_per_second", "unet_step_ms", "cpu_roofline", "gpu"):
+        if key in figures:
+            print(f"{key}: {figures[key]}")
+    print(json.dumps(figures))
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+if __name__ == "__main__":
+    main()
