@@ -27,6 +27,7 @@ import json
 import platform
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -51,7 +52,7 @@ def shapes_pipeline(root: Path):
 
     torch.manual_seed(0)
     words = build_word_tokenizer(
-        PROMPTS + ["generate an image of .", "how many circles are there ?"]
+        [*PROMPTS, "generate an image of .", "how many circles are there ?"]
     )
     build_siglip("shapes", vocab_size=len(words)).save_pretrained(root / "encoder")
     siglip_image_processor(32).save_pretrained(root / "encoder")
@@ -225,20 +226,21 @@ def main() -> None:
         prompts = [PROMPTS[i % len(PROMPTS)] for i in range(batch)]
         conversations = [processor.t2i_messages(p) for p in prompts]
         unconditional = [processor.t2i_messages("")] * batch
-        runners = {
-            "reference": lambda g: generate_image_tokens(model, processor, conversations, unconditional, guidance=args.guidance, generator=g),
-            "torch": lambda g: fast(conversations, unconditional, guidance=args.guidance, generator=g),
-        }  # fmt: skip
+        loops = {"reference": partial(generate_image_tokens, model, processor), "torch": fast}
         if onnx_loop is not None:
-            runners["onnx"] = lambda g: onnx_loop(
-                conversations, unconditional, guidance=args.guidance, generator=g
-            )
-        codes = {name: run(torch.Generator().manual_seed(0)) for name, run in runners.items()}
+            loops["onnx"] = onnx_loop
+        runners = {
+            name: partial(loop, conversations, unconditional, guidance=args.guidance)
+            for name, loop in loops.items()
+        }
+        codes = {
+            name: run(generator=torch.Generator().manual_seed(0)) for name, run in runners.items()
+        }
         identical = all(torch.equal(c, codes["reference"]) for c in codes.values())
         speed = {}
         for name, run in runners.items():
             seconds = best_seconds(
-                lambda run=run: run(torch.Generator().manual_seed(0)), args.repeats
+                lambda run=run: run(generator=torch.Generator().manual_seed(0)), args.repeats
             )
             speed[name] = batch * tokens_per_image / seconds
         rows.append((batch, speed, identical))

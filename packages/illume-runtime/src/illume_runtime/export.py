@@ -269,7 +269,7 @@ def export_models(tokenizer, model, processor, detokenizer, out: Path, verify: b
         {"input_ids": {0: "batch"}, "attention_mask": {0: "batch", 1: "past_sequence + 1"},
          "position_ids": {0: "batch"}, **{n: {0: "batch", 2: "past_sequence"} for n in past_names}}))  # fmt: skip
 
-    conditioner, unet = detokenizer.conditioner, detokenizer.unet
+    conditioner = detokenizer.conditioner
     features = tokenizer.decode_features(codes)
     conditions = conditioner(features)
     condition_names = ["encoder_hidden_states"]
@@ -324,7 +324,9 @@ def export_models(tokenizer, model, processor, detokenizer, out: Path, verify: b
 def unet_sample_shape(pipe) -> tuple[int, int, int]:
     """(C, h, w) of what a DetokenizerPipeline denoises: the U-Net's input channels less those the
     pipeline adds itself (feature grid, coordinates)."""
-    extra = (2 if pipe.config.coordinate_channels else 0) + (pipe.conditioner.config.spatial_channels or 0)
+    extra = (2 if pipe.config.coordinate_channels else 0) + (
+        pipe.conditioner.config.spatial_channels or 0
+    )
     size = pipe.unet.config.sample_size
     h, w = (size, size) if isinstance(size, int) else tuple(size)
     return pipe.unet.config.in_channels - extra, h, w
