@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -384,3 +385,68 @@ def test_paper_scale_mllm_recipes_follow_table_5_and_instantiate_on_meta(tmp_pat
     kinds = {type(m).__name__ for m in units}
     assert kinds == {"LlamaDecoderLayer", "SiglipEncoderLayer"}
     assert len(units) == 32 + SIGLIP_SO400M_VISION["num_hidden_layers"]
+
+
+def test_bad_sample_guard_counts_in_order_and_keeps_its_count_across_resume():
+    from illume_trainer.guards import BadSampleGuard, TooManyBadSamples
+
+    guard = BadSampleGuard(max_fraction=0.9, max_in_a_row=3, min_seen=10)
+    batch = lambda flags: {
+        "ok": flags,
+        "errors": [f"bad {i}" for i, ok in enumerate(flags) if not ok],
+    }
+    guard.on_train_batch_start(None, None, batch([True, False, False]), 0)
+    guard.on_train_batch_start(None, None, batch([False, True, True]), 1)  # a run of 3, then reset
+    assert (guard.seen, guard.skipped, guard.in_a_row) == (6, 3, 0)
+    resumed = BadSampleGuard(max_fraction=0.9, max_in_a_row=3, min_seen=10)
+    resumed.load_state_dict(guard.state_dict())
+    resumed.on_train_batch_start(None, None, batch([True, False, False, False]), 2)
+    with pytest.raises(
+        TooManyBadSamples, match=r"7 of 11 samples .* 4 in a row.*First errors: bad 1; bad 2; bad 0"
+    ):
+        resumed.on_train_batch_start(None, None, batch([False]), 3)
+
+
+def test_bad_samples_past_the_ceiling_stop_the_run_and_lose_nothing(tmp_path, shapes_data):
+    import json
+
+    from illume_trainer.guards import TooManyBadSamples
+
+    encoder = _tiny_tokenizer(tmp_path).parent / "enc"
+    args = ["--config", "recipes/shapes/tokenizer.yaml", "--model.preset", "tiny", "--model.encoder", str(encoder),
+            "--model.output_dir", str(tmp_path / "tok"), *_common(tmp_path, shapes_data, steps=100)]  # fmt: skip
+    run_stage("tokenizer", args)
+    last = Path(
+        "runs/shapes/tokenizer/checkpoints/last.ckpt"
+    )  # the recipe's every-100-steps checkpoint
+    before = last.read_bytes()
+    # The same data with a third of its images now unreadable; resume for 300 more steps.
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+    rows = [
+        json.loads(line)
+        for line in (shapes_data / "train" / "captions.jsonl").read_text().splitlines()
+    ]
+    for i, row in enumerate(rows):
+        row["image"] = str(shapes_data / "train" / row["image"]) if i % 3 else str(corrupt)
+    manifest = tmp_path / "damaged.jsonl"
+    manifest.write_text("\n".join(json.dumps(r) for r in rows))
+    with pytest.raises(
+        TooManyBadSamples, match=r"could not be read .* past the ceiling of 1.0%.*corrupt.png"
+    ):
+        run_stage(
+            "tokenizer",
+            [
+                *args,
+                "--trainer.max_steps",
+                "400",
+                "--data.train",
+                f"[{manifest}]",
+                "--ckpt_path",
+                "last",
+            ],
+        )
+    assert last.read_bytes() == before  # stopped before its next checkpoint: the last one stands
+    assert (
+        SemanticTokenizer.from_pretrained(tmp_path / "tok").codebook_size == 64
+    )  # the finished output too

@@ -138,6 +138,7 @@ def collate_conversations(items: list[dict]) -> dict:
         "items": good,
         "skipped": len(items) - len(good),
         "errors": [item["error"] for item in items if "error" in item],
+        "ok": ["turns" in item for item in items],
     }
 
 

@@ -126,6 +126,7 @@ def collate(items: list[dict]) -> dict:
         "index": torch.tensor([item["index"] for item in good], dtype=torch.long),
         "skipped": len(bad),
         "errors": [item["error"] for item in bad],
+        "ok": ["pixels" in item for item in items],  # in loader order, for the bad-sample ceiling
     }
     return batch
 

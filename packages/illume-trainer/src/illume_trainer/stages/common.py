@@ -65,7 +65,20 @@ class Normalizer(torch.nn.Module):
         return (pixels.float() / 255.0 - self.mean) / self.std
 
 
-class FrozenPartsStage(L.LightningModule):
+class GuardedStage(L.LightningModule):
+    """A stage with the bad-sample ceiling (illume_trainer.guards), from its hyperparameters
+    `max_skipped_fraction` and `max_skipped_in_a_row`."""
+
+    def configure_callbacks(self):
+        from ..guards import BadSampleGuard
+
+        hp = self.hparams
+        return [
+            BadSampleGuard(hp.get("max_skipped_fraction", 0.01), hp.get("max_skipped_in_a_row", 50))
+        ]
+
+
+class FrozenPartsStage(GuardedStage):
     """A stage whose frozen parts (state-dict prefixes in `frozen`) are reloaded from their own
     directories, not written into every checkpoint; everything else loads strictly."""
 

@@ -23,6 +23,7 @@ from illume_detokenizer import (
 )
 from illume_tokenizer import SemanticTokenizer
 
+from ..guards import batch_is_empty
 from .common import FrozenPartsStage, Normalizer, adamw_warmup_cosine
 
 
@@ -57,6 +58,8 @@ class DetokenizerStage(FrozenPartsStage):
         warmup_steps: int = 100,
         condition_dropout: float = 0.1,
         cache_codes: bool = True,
+        max_skipped_fraction: float = 0.01,
+        max_skipped_in_a_row: int = 50,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -128,6 +131,8 @@ class DetokenizerStage(FrozenPartsStage):
         return F.mse_loss(prediction.float(), target.float())
 
     def training_step(self, batch, batch_idx):
+        if batch_is_empty(batch):  # every sample was unreadable: nothing to learn from
+            return None
         loss = self._loss(batch, training=True)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["pixels"]))
         if batch["skipped"]:

@@ -7,7 +7,6 @@ so it loads through exactly the path a real SigLIP takes. Users with real weight
 
 from __future__ import annotations
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 
@@ -16,7 +15,8 @@ from illume_mllm import build_word_tokenizer
 from illume_tokenizer import build_siglip, siglip_image_processor
 from illume_tokenizer.encoder import quiet_transformers
 
-from .common import Normalizer, adamw_warmup_cosine
+from ..guards import batch_is_empty
+from .common import GuardedStage, Normalizer, adamw_warmup_cosine
 
 POSITIVES = ("same_caption", "scene")
 
@@ -53,7 +53,7 @@ def sigmoid_loss(logits: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
     return -F.logsigmoid(labels * logits).sum(dim=-1).mean()
 
 
-class EncoderStage(L.LightningModule):
+class EncoderStage(GuardedStage):
     """Args:
     output_dir: where the trained encoder is saved (Hugging Face format).
     preset: SigLIP preset of illume_tokenizer.SIGLIP_PRESETS ("tiny", "shapes").
@@ -79,6 +79,8 @@ class EncoderStage(L.LightningModule):
         pixel_mean: tuple[float, float, float] = (0.5, 0.5, 0.5),
         pixel_std: tuple[float, float, float] = (0.5, 0.5, 0.5),
         positives: str = "same_caption",
+        max_skipped_fraction: float = 0.01,
+        max_skipped_in_a_row: int = 50,
     ):
         super().__init__()
         if positives not in POSITIVES:
@@ -124,6 +126,8 @@ class EncoderStage(L.LightningModule):
         return sigmoid_loss(logits, positives), accuracy
 
     def training_step(self, batch, batch_idx):
+        if batch_is_empty(batch):  # every sample was unreadable: nothing to learn from
+            return None
         loss, accuracy = self._loss(batch)
         self.log_dict(
             {"train/loss": loss, "train/in_batch_top1": accuracy},

@@ -32,6 +32,7 @@ from illume_mllm import (
 from illume_tokenizer import SemanticTokenizer
 
 from ..data import to_tensor
+from ..guards import batch_is_empty
 from .common import FrozenPartsStage, Normalizer, adamw_warmup_cosine
 
 GROUPS = ("vision", "adapter", "llm", "new_rows")
@@ -66,6 +67,8 @@ class MLLMStage(FrozenPartsStage):
         warmup_steps: int = 100,
         p_uncond: float = 0.1,
         seed: int = 0,
+        max_skipped_fraction: float = 0.01,
+        max_skipped_in_a_row: int = 50,
     ):
         super().__init__()
         unknown = set(groups) - set(GROUPS)
@@ -226,6 +229,8 @@ class MLLMStage(FrozenPartsStage):
         return total / count.clamp_min(1), len(examples)
 
     def training_step(self, batch, batch_idx):
+        if batch_is_empty(batch):  # every sample was unreadable: nothing to learn from
+            return None
         loss, n = self._loss(batch, training=True)
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
         if batch["skipped"]:

@@ -7,6 +7,7 @@ from pathlib import Path
 from illume_core import atomic_directory
 from illume_tokenizer import SemanticTokenizer, TokenizerConfig, VisionEncoder
 
+from ..guards import batch_is_empty
 from .common import FrozenPartsStage, Normalizer, adamw_warmup_cosine
 
 
@@ -33,6 +34,8 @@ class TokenizerStage(FrozenPartsStage):
         weight_decay: float = 0.0,
         warmup_steps: int = 100,
         save_encoder: bool = True,
+        max_skipped_fraction: float = 0.01,
+        max_skipped_in_a_row: int = 50,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -56,6 +59,8 @@ class TokenizerStage(FrozenPartsStage):
         return out.loss
 
     def training_step(self, batch, batch_idx):
+        if batch_is_empty(batch):  # every sample was unreadable: nothing to learn from
+            return None
         return self._step(batch, "train")
 
     def validation_step(self, batch, batch_idx):
