@@ -390,11 +390,10 @@ def test_paper_scale_mllm_recipes_follow_table_5_and_instantiate_on_meta(tmp_pat
 def test_bad_sample_guard_counts_in_order_and_keeps_its_count_across_resume():
     from illume_trainer.guards import BadSampleGuard, TooManyBadSamples
 
+    def batch(flags):
+        return {"ok": flags, "errors": [f"bad {i}" for i, ok in enumerate(flags) if not ok]}
+
     guard = BadSampleGuard(max_fraction=0.9, max_in_a_row=3, min_seen=10)
-    batch = lambda flags: {
-        "ok": flags,
-        "errors": [f"bad {i}" for i, ok in enumerate(flags) if not ok],
-    }
     guard.on_train_batch_start(None, None, batch([True, False, False]), 0)
     guard.on_train_batch_start(None, None, batch([False, True, True]), 1)  # a run of 3, then reset
     assert (guard.seen, guard.skipped, guard.in_a_row) == (6, 3, 0)
