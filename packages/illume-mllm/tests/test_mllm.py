@@ -217,3 +217,16 @@ def test_sampler_structure_and_filters():
     assert layout == [1, None, None, None, 3, None, None, None, 3, 2, 9]
     with pytest.raises(ValueError, match="temperature"):
         ImageTokenSampler(VisionVocab(0, 1, 2, 3, 10, 5), (2, 3), 0, temperature=-1)
+
+
+def test_the_shapesworld_text_tokenizer_round_trips_any_text_exactly():
+    from illume_mllm import build_text_tokenizer
+
+    tokenizer = build_text_tokenizer(TEXTS * 20)
+    assessment = '{"Object": {"Score": 1, "Analysis": "A red Circle is there."}, "Spatial Relation": {"Score": 0}}'
+    for text in (*TEXTS, assessment, "Ünïcode, TABS\tand  double  spaces"):
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        assert tokenizer.decode(ids) == text
+    assert (
+        len(tokenizer(TEXTS[0], add_special_tokens=False)["input_ids"]) <= len(TEXTS[0].split()) + 1
+    )

@@ -6,7 +6,13 @@ processor = IllumeProcessor.from_pretrained("runs/shapes/mllm/final")
 """
 
 from .__about__ import __version__
-from .build import LLM_PRESETS, build_model, build_processor, build_word_tokenizer
+from .build import (
+    LLM_PRESETS,
+    build_model,
+    build_processor,
+    build_text_tokenizer,
+    build_word_tokenizer,
+)
 from .generation import (
     ImageTokenSampler,
     draw_codes,
@@ -22,6 +28,6 @@ from .vocab import MARKERS, VisionVocab, extend_tokenizer, vision_token, vocab_o
 __all__ = [
     "IGNORE", "LLM_PRESETS", "MARKERS", "Example", "IllumeConfig", "IllumeForConditionalGeneration",
     "IllumeProcessor", "ImageTokenSampler", "ProcessorConfig", "VisionVocab", "__version__", "build_model",
-    "build_processor", "build_word_tokenizer", "draw_codes", "extend_tokenizer", "filter_logits", "generate_image_tokens",
+    "build_processor", "build_text_tokenizer", "build_word_tokenizer", "draw_codes", "extend_tokenizer", "filter_logits", "generate_image_tokens",
     "generate_text", "prompt_batch", "vision_token", "vocab_of",
 ]  # fmt: skip

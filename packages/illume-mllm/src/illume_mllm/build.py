@@ -61,6 +61,36 @@ def build_word_tokenizer(
     )
 
 
+def build_text_tokenizer(texts: Iterable[str], vocab_size: int = 2048):
+    """A byte-level BPE `PreTrainedTokenizerFast` trained on `texts` with the `tokenizers` library:
+    the ShapesWorld MLLM's own tokenizer. Like an LLM's, it encodes any text and decodes it back
+    exactly (case, spacing, JSON punctuation), which the model needs to write an assessment that
+    parses; a word-level tokenizer would lower-case and re-space it.
+
+    Ids: 0 <pad>, 1 </s>, 2 <unk>, 3 <s>, then the byte alphabet and the learned merges.
+    """
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.normalizer = normalizers.NFKC()
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tokenizer.train_from_iterator(texts, trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        pad_token="<pad>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        bos_token="<s>",
+    )
+
+
 def _vision_config(vision_dir: str | os.PathLike):
     from transformers import AutoConfig
 

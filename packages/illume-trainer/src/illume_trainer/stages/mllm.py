@@ -27,7 +27,7 @@ from illume_mllm import (
     IllumeProcessor,
     build_model,
     build_processor,
-    build_word_tokenizer,
+    build_text_tokenizer,
 )
 from illume_tokenizer import SemanticTokenizer
 
@@ -111,7 +111,7 @@ class MLLMStage(FrozenPartsStage):
         hp = self.hparams
         vision = hp.vision or str(Path(hp.tokenizer) / self.vision_tokenizer.config.encoder)
         if hp.llm in LLM_PRESETS:
-            text_tokenizer = build_word_tokenizer(self.trainer.datamodule.texts())
+            text_tokenizer = build_text_tokenizer(self.trainer.datamodule.texts())
             llm = LLM_PRESETS[hp.llm]
         else:
             from transformers import AutoTokenizer
