@@ -1,0 +1,196 @@
+"""Step 1 of self-enhancement (ILLUME Fig. 5): the current model draws an image for each prompt.
+
+    corpus = draw_corpus(drawer, prompts, "runs/self_enhance/corpus", batch_size=16, seed=0)
+
+Each item is saved as `images/<id>.png` (written atomically) and one line of `corpus.jsonl` with
+its prompt, seed and sampling settings, appended and flushed after its image. A rerun (after a
+crash) reads the finished items back and draws only the rest; an image without its line is drawn
+again. Batches are drawn with one generator seeded from (seed, the batch's first prompt index), so
+a rerun with the same arguments draws the same images.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from illume_core import atomic_write_bytes
+
+from ..data import read_captions
+
+CORPUS = "corpus.jsonl"
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A text-to-image prompt; `truth` is its ground-truth image (the answer of Fig. C's second
+    turn) and `spec` its GenEval-style spec when known (ShapesWorld; the oracle assessor needs it)."""
+
+    id: str
+    text: str
+    truth: str
+    spec: dict | None = None
+
+
+@dataclass(frozen=True)
+class CorpusItem:
+    id: str
+    prompt: str
+    image: str
+    """Path of the drawn image, relative to the corpus directory."""
+    truth: str
+    seed: int
+    sampling: dict = field(default_factory=dict)
+    spec: dict | None = None
+
+
+def prompts_from_captions(
+    path: str | os.PathLike, limit: int | None = None, seed: int = 0
+) -> list[Prompt]:
+    """Prompts from a captions JSONL manifest (image = the ground truth), a seeded subset of `limit`."""
+    records = read_captions(path)
+    order = list(range(len(records)))
+    if limit is not None and limit < len(records):
+        order = sorted(
+            torch.randperm(len(records), generator=torch.Generator().manual_seed(seed))[
+                :limit
+            ].tolist()
+        )
+    return [
+        Prompt(
+            f"{Path(path).stem}-{i:06d}",
+            records[i].text,
+            records[i].image,
+            (records[i].meta or {}).get("spec"),
+        )
+        for i in order
+    ]
+
+
+class Drawer:
+    """Prompts -> images with a trained tokenizer, MLLM and detokenizer (the fast PyTorch loop
+    from illume-runtime when it is installed, transformers' generate otherwise)."""
+
+    def __init__(self, tokenizer, model, processor, detokenizer, guidance: float = 3.0, temperature: float = 1.0,
+                 top_k: int | None = None, steps: int = 20, detokenizer_guidance: float = 3.0, sampler: str = "dpm++"):  # fmt: skip
+        self.tokenizer, self.model, self.processor, self.detokenizer = (
+            tokenizer,
+            model.eval(),
+            processor,
+            detokenizer,
+        )
+        self.sampling = {"guidance": guidance, "temperature": temperature, "top_k": top_k, "steps": steps,
+                         "detokenizer_guidance": detokenizer_guidance, "sampler": sampler}  # fmt: skip
+        detokenizer.set_progress_bar_config(disable=True)
+        try:
+            from illume_runtime import TorchImageGenerator
+
+            self._codes = TorchImageGenerator(model, processor)
+        except ImportError:
+            from functools import partial
+
+            from illume_mllm import generate_image_tokens
+
+            self._codes = partial(generate_image_tokens, model, processor)
+
+    @classmethod
+    def from_stages(cls, tokenizer: str, mllm: str, detokenizer: str, **sampling) -> Drawer:
+        from illume_detokenizer import DetokenizerPipeline
+        from illume_mllm import IllumeForConditionalGeneration, IllumeProcessor
+        from illume_tokenizer import SemanticTokenizer
+
+        return cls(SemanticTokenizer.from_pretrained(tokenizer).eval(), IllumeForConditionalGeneration.from_pretrained(mllm),
+                   IllumeProcessor.from_pretrained(mllm), DetokenizerPipeline.from_pretrained(detokenizer), **sampling)  # fmt: skip
+
+    @torch.no_grad()
+    def __call__(self, texts: Sequence[str], seed: int) -> list:
+        s = self.sampling
+        generator = torch.Generator().manual_seed(seed)
+        conversations = [self.processor.t2i_messages(t) for t in texts]
+        unconditional = [self.processor.t2i_messages("")] * len(texts)
+        codes = self._codes(conversations, unconditional, guidance=s["guidance"], temperature=s["temperature"],
+                            top_k=s["top_k"], generator=generator)  # fmt: skip
+        self.detokenizer.use_scheduler(s["sampler"])
+        seeds = torch.randint(0, 2**31 - 1, (len(texts),), generator=generator).tolist()
+        return self.detokenizer(
+            codes=codes, tokenizer=self.tokenizer, steps=s["steps"], guidance=s["detokenizer_guidance"],
+            generator=[torch.Generator().manual_seed(x) for x in seeds],
+        ).images  # fmt: skip
+
+
+def append_log(path: Path):
+    """`path` opened for appending lines; a line torn by a crash is ended first, so that the next
+    line stands alone (readers skip the torn one)."""
+    if path.is_file() and path.stat().st_size:
+        with open(path, "rb") as handle:
+            handle.seek(-1, os.SEEK_END)
+            torn = handle.read(1) != b"\n"
+        if torn:
+            with open(path, "a", encoding="utf-8") as handle:
+                handle.write("\n")
+    return open(path, "a", encoding="utf-8")
+
+
+def read_corpus(directory: str | os.PathLike) -> list[CorpusItem]:
+    """The finished items of a corpus directory (lines whose image exists; a torn last line is ignored)."""
+    directory = Path(directory)
+    path = directory / CORPUS
+    if not path.is_file():
+        return []
+    items = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            item = CorpusItem(**json.loads(line))
+        except (json.JSONDecodeError, TypeError):
+            continue  # a line cut short by a crash: its item is drawn again
+        if (directory / item.image).is_file():
+            items.append(item)
+    return items
+
+
+def draw_corpus(
+    drawer, prompts: Sequence[Prompt], directory: str | os.PathLike, batch_size: int = 16, seed: int = 0,
+    progress: bool = True,
+) -> list[CorpusItem]:  # fmt: skip
+    """Draws an image per prompt into `directory` (see the module docstring); returns all items."""
+    from rich.progress import Progress
+
+    directory = Path(directory)
+    (directory / "images").mkdir(parents=True, exist_ok=True)
+    done = {item.id: item for item in read_corpus(directory)}
+    todo = [(i, p) for i, p in enumerate(prompts) if p.id not in done]
+    with (
+        Progress(disable=not progress, transient=True) as bar,
+        append_log(directory / CORPUS) as log,
+    ):
+        task = bar.add_task(f"self-generation ({len(done)} already drawn)", total=len(todo))
+        for start in range(0, len(todo), batch_size):
+            batch = todo[start : start + batch_size]
+            batch_seed = seed * 1_000_003 + batch[0][0]
+            images = drawer([p.text for _, p in batch], seed=batch_seed)
+            for (_, prompt), image in zip(batch, images, strict=True):
+                relative = f"images/{prompt.id}.png"
+                buffer = io.BytesIO()
+                image.save(buffer, format="PNG")
+                atomic_write_bytes(directory / relative, buffer.getvalue())
+                item = CorpusItem(
+                    prompt.id,
+                    prompt.text,
+                    relative,
+                    prompt.truth,
+                    batch_seed,
+                    dict(drawer.sampling),
+                    prompt.spec,
+                )
+                log.write(json.dumps(asdict(item)) + "\n")
+                log.flush()
+                os.fsync(log.fileno())
+                done[item.id] = item
+            bar.advance(task, len(batch))
+    return [done[p.id] for p in prompts]

@@ -1,0 +1,187 @@
+"""Self-enhancing multimodal alignment (ILLUME section 3.3, Fig. 5, Fig. C), the whole loop.
+
+    illume-train self-enhance --config recipes/shapes/self_enhance.yaml [--key value ...]
+
+1. corpus self-generation: the stage-3 model draws an image for `num_prompts` prompts (corpus.py);
+2. assessment generation: an assessor judges each image as the paper's JSON (assessors.py);
+3. SFT data in Fig. C's format (`sft_conversations`): turn 1, the assessment of the drawn image;
+   turn 2, only for images with a 0 score, "Based on the above analysis, carefully generate an
+   image according to the text description: ..." answered by the ground-truth image;
+4. SFT: the stage-3 recipe, initialised from the stage-3 model, on its own data mixed with the
+   assessment conversations (`sft_ratio` of the mixture), for `sft_steps` steps.
+
+Every step resumes: finished images and judgements are kept, the SFT run resumes from its last
+checkpoint, and a finished output directory is not trained again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from .assessors import (
+    ModelAssessor,
+    OpenAICompatibleAssessor,
+    OracleAssessor,
+    assess_corpus,
+    instruction,
+)
+from .corpus import Drawer, draw_corpus, prompts_from_captions
+
+FOLLOW_UP = "Based on the above analysis, carefully generate an image according to the text description: {prompt}"
+ASSESSORS = ("oracle", "model", "openai-compatible")
+
+
+def sft_conversations(items, judgements, corpus_dir: str | os.PathLike) -> list[dict]:
+    """LLaVA-style conversations of Fig. C from the accepted judgements (rejected ones are left out)."""
+    corpus_dir = Path(corpus_dir).resolve()
+    out = []
+    for item, judgement in zip(items, judgements, strict=True):
+        if not judgement.accepted:
+            continue
+        turns = [
+            {"from": "human", "value": "<image>\n" + instruction(item.prompt)},
+            {"from": "gpt", "value": json.dumps(judgement.assessment, ensure_ascii=False)},
+        ]
+        images = [str(corpus_dir / item.image)]
+        if any(aspect["Score"] == 0 for aspect in judgement.assessment.values()):
+            turns += [
+                {"from": "human", "value": FOLLOW_UP.format(prompt=item.prompt)},
+                {"from": "gpt", "value": "<image>"},
+            ]
+            images.append(item.truth)
+        out.append({"id": f"self-enhance-{item.id}", "images": images, "conversations": turns})
+    return out
+
+
+def make_assessor(name: str, args: dict | None, drawer: Drawer):
+    args = dict(args or {})
+    if name == "oracle":
+        return OracleAssessor()
+    if name == "model":
+        return ModelAssessor(drawer.model, drawer.processor, **args)
+    if name == "openai-compatible":
+        if "base_url" not in args or "model" not in args:
+            raise ValueError(
+                "the openai-compatible assessor needs assessor_args with base_url and model"
+            )
+        return OpenAICompatibleAssessor(**args)
+    raise ValueError(f"assessor must be one of {ASSESSORS}, got {name!r}")
+
+
+def mixture_weight(
+    sources: list[str], weights: list[float], extra_size: int, ratio: float
+) -> float:
+    """The weight of a source of `extra_size` conversations that makes it `ratio` of the mixture."""
+    from ..conversations import read_conversations
+
+    if not 0 < ratio < 1:
+        raise ValueError(f"sft_ratio must lie in (0, 1), got {ratio}")
+    rest = sum(w * len(read_conversations(s)) for s, w in zip(sources, weights, strict=True))
+    return ratio / (1 - ratio) * rest / max(extra_size, 1)
+
+
+def self_enhance(
+    tokenizer: str,
+    mllm: str,
+    detokenizer: str,
+    prompts: str,
+    out: str,
+    num_prompts: int = 1000,
+    assessor: str = "oracle",
+    assessor_args: dict | None = None,
+    guidance: float = 3.0,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    steps: int = 20,
+    batch_size: int = 16,
+    sft_recipe: str = "recipes/shapes/mllm_stage3.yaml",
+    sft_ratio: float = 0.25,
+    sft_steps: int = 300,
+    sft_args: list[str] | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict:
+    """Runs the loop of the module docstring; returns counts and paths (also in `out/summary.json`).
+
+    Args:
+        tokenizer, mllm, detokenizer: the trained stages (mllm: the stage-3 output).
+        prompts: a captions JSONL manifest (text = prompt, image = its ground truth; a `spec` per
+            line enables the oracle assessor).
+        out: where the corpus, the judgements, the SFT data and the SFT run go.
+        num_prompts: a seeded subset of the manifest to draw.
+        assessor, assessor_args: "oracle", "model" (args: batch_size, retries, ...) or
+            "openai-compatible" (args: base_url, model, api_key, timeout, retries, concurrency).
+        guidance, temperature, top_k, steps: how the corpus is drawn (steps: detokenizer steps).
+        sft_recipe: the stage-3 recipe whose data and settings the SFT continues.
+        sft_ratio: share of the SFT mixture that is assessment conversations.
+        sft_steps: optimizer steps of the SFT.
+        sft_args: further LightningCLI overrides for the SFT run.
+    """
+    import yaml
+
+    from ..cli import resolve_recipe, run_stage
+
+    out_dir = Path(out)
+    final = out_dir / "final"
+    drawer = Drawer.from_stages(
+        tokenizer,
+        mllm,
+        detokenizer,
+        guidance=guidance,
+        temperature=temperature,
+        top_k=top_k,
+        steps=steps,
+    )
+    chosen = prompts_from_captions(prompts, num_prompts, seed)
+    items = draw_corpus(
+        drawer, chosen, out_dir / "corpus", batch_size=batch_size, seed=seed, progress=progress
+    )
+    judge = make_assessor(assessor, assessor_args, drawer)
+    judgements = assess_corpus(judge, items, out_dir / "corpus", progress=progress)
+    conversations = sft_conversations(items, judgements, out_dir / "corpus")
+    sft_data = out_dir / "sft.json"
+    sft_data.write_text(json.dumps(conversations, indent=1))
+    accepted = [j for j in judgements if j.accepted]
+    summary = {
+        "items": len(items),
+        "accepted": len(accepted),
+        "rejected": len(judgements) - len(accepted),
+        "passed": sum(all(a["Score"] == 1 for a in j.assessment.values()) for j in accepted),
+        "second_turns": sum(len(c["conversations"]) == 4 for c in conversations),
+        "sft_data": str(sft_data),
+        "output_dir": str(final),
+    }
+    if not (final / "config.json").is_file():
+        recipe = yaml.safe_load(Path(resolve_recipe(sft_recipe)).read_text())
+        sources, weights = (
+            recipe["data"]["train"],
+            recipe["data"].get("weights") or [1.0] * len(recipe["data"]["train"]),
+        )
+        weight = mixture_weight(sources, weights, len(conversations), sft_ratio)
+        checkpoints = json.dumps([
+            {"class_path": "illume_trainer.checkpointing.ResumeState"},
+            {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+             "init_args": {"dirpath": str(out_dir / "sft" / "checkpoints"), "save_last": True, "save_top_k": 0,
+                           "every_n_train_steps": 100}},
+        ])  # fmt: skip
+        last = out_dir / "sft" / "checkpoints" / "last.ckpt"
+        run_stage("mllm", [
+            "--config", sft_recipe, "--model.init", mllm, "--model.tokenizer", tokenizer,
+            "--model.output_dir", str(final), "--trainer.default_root_dir", str(out_dir / "sft"),
+            "--trainer.max_steps", str(sft_steps), "--trainer.callbacks", checkpoints,
+            "--data.train", json.dumps([*sources, str(sft_data)]), "--data.weights", json.dumps([*weights, weight]),
+            "--seed_everything", str(seed), "--trainer.enable_progress_bar", str(progress).lower(),
+            *(["--ckpt_path", str(last)] if last.is_file() else []), *(sft_args or []),
+        ])  # fmt: skip
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def main(argv: list[str]) -> int:
+    from jsonargparse import CLI
+
+    summary = CLI(self_enhance, args=argv, as_positional=False)
+    print(json.dumps(summary))
+    return 0

@@ -1,0 +1,338 @@
+"""Self-enhancement: corpus self-generation (and its resume), the three assessors, Fig. C's SFT data."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import torch
+
+from illume_eval.assessment import oracle_assessment
+from illume_eval.shapes import PromptSpec, Scene, render_pil, write_dataset
+from illume_trainer.self_enhance import (
+    FOLLOW_UP,
+    CorpusItem,
+    Drawer,
+    Judgement,
+    ModelAssessor,
+    OpenAICompatibleAssessor,
+    OracleAssessor,
+    Prompt,
+    assess_corpus,
+    draw_corpus,
+    prompts_from_captions,
+    read_corpus,
+    sft_conversations,
+)
+
+GOOD = oracle_assessment(PromptSpec.from_geneval({"tag": "single_object", "include": [{"class": "circle", "count": 1}],
+                                                  "prompt": "a circle"}), objects=[]).to_json()  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def stages(tmp_path_factory):
+    """Tiny tokenizer, MLLM and detokenizer directories, as the stages save them."""
+    from illume_detokenizer import DetokenizerConfig, build_pipeline
+    from illume_mllm import LLM_PRESETS, build_model, build_processor, build_text_tokenizer
+    from illume_tokenizer import (
+        SemanticTokenizer,
+        TokenizerConfig,
+        VisionEncoder,
+        build_siglip,
+        siglip_image_processor,
+    )
+
+    root = tmp_path_factory.mktemp("stages")
+    torch.manual_seed(0)
+    build_siglip("tiny", vocab_size=40).save_pretrained(root / "enc")
+    siglip_image_processor(32).save_pretrained(root / "enc")
+    tokenizer = SemanticTokenizer(
+        TokenizerConfig.from_name("tiny"), VisionEncoder.from_pretrained(root / "enc")
+    )
+    processor = build_processor(build_text_tokenizer(["a red circle", "generate an image of ."]), root / "enc",
+                                tokenizer.codebook_size, tokenizer.grid, preset="shapes")  # fmt: skip
+    model = build_model(processor, root / "enc", LLM_PRESETS["tiny"])
+    detok = build_pipeline(
+        DetokenizerConfig.from_name("tiny", image_size=32), tokenizer.config.feature_dim, 16
+    )
+    tokenizer.save_pretrained(root / "tok")
+    model.save_pretrained(root / "mllm")
+    processor.save_pretrained(root / "mllm")
+    detok.save_pretrained(root / "detok")
+    return root
+
+
+@pytest.fixture(scope="module")
+def captions(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shapes")
+    write_dataset(root, 24, seed=0, n_eval=8, progress=False)
+    return root / "train" / "captions.jsonl"
+
+
+def _drawer(stages):
+    return Drawer.from_stages(
+        str(stages / "tok"), str(stages / "mllm"), str(stages / "detok"), steps=2
+    )
+
+
+# -- corpus -------------------------------------------------------------------------------------
+
+
+def test_corpus_is_drawn_saved_and_reproducible(stages, captions, tmp_path):
+    prompts = prompts_from_captions(captions, limit=5, seed=1)
+    assert len(prompts) == 5 and all(p.spec and os.path.isfile(p.truth) for p in prompts)
+    items = draw_corpus(
+        _drawer(stages), prompts, tmp_path / "a", batch_size=2, seed=3, progress=False
+    )
+    assert [i.id for i in items] == [p.id for p in prompts]
+    assert read_corpus(tmp_path / "a") == items
+    assert items[0].sampling["guidance"] == 3.0 and items[0].seed == items[1].seed != items[2].seed
+    again = draw_corpus(
+        _drawer(stages), prompts, tmp_path / "b", batch_size=2, seed=3, progress=False
+    )
+    for x, y in zip(items, again, strict=True):
+        assert (tmp_path / "a" / x.image).read_bytes() == (tmp_path / "b" / y.image).read_bytes()
+
+
+CHILD = """
+import sys, time
+from illume_trainer.self_enhance import Drawer, draw_corpus, prompts_from_captions
+stages, captions, out = sys.argv[1:4]
+drawer = Drawer.from_stages(stages + "/tok", stages + "/mllm", stages + "/detok", steps=2)
+class Slow:  # the real drawer, with time for the parent to kill us between batches
+    sampling = drawer.sampling
+    def __call__(self, texts, seed):
+        time.sleep(0.4)
+        return drawer(texts, seed)
+draw_corpus(Slow(), prompts_from_captions(captions), out, batch_size=2, progress=False)
+"""
+
+
+def test_a_kill_during_self_generation_redraws_nothing_already_saved(stages, captions, tmp_path):
+    out = tmp_path / "corpus"
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(stages), str(captions), str(out)])
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and len(read_corpus(out)) < 4:
+            time.sleep(0.05)
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    finally:
+        child.kill()
+    saved = read_corpus(out)
+    assert 4 <= len(saved) < 24, "the child must be killed mid-corpus"
+    before = {item.id: (out / item.image).read_bytes() for item in saved}
+    with open(out / "corpus.jsonl", "a") as log:
+        log.write('{"id": "train-torn", "prompt": "a cut')  # a line torn by the kill
+    drawer, drawn = _drawer(stages), []
+    real = drawer.__call__
+
+    class Counting:
+        sampling = drawer.sampling
+
+        def __call__(self, texts, seed):
+            drawn.extend(texts)
+            return real(texts, seed)
+
+    prompts = prompts_from_captions(captions)
+    items = draw_corpus(Counting(), prompts, out, batch_size=2, progress=False)
+    assert len(items) == 24 and len(drawn) == 24 - len(saved)
+    assert all(
+        (out / item.image).read_bytes() == png for item in items if (png := before.get(item.id))
+    )
+    assert len(read_corpus(out)) == 24
+
+
+# -- assessors ----------------------------------------------------------------------------------
+
+
+def _corpus(tmp_path, n=3):
+    """A corpus of clean renders: a red circle, whose oracle assessment of 'a red circle' passes."""
+    (tmp_path / "images").mkdir(exist_ok=True)
+    scene = Scene.from_dict({"objects": [{"shape": "circle", "color": "red", "row": 1, "col": 1}]})
+    spec = {
+        "tag": "colors",
+        "include": [{"class": "circle", "count": 1, "color": "red"}],
+        "prompt": "a red circle",
+    }
+    items = []
+    for i in range(n):
+        render_pil(scene).save(tmp_path / "images" / f"{i}.png")
+        items.append(CorpusItem(f"p{i}", "a red circle" if i else "a blue square", f"images/{i}.png",
+                                str(tmp_path / "images" / f"{i}.png"), 0, {}, spec if i else
+                                {"tag": "colors", "include": [{"class": "square", "count": 1, "color": "blue"}],
+                                 "prompt": "a blue square"}))  # fmt: skip
+    return items
+
+
+def test_oracle_assessments_and_fig_c_sft_data(tmp_path):
+    items = _corpus(tmp_path)
+    judgements = assess_corpus(OracleAssessor(), items, tmp_path, progress=False)
+    assert [j.accepted for j in judgements] == [True] * 3
+    assert (
+        judgements[0].assessment["Object"]["Score"] == 0
+        and judgements[1].assessment["Object"]["Score"] == 1
+    )
+    conversations = sft_conversations(items, judgements, tmp_path)
+    bad, good = conversations[0], conversations[1]
+    assert [t["from"] for t in bad["conversations"]] == ["human", "gpt", "human", "gpt"]
+    assert (
+        bad["conversations"][0]["value"].startswith("<image>\n")
+        and "a blue square" in bad["conversations"][0]["value"]
+    )
+    assert json.loads(bad["conversations"][1]["value"]) == judgements[0].assessment
+    assert bad["conversations"][2]["value"] == FOLLOW_UP.format(prompt="a blue square")
+    assert bad["conversations"][3]["value"] == "<image>" and bad["images"][1] == items[0].truth
+    assert len(good["conversations"]) == 2 and len(good["images"]) == 1
+    # a rerun judges nothing again
+    assert assess_corpus(OracleAssessor(), items, tmp_path, progress=False) == judgements
+    no_spec = CorpusItem("x", "a cat", items[0].image, items[0].truth, 0)
+    with pytest.raises(ValueError, match="needs ShapesWorld prompts"):
+        OracleAssessor().assess([no_spec], tmp_path)
+
+
+def test_self_assessment_by_the_model_keeps_only_what_parses(stages, tmp_path):
+    from illume_mllm import IllumeForConditionalGeneration, IllumeProcessor
+
+    model = IllumeForConditionalGeneration.from_pretrained(stages / "mllm").eval()
+    assessor = ModelAssessor(
+        model, IllumeProcessor.from_pretrained(stages / "mllm"), max_new_tokens=8, retries=1
+    )
+    judgements = assessor.assess(_corpus(tmp_path, 2), tmp_path)
+    # an untrained model writes no assessment JSON: asked twice, rejected with the reason
+    assert [(j.accepted, j.attempts) for j in judgements] == [(False, 2), (False, 2)]
+    assert all("JSON" in j.error or "empty" in j.error for j in judgements)
+
+
+class _Endpoint:
+    """A chat-completions server on loopback that answers from a script, one entry per request."""
+
+    def __init__(self, script):
+        self.script, self.requests, self.in_flight, self.max_in_flight = list(script), [], 0, 0
+        self.lock = threading.Lock()
+        endpoint = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with endpoint.lock:
+                    endpoint.requests.append((self.path, self.headers.get("Authorization"), body))
+                    kind, value = endpoint.script.pop(0) if endpoint.script else ("ok", GOOD)
+                    endpoint.in_flight += 1
+                    endpoint.max_in_flight = max(endpoint.max_in_flight, endpoint.in_flight)
+                try:
+                    if kind == "sleep":
+                        time.sleep(value)
+                        kind, value = "ok", GOOD
+                    if kind == "status":
+                        self.send_response(value)
+                        self.end_headers()
+                        self.wfile.write(b"busy")
+                        return
+                    reply = {"choices": [{"message": {"role": "assistant", "content": value}}]}
+                    data = json.dumps(reply).encode() if kind == "ok" else b"<html>not json"
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+                finally:
+                    with endpoint.lock:
+                        endpoint.in_flight -= 1
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+
+
+@pytest.fixture
+def endpoint():
+    servers = []
+
+    def start(script):
+        servers.append(_Endpoint(script))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def _remote(url, **kwargs):
+    return OpenAICompatibleAssessor(url, "qwen2.5-vl", api_key="k", timeout=kwargs.pop("timeout", 2.0),
+                                    backoff=0.01, **kwargs)  # fmt: skip
+
+
+def test_openai_compatible_good_answers_and_the_request(endpoint, tmp_path):
+    server = endpoint([("ok", GOOD), ("ok", "```json\n" + GOOD + "\n```")])
+    judgements = _remote(server.url, concurrency=1).assess(_corpus(tmp_path, 2), tmp_path)
+    assert [(j.accepted, j.attempts) for j in judgements] == [(True, 1), (True, 1)]
+    path, auth, body = server.requests[0]
+    assert path == "/v1/chat/completions" and auth == "Bearer k" and body["model"] == "qwen2.5-vl"
+    content = body["messages"][0]["content"]
+    assert content[0]["image_url"]["url"].startswith("data:image/png;base64,")
+    assert "a blue square" in content[1]["text"]
+
+
+def test_openai_compatible_malformed_answers_are_retried_then_rejected(endpoint, tmp_path):
+    bad = '{"Object": {"Score": 1, "Analysis": "ok"}}'  # three aspects missing
+    server = endpoint(
+        [("ok", "not json"), ("ok", GOOD), ("garbage", None), ("ok", bad), ("ok", bad)]
+    )
+    items = _corpus(tmp_path, 2)
+    judgements = _remote(server.url, retries=2, concurrency=1).assess(items, tmp_path)
+    assert (judgements[0].accepted, judgements[0].attempts) == (True, 2)
+    assert (
+        not judgements[1].accepted
+        and judgements[1].attempts == 3
+        and judgements[1].assessment is None
+    )
+    assert (
+        "rejected after 3 attempts" in judgements[1].error
+        and "missing aspect" in judgements[1].error
+    )
+
+
+def test_openai_compatible_timeouts_and_server_errors_back_off_and_retry(endpoint, tmp_path):
+    server = endpoint(
+        [
+            ("sleep", 1.5),
+            ("status", 503),
+            ("ok", GOOD),
+            ("status", 500),
+            ("status", 500),
+            ("status", 500),
+        ]
+    )
+    items = _corpus(tmp_path, 2)
+    judgements = _remote(server.url, timeout=0.5, retries=2, concurrency=1).assess(items, tmp_path)
+    assert (judgements[0].accepted, judgements[0].attempts) == (True, 3)  # timeout, 503, then fine
+    assert not judgements[1].accepted and "HTTP 500" in judgements[1].error
+    client_error = endpoint([("status", 400)])
+    (judgement,) = _remote(client_error.url, retries=3).assess(items[:1], tmp_path)
+    assert judgement.attempts == 1 and "HTTP 400" in judgement.error  # a bad request is not retried
+
+
+def test_openai_compatible_respects_its_concurrency_limit(endpoint, tmp_path):
+    server = endpoint([("sleep", 0.2)] * 6)
+    judgements = _remote(server.url, concurrency=2).assess(_corpus(tmp_path, 3) * 2, tmp_path)
+    assert all(j.accepted for j in judgements) and server.max_in_flight == 2
+
+
+def test_judgement_lines_round_trip(tmp_path):
+    j = Judgement("a", "oracle", None, "bad", "raw", 2)
+    assert Judgement(**json.loads(json.dumps(j.__dict__))) == j
+    assert Prompt("a", "b", "c").spec is None
