@@ -13,6 +13,7 @@ Run: .venv/bin/python benchmarks/mllm_quality.py [--workdir DIR] [--profile full
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import tempfile
@@ -42,7 +43,9 @@ def main() -> None:
     parser.add_argument("--profile", default="full", choices=sorted(PROFILES))
     parser.add_argument("--sweep-prompts", type=int, default=100)
     args = parser.parse_args()
-    profile = PROFILES[args.profile]
+    profile = dataclasses.replace(
+        PROFILES[args.profile], self_enhance=None
+    )  # the three stages' figures
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="illume-mllm-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     os.chdir(workdir)

@@ -1,7 +1,8 @@
 """`illume demo`: the whole system from nothing on ShapesWorld, in one command.
 
 Make data; train the shapes encoder, the tokenizer, the detokenizer and the MLLM's three stages
-with the shipped recipes (`recipes/shapes/...`, steps scaled by the profile); evaluate with
+with the shipped recipes (`recipes/shapes/...`, steps scaled by the profile), then (profiles that
+have it) self-enhancement: the model draws, the oracle judges, and it learns from that; evaluate with
 illume-eval's exact scorers; write `report.html`, `metrics.json` and a `pipeline/` directory that
 `illume generate / answer / edit --model OUT/pipeline` use. Every stage writes its result
 atomically to `runs/.../final`; a second run skips finished stages and resumes an interrupted one
@@ -34,15 +35,17 @@ class Profile:
     eval_t2i: int
     eval_qa: int
     eval_edit: int
+    self_enhance: tuple[int, int] | None = None
+    """(prompts drawn and assessed, SFT steps) of the self-enhancement step, or None to skip it."""
 
 
 PROFILES: dict[str, Profile] = {
     # About 15 minutes on 2 CPU cores: every stage trained, figures below the benchmark's.
     "default": Profile(2000, 200, 400, 600, 600, (200, 300, 400), 60, 150, 40),
     # The benchmark figures (benchmarks/*_quality.py): an hour or more on 2 CPU cores.
-    "full": Profile(4000, 400, 2000, 2500, 1500, (600, 1000, 1000), 200, 600, 100),
+    "full": Profile(4000, 400, 2000, 2500, 1500, (600, 1000, 1000), 200, 600, 100, (1000, 300)),
     # Seconds: the plumbing only (tests).
-    "smoke": Profile(300, 16, 2, 2, 2, (2, 2, 2), 4, 8, 4),
+    "smoke": Profile(300, 16, 2, 2, 2, (2, 2, 2), 4, 8, 4, (4, 2)),
 }
 
 #: The headline figures (the MLLM issue's), first in metrics.json, the report and benchmarks.
@@ -62,6 +65,10 @@ STAGES = (
     ("mllm_stage2", "mllm", "recipes/shapes/mllm_stage2.yaml", "runs/shapes/mllm/stage2/final"),
     ("mllm_stage3", "mllm", "recipes/shapes/mllm_stage3.yaml", "runs/shapes/mllm/stage3/final"),
 )
+
+
+#: Output of the self-enhancement step (recipes/shapes/self_enhance.yaml).
+SELF_ENHANCED = "runs/shapes/self_enhance/final"
 
 
 def _steps(profile: Profile, name: str) -> int:
@@ -91,7 +98,20 @@ def train(profile: Profile, progress: bool = True) -> dict:
         start = time.perf_counter()
         run_stage(stage, args)
         seconds[name] = round(time.perf_counter() - start, 1)
+    if profile.self_enhance and not Path(SELF_ENHANCED).is_dir():
+        from illume_trainer.cli import main as train_main
+
+        prompts, steps = profile.self_enhance
+        start = time.perf_counter()
+        train_main(["self-enhance", "--config", "recipes/shapes/self_enhance.yaml", "--num_prompts", str(prompts),
+                    "--sft_steps", str(steps), "--progress", str(progress).lower()])  # fmt: skip
+        seconds["self_enhance"] = round(time.perf_counter() - start, 1)
     return seconds
+
+
+def final_mllm(profile: Profile) -> str:
+    """The MLLM the demo ships: self-enhanced when the profile runs that step, else stage 3's."""
+    return SELF_ENHANCED if profile.self_enhance else STAGES[-1][3]
 
 
 def evaluate(
@@ -140,9 +160,7 @@ def run_demo(out: str | os.PathLike, profile: str = "default", progress: bool = 
             )
         seconds = train(chosen, progress=progress)
         pipe = IllumePipeline.from_stages(
-            "runs/shapes/tokenizer/final",
-            "runs/shapes/mllm/stage3/final",
-            "runs/shapes/detokenizer/final",
+            "runs/shapes/tokenizer/final", final_mllm(chosen), "runs/shapes/detokenizer/final"
         )
         if not Path("pipeline").is_dir():
             pipe.save_pretrained("pipeline")

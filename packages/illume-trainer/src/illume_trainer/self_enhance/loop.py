@@ -20,6 +20,8 @@ import json
 import os
 from pathlib import Path
 
+from illume_core import atomic_write_json
+
 from .assessors import (
     ModelAssessor,
     OpenAICompatibleAssessor,
@@ -119,9 +121,6 @@ def self_enhance(
         sft_steps: optimizer steps of the SFT.
         sft_args: further LightningCLI overrides for the SFT run.
     """
-    import yaml
-
-    from ..cli import resolve_recipe, run_stage
 
     out_dir = Path(out)
     final = out_dir / "final"
@@ -142,7 +141,7 @@ def self_enhance(
     judgements = assess_corpus(judge, items, out_dir / "corpus", progress=progress)
     conversations = sft_conversations(items, judgements, out_dir / "corpus")
     sft_data = out_dir / "sft.json"
-    sft_data.write_text(json.dumps(conversations, indent=1))
+    atomic_write_json(sft_data, conversations)
     accepted = [j for j in judgements if j.accepted]
     summary = {
         "items": len(items),
@@ -153,30 +152,60 @@ def self_enhance(
         "sft_data": str(sft_data),
         "output_dir": str(final),
     }
-    if not (final / "config.json").is_file():
-        recipe = yaml.safe_load(Path(resolve_recipe(sft_recipe)).read_text())
-        sources, weights = (
-            recipe["data"]["train"],
-            recipe["data"].get("weights") or [1.0] * len(recipe["data"]["train"]),
-        )
-        weight = mixture_weight(sources, weights, len(conversations), sft_ratio)
-        checkpoints = json.dumps([
-            {"class_path": "illume_trainer.checkpointing.ResumeState"},
-            {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-             "init_args": {"dirpath": str(out_dir / "sft" / "checkpoints"), "save_last": True, "save_top_k": 0,
-                           "every_n_train_steps": 100}},
-        ])  # fmt: skip
-        last = out_dir / "sft" / "checkpoints" / "last.ckpt"
-        run_stage("mllm", [
-            "--config", sft_recipe, "--model.init", mllm, "--model.tokenizer", tokenizer,
-            "--model.output_dir", str(final), "--trainer.default_root_dir", str(out_dir / "sft"),
-            "--trainer.max_steps", str(sft_steps), "--trainer.callbacks", checkpoints,
-            "--data.train", json.dumps([*sources, str(sft_data)]), "--data.weights", json.dumps([*weights, weight]),
-            "--seed_everything", str(seed), "--trainer.enable_progress_bar", str(progress).lower(),
-            *(["--ckpt_path", str(last)] if last.is_file() else []), *(sft_args or []),
-        ])  # fmt: skip
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    continue_training(
+        mllm,
+        tokenizer,
+        sft_recipe,
+        out_dir,
+        sft_steps,
+        seed,
+        sft_data,
+        sft_ratio,
+        sft_args,
+        progress,
+    )
+    atomic_write_json(out_dir / "summary.json", summary)
     return summary
+
+
+def continue_training(
+    mllm: str, tokenizer: str, recipe: str, out_dir: str | os.PathLike, steps: int, seed: int = 0,
+    extra: str | os.PathLike | None = None, ratio: float = 0.25, args: list[str] | None = None, progress: bool = True,
+) -> Path:  # fmt: skip
+    """`recipe` (an MLLM stage) continued from `mllm` for `steps` steps into `out_dir/final`, its
+    data mixed with the conversations of `extra` as `ratio` of the mixture (no `extra`: the
+    control of the self-enhancement ablation, the same training without assessment data).
+    Resumes from `out_dir/sft/checkpoints/last.ckpt`; a finished output is kept as it is."""
+    import yaml
+
+    from ..cli import resolve_recipe, run_stage
+    from ..conversations import read_conversations
+
+    out_dir = Path(out_dir)
+    final = out_dir / "final"
+    if (final / "config.json").is_file():
+        return final
+    data = yaml.safe_load(Path(resolve_recipe(recipe)).read_text())["data"]
+    sources, weights = list(data["train"]), list(data.get("weights") or [1.0] * len(data["train"]))
+    if extra is not None:
+        weights.append(mixture_weight(sources, weights, len(read_conversations(extra)), ratio))
+        sources.append(str(extra))
+    checkpoints = json.dumps([
+        {"class_path": "illume_trainer.checkpointing.ResumeState"},
+        {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+         "init_args": {"dirpath": str(out_dir / "sft" / "checkpoints"), "save_last": True, "save_top_k": 0,
+                       "every_n_train_steps": 100}},
+    ])  # fmt: skip
+    last = out_dir / "sft" / "checkpoints" / "last.ckpt"
+    run_stage("mllm", [
+        "--config", recipe, "--model.init", mllm, "--model.tokenizer", tokenizer,
+        "--model.output_dir", str(final), "--trainer.default_root_dir", str(out_dir / "sft"),
+        "--trainer.max_steps", str(steps), "--trainer.callbacks", checkpoints,
+        "--data.train", json.dumps(sources), "--data.weights", json.dumps(weights),
+        "--seed_everything", str(seed), "--model.seed", str(seed), "--trainer.enable_progress_bar", str(progress).lower(),
+        *(["--ckpt_path", str(last)] if last.is_file() else []), *(args or []),
+    ])  # fmt: skip
+    return final
 
 
 def main(argv: list[str]) -> int:

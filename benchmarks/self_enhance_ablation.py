@@ -1,0 +1,172 @@
+"""ILLUME's Table 7 at ShapesWorld scale: does self-enhancement help, against a fair control?
+
+From a trained stage-3 model (the demo's `full` profile without its own self-enhancement step;
+stages already in --workdir are reused):
+
+1. the stage-3 model draws images for --prompts training prompts, the oracle assesses them, and
+   Fig. C's SFT data is written (once: the corpus is the model's, not the seed's);
+2. for each seed: *self-enhanced* = stage 3 continued for --steps steps with the assessment
+   conversations as --ratio of its data; *control* = stage 3 continued for the same steps on its
+   own data alone (equal extra training, no assessments);
+3. each model is scored: text-to-image overall and per category (validation prompts), QA
+   accuracy, POPE F1; and the self-enhanced model's own assessments (self-assessment) are
+   compared with the oracle's, per aspect, on held-back corpus images.
+
+Prints a table, then one JSON object on its last line with the figures, among them
+gain_overall_mean and gain_overall_std (self-enhanced minus control, over the seeds).
+
+Run: .venv/bin/python benchmarks/self_enhance_ablation.py --workdir DIR [--seeds 0 1 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from illume.demo import PROFILES, train
+from illume.evaluate import qa_quality, t2i_quality
+from illume.pipeline import IllumePipeline
+from illume_core import atomic_write_json
+from illume_eval.shapes import ASPECTS, write_dataset
+from illume_trainer.self_enhance import (
+    Drawer,
+    ModelAssessor,
+    OracleAssessor,
+    assess_corpus,
+    draw_corpus,
+    prompts_from_captions,
+    sft_conversations,
+)
+from illume_trainer.self_enhance.loop import continue_training
+
+TOKENIZER, DETOKENIZER, STAGE3 = (
+    "runs/shapes/tokenizer/final",
+    "runs/shapes/detokenizer/final",
+    "runs/shapes/mllm/stage3/final",
+)
+RECIPE = "recipes/shapes/mllm_stage3.yaml"
+
+
+def score(mllm: str, n_t2i: int, n_qa: int) -> dict:
+    pipe = IllumePipeline.from_stages(TOKENIZER, mllm, DETOKENIZER)
+    t2i = t2i_quality(pipe, "data/shapes/validation", n=n_t2i)
+    qa = qa_quality(pipe, "data/shapes/validation", n=n_qa)
+    return {
+        "t2i_overall": t2i["summary"]["overall"],
+        "t2i_by_tag": {k: v for k, v in t2i["summary"].items() if k != "overall"},
+        "qa_accuracy": qa["accuracy"]["overall"],
+        "pope_f1": min((v["f1"] for v in qa["pope"].values()), default=0.0),
+    }
+
+
+def agreement(mllm: str, items, corpus_dir: Path) -> dict:
+    """Per aspect: share of images where the model's own score equals the oracle's (over the
+    answers that parse), and the share of answers that parse at all."""
+    from illume_mllm import IllumeForConditionalGeneration, IllumeProcessor
+
+    model = IllumeForConditionalGeneration.from_pretrained(mllm).eval()
+    own = ModelAssessor(model, IllumeProcessor.from_pretrained(mllm), retries=0).assess(
+        items, corpus_dir
+    )
+    truth = OracleAssessor().assess(items, corpus_dir)
+    both = [(o, t) for o, t in zip(own, truth, strict=True) if o.accepted]
+    out = {"parsed": len(both) / max(len(own), 1)}
+    for aspect in ASPECTS:
+        same = [o.assessment[aspect]["Score"] == t.assessment[aspect]["Score"] for o, t in both]
+        out[aspect] = sum(same) / len(same) if same else 0.0
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--workdir", default=None)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument(
+        "--prompts", type=int, default=500, help="training prompts drawn and assessed"
+    )
+    parser.add_argument(
+        "--held-back",
+        type=int,
+        default=100,
+        help="of those, kept out of SFT to measure self-assessment",
+    )
+    parser.add_argument("--steps", type=int, default=300, help="extra steps of both arms")
+    parser.add_argument("--ratio", type=float, default=0.25)
+    parser.add_argument("--eval-t2i", type=int, default=200)
+    parser.add_argument("--eval-qa", type=int, default=400)
+    args = parser.parse_args()
+    profile = dataclasses.replace(PROFILES["full"], self_enhance=None)
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="illume-self-enhance-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    os.chdir(workdir)
+    if not Path("data/shapes/info.json").exists():
+        write_dataset("data/shapes", profile.scenes, seed=0, n_eval=profile.n_eval, progress=False)
+    start = time.perf_counter()
+    train(profile, progress=False)
+
+    root = Path("runs/shapes/ablation")
+    corpus = root / "corpus"
+    drawer = Drawer.from_stages(TOKENIZER, STAGE3, DETOKENIZER)
+    prompts = prompts_from_captions("data/shapes/train/captions.jsonl", args.prompts, seed=0)
+    items = draw_corpus(drawer, prompts, corpus, seed=0, progress=False)
+    held, used = items[: args.held_back], items[args.held_back :]
+    judgements = assess_corpus(OracleAssessor(), used, corpus, progress=False)
+    sft = root / "sft.json"
+    atomic_write_json(sft, sft_conversations(used, judgements, corpus))
+
+    results = {"stage3": score(STAGE3, args.eval_t2i, args.eval_qa)}
+    for seed in args.seeds:
+        for arm, extra in (("self_enhanced", sft), ("control", None)):
+            out = continue_training(STAGE3, TOKENIZER, RECIPE, root / f"{arm}-seed{seed}", args.steps, seed, extra,
+                                    args.ratio, progress=False)  # fmt: skip
+            results[f"{arm}-seed{seed}"] = score(str(out), args.eval_t2i, args.eval_qa)
+    gains = [
+        results[f"self_enhanced-seed{s}"]["t2i_overall"]
+        - results[f"control-seed{s}"]["t2i_overall"]
+        for s in args.seeds
+    ]
+    self_assessment = {
+        "stage3": agreement(STAGE3, held, corpus),
+        "self_enhanced": agreement(
+            str(root / f"self_enhanced-seed{args.seeds[0]}" / "final"), held, corpus
+        ),
+    }
+
+    def mean(arm, key):
+        return statistics.mean(results[f"{arm}-seed{s}"][key] for s in args.seeds)
+
+    print(f"{'model':<22}{'t2i overall':>12}{'QA acc':>9}{'POPE F1':>9}  per category")
+    for name, r in results.items():
+        tags = " ".join(f"{k}={v:.2f}" for k, v in sorted(r["t2i_by_tag"].items()))
+        print(
+            f"{name:<22}{r['t2i_overall']:>12.3f}{r['qa_accuracy']:>9.3f}{r['pope_f1']:>9.3f}  {tags}"
+        )
+    print("self-assessment agreement with the oracle:", json.dumps(self_assessment))
+    figures = {
+        "gain_overall_mean": round(statistics.mean(gains), 4),
+        "gain_overall_std": round(statistics.stdev(gains), 4) if len(gains) > 1 else 0.0,
+        "stage3_overall": results["stage3"]["t2i_overall"],
+        "self_enhanced_overall_mean": round(mean("self_enhanced", "t2i_overall"), 4),
+        "control_overall_mean": round(mean("control", "t2i_overall"), 4),
+        "self_enhanced_qa_mean": round(mean("self_enhanced", "qa_accuracy"), 4),
+        "control_qa_mean": round(mean("control", "qa_accuracy"), 4),
+        "self_enhanced_pope_mean": round(mean("self_enhanced", "pope_f1"), 4),
+        "control_pope_mean": round(mean("control", "pope_f1"), 4),
+        "oracle_passed_share": round(sum(j.accepted and all(a["Score"] for a in j.assessment.values()) for j in judgements) / len(judgements), 4),
+        "self_assessment": self_assessment,
+        "seeds": args.seeds,
+        "seconds": round(time.perf_counter() - start, 1),
+    }  # fmt: skip
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()
