@@ -153,3 +153,72 @@ def test_identical_greedy_text_on_a_fixed_prompt_set(exported, reference):
 def test_a_directory_without_a_manifest_is_refused(tmp_path):
     with pytest.raises(FileNotFoundError, match="illume export"):
         OnnxModels(tmp_path)
+
+
+@pytest.mark.gpu
+def test_onnx_runtime_on_cuda_draws_the_greedy_codes_of_the_cpu(exported, reference):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("onnxruntime-gpu is not installed")
+    out, _ = exported
+    _, _, processor, _ = reference
+    conversations = [processor.t2i_messages(p) for p in ("a red circle", "make it green")]
+    unconditional = [processor.t2i_messages("")] * 2
+    kwargs = {"guidance": 3.0, "temperature": 0.0}
+    want = OnnxImageGenerator(out)(conversations, unconditional, **kwargs)
+    assert torch.equal(
+        OnnxImageGenerator(out, device="cuda")(conversations, unconditional, **kwargs), want
+    )
+
+
+@pytest.mark.gpu
+def test_tensorrt_engines_match_onnx_runtime_and_are_cached(exported):
+    pytest.importorskip("tensorrt")
+    from illume_runtime.tensorrt import TensorRTSession, build_engine, decoder_profiles
+
+    out, manifest = exported
+    models = OnnxModels(out)
+    codes = torch.randint(
+        0, manifest["tokenizer"]["codebook_size"], (3, *manifest["tokenizer"]["grid"])
+    )
+    engine = build_engine(
+        out / "tokenizer_decoder.onnx",
+        {"codes": ((1, *codes.shape[1:]), (2, *codes.shape[1:]), (8, *codes.shape[1:]))},
+    )
+    got = TensorRTSession(engine).run({"codes": codes.cuda()})["features"].cpu().numpy()
+    np.testing.assert_allclose(
+        got, models.run("tokenizer_decoder", codes=codes.numpy())[0], atol=1e-3, rtol=1e-3
+    )
+    mtime = engine.stat().st_mtime_ns
+    assert (
+        build_engine(
+            out / "tokenizer_decoder.onnx",
+            {"codes": ((1, *codes.shape[1:]), (2, *codes.shape[1:]), (8, *codes.shape[1:]))},
+        )
+        == engine
+    )
+    assert engine.stat().st_mtime_ns == mtime  # loaded from the cache, not rebuilt
+    s = manifest["decoder"]
+    decode = TensorRTSession(
+        build_engine(out / "decode.onnx", decoder_profiles(manifest, "decode", max_sequence=64))
+    )
+    feeds = {
+        "input_ids": np.array([[3], [4]]),
+        "attention_mask": np.ones((2, 6), np.int64),
+        "position_ids": np.array([[5], [5]]),
+    }
+    for i in range(s["layers"]):
+        for kind in ("key", "value"):
+            feeds[f"past_key_values.{i}.{kind}"] = (
+                np.random.default_rng(i)
+                .standard_normal((2, s["kv_heads"], 5, s["head_dim"]))
+                .astype(np.float32)
+            )
+    want = models.run("decode", **feeds)[0]
+    got = (
+        decode.run({k: torch.from_numpy(v).cuda() for k, v in feeds.items()})["logits"]
+        .cpu()
+        .numpy()
+    )
+    np.testing.assert_allclose(got, want, atol=1e-3, rtol=1e-3)
