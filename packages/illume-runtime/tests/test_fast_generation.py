@@ -10,7 +10,8 @@ from illume_runtime.decoder import positions_from_mask, prompt_embeddings
 PROMPTS = ["a red circle", "a red circle above a blue square", "what is it"]
 
 
-def test_flat_decoder_matches_the_transformers_forward_with_left_padding_and_images(mllm, edits):
+@pytest.mark.parametrize("fuse", [True, False])
+def test_flat_decoder_matches_the_transformers_forward_with_left_padding_and_images(mllm, edits, fuse):
     model, processor = mllm
     short, _ = edits([(200, 30, 30)])
     long, _ = edits([(30, 30, 200)], "make it green and a blue square above a red circle")
@@ -22,7 +23,8 @@ def test_flat_decoder_matches_the_transformers_forward_with_left_padding_and_ima
     positions = positions_from_mask(mask)
     with torch.no_grad():
         want = model(**batch, position_ids=positions).logits[:, -1]
-        decoder = FlatDecoder(model)
+        decoder = FlatDecoder(model, fuse=fuse)
+        assert decoder.fused == fuse
         embeds = prompt_embeddings(model, batch["input_ids"], batch["pixel_values"])
         s = decoder.shape
         empty = [(torch.zeros(2, s.kv_heads, 0, s.head_dim),) * 2 for _ in range(s.layers)]

@@ -3,7 +3,7 @@
 transformers' Llama is general (cache classes, mask builders, hooks, output dataclasses); a decode
 step of a small model spends most of its time there rather than in matrix products. `FlatDecoder`
 is the same arithmetic written out once (RMSNorm, rotary attention, gated MLP), over the *same*
-parameter tensors (nothing is copied), in two forms:
+parameter tensors (on a CPU, fused copies of them: see `fuse`), in two forms:
 
 - `forward_static`: a preallocated KV cache [L, B, Hkv, S, hd] written in place at `slot`, attention
   over all S slots with an additive mask: fixed shapes, no allocations that grow with the sequence,
@@ -48,9 +48,16 @@ def language_parts(model) -> tuple[nn.Module, nn.Module]:
 
 
 class FlatDecoder(nn.Module):
-    """See the module docstring. `max_positions` bounds the rotary table (prompt + generated)."""
+    """See the module docstring. `max_positions` bounds the rotary table (prompt + generated).
 
-    def __init__(self, model, max_positions: int | None = None):
+    `fuse` (default: when the weights are on the CPU) packs each layer's q/k/v and gate/up
+    projections into one matrix each, stored input-major: a decode step multiplies a couple of
+    rows by each matrix, and on a CPU fewer, larger, contiguous products are markedly faster. The
+    packed copies are made once, so a decoder with `fuse` is for inference on frozen weights (and
+    costs their size again; on a GPU, where it would double the memory, it is off by default).
+    """
+
+    def __init__(self, model, max_positions: int | None = None, fuse: bool | None = None):
         super().__init__()
         lm, head = language_parts(model)
         config = lm.config
@@ -74,6 +81,8 @@ class FlatDecoder(nn.Module):
             head,
         )
         self.scaling = float(getattr(attn, "scaling", head_dim**-0.5))
+        self.fused = head.weight.device.type == "cpu" if fuse is None else fuse
+        self.packed = [self._pack(layer) for layer in lm.layers] if self.fused else None
         max_positions = max_positions or config.max_position_embeddings
         # cos / sin of every position, from the model's own rotary module (its scaling included).
         positions = torch.arange(max_positions, device=head.weight.device)[None]
@@ -87,6 +96,30 @@ class FlatDecoder(nn.Module):
         return self.lm_head.weight.dtype
 
     # -- pieces -----------------------------------------------------------------------------------
+
+    @staticmethod
+    @torch.no_grad()
+    def _pack(layer) -> dict[str, torch.Tensor | None]:
+        """One layer's projections as input-major matrices [D_in, D_out] (q|k|v and gate|up joined)."""
+
+        def weight(*linears):
+            return torch.cat([m.weight for m in linears]).t().contiguous()
+
+        def bias(*linears):
+            return None if linears[0].bias is None else torch.cat([m.bias for m in linears])
+
+        a, m = layer.self_attn, layer.mlp
+        return {
+            "qkv": weight(a.q_proj, a.k_proj, a.v_proj), "qkv_bias": bias(a.q_proj, a.k_proj, a.v_proj),
+            "o": weight(a.o_proj), "o_bias": bias(a.o_proj),
+            "gate_up": weight(m.gate_proj, m.up_proj), "gate_up_bias": bias(m.gate_proj, m.up_proj),
+            "down": weight(m.down_proj), "down_bias": bias(m.down_proj),
+        }  # fmt: skip
+
+    @staticmethod
+    def _project(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        y = x @ weight
+        return y if bias is None else y + bias
 
     @staticmethod
     def _rms(x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
@@ -106,9 +139,18 @@ class FlatDecoder(nn.Module):
         s, attn = self.shape, self.layers[i].self_attn
         b, t, _ = x.shape
         h = self._rms(x, self.layers[i].input_layernorm)
-        q = F.linear(h, attn.q_proj.weight, attn.q_proj.bias).view(b, t, s.heads, s.head_dim)
-        k = F.linear(h, attn.k_proj.weight, attn.k_proj.bias).view(b, t, s.kv_heads, s.head_dim)
-        v = F.linear(h, attn.v_proj.weight, attn.v_proj.bias).view(b, t, s.kv_heads, s.head_dim)
+        if self.fused:
+            p = self.packed[i]
+            q, k, v = self._project(h, p["qkv"], p["qkv_bias"]).split(
+                [s.heads * s.head_dim, s.kv_heads * s.head_dim, s.kv_heads * s.head_dim], dim=-1
+            )
+        else:
+            q = F.linear(h, attn.q_proj.weight, attn.q_proj.bias)
+            k = F.linear(h, attn.k_proj.weight, attn.k_proj.bias)
+            v = F.linear(h, attn.v_proj.weight, attn.v_proj.bias)
+        q = q.view(b, t, s.heads, s.head_dim)
+        k = k.view(b, t, s.kv_heads, s.head_dim)
+        v = v.view(b, t, s.kv_heads, s.head_dim)
         cos, sin = cos[:, :, None], sin[:, :, None]  # [B, T, 1, hd]
         q, k = self._rotate(q, cos, sin), self._rotate(k, cos, sin)
         return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
@@ -125,6 +167,13 @@ class FlatDecoder(nn.Module):
     def _finish(self, i: int, x: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
         layer = self.layers[i]
         attn, mlp = layer.self_attn, layer.mlp
+        if self.fused:
+            p = self.packed[i]
+            x = x + self._project(attended, p["o"], p["o_bias"])
+            gate, up = self._project(
+                self._rms(x, layer.post_attention_layernorm), p["gate_up"], p["gate_up_bias"]
+            ).chunk(2, dim=-1)
+            return x + self._project(mlp.act_fn(gate) * up, p["down"], p["down_bias"])
         x = x + F.linear(attended, attn.o_proj.weight, attn.o_proj.bias)
         h = self._rms(x, layer.post_attention_layernorm)
         gate, up, down = mlp.gate_proj, mlp.up_proj, mlp.down_proj
