@@ -15,7 +15,9 @@ All three draw the same codes for the same seed, which the benchmark checks as i
   a CPU: the ShapesWorld model, as a stand-in until a GPU run.
 
 Prints tables, then one JSON object on its last line with keys cpu_speedup_1, cpu_speedup_4,
-cpu_speedup_16 (and gpu_roofline_fraction, gpu_speedup_1 where a GPU ran).
+cpu_speedup_16: the fastest runtime over the reference (named in cpu_fastest_N; every runtime's
+ratio in cpu_speedups_N: torch, torch-compiled, onnx); and gpu_roofline_fraction, gpu_speedup_1
+where a GPU ran.
 
 Run: .venv/bin/python benchmarks/generation_speed.py [--model PIPELINE_DIR] [--repeats 3]
 """
@@ -212,6 +214,7 @@ def main() -> None:
         "torch": torch.__version__,
     }
     fast = TorchImageGenerator(model, processor)
+    compiled = TorchImageGenerator(model, processor, compile=True)
     onnx_loop = None
     if not args.skip_onnx:
         start = time.perf_counter()
@@ -226,7 +229,11 @@ def main() -> None:
         prompts = [PROMPTS[i % len(PROMPTS)] for i in range(batch)]
         conversations = [processor.t2i_messages(p) for p in prompts]
         unconditional = [processor.t2i_messages("")] * batch
-        loops = {"reference": partial(generate_image_tokens, model, processor), "torch": fast}
+        loops = {
+            "reference": partial(generate_image_tokens, model, processor),
+            "torch": fast,
+            "torch-compiled": compiled,
+        }
         if onnx_loop is not None:
             loops["onnx"] = onnx_loop
         runners = {
@@ -244,9 +251,13 @@ def main() -> None:
             )
             speed[name] = batch * tokens_per_image / seconds
         rows.append((batch, speed, identical))
-        figures[f"cpu_speedup_{batch}"] = round(speed["torch"] / speed["reference"], 2)
-        if "onnx" in speed:
-            figures[f"cpu_onnx_speedup_{batch}"] = round(speed["onnx"] / speed["reference"], 2)
+        # The headline is the fastest runtime that gives the reference's codes; each one is listed.
+        fastest = max((name for name in speed if name != "reference"), key=speed.get)
+        figures[f"cpu_speedup_{batch}"] = round(speed[fastest] / speed["reference"], 2)
+        figures[f"cpu_fastest_{batch}"] = fastest
+        figures[f"cpu_speedups_{batch}"] = {
+            k: round(v / speed["reference"], 2) for k, v in speed.items() if k != "reference"
+        }
         figures[f"tokens_per_second_{batch}"] = {k: round(v, 1) for k, v in speed.items()}
         figures[f"codes_identical_{batch}"] = identical
 

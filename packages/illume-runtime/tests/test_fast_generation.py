@@ -11,7 +11,9 @@ PROMPTS = ["a red circle", "a red circle above a blue square", "what is it"]
 
 
 @pytest.mark.parametrize("fuse", [True, False])
-def test_flat_decoder_matches_the_transformers_forward_with_left_padding_and_images(mllm, edits, fuse):
+def test_flat_decoder_matches_the_transformers_forward_with_left_padding_and_images(
+    mllm, edits, fuse
+):
     model, processor = mllm
     short, _ = edits([(200, 30, 30)])
     long, _ = edits([(30, 30, 200)], "make it green and a blue square above a red circle")

@@ -87,6 +87,9 @@ class OnnxModels:
         self.options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads is not None:
             self.options.intra_op_num_threads = threads
+        # Idle pool threads sleep instead of spinning: a decode loop alternates ONNX Runtime with
+        # sampling in PyTorch, and spinning threads would take the cores from it.
+        self.options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self._sessions: dict = {}
 
     @property
