@@ -43,7 +43,7 @@ PROFILES: dict[str, Profile] = {
     # About 15 minutes on 2 CPU cores: every stage trained, figures below the benchmark's.
     "default": Profile(2000, 200, 400, 600, 600, (200, 300, 400), 60, 150, 40),
     # The benchmark figures (benchmarks/*_quality.py): an hour or more on 2 CPU cores.
-    "full": Profile(4000, 400, 2000, 2500, 1500, (600, 1000, 1000), 200, 600, 100, (1000, 300)),
+    "full": Profile(4000, 400, 2000, 2500, 2500, (600, 1000, 1000), 200, 600, 100, (1000, 300)),
     # Seconds: the plumbing only (tests).
     "smoke": Profile(300, 16, 2, 2, 2, (2, 2, 2), 4, 8, 4, (4, 2)),
 }
