@@ -14,8 +14,13 @@ def test_demo_smoke_profile_runs_and_resumes(tmp_path, capsys):
     for key in HEADLINE:
         assert 0.0 <= metrics[key] <= 1.0
     assert set(metrics["train_seconds"]) == {
-        "encoder", "tokenizer", "detokenizer", "mllm_stage1", "mllm_stage2", "mllm_stage3"
+        "encoder", "tokenizer", "detokenizer", "mllm_stage1", "mllm_stage2", "mllm_stage3", "self_enhance"
     }  # fmt: skip
+    # Self-enhancement drew, judged and learned: the corpus, the judgements, Fig. C's data, a model.
+    summary = json.loads((out / "runs/shapes/self_enhance/summary.json").read_text())
+    assert summary["items"] == 4 and summary["accepted"] == 4
+    assert len(json.loads((out / "runs/shapes/self_enhance/sft.json").read_text())) == 4
+    assert (out / "runs/shapes/self_enhance/final/config.json").is_file()
     report = (out / "report.html").read_text()
     assert report.count("data:image/png;base64,") >= 20 and "<svg" in report
     IllumePipeline.from_pretrained(out / "pipeline")
