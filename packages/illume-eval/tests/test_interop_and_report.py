@@ -104,3 +104,18 @@ def test_dataset_is_deterministic_and_consistent(tmp_path):
     assert conversations[0]["conversations"][1] == {"from": "gpt", "value": "<image>"}
     qa = json.loads((tmp_path / "a/train/qa.json").read_text())
     assert qa[0]["conversations"][0]["value"].startswith("<image>\n")
+    # Each conversation asks the image's single-turn questions (qa.jsonl), in a random order: a
+    # fixed order (by type) taught the model to answer by position. Every type is asked first
+    # somewhere.
+    flat = [json.loads(line) for line in (tmp_path / "a/train/qa.jsonl").read_text().splitlines()]
+    first_types = set()
+    for conv in qa:
+        rows = [r for r in flat if r["image"] == conv["image"]]
+        turns = conv["conversations"]
+        pairs = [
+            (q["value"].removeprefix("<image>\n"), a["value"])
+            for q, a in zip(turns[::2], turns[1::2])
+        ]
+        assert sorted(pairs) == sorted((r["question"], r["answer"]) for r in rows)
+        first_types.add(next(r["type"] for r in rows if r["question"] == pairs[0][0]))
+    assert first_types >= {"color", "count", "position", "existence"}, first_types

@@ -130,13 +130,19 @@ def write_split(
             }
         )
         questions = scene_questions(scene, rng)
+        # The conversation asks them in a random order: scene_questions lists them by type, and a
+        # model trained on one fixed order answers by position (a yes/no probe asked first got a
+        # count). A generator of its own, so that every other item stays as it was.
+        order = np.random.default_rng([seed, SPLITS.index(split), i, 2]).permutation(len(questions))
         turns = []
-        for j, q in enumerate(questions):
-            qa_flat.append({"id": f"{item_id}-q{j}", "image": image, **q.to_dict()})
+        for k, j in enumerate(order):
+            q = questions[j]
             turns += [
-                {"from": "human", "value": ("<image>\n" if j == 0 else "") + q.question},
+                {"from": "human", "value": ("<image>\n" if k == 0 else "") + q.question},
                 {"from": "gpt", "value": q.answer},
             ]
+        for j, q in enumerate(questions):
+            qa_flat.append({"id": f"{item_id}-q{j}", "image": image, **q.to_dict()})
             if q.negative_type:
                 pope[q.negative_type].append(
                     {
