@@ -1,5 +1,6 @@
 """Self-enhancement: corpus self-generation (and its resume), the three assessors, Fig. C's SFT data."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -168,6 +169,21 @@ def _corpus(tmp_path, n=3):
                                 {"tag": "colors", "include": [{"class": "square", "count": 1, "color": "blue"}],
                                  "prompt": "a blue square"}))  # fmt: skip
     return items
+
+
+def test_ground_truths_are_absolute_wherever_the_sft_data_is_written(
+    captions, tmp_path, monkeypatch
+):
+    # A conversation file resolves relative image paths from its own folder; the SFT data is
+    # written beside the corpus, not the data, so a relative ground truth would go missing there.
+    monkeypatch.chdir(captions.parents[1])
+    prompts = prompts_from_captions("train/captions.jsonl", 3, seed=0)
+    assert all(os.path.isabs(p.truth) and os.path.isfile(p.truth) for p in prompts)
+    items = _corpus(tmp_path)
+    relative = [dataclasses.replace(i, truth=os.path.relpath(i.truth)) for i in items]
+    judgements = assess_corpus(OracleAssessor(), items, tmp_path, progress=False)
+    conversations = sft_conversations(relative, judgements, tmp_path)
+    assert all(os.path.isabs(p) and os.path.isfile(p) for c in conversations for p in c["images"])
 
 
 def test_oracle_assessments_and_fig_c_sft_data(tmp_path):

@@ -53,7 +53,8 @@ class CorpusItem:
 def prompts_from_captions(
     path: str | os.PathLike, limit: int | None = None, seed: int = 0
 ) -> list[Prompt]:
-    """Prompts from a captions JSONL manifest (image = the ground truth), a seeded subset of `limit`."""
+    """Prompts from a captions JSONL manifest (image = the ground truth, as an absolute path: the
+    SFT data that names it lives in another folder), a seeded subset of `limit`."""
     records = read_captions(path)
     order = list(range(len(records)))
     if limit is not None and limit < len(records):
@@ -66,7 +67,7 @@ def prompts_from_captions(
         Prompt(
             f"{Path(path).stem}-{i:06d}",
             records[i].text,
-            records[i].image,
+            os.path.abspath(records[i].image),
             (records[i].meta or {}).get("spec"),
         )
         for i in order

@@ -36,7 +36,9 @@ ASSESSORS = ("oracle", "model", "openai-compatible")
 
 
 def sft_conversations(items, judgements, corpus_dir: str | os.PathLike) -> list[dict]:
-    """LLaVA-style conversations of Fig. C from the accepted judgements (rejected ones are left out)."""
+    """LLaVA-style conversations of Fig. C from the accepted judgements (rejected ones are left out).
+    Image paths are absolute: a conversation file resolves relative paths from its own folder, and
+    this one is written away from the data (a relative ground truth went missing there)."""
     corpus_dir = Path(corpus_dir).resolve()
     out = []
     for item, judgement in zip(items, judgements, strict=True):
@@ -52,7 +54,7 @@ def sft_conversations(items, judgements, corpus_dir: str | os.PathLike) -> list[
                 {"from": "human", "value": FOLLOW_UP.format(prompt=item.prompt)},
                 {"from": "gpt", "value": "<image>"},
             ]
-            images.append(item.truth)
+            images.append(os.path.abspath(item.truth))
         out.append({"id": f"self-enhance-{item.id}", "images": images, "conversations": turns})
     return out
 
