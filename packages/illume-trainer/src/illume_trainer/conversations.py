@@ -37,6 +37,13 @@ class Conversation:
     turns: tuple[tuple[str, str], ...]
     images: tuple[str, ...]
 
+    def length(self, image_chars: int = 256) -> int:
+        """A rough size for grouping batches by length: characters of text, each image counted
+        as `image_chars` (a ShapesWorld image is 73 tokens, about 250 characters of text)."""
+        return sum(len(v.replace(IMAGE, "")) for _, v in self.turns) + image_chars * len(
+            self.images
+        )
+
 
 def _entries(path: Path) -> list[tuple[int, object]]:
     text = path.read_text(encoding="utf-8")
@@ -163,6 +170,8 @@ class ConversationDataModule(L.LightningDataModule):
     weights: one per train file (default 1 each): how many times over it is used per epoch.
     val: conversation files for validation.
     batch_size, num_workers, seed: the loader's.
+    group_by_length: batch conversations of similar length together (LengthGroupedSampler), so
+        long multi-turn ones do not pad short ones; the order stays a function of the seed.
     """
 
     def __init__(
@@ -173,6 +182,7 @@ class ConversationDataModule(L.LightningDataModule):
         batch_size: int = 32,
         num_workers: int = 0,
         seed: int = 0,
+        group_by_length: bool = False,
     ):
         super().__init__()
         if weights is not None and len(weights) != len(train):
@@ -201,6 +211,7 @@ class ConversationDataModule(L.LightningDataModule):
         return make_loader(
             ConversationDataset(conversations), collate_conversations, self.hparams.batch_size,
             shuffle, self.hparams.num_workers, self.hparams.seed, self.trainer,
+            [c.length() for c in conversations] if self.hparams.group_by_length else None,
         )  # fmt: skip
 
     def train_dataloader(self) -> StatefulDataLoader:

@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 from torchdata.stateful_dataloader import StatefulDataLoader
+from torchdata.stateful_dataloader.sampler import StatefulDistributedSampler
 
 from illume_core import ImageLimits, ImageLoadError, load_image
 
@@ -131,20 +132,69 @@ def collate(items: list[dict]) -> dict:
     return batch
 
 
+class LengthGroupedSampler(StatefulDistributedSampler):
+    """The shuffled order of StatefulDistributedSampler, with each run of `batches_per_group`
+    global batches sorted by length and the batches of the run then shuffled: a batch holds
+    examples of similar length and pads little (LLaVA's length-grouped sampler; a long multi-turn
+    conversation no longer pads 31 short ones to its length). Grouped over the *global* batch
+    before sharding, so each process gets its share of the same global batches and DDP still
+    trains like one process. Resumes like its parent (the `yielded` count)."""
+
+    def __init__(
+        self, dataset: Dataset, lengths: Sequence[int], batch_size: int, batches_per_group: int = 8,
+        num_replicas: int = 1, rank: int = 0, seed: int = 0,
+    ):  # fmt: skip
+        super().__init__(
+            dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True
+        )
+        if len(lengths) != len(dataset):
+            raise ValueError(f"{len(lengths)} lengths for a dataset of {len(dataset)}")
+        self.lengths = list(lengths)
+        self.global_batch = batch_size * num_replicas
+        self.batches_per_group = batches_per_group
+
+    def order(self) -> list[int]:
+        """This process's indices for the current epoch (a function of seed and epoch)."""
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(len(self.dataset), generator=g).tolist()[: self.total_size]
+        full = len(order) // self.global_batch * self.global_batch  # a partial batch stays last
+        size = self.global_batch * self.batches_per_group
+        grouped = []
+        for start in range(0, full, size):
+            run = sorted(order[start : min(start + size, full)], key=lambda i: -self.lengths[i])
+            batches = [
+                run[i : i + self.global_batch] for i in range(0, len(run), self.global_batch)
+            ]
+            for b in torch.randperm(len(batches), generator=g).tolist():
+                grouped += batches[b]
+        grouped += order[full:]
+        return grouped[self.rank : self.total_size : self.num_replicas]
+
+    def __iter__(self):
+        self.yielded, self.next_yielded = self.next_yielded or 0, None
+        for index in self.order()[self.yielded :]:
+            self.yielded += 1
+            yield index
+
+
 def make_loader(
     dataset: Dataset, collate_fn, batch_size: int, shuffle: bool, num_workers: int, seed: int,
-    trainer=None,
+    trainer=None, lengths: Sequence[int] | None = None,
 ) -> StatefulDataLoader:  # fmt: skip
     """A StatefulDataLoader whose order is a function of (seed, epoch) and whose position is saved
     in checkpoints, so a resumed run sees exactly the batches the uninterrupted run would have.
-    Under DDP each process reads its own shard (torchdata's StatefulDistributedSampler)."""
-    from torchdata.stateful_dataloader.sampler import StatefulDistributedSampler
-
+    Under DDP each process reads its own shard (torchdata's StatefulDistributedSampler).
+    `lengths` (one per example, shuffled loaders only): batches grouped by length."""
     world = trainer.world_size if trainer is not None else 1
     rank = trainer.global_rank if trainer is not None else 0
-    sampler = StatefulDistributedSampler(
-        dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed, drop_last=shuffle
-    )
+    if lengths is not None and shuffle:
+        sampler = LengthGroupedSampler(
+            dataset, lengths, batch_size, num_replicas=world, rank=rank, seed=seed
+        )
+    else:
+        sampler = StatefulDistributedSampler(
+            dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed, drop_last=shuffle
+        )
     return StatefulDataLoader(
         dataset,
         batch_size=batch_size,
