@@ -69,6 +69,8 @@ STAGES = (
 
 #: Output of the self-enhancement step (recipes/shapes/self_enhance.yaml).
 SELF_ENHANCED = "runs/shapes/self_enhance/final"
+#: Seconds each stage took, over every run in this directory (`train` keeps it).
+SECONDS = "runs/train_seconds.json"
 
 
 def _steps(profile: Profile, name: str) -> int:
@@ -78,10 +80,19 @@ def _steps(profile: Profile, name: str) -> int:
 
 
 def train(profile: Profile, progress: bool = True) -> dict:
-    """Runs every unfinished stage in the current directory; returns seconds per stage."""
+    """Runs every unfinished stage in the current directory; returns seconds per stage, of this
+    run and of earlier ones (kept in `runs/train_seconds.json`: a resumed or skipped stage still
+    reports what it took; an interrupted stage adds up its parts)."""
     from illume_trainer.cli import run_stage
 
-    seconds = {}
+    ledger = Path(SECONDS)
+    seconds = json.loads(ledger.read_text()) if ledger.is_file() else {}
+
+    def record(name: str, start: float) -> None:
+        seconds[name] = round(seconds.get(name, 0.0) + time.perf_counter() - start, 1)
+        ledger.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(ledger, seconds)
+
     for name, stage, recipe, output in STAGES:
         if Path(output).is_dir():  # written atomically: present means finished
             continue
@@ -96,8 +107,10 @@ def train(profile: Profile, progress: bool = True) -> dict:
         if last.is_file():
             args += ["--ckpt_path", str(last)]
         start = time.perf_counter()
-        run_stage(stage, args)
-        seconds[name] = round(time.perf_counter() - start, 1)
+        try:
+            run_stage(stage, args)
+        finally:
+            record(name, start)
     if profile.self_enhance and not Path(SELF_ENHANCED).is_dir():
         from illume_trainer.cli import main as train_main
 
@@ -105,7 +118,7 @@ def train(profile: Profile, progress: bool = True) -> dict:
         start = time.perf_counter()
         train_main(["self-enhance", "--config", "recipes/shapes/self_enhance.yaml", "--num_prompts", str(prompts),
                     "--sft_steps", str(steps), "--progress", str(progress).lower()])  # fmt: skip
-        seconds["self_enhance"] = round(time.perf_counter() - start, 1)
+        record("self_enhance", start)
     return seconds
 
 
