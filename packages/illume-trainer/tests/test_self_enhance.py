@@ -356,3 +356,17 @@ def test_judgement_lines_round_trip(tmp_path):
     j = Judgement("a", "oracle", None, "bad", "raw", 2)
     assert Judgement(**json.loads(json.dumps(j.__dict__))) == j
     assert Prompt("a", "b", "c").spec is None
+
+
+def test_continue_training_runs_under_any_seed(stages, captions, tmp_path, monkeypatch):
+    # Both arms of the ablation continue stage 3 under seeds 0, 1, 2: the model's and the data's
+    # seeds move together (Lightning refuses hparams that disagree).
+    from illume_trainer.self_enhance.loop import continue_training
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "shapes").symlink_to(captions.parents[1])
+    monkeypatch.chdir(tmp_path)
+    out = continue_training(str(stages / "mllm"), str(stages / "tok"), "recipes/shapes/mllm_stage3.yaml",
+                            tmp_path / "run", steps=1, seed=1, progress=False,
+                            args=["--data.batch_size", "4", "--trainer.limit_val_batches", "0"])  # fmt: skip
+    assert (out / "config.json").is_file()

@@ -204,7 +204,7 @@ def continue_training(
         "--model.output_dir", str(final), "--trainer.default_root_dir", str(out_dir / "sft"),
         "--trainer.max_steps", str(steps), "--trainer.callbacks", checkpoints,
         "--data.train", json.dumps(sources), "--data.weights", json.dumps(weights),
-        "--seed_everything", str(seed), "--model.seed", str(seed), "--trainer.enable_progress_bar", str(progress).lower(),
+        "--seed_everything", str(seed), "--model.seed", str(seed), "--data.seed", str(seed), "--trainer.enable_progress_bar", str(progress).lower(),
         *(["--ckpt_path", str(last)] if last.is_file() else []), *(args or []),
     ])  # fmt: skip
     return final
