@@ -22,7 +22,7 @@ from pathlib import Path
 from illume.demo import HEADLINE, PROFILES, evaluate, train
 from illume.evaluate import t2i_quality
 from illume.pipeline import IllumePipeline
-from illume_eval.shapes import write_dataset
+from illume_eval.shapes import ensure_dataset
 
 SWEEP = [
     (1.0, 1.0, None),
@@ -48,8 +48,7 @@ def main() -> None:
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="illume-mllm-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     os.chdir(workdir)
-    if not Path("data/shapes/info.json").exists():
-        write_dataset("data/shapes", profile.scenes, seed=0, n_eval=profile.n_eval, progress=False)
+    ensure_dataset("data/shapes", profile.scenes, seed=0, n_eval=profile.n_eval, progress=False)
     seconds = train(profile, progress=False)  # of every stage, also those of earlier runs
     train_seconds = round(sum(v for k, v in seconds.items() if k != "self_enhance"), 1)
     pipe = IllumePipeline.from_stages(

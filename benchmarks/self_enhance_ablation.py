@@ -33,7 +33,7 @@ from illume.demo import PROFILES, train
 from illume.evaluate import qa_quality, t2i_quality
 from illume.pipeline import IllumePipeline
 from illume_core import atomic_write_json
-from illume_eval.shapes import ASPECTS, write_dataset
+from illume_eval.shapes import ASPECTS, ensure_dataset
 from illume_trainer.self_enhance import (
     Drawer,
     ModelAssessor,
@@ -107,8 +107,7 @@ def main() -> None:
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="illume-self-enhance-"))
     workdir.mkdir(parents=True, exist_ok=True)
     os.chdir(workdir)
-    if not Path("data/shapes/info.json").exists():
-        write_dataset("data/shapes", profile.scenes, seed=0, n_eval=profile.n_eval, progress=False)
+    ensure_dataset("data/shapes", profile.scenes, seed=0, n_eval=profile.n_eval, progress=False)
     start = time.perf_counter()
     train(profile, progress=False)
 

@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from illume_eval.shapes import write_dataset
+from illume_eval.shapes import ensure_dataset
 from illume_tokenizer import SemanticTokenizer
 from illume_trainer.cli import run_stage
 from illume_trainer.evaluate import encoder_retrieval, tokenizer_quality
@@ -41,8 +41,7 @@ def enter_workdir(args, prefix: str) -> dict:
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix=prefix))
     workdir.mkdir(parents=True, exist_ok=True)
     os.chdir(workdir)
-    if not Path("data/shapes/info.json").exists():
-        write_dataset("data/shapes", args.scenes, seed=0, progress=False)
+    ensure_dataset("data/shapes", args.scenes, seed=0, progress=False)
     return {"workdir": str(workdir)}
 
 

@@ -119,3 +119,43 @@ def test_dataset_is_deterministic_and_consistent(tmp_path):
         assert sorted(pairs) == sorted((r["question"], r["answer"]) for r in rows)
         first_types.add(next(r["type"] for r in rows if r["question"] == pairs[0][0]))
     assert first_types >= {"color", "count", "position", "existence"}, first_types
+
+
+def test_assessment_conversations_are_exact_and_mixed(tmp_path):
+    from illume_eval import parse_assessment
+    from illume_eval.shapes import PromptSpec, check_spec, detect
+
+    write_dataset(tmp_path, 40, seed=3, n_eval=10, progress=False)
+    conversations = json.loads((tmp_path / "train/assessments.json").read_text())
+    assert len(conversations) == 40
+    verdicts = []
+    for conv in conversations:
+        question, answer = (t["value"] for t in conv["conversations"])
+        spec = PromptSpec.from_geneval(conv["spec"])
+        assert f'"{spec.prompt}"' in question
+        assessment = parse_assessment(answer)
+        # the answer is what the exact scorer finds in the rendered image for that caption
+        check = check_spec(spec, detect(Image.open(tmp_path / "train" / conv["image"])))
+        assert assessment.scores == {a: int(v) for a, v in check.aspects.items()}
+        assert assessment.analyses == dict(check.analyses)
+        verdicts.append(assessment.passed)
+    # own captions (all right) and other scenes' captions (something wrong) both occur
+    assert 0 < sum(verdicts) < len(verdicts)
+
+
+def test_ensure_dataset_keeps_a_current_one_and_rewrites_an_older_format(tmp_path):
+    from illume_eval.shapes import ensure_dataset
+
+    write_dataset(tmp_path, 20, seed=1, n_eval=5, progress=False)
+    marker = tmp_path / "train/scenes.jsonl"
+    before = marker.stat().st_mtime_ns
+    ensure_dataset(tmp_path, 20, seed=1, n_eval=5, progress=False)
+    assert marker.stat().st_mtime_ns == before  # current: left alone
+    info = json.loads((tmp_path / "info.json").read_text())
+    (tmp_path / "train/assessments.json").unlink()
+    (tmp_path / "info.json").write_text(json.dumps({**info, "format_version": 1}))
+    ensure_dataset(tmp_path, 20, seed=1, n_eval=5, progress=False)
+    assert (tmp_path / "train/assessments.json").is_file()  # the older format gained the new file
+    assert marker.read_bytes() == (tmp_path / "train/scenes.jsonl").read_bytes()
+    ensure_dataset(tmp_path, 30, seed=1, n_eval=5, progress=False)  # other counts: rewritten
+    assert len((tmp_path / "train/scenes.jsonl").read_text().splitlines()) == 30

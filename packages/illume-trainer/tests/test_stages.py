@@ -318,7 +318,10 @@ def test_mllm_stages_one_to_three_through_the_cli(tmp_path, shapes_data):
             json.dumps([files[0].replace("train", "validation")]),
         ]
         if stage == 1:
-            args += ["--model.llm", "tiny"]
+            corpus = [
+                f.replace("data/shapes", str(data)) for f in recipe["model"]["tokenizer_corpus"]
+            ]
+            args += ["--model.llm", "tiny", "--model.tokenizer_corpus", json.dumps(corpus)]
         else:
             args += ["--model.init", str(previous)]
         run_stage("mllm", args)
@@ -326,6 +329,19 @@ def test_mllm_stages_one_to_three_through_the_cli(tmp_path, shapes_data):
     model = IllumeForConditionalGeneration.from_pretrained(previous)
     processor = IllumeProcessor.from_pretrained(previous)
     assert model.config.codebook_size == 64 and processor.config.image_grid == (4, 4)
+    # The text tokenizer learned the words of later stages: an assessment answer is written in
+    # word pieces (byte by byte it is over 240 tokens), and decodes back exactly.
+    answer = json.loads((data / "train" / "assessments.json").read_text())[1]["conversations"][1][
+        "value"
+    ]
+    ids = processor.text_ids(answer)
+    assert len(ids) < 120, len(ids)
+    assert processor.tokenizer.decode(ids) == answer
+    # a stage started from a saved model trains it in train mode (from_pretrained returns eval)
+    from illume_trainer.stages.mllm import MLLMStage
+
+    stage = MLLMStage(str(tmp_path / "next"), str(tokenizer_dir), {"llm": 1e-4}, init=str(previous))
+    assert stage.model.training and all(m.training for m in stage.model.modules())
     codes = generate_image_tokens(
         model, processor, [processor.t2i_messages("a red circle")], [processor.t2i_messages("")], guidance=2.0,
         generator=torch.Generator().manual_seed(0),

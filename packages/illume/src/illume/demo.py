@@ -156,7 +156,7 @@ def evaluate(
 
 def run_demo(out: str | os.PathLike, profile: str = "default", progress: bool = True) -> dict:
     """The whole demo in `out`; returns metrics.json's content."""
-    from illume_eval.shapes import write_dataset
+    from illume_eval.shapes import ensure_dataset
 
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; profiles: {', '.join(PROFILES)}")
@@ -167,10 +167,9 @@ def run_demo(out: str | os.PathLike, profile: str = "default", progress: bool = 
     os.chdir(out)
     try:
         start = time.perf_counter()
-        if not Path("data/shapes/info.json").exists():
-            write_dataset(
-                "data/shapes", chosen.scenes, seed=0, n_eval=chosen.n_eval, progress=progress
-            )
+        ensure_dataset(
+            "data/shapes", chosen.scenes, seed=0, n_eval=chosen.n_eval, progress=progress
+        )
         seconds = train(chosen, progress=progress)
         pipe = IllumePipeline.from_stages(
             "runs/shapes/tokenizer/final", final_mllm(chosen), "runs/shapes/detokenizer/final"

@@ -1,6 +1,6 @@
 """ShapesWorld: a synthetic compositional world where every metric of the paper is exact."""
 
-from .dataset import write_dataset, write_split
+from .dataset import ensure_dataset, write_dataset, write_split
 from .detection import DetectedObject, detect, scene_recovered
 from .edits import EDIT_KINDS, Edit, sample_edit
 from .prompts import (
@@ -35,9 +35,41 @@ from .world import (
 )
 
 __all__ = [
-    "ASPECTS", "BACKGROUND", "CELL_NAMES", "COLORS", "COLOR_NAMES", "EDIT_KINDS", "HELDOUT_PAIRS",
-    "HELDOUT_RELATIONS", "POPE_TYPES", "QA_TYPES", "SHAPES", "SPLITS", "TAGS", "DetectedObject", "Edit",
-    "PromptSpec", "Question", "Requirement", "Scene", "ShapeObject", "SpecCheck", "allowed_in_training",
-    "caption", "check_spec", "detect", "heldout_combinations", "normalize_answer", "render", "render_pil",
-    "sample_edit", "sample_prompt", "scene_questions", "scene_recovered", "spec_holds", "write_dataset", "write_split",
+    "ASPECTS",
+    "BACKGROUND",
+    "CELL_NAMES",
+    "COLORS",
+    "COLOR_NAMES",
+    "EDIT_KINDS",
+    "HELDOUT_PAIRS",
+    "HELDOUT_RELATIONS",
+    "POPE_TYPES",
+    "QA_TYPES",
+    "SHAPES",
+    "SPLITS",
+    "TAGS",
+    "DetectedObject",
+    "Edit",
+    "PromptSpec",
+    "Question",
+    "Requirement",
+    "Scene",
+    "ShapeObject",
+    "SpecCheck",
+    "allowed_in_training",
+    "caption",
+    "check_spec",
+    "detect",
+    "ensure_dataset",
+    "heldout_combinations",
+    "normalize_answer",
+    "render",
+    "render_pil",
+    "sample_edit",
+    "sample_prompt",
+    "scene_questions",
+    "scene_recovered",
+    "spec_holds",
+    "write_dataset",
+    "write_split",
 ]  # fmt: skip

@@ -13,6 +13,9 @@ Layout of `write_dataset(out, ...)`, one folder per split (train, validation, he
     <split>/edits/000000.png      edit targets
     <split>/edits.jsonl           {"id", "source", "instruction", "target", "kind", ...scenes}
     <split>/edits.json            LLaVA-style conversations, image + instruction -> image
+    <split>/assessments.json      LLaVA-style conversations, image + assessment instruction for a
+                                  caption (its own or another scene's) -> the exact assessment
+                                  JSON, with the caption's "spec"
     <split>/pope_<type>.jsonl     POPE question files (random, popular, adversarial)
     <split>/geneval_metadata.jsonl  GenEval prompt metadata
 
@@ -38,7 +41,7 @@ from .qa import POPE_TYPES, scene_questions
 from .splits import HELDOUT_PAIRS, HELDOUT_RELATIONS, SPLITS
 from .world import DEFAULT_SIZE, render
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: assessments.json
 
 _T2I_INSTRUCTIONS = (
     "Generate an image of {c}.",
@@ -80,10 +83,14 @@ def write_split(
     on_item: Callable[[], None] | None = None,
 ) -> dict[str, int]:
     """Writes one split of n scenes (with their QA, edits and prompt metadata); returns counts."""
+    # here, not at the top: illume_eval.assessment imports this package
+    from ..assessment import ASSESSMENT_INSTRUCTION, oracle_assessment
+
     folder = Path(out) / split
     (folder / "images").mkdir(parents=True, exist_ok=True)
     (folder / "edits").mkdir(parents=True, exist_ok=True)
-    scenes, captions, t2i, i2t, qa_conv, qa_flat, edits, edit_conv, metadata = (
+    scenes, captions, t2i, i2t, qa_conv, qa_flat, edits, edit_conv, metadata, assess = (
+        [],
         [],
         [],
         [],
@@ -191,6 +198,26 @@ def write_split(
                 ],
             }
         )
+        # The image judged against its own caption (every aspect right) or another scene's (some
+        # aspects wrong), with the exact assessment: self-assessment's format and words, for the
+        # text tokenizer and for teaching an assessor. A generator of its own, as above.
+        judge = np.random.default_rng([seed, SPLITS.index(split), i, 3])
+        asked = spec if judge.random() < 0.3 else sample_prompt(judge, split)[1]
+        verdict = oracle_assessment(asked, objects=scene.objects)
+        assess.append(
+            {
+                "id": item_id,
+                "image": image,
+                "spec": asked.to_geneval(),  # what the caption asks for, as in scenes.jsonl
+                "conversations": [
+                    {
+                        "from": "human",
+                        "value": "<image>\n" + ASSESSMENT_INSTRUCTION.format(prompt=asked.prompt),
+                    },
+                    {"from": "gpt", "value": verdict.to_json()},
+                ],
+            }
+        )
         if on_item:
             on_item()
     atomic_write_text(folder / "scenes.jsonl", _jsonl(scenes))
@@ -204,6 +231,7 @@ def write_split(
     atomic_write_json(folder / "i2t.json", i2t)
     atomic_write_json(folder / "qa.json", qa_conv)
     atomic_write_json(folder / "edits.json", edit_conv)
+    atomic_write_json(folder / "assessments.json", assess)
     return {"scenes": n, "questions": len(qa_flat), "edits": len(edits)}
 
 
@@ -253,3 +281,29 @@ def write_dataset(
     }
     atomic_write_json(out / "info.json", info)
     return info
+
+
+def ensure_dataset(
+    out: str | os.PathLike,
+    n: int,
+    seed: int = 0,
+    size: int = DEFAULT_SIZE,
+    n_eval: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """The dataset at `out`, written unless one of this format, seed, size and these counts is
+    already there (an older format is rewritten: items are pure functions of their index, so
+    every file it had comes out the same and the new ones are added)."""
+    info_path = Path(out) / "info.json"
+    if info_path.is_file():
+        info = json.loads(info_path.read_text())
+        n_eval_ = max(100, n // 10) if n_eval is None else n_eval
+        counts = {k: v.get("scenes") for k, v in info.get("counts", {}).items()}
+        if (
+            info.get("format_version") == FORMAT_VERSION
+            and info.get("seed") == seed
+            and info.get("image_size") == size
+            and counts == {"train": n, "validation": n_eval_, "heldout": n_eval_}
+        ):
+            return info
+    return write_dataset(out, n, seed, size, n_eval, progress)

@@ -349,7 +349,8 @@ def check_spec(spec: PromptSpec, objects: Sequence[ObjectLike], strict: bool = T
         wanted[req.shape] += req.count
 
     missing = [s for s in wanted if found[s] == 0]
-    extra = [s for s in found if s not in wanted] if strict else []
+    # sorted: the analysis reads the same whatever order the objects were listed or detected in
+    extra = sorted(s for s in found if s not in wanted) if strict else []
     aspects["Object"] = not missing and not extra
     if aspects["Object"]:
         analyses["Object"] = (

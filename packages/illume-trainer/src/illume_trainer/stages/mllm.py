@@ -46,6 +46,11 @@ class MLLMStage(FrozenPartsStage):
     init: the previous stage's output directory; None builds the model (stage 1).
     vision: vision encoder directory (stage 1 only; default: the tokenizer's encoder).
     llm: LLM directory, or a preset of illume_mllm.LLM_PRESETS trained from scratch (stage 1 only).
+    tokenizer_corpus: with a preset LLM, conversation files whose text the new text tokenizer also
+        learns from, besides this stage's data: the text of later stages (questions, edit
+        instructions, assessments). A tokenizer that never saw it spells it out byte by byte
+        (an assessment answer took 244 tokens instead of about 70), which a small model cannot
+        learn to write.
     processor_preset: ProcessorConfig preset ("shapes": no system prompt).
     weight_decay, warmup_steps: AdamW and its warm-up + cosine schedule (no decay on embeddings,
         so rows that do not train stay bit-identical).
@@ -62,6 +67,7 @@ class MLLMStage(FrozenPartsStage):
         init: str | None = None,
         vision: str | None = None,
         llm: str = "shapes",
+        tokenizer_corpus: list[str] | None = None,
         processor_preset: str | None = "shapes",
         weight_decay: float = 0.0,
         warmup_steps: int = 100,
@@ -92,7 +98,10 @@ class MLLMStage(FrozenPartsStage):
     # -- building ---------------------------------------------------------------------------------
 
     def _load(self, directory: str) -> None:
-        self.model = IllumeForConditionalGeneration.from_pretrained(directory)
+        # from_pretrained hands back a model in eval mode, and Lightning keeps the modes it finds:
+        # without train() a later stage would train with dropout off (as stage 1's built model
+        # does not)
+        self.model = IllumeForConditionalGeneration.from_pretrained(directory).train()
         self.processor = IllumeProcessor.from_pretrained(directory)
 
     def configure_model(self) -> None:
@@ -111,7 +120,15 @@ class MLLMStage(FrozenPartsStage):
         hp = self.hparams
         vision = hp.vision or str(Path(hp.tokenizer) / self.vision_tokenizer.config.encoder)
         if hp.llm in LLM_PRESETS:
-            text_tokenizer = build_text_tokenizer(self.trainer.datamodule.texts())
+            from ..conversations import IMAGE, read_conversations
+
+            extra = [
+                value.replace(IMAGE, " ")
+                for path in hp.tokenizer_corpus or []
+                for conversation in read_conversations(path)
+                for _, value in conversation.turns
+            ]
+            text_tokenizer = build_text_tokenizer([*self.trainer.datamodule.texts(), *extra])
             llm = LLM_PRESETS[hp.llm]
         else:
             from transformers import AutoTokenizer
