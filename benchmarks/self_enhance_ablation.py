@@ -16,6 +16,7 @@ Prints a table, then one JSON object on its last line with the figures, among th
 gain_overall_mean and gain_overall_std (self-enhanced minus control, over the seeds).
 
 Run: .venv/bin/python benchmarks/self_enhance_ablation.py --workdir DIR [--seeds 0 1 2]
+[--lr-scale 0.1: both arms continue at a tenth of stage 3's learning rate, in their own folder]
 """
 
 from __future__ import annotations
@@ -29,11 +30,14 @@ import tempfile
 import time
 from pathlib import Path
 
+import yaml
+
 from illume.demo import PROFILES, train
 from illume.evaluate import qa_quality, t2i_quality
 from illume.pipeline import IllumePipeline
 from illume_core import atomic_write_json
 from illume_eval.shapes import ASPECTS, ensure_dataset
+from illume_trainer.cli import resolve_recipe
 from illume_trainer.self_enhance import (
     Drawer,
     ModelAssessor,
@@ -102,6 +106,12 @@ def main() -> None:
     parser.add_argument("--ratio", type=float, default=0.25)
     parser.add_argument("--eval-t2i", type=int, default=200)
     parser.add_argument("--eval-qa", type=int, default=400)
+    parser.add_argument(
+        "--lr-scale",
+        type=float,
+        default=1.0,
+        help="both arms' learning rates as this multiple of stage 3's (its peak: the arms re-warm)",
+    )
     args = parser.parse_args()
     profile = dataclasses.replace(PROFILES["full"], self_enhance=None)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="illume-self-enhance-"))
@@ -121,11 +131,16 @@ def main() -> None:
     sft = root / "sft.json"
     atomic_write_json(sft, sft_conversations(used, judgements, corpus))
 
+    arms, lr_args = root, []
+    if args.lr_scale != 1.0:
+        groups = yaml.safe_load(Path(resolve_recipe(RECIPE)).read_text())["model"]["groups"]
+        lr_args = ["--model.groups", json.dumps({k: v * args.lr_scale for k, v in groups.items()})]
+        arms = root / f"lr-scale-{args.lr_scale:g}"
     results = {"stage3": score(STAGE3, args.eval_t2i, args.eval_qa)}
     for seed in args.seeds:
         for arm, extra in (("self_enhanced", sft), ("control", None)):
-            out = continue_training(STAGE3, TOKENIZER, RECIPE, root / f"{arm}-seed{seed}", args.steps, seed, extra,
-                                    args.ratio, progress=False)  # fmt: skip
+            out = continue_training(STAGE3, TOKENIZER, RECIPE, arms / f"{arm}-seed{seed}", args.steps, seed, extra,
+                                    args.ratio, args=lr_args, progress=False)  # fmt: skip
             results[f"{arm}-seed{seed}"] = score(str(out), args.eval_t2i, args.eval_qa)
     gains = [
         results[f"self_enhanced-seed{s}"]["t2i_overall"]
@@ -135,7 +150,7 @@ def main() -> None:
     self_assessment = {
         "stage3": agreement(STAGE3, held, corpus),
         "self_enhanced": agreement(
-            str(root / f"self_enhanced-seed{args.seeds[0]}" / "final"), held, corpus
+            str(arms / f"self_enhanced-seed{args.seeds[0]}" / "final"), held, corpus
         ),
     }
 
@@ -162,6 +177,7 @@ def main() -> None:
         "oracle_passed_share": round(sum(j.accepted and all(a["Score"] for a in j.assessment.values()) for j in judgements) / len(judgements), 4),
         "self_assessment": self_assessment,
         "seeds": args.seeds,
+        "lr_scale": args.lr_scale,
         "seconds": round(time.perf_counter() - start, 1),
     }  # fmt: skip
     print(json.dumps(figures))
