@@ -8,6 +8,7 @@ scene recovered: every object with its shape, colour and cell) and by PSNR, for 
 keys scene_recovery (by sampler and steps, and the best), psnr, train_seconds.
 
 Run: .venv/bin/python benchmarks/detokenizer_quality.py [--workdir DIR] [--tokenizer DIR] [--steps N]
+[--overrides JSON]
 """
 
 from __future__ import annotations
@@ -35,12 +36,21 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="detokenizer training steps")
     parser.add_argument("--images", type=int, default=200, help="validation images scored")
     parser.add_argument("--guidance", type=float, default=3.0)
+    parser.add_argument(
+        "--overrides",
+        default=None,
+        help="DetokenizerConfig fields over the preset, as JSON (a design probe), e.g. "
+        "'{\"block_out_channels\": [32, 64, 96, 128]}'",
+    )
     args = parser.parse_args()
     figures = enter_workdir(args, "illume-detokenizer-bench-")
     tokenizer_dir = args.tokenizer or train_tokenizer(args, figures)
 
     start = time.perf_counter()
     extra = ["--trainer.max_steps", str(args.steps)] if args.steps else []
+    if args.overrides:
+        extra += ["--model.overrides", args.overrides]
+        figures["overrides"] = json.loads(args.overrides)
     run_stage(
         "detokenizer",
         [

@@ -17,6 +17,7 @@ gain_overall_mean and gain_overall_std (self-enhanced minus control, over the se
 
 Run: .venv/bin/python benchmarks/self_enhance_ablation.py --workdir DIR [--seeds 0 1 2]
 [--lr-scale 0.1: both arms continue at a tenth of stage 3's learning rate, in their own folder]
+[--eval-seeds 0 1 2: text-to-image scored with three sampling seeds; scores are kept per model]
 """
 
 from __future__ import annotations
@@ -57,13 +58,31 @@ TOKENIZER, DETOKENIZER, STAGE3 = (
 RECIPE = "recipes/shapes/mllm_stage3.yaml"
 
 
-def score(mllm: str, n_t2i: int, n_qa: int) -> dict:
-    pipe = IllumePipeline.from_stages(TOKENIZER, mllm, DETOKENIZER)
-    t2i = t2i_quality(pipe, "data/shapes/validation", n=n_t2i)
-    qa = qa_quality(pipe, "data/shapes/validation", n=n_qa)
+def score(mllm: str, n_t2i: int, n_qa: int, eval_seeds: list[int]) -> dict:
+    """Text-to-image averaged over `eval_seeds` (sampling seeds: one seed's draw moves a model's
+    overall score by about 0.02, as much as the gain sought), QA and POPE. Each figure is kept in
+    `scores.json` in the model's folder, so a rerun (more seeds, a crash) only scores what is new."""
+    cache_path = Path(mllm) / "scores.json"
+    cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
+    pipe = None
+
+    def cached(key, compute):
+        nonlocal pipe
+        if key not in cache:
+            pipe = pipe or IllumePipeline.from_stages(TOKENIZER, mllm, DETOKENIZER)
+            cache[key] = compute(pipe)
+            atomic_write_json(cache_path, cache)
+        return cache[key]
+
+    t2i = [
+        cached(f"t2i-{n_t2i}-seed{s}", lambda p, s=s: t2i_quality(p, "data/shapes/validation", n=n_t2i, seed=s)["summary"])
+        for s in eval_seeds
+    ]  # fmt: skip
+    qa = cached(f"qa-{n_qa}", lambda p: qa_quality(p, "data/shapes/validation", n=n_qa))
     return {
-        "t2i_overall": t2i["summary"]["overall"],
-        "t2i_by_tag": {k: v for k, v in t2i["summary"].items() if k != "overall"},
+        "t2i_overall": statistics.mean(t["overall"] for t in t2i),
+        "t2i_by_seed": [t["overall"] for t in t2i],
+        "t2i_by_tag": {k: statistics.mean(t[k] for t in t2i) for k in t2i[0] if k != "overall"},
         "qa_accuracy": qa["accuracy"]["overall"],
         "pope_f1": min((v["f1"] for v in qa["pope"].values()), default=0.0),
     }
@@ -107,6 +126,13 @@ def main() -> None:
     parser.add_argument("--eval-t2i", type=int, default=200)
     parser.add_argument("--eval-qa", type=int, default=400)
     parser.add_argument(
+        "--eval-seeds",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="sampling seeds of the text-to-image score (averaged; the same for every model)",
+    )
+    parser.add_argument(
         "--lr-scale",
         type=float,
         default=1.0,
@@ -136,12 +162,14 @@ def main() -> None:
         groups = yaml.safe_load(Path(resolve_recipe(RECIPE)).read_text())["model"]["groups"]
         lr_args = ["--model.groups", json.dumps({k: v * args.lr_scale for k, v in groups.items()})]
         arms = root / f"lr-scale-{args.lr_scale:g}"
-    results = {"stage3": score(STAGE3, args.eval_t2i, args.eval_qa)}
+    results = {"stage3": score(STAGE3, args.eval_t2i, args.eval_qa, args.eval_seeds)}
     for seed in args.seeds:
         for arm, extra in (("self_enhanced", sft), ("control", None)):
             out = continue_training(STAGE3, TOKENIZER, RECIPE, arms / f"{arm}-seed{seed}", args.steps, seed, extra,
                                     args.ratio, args=lr_args, progress=False)  # fmt: skip
-            results[f"{arm}-seed{seed}"] = score(str(out), args.eval_t2i, args.eval_qa)
+            results[f"{arm}-seed{seed}"] = score(
+                str(out), args.eval_t2i, args.eval_qa, args.eval_seeds
+            )
     gains = [
         results[f"self_enhanced-seed{s}"]["t2i_overall"]
         - results[f"control-seed{s}"]["t2i_overall"]
@@ -177,6 +205,7 @@ def main() -> None:
         "oracle_passed_share": round(sum(j.accepted and all(a["Score"] for a in j.assessment.values()) for j in judgements) / len(judgements), 4),
         "self_assessment": self_assessment,
         "seeds": args.seeds,
+        "eval_seeds": args.eval_seeds,
         "lr_scale": args.lr_scale,
         "seconds": round(time.perf_counter() - start, 1),
     }  # fmt: skip
