@@ -40,10 +40,10 @@ class Profile:
 
 
 PROFILES: dict[str, Profile] = {
-    # About 21 minutes on 2 CPU cores (never over 25): every stage trained, figures far below the
-    # benchmark's. Seconds per step there: encoder 0.43, tokenizer 0.5, detokenizer 0.85, MLLM
+    # About 22 minutes on 2 CPU cores (never over 25): every stage trained, figures far below the
+    # benchmark's. Seconds per step there: encoder 0.43, tokenizer 0.5, detokenizer 1.05, MLLM
     # stages 0.8 / 0.8 / 2.1; with (400, 600, 600, (200, 300, 400)) it took 38 minutes.
-    "default": Profile(2000, 200, 250, 350, 350, (150, 300, 120), 60, 150, 40),
+    "default": Profile(2000, 200, 250, 350, 300, (150, 300, 120), 60, 150, 40),
     # The benchmark figures (benchmarks/*_quality.py): an hour or more on 2 CPU cores.
     "full": Profile(4000, 400, 2000, 2500, 2500, (600, 1000, 1000), 200, 600, 100, (1000, 300)),
     # Seconds: the plumbing only (tests).
