@@ -61,9 +61,16 @@ RECIPE = "recipes/shapes/mllm_stage3.yaml"
 def score(mllm: str, n_t2i: int, n_qa: int, eval_seeds: list[int]) -> dict:
     """Text-to-image averaged over `eval_seeds` (sampling seeds: one seed's draw moves a model's
     overall score by about 0.02, as much as the gain sought), QA and POPE. Each figure is kept in
-    `scores.json` in the model's folder, so a rerun (more seeds, a crash) only scores what is new."""
+    `scores.json` in the model's folder, so a rerun (more seeds, a crash) only scores what is new;
+    scores drawn with another tokenizer or detokenizer (retrained since) are dropped."""
     cache_path = Path(mllm) / "scores.json"
+    stages = [
+        max(f.stat().st_mtime_ns for f in Path(d).rglob("*.safetensors"))
+        for d in (TOKENIZER, DETOKENIZER)
+    ]
     cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
+    if cache.get("stages") != stages:
+        cache = {"stages": stages}
     pipe = None
 
     def cached(key, compute):
@@ -81,7 +88,6 @@ def score(mllm: str, n_t2i: int, n_qa: int, eval_seeds: list[int]) -> dict:
     qa = cached(f"qa-{n_qa}", lambda p: qa_quality(p, "data/shapes/validation", n=n_qa))
     return {
         "t2i_overall": statistics.mean(t["overall"] for t in t2i),
-        "t2i_by_seed": [t["overall"] for t in t2i],
         "t2i_by_tag": {k: statistics.mean(t[k] for t in t2i) for k in t2i[0] if k != "overall"},
         "qa_accuracy": qa["accuracy"]["overall"],
         "pope_f1": min((v["f1"] for v in qa["pope"].values()), default=0.0),
