@@ -4,16 +4,19 @@ Steps: ShapesWorld data; the tokenizer (trained here from nothing as in tokenize
 given with --tokenizer); the detokenizer stage of the shipped recipe; then, on validation images,
 image -> codes -> features -> detokenizer -> image, scored by illume-eval's exact scorer (the whole
 scene recovered: every object with its shape, colour and cell) and by PSNR, for DPM-Solver++ at
-10, 20 and 50 steps and DDIM at 50. Prints a table, then one JSON object on the last line with
-keys scene_recovery (by sampler and steps, and the best), psnr, train_seconds.
+10, 20 and 50 steps and DDIM at 50. A last row conditions DPM-Solver++ 20 on the encoder's own
+features instead of their reconstruction from codes: the gap between the two is what quantization
+costs, the rest is the U-Net's. Prints a table, then one JSON object on the last line with keys
+scene_recovery (by sampler and steps, and the best), psnr, train_seconds.
 
 Run: .venv/bin/python benchmarks/detokenizer_quality.py [--workdir DIR] [--tokenizer DIR] [--steps N]
-[--overrides JSON]
+[--overrides JSON] [--detokenizer DIR (evaluate this trained detokenizer, train nothing)]
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 
@@ -37,15 +40,56 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=200, help="validation images scored")
     parser.add_argument("--guidance", type=float, default=3.0)
     parser.add_argument(
+        "--detokenizer", default=None, help="evaluate this trained detokenizer (needs --tokenizer)"
+    )
+    parser.add_argument(
         "--overrides",
         default=None,
         help="DetokenizerConfig fields over the preset, as JSON (a design probe), e.g. "
         "'{\"block_out_channels\": [32, 64, 96, 128]}'",
     )
     args = parser.parse_args()
+    if args.detokenizer and not args.tokenizer:
+        parser.error("--detokenizer needs the --tokenizer its features came from")
     figures = enter_workdir(args, "illume-detokenizer-bench-")
     tokenizer_dir = args.tokenizer or train_tokenizer(args, figures)
+    detokenizer_dir = args.detokenizer or train_detokenizer(args, tokenizer_dir, figures)
 
+    tokenizer = SemanticTokenizer.from_pretrained(tokenizer_dir)
+    pipe = DetokenizerPipeline.from_pretrained(detokenizer_dir)
+    pipe.set_progress_bar_config(disable=True)
+    evaluate = functools.partial(
+        detokenizer_quality, tokenizer, pipe, "data/shapes/validation", n=args.images,
+        guidance=args.guidance,
+    )  # fmt: skip
+    quality = evaluate(samplers=SAMPLERS)
+    figures["scene_recovery"] = quality["scene_recovery"]
+    figures["psnr"] = quality["psnr"]
+    figures["by_sampler"] = quality["by_sampler"]
+    unquantized = evaluate(samplers=(("dpm++", 20),), condition="encoder")["by_sampler"]
+    figures["unquantized"] = unquantized["dpm++@20"]
+
+    print(
+        f"{'sampler':<10}{'steps':>6}{'scene recovery':>16}{'PSNR dB':>10}{'s / image':>11}"
+        "   objects wrong: shape / colour / missing / extra"
+    )
+    rows = [*quality["by_sampler"].items(), ("dpm++@20", figures["unquantized"])]
+    for n, (key, row) in enumerate(rows):
+        sampler, steps = key.split("@")
+        note = "  (encoder features, no quantization)" if n == len(rows) - 1 else ""
+        e = row["errors"]
+        print(
+            f"{sampler:<10}{steps:>6}{row['scene_recovery']:>16.3f}{row['psnr']:>10.2f}{row['seconds_per_image']:>11.4f}"
+            f"   {e['shape']} / {e['colour']} / {e['missing']} / {e['extra']} of {e['objects']}{note}"
+        )
+    if "train_seconds" in figures:
+        print(
+            f"trained in {figures['train_seconds']:.0f} s (detokenizer {figures['detokenizer_train_seconds']:.0f} s)"
+        )
+    print(json.dumps(figures))
+
+
+def train_detokenizer(args, tokenizer_dir: str, figures: dict) -> str:
     start = time.perf_counter()
     extra = ["--trainer.max_steps", str(args.steps)] if args.steps else []
     if args.overrides:
@@ -63,31 +107,7 @@ def main() -> None:
         sum(figures.get(k, 0.0) for k in ("encoder_train_seconds", "tokenizer_train_seconds", "detokenizer_train_seconds")), 1
     )  # fmt: skip
 
-    tokenizer = SemanticTokenizer.from_pretrained(tokenizer_dir)
-    pipe = DetokenizerPipeline.from_pretrained("runs/shapes/detokenizer/final")
-    pipe.set_progress_bar_config(disable=True)
-    quality = detokenizer_quality(
-        tokenizer,
-        pipe,
-        "data/shapes/validation",
-        n=args.images,
-        samplers=SAMPLERS,
-        guidance=args.guidance,
-    )
-    figures["scene_recovery"] = quality["scene_recovery"]
-    figures["psnr"] = quality["psnr"]
-    figures["by_sampler"] = quality["by_sampler"]
-
-    print(f"{'sampler':<10}{'steps':>6}{'scene recovery':>16}{'PSNR dB':>10}{'s / image':>11}")
-    for key, row in quality["by_sampler"].items():
-        sampler, steps = key.split("@")
-        print(
-            f"{sampler:<10}{steps:>6}{row['scene_recovery']:>16.3f}{row['psnr']:>10.2f}{row['seconds_per_image']:>11.4f}"
-        )
-    print(
-        f"trained in {figures['train_seconds']:.0f} s (detokenizer {figures['detokenizer_train_seconds']:.0f} s)"
-    )
-    print(json.dumps(figures))
+    return "runs/shapes/detokenizer/final"
 
 
 if __name__ == "__main__":

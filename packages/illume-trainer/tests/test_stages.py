@@ -220,6 +220,14 @@ def test_detokenizer_stage_through_the_cli_and_its_quality_figures(tmp_path, sha
     )
     assert set(figures["by_sampler"]) == {"dpm++@2", "ddim@2"}
     assert 0 <= figures["scene_recovery"] <= 1 and figures["psnr"] > 0
+    # The diagnostic conditions on the encoder's own features: other features, other pixels.
+    unquantized = detokenizer_quality(
+        tokenizer, pipe, shapes_data / "validation", n=4, samplers=(("dpm++", 2),),
+        batch_size=3, condition="encoder",
+    )  # fmt: skip
+    assert unquantized["psnr"] != figures["by_sampler"]["dpm++@2"]["psnr"]
+    with pytest.raises(ValueError, match="'codes' or 'encoder'"):
+        detokenizer_quality(tokenizer, pipe, shapes_data / "validation", n=4, condition="pixels")
 
     # Checkpoints hold what trains, not the frozen tokenizer; they load back strictly.
     stage = DetokenizerStage(
