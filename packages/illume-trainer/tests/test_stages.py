@@ -350,11 +350,42 @@ def test_mllm_stages_one_to_three_through_the_cli(tmp_path, shapes_data):
 
     stage = MLLMStage(str(tmp_path / "next"), str(tokenizer_dir), {"llm": 1e-4}, init=str(previous))
     assert stage.model.training and all(m.training for m in stage.model.modules())
+    _check_loss_weighting(tmp_path, tokenizer_dir, previous, data)
     codes = generate_image_tokens(
         model, processor, [processor.t2i_messages("a red circle")], [processor.t2i_messages("")], guidance=2.0,
         generator=torch.Generator().manual_seed(0),
     )  # fmt: skip
     assert codes.shape == (1, 4, 4)
+
+
+def _check_loss_weighting(tmp_path, tokenizer_dir, init, data):
+    """loss_weighting: "token" is the mean over all answer tokens, "example" the mean of each
+    conversation's mean (checked against each conversation alone)."""
+    from illume_mllm import IGNORE
+    from illume_trainer.conversations import ConversationDataset, read_conversations
+    from illume_trainer.stages.mllm import MLLMStage
+
+    qa = read_conversations(data / "train" / "qa.json")[0]
+    t2i = read_conversations(data / "train" / "t2i.json")[0]
+    items = [ConversationDataset([c])[0] for c in (qa, t2i)]
+    losses = {}
+    for weighting in ("token", "example"):
+        stage = MLLMStage(str(tmp_path / "w"), str(tokenizer_dir), {"llm": 1e-4}, init=str(init),
+                          loss_weighting=weighting).eval()  # fmt: skip
+        with torch.no_grad():
+            alone = [stage._loss({"items": [item]}, training=False)[0] for item in items]
+            losses[weighting] = stage._loss({"items": items}, training=False)[0]
+        answered = [
+            sum(label != IGNORE for label in stage.processor.encode_conversation(
+                stage.messages(item, training=False)).labels[1:])
+            for item in items
+        ]  # fmt: skip
+    assert torch.allclose(losses["example"], (alone[0] + alone[1]) / 2, atol=1e-5)
+    by_tokens = (alone[0] * answered[0] + alone[1] * answered[1]) / sum(answered)
+    assert torch.allclose(losses["token"], by_tokens, atol=1e-5)
+    assert not torch.allclose(losses["token"], losses["example"], atol=1e-3)
+    with pytest.raises(ValueError, match="'token' or 'example'"):
+        MLLMStage(str(tmp_path / "w"), str(tokenizer_dir), {"llm": 1e-4}, loss_weighting="sample")
 
 
 TABLE_5 = {  # stage: (global batch, steps, learning rates by group)

@@ -55,6 +55,10 @@ class MLLMStage(FrozenPartsStage):
     weight_decay, warmup_steps: AdamW and its warm-up + cosine schedule (no decay on embeddings,
         so rows that do not train stay bit-identical).
     p_uncond: probability of dropping a text-to-image caption (the unconditional branch of CFG).
+    loss_weighting: "token" averages the cross-entropy over every answer token of the batch (LLaVA's
+        rule); "example" averages each conversation's answer tokens first, then the conversations,
+        so a one-word answer weighs as much as a 64-token image. With "token" a mixture of QA and
+        image answers spends ~97% of its gradient on the images.
     """
 
     frozen = ("vision_tokenizer.",)  # reloaded from its directory
@@ -72,6 +76,7 @@ class MLLMStage(FrozenPartsStage):
         weight_decay: float = 0.0,
         warmup_steps: int = 100,
         p_uncond: float = 0.1,
+        loss_weighting: str = "token",
         seed: int = 0,
         max_skipped_fraction: float = 0.01,
         max_skipped_in_a_row: int = 50,
@@ -82,6 +87,8 @@ class MLLMStage(FrozenPartsStage):
             raise ValueError(f"groups must name some of {GROUPS}, got {sorted(groups)}")
         if "new_rows" in groups and "llm" in groups:
             raise ValueError("new_rows is part of llm: train one or the other")
+        if loss_weighting not in ("token", "example"):
+            raise ValueError(f"loss_weighting must be 'token' or 'example', got {loss_weighting!r}")
         self.save_hyperparameters()
         self.vision_tokenizer = (
             SemanticTokenizer.from_pretrained(tokenizer).eval().requires_grad_(False)
@@ -226,9 +233,10 @@ class MLLMStage(FrozenPartsStage):
         return messages
 
     def _loss(self, batch, training: bool):
-        """Mean cross-entropy over the answer tokens of the *global* batch: each process divides
-        its sum by the token count of all processes (times their number, as DDP averages), so 2
-        processes of B / 2 conversations train exactly like one process of B."""
+        """Mean cross-entropy over the answer tokens (or, with loss_weighting="example", over the
+        conversations) of the *global* batch: each process divides its sum by the count of all
+        processes (times their number, as DDP averages), so 2 processes of B / 2 conversations
+        train exactly like one process of B."""
         examples = [
             self.processor.encode_conversation(self.messages(i, training)) for i in batch["items"]
         ]
@@ -236,10 +244,15 @@ class MLLMStage(FrozenPartsStage):
         inputs = {k: v.to(self.device) for k, v in inputs.items() if v is not None}
         labels = inputs.pop("labels")[:, 1:]
         logits = self.model(**inputs).logits[:, :-1]
-        total = torch.nn.functional.cross_entropy(
-            logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE, reduction="sum"
-        )
-        count = (labels != IGNORE).sum()
+        losses = torch.nn.functional.cross_entropy(
+            logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE, reduction="none"
+        ).view_as(labels)  # [B, T], 0 where ignored
+        answered = (labels != IGNORE).sum(dim=1)  # [B]
+        if self.hparams.loss_weighting == "token":
+            total, count = losses.sum(), answered.sum()
+        else:
+            total = (losses.sum(dim=1) / answered.clamp_min(1)).sum()
+            count = (answered > 0).sum()
         world = self.trainer.world_size if self._trainer is not None else 1
         if world > 1:
             count = self.all_gather(count).sum() / world
