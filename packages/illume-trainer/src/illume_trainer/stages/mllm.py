@@ -57,8 +57,8 @@ class MLLMStage(FrozenPartsStage):
     p_uncond: probability of dropping a text-to-image caption (the unconditional branch of CFG).
     loss_weighting: "token" averages the cross-entropy over every answer token of the batch (LLaVA's
         rule); "example" averages each conversation's answer tokens first, then the conversations,
-        so a one-word answer weighs as much as a 64-token image. With "token" a mixture of QA and
-        image answers spends ~97% of its gradient on the images.
+        so a one-word answer weighs as much as a 64-token image. With "token", QA answers (about 20
+        tokens a conversation) are 9% of the ShapesWorld stage-3 mixture's answer tokens.
     """
 
     frozen = ("vision_tokenizer.",)  # reloaded from its directory
