@@ -21,7 +21,7 @@ from pathlib import Path
 
 from illume.demo import HEADLINE, PROFILES, evaluate, train
 from illume.evaluate import t2i_quality
-from illume.pipeline import IllumePipeline
+from illume.pipeline import SHAPES_SAMPLING, IllumePipeline
 from illume_eval.shapes import ensure_dataset
 
 SWEEP = [
@@ -55,6 +55,7 @@ def main() -> None:
         "runs/shapes/tokenizer/final",
         "runs/shapes/mllm/stage3/final",
         "runs/shapes/detokenizer/final",
+        sampling=dataclasses.replace(SHAPES_SAMPLING),  # the demo's; the sweep sets its own
     )
     metrics, _ = evaluate(pipe, profile)
 

@@ -55,6 +55,25 @@ def test_pipeline_round_trip_and_tasks(pipeline_dir):
     assert isinstance(reply, (str, Image.Image))
 
 
+def test_sampling_settings_are_saved_with_the_pipeline(pipeline_dir, tmp_path):
+    import shutil
+
+    from illume.pipeline import SAMPLING_FILE, SamplingConfig
+
+    assert IllumePipeline.from_pretrained(pipeline_dir).sampling == SamplingConfig()
+    pipe = IllumePipeline.from_pretrained(pipeline_dir)
+    pipe.sampling = SamplingConfig(guidance=2.0, temperature=0.7, top_k=20)
+    pipe.save_pretrained(tmp_path / "cool")
+    assert IllumePipeline.from_pretrained(tmp_path / "cool").sampling == pipe.sampling
+    # a directory saved before sampling.json existed loads with the defaults
+    shutil.copytree(tmp_path / "cool", tmp_path / "old")
+    (tmp_path / "old" / SAMPLING_FILE).unlink()
+    assert IllumePipeline.from_pretrained(tmp_path / "old").sampling == SamplingConfig()
+    (tmp_path / "old" / SAMPLING_FILE).write_text('{"temprature": 0.7}')
+    with pytest.raises(ValueError, match="unknown sampling settings \\['temprature'\\]"):
+        IllumePipeline.from_pretrained(tmp_path / "old")
+
+
 def test_task_commands(pipeline_dir, tmp_path, capsys):
     image = tmp_path / "in.png"
     Image.new("RGB", (32, 32), (16, 16, 16)).save(image)

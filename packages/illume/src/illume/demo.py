@@ -14,12 +14,12 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from illume_core import atomic_write_json
 
-from .pipeline import IllumePipeline
+from .pipeline import SHAPES_SAMPLING, IllumePipeline
 
 
 @dataclass(frozen=True)
@@ -174,8 +174,9 @@ def run_demo(out: str | os.PathLike, profile: str = "default", progress: bool = 
         )
         seconds = train(chosen, progress=progress)
         pipe = IllumePipeline.from_stages(
-            "runs/shapes/tokenizer/final", final_mllm(chosen), "runs/shapes/detokenizer/final"
-        )
+            "runs/shapes/tokenizer/final", final_mllm(chosen), "runs/shapes/detokenizer/final",
+            sampling=replace(SHAPES_SAMPLING),
+        )  # fmt: skip
         if not Path("pipeline").is_dir():
             pipe.save_pretrained("pipeline")
         metrics, records = evaluate(pipe, chosen)

@@ -15,6 +15,8 @@ which give the same codes for the same seed on the CPU: "torch" (default: the fa
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -49,6 +51,27 @@ class SamplingConfig:
     """Detokenizer denoising steps."""
     detokenizer_guidance: float = 3.0
     sampler: str = "dpm++"
+
+    @classmethod
+    def from_json_file(cls, path: str | os.PathLike) -> SamplingConfig:
+        values = json.loads(Path(path).read_text())
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(
+                f"{path}: unknown sampling settings {unknown}; known: {sorted(known)} (fix or delete the file)"
+            )
+        return cls(**values)
+
+
+#: ShapesWorld's small MLLM draws best a little cooler than the library default: text-to-image
+#: overall 0.449 at temperature 0.7 against 0.358 at 1.0 (guidance 3, 200 validation prompts;
+#: benchmarks/RESULTS.md, session 10). The demo saves it with its pipeline.
+SHAPES_SAMPLING = SamplingConfig(temperature=0.7)
+
+
+#: The pipeline directory's file of sampling settings (SamplingConfig's fields).
+SAMPLING_FILE = "sampling.json"
 
 
 class IllumePipeline:
@@ -96,13 +119,21 @@ class IllumePipeline:
             IllumeForConditionalGeneration.from_pretrained(directory / "mllm"),
             IllumeProcessor.from_pretrained(directory / "mllm"),
             DetokenizerPipeline.from_pretrained(directory / "detokenizer"),
+            # directories saved before sampling.json existed take the defaults
+            SamplingConfig.from_json_file(directory / SAMPLING_FILE)
+            if (directory / SAMPLING_FILE).is_file()
+            else None,
         )
         pipe.directory = directory
         return pipe
 
     @classmethod
     def from_stages(
-        cls, tokenizer: str | os.PathLike, mllm: str | os.PathLike, detokenizer: str | os.PathLike
+        cls,
+        tokenizer: str | os.PathLike,
+        mllm: str | os.PathLike,
+        detokenizer: str | os.PathLike,
+        sampling: SamplingConfig | None = None,
     ) -> IllumePipeline:
         """The outputs of the training stages, each from its own directory."""  # fmt: skip
         return cls(
@@ -110,6 +141,7 @@ class IllumePipeline:
             IllumeForConditionalGeneration.from_pretrained(mllm),
             IllumeProcessor.from_pretrained(mllm),
             DetokenizerPipeline.from_pretrained(detokenizer),
+            sampling,
         )
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
@@ -118,6 +150,9 @@ class IllumePipeline:
             self.model.save_pretrained(Path(tmp) / "mllm")
             self.processor.save_pretrained(Path(tmp) / "mllm")
             self.detokenizer.save_pretrained(Path(tmp) / "detokenizer")
+            (Path(tmp) / SAMPLING_FILE).write_text(
+                json.dumps(dataclasses.asdict(self.sampling), indent=2) + "\n"
+            )
 
     # -- runtimes ---------------------------------------------------------------------------------
 
