@@ -136,18 +136,18 @@ def detokenizer_quality(
 
     For each (sampler, steps): the share of images whose whole scene illume-eval's exact scorer
     recovers (every object with its shape, colour and cell, nothing else), the PSNR against the
-    original, seconds per image, and the per-object `errors` (`object_errors`). Returns {"<sampler>@<steps>": {...}} plus the best as
-    top-level `scene_recovery` and `psnr`.
+    original, seconds per image, and the per-object `errors` (`object_errors`). Returns
+    {"<sampler>@<steps>": {...}} plus the best as top-level `scene_recovery` and `psnr`.
     """
     from illume_eval.shapes.detection import detect, summary
 
+    if condition not in ("codes", "encoder"):
+        raise ValueError(f"condition must be 'codes' or 'encoder', got {condition!r}")
     split_dir = Path(split_dir)
     rows = _scenes(split_dir, n)
     normalize = Normalizer.for_processor(tokenizer.encoder.image_processor)
     size = tokenizer.config.image_size
     originals = _pixels(split_dir, rows, size)
-    if condition not in ("codes", "encoder"):
-        raise ValueError(f"condition must be 'codes' or 'encoder', got {condition!r}")
     tokenizer.eval()
     features = []
     for i in range(0, n, batch_size):
@@ -178,6 +178,7 @@ def detokenizer_quality(
         seconds = (time.perf_counter() - start) / n
         pixels = torch.cat(pixels)
         images = (pixels * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        # scene_recovered's rule, on detections kept for the error breakdown (one detect per image)
         drawn = [summary(detect(image)) for image in images]
         recovered = [d == s.summary() for d, s in zip(drawn, scenes, strict=True)]
         mse = ((pixels - originals.float() / 255) ** 2).flatten(1).mean(1).clamp_min(1e-10)
