@@ -102,23 +102,18 @@ def test_dataset_is_deterministic_and_consistent(tmp_path):
         ).is_file()
     conversations = json.loads((tmp_path / "a/train/t2i.json").read_text())
     assert conversations[0]["conversations"][1] == {"from": "gpt", "value": "<image>"}
+    # One conversation per question of qa.jsonl, the image first: several questions of one image in
+    # one conversation let a model answer later ones from the earlier answers, not the image.
     qa = json.loads((tmp_path / "a/train/qa.json").read_text())
-    assert qa[0]["conversations"][0]["value"].startswith("<image>\n")
-    # Each conversation asks the image's single-turn questions (qa.jsonl), in a random order: a
-    # fixed order (by type) taught the model to answer by position. Every type is asked first
-    # somewhere.
     flat = [json.loads(line) for line in (tmp_path / "a/train/qa.jsonl").read_text().splitlines()]
-    first_types = set()
-    for conv in qa:
-        rows = [r for r in flat if r["image"] == conv["image"]]
-        turns = conv["conversations"]
-        pairs = [
-            (q["value"].removeprefix("<image>\n"), a["value"])
-            for q, a in zip(turns[::2], turns[1::2])
+    assert len(qa) == len(flat) > 40
+    for conv, row in zip(qa, flat, strict=True):
+        assert (conv["id"], conv["image"]) == (row["id"], row["image"])
+        assert conv["conversations"] == [
+            {"from": "human", "value": "<image>\n" + row["question"]},
+            {"from": "gpt", "value": row["answer"]},
         ]
-        assert sorted(pairs) == sorted((r["question"], r["answer"]) for r in rows)
-        first_types.add(next(r["type"] for r in rows if r["question"] == pairs[0][0]))
-    assert first_types >= {"color", "count", "position", "existence"}, first_types
+    assert {r["type"] for r in flat} == {"color", "count", "existence", "spatial", "position"}
 
 
 def test_assessment_conversations_are_exact_and_mixed(tmp_path):

@@ -8,7 +8,7 @@ Layout of `write_dataset(out, ...)`, one folder per split (train, validation, he
     <split>/captions.jsonl        {"image", "text", "scene", "spec"}           captions (encoder, tokenizer, stage 1)
     <split>/t2i.json              LLaVA-style conversations, text -> image    ("<image>" in the answer)
     <split>/i2t.json              LLaVA-style conversations, image -> caption (stage 1 captioning)
-    <split>/qa.json               LLaVA-style conversations, image -> answers
+    <split>/qa.json               LLaVA-style conversations, image + one question -> its answer
     <split>/qa.jsonl              {"id", "image", "question", "answer", "type", "negative_type"}
     <split>/edits/000000.png      edit targets
     <split>/edits.jsonl           {"id", "source", "instruction", "target", "kind", ...scenes}
@@ -41,7 +41,7 @@ from .qa import POPE_TYPES, scene_questions
 from .splits import HELDOUT_PAIRS, HELDOUT_RELATIONS, SPLITS
 from .world import DEFAULT_SIZE, render
 
-FORMAT_VERSION = 2  # 2: assessments.json
+FORMAT_VERSION = 3  # 2: assessments.json; 3: qa.json one question per conversation
 
 _T2I_INSTRUCTIONS = (
     "Generate an image of {c}.",
@@ -136,20 +136,23 @@ def write_split(
                 ],
             }
         )
-        questions = scene_questions(scene, rng)
-        # The conversation asks them in a random order: scene_questions lists them by type, and a
-        # model trained on one fixed order answers by position (a yes/no probe asked first got a
-        # count). A generator of its own, so that every other item stays as it was.
-        order = np.random.default_rng([seed, SPLITS.index(split), i, 2]).permutation(len(questions))
-        turns = []
-        for k, j in enumerate(order):
-            q = questions[j]
-            turns += [
-                {"from": "human", "value": ("<image>\n" if k == 0 else "") + q.question},
-                {"from": "gpt", "value": q.answer},
-            ]
-        for j, q in enumerate(questions):
+        # One conversation per question, as evaluation asks them. A multi-turn conversation of an
+        # image's questions leaks its answers: the "yes" probes and the position answer name the
+        # objects, so a model learns to answer later turns from the text history, and a stage 3
+        # trained on it answered single questions by name at chance (colour 0.43, existence 0.50;
+        # benchmarks/RESULTS.md).
+        for j, q in enumerate(scene_questions(scene, rng)):
             qa_flat.append({"id": f"{item_id}-q{j}", "image": image, **q.to_dict()})
+            qa_conv.append(
+                {
+                    "id": f"{item_id}-q{j}",
+                    "image": image,
+                    "conversations": [
+                        {"from": "human", "value": "<image>\n" + q.question},
+                        {"from": "gpt", "value": q.answer},
+                    ],
+                }
+            )
             if q.negative_type:
                 pope[q.negative_type].append(
                     {
@@ -159,7 +162,6 @@ def write_split(
                         "label": q.answer,
                     }
                 )
-        qa_conv.append({"id": item_id, "image": image, "conversations": turns})
         edit = sample_edit(scene, rng, split)
         if edit is not None:
             target = f"edits/{i:06d}.png"
