@@ -8,6 +8,7 @@ Prints tables, then one JSON object on the last line with keys t2i_overall, t2i_
 qa_accuracy, pope_f1, edit_target, edit_preserve, train_seconds.
 
 Run: .venv/bin/python benchmarks/mllm_quality.py [--workdir DIR] [--profile full|default]
+     [--scenes N] [--sweep-prompts N]  (N training scenes instead of the profile's; 0 prompts: no sweep)
 """
 
 from __future__ import annotations
@@ -41,10 +42,13 @@ def main() -> None:
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--profile", default="full", choices=sorted(PROFILES))
     parser.add_argument("--sweep-prompts", type=int, default=100)
+    parser.add_argument("--scenes", type=int, default=None)
     args = parser.parse_args()
     profile = dataclasses.replace(
-        PROFILES[args.profile], self_enhance=None
-    )  # the three stages' figures
+        PROFILES[args.profile],
+        self_enhance=None,  # the three stages' figures
+        scenes=args.scenes or PROFILES[args.profile].scenes,
+    )
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="illume-mllm-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     os.chdir(workdir)
@@ -61,7 +65,7 @@ def main() -> None:
 
     print(f"{'guidance':>9}{'temperature':>13}{'top-k':>7}{'t2i overall':>13}")
     sweep = []
-    for guidance, temperature, top_k in SWEEP:
+    for guidance, temperature, top_k in SWEEP if args.sweep_prompts else []:
         pipe.sampling.guidance, pipe.sampling.temperature, pipe.sampling.top_k = (
             guidance,
             temperature,

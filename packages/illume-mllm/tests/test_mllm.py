@@ -16,6 +16,7 @@ from transformers.models.siglip.image_processing_pil_siglip import SiglipImagePr
 from illume_core import Message
 from illume_mllm import (
     IGNORE,
+    Example,
     IllumeForConditionalGeneration,
     IllumeProcessor,
     ImageTokenSampler,
@@ -130,6 +131,62 @@ def test_labels_cover_only_assistant_answers(built):
         processor.image_output_ids(torch.full((4, 4), K))
     with pytest.raises(ValueError, match="input images belong in user turns"):
         processor.encode_conversation([Message("user", "x"), Message("assistant", [_image()])])
+
+
+def _answer_loss_and_grads(model, processor, examples):
+    """Summed answer cross-entropy of a collated batch and the gradients it gives every weight."""
+    model.zero_grad()
+    inputs = processor.collate(examples)
+    labels = inputs.pop("labels")[:, 1:]
+    inputs = {k: v for k, v in inputs.items() if v is not None}
+    logits = model(**inputs).logits[:, :-1]
+    loss = torch.nn.functional.cross_entropy(
+        logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction="sum"
+    )
+    loss.backward()
+    return loss.detach(), {
+        n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None
+    }
+
+
+def test_packed_questions_train_exactly_like_separate_ones(built):
+    """Questions about one image packed behind one copy of it: the same loss and gradients as
+    the conversations one by one (the mask hides the other questions, positions restart)."""
+    model, processor = built
+    image = _image((0, 0, 200))
+    asks = [("what color is it ?", "red"), ("a red circle", "blue"), ("now remove it", "red red")]
+    alone = [
+        processor.encode_conversation([Message("user", [image, q]), Message("assistant", a)])
+        for q, a in asks
+    ]
+    packed = processor.pack(alone)
+    assert packed.input_ids.count(processor.vocab.image) == processor.config.image_seq_length
+    assert len(packed.input_ids) < sum(len(e.input_ids) for e in alone)
+    # a plain conversation in the same batch is untouched by its packed neighbour
+    other = processor.encode_conversation(
+        [
+            Message("user", "make it blue"),
+            Message("assistant", [torch.zeros(4, 4, dtype=torch.long)]),
+        ]
+    )
+    loss_apart, grads_apart = _answer_loss_and_grads(model, processor, [*alone, other])
+    loss_packed, grads_packed = _answer_loss_and_grads(model, processor, [packed, other])
+    assert torch.allclose(loss_packed, loss_apart, rtol=1e-5)
+    assert grads_packed.keys() == grads_apart.keys()
+    for name, grad in grads_apart.items():
+        assert torch.allclose(grads_packed[name], grad, atol=1e-6, rtol=1e-4), name
+    # the mask is what makes it exact: read causally, the later questions see the earlier ones
+    causal = Example(packed.input_ids, packed.labels, packed.images)
+    loss_causal, _ = _answer_loss_and_grads(model, processor, [causal])
+    loss_alone, _ = _answer_loss_and_grads(model, processor, alone)
+    assert not torch.allclose(loss_causal, loss_alone, rtol=1e-3)
+    elsewhere = processor.encode_conversation(
+        [Message("user", [_image(), "a red circle"]), Message("assistant", "red")]
+    )
+    with pytest.raises(ValueError, match="share"):
+        processor.pack([alone[0], elsewhere])
+    with pytest.raises(ValueError, match="right padding"):
+        processor.collate([packed], padding_side="left")
 
 
 def test_stage_one_moves_only_the_new_vocabulary_rows(built):

@@ -351,6 +351,7 @@ def test_mllm_stages_one_to_three_through_the_cli(tmp_path, shapes_data):
     stage = MLLMStage(str(tmp_path / "next"), str(tokenizer_dir), {"llm": 1e-4}, init=str(previous))
     assert stage.model.training and all(m.training for m in stage.model.modules())
     _check_loss_weighting(tmp_path, tokenizer_dir, previous, data)
+    _check_packing_by_image(tmp_path, tokenizer_dir, previous, data)
     codes = generate_image_tokens(
         model, processor, [processor.t2i_messages("a red circle")], [processor.t2i_messages("")], guidance=2.0,
         generator=torch.Generator().manual_seed(0),
@@ -386,6 +387,49 @@ def _check_loss_weighting(tmp_path, tokenizer_dir, init, data):
     assert not torch.allclose(losses["token"], losses["example"], atol=1e-3)
     with pytest.raises(ValueError, match="'token' or 'example'"):
         MLLMStage(str(tmp_path / "w"), str(tokenizer_dir), {"llm": 1e-4}, loss_weighting="sample")
+
+
+def _check_packing_by_image(tmp_path, tokenizer_dir, init, data):
+    """pack_by_image: each question once, packs share one image, and a pack's loss is the token
+    mean of its questions asked one by one."""
+    from illume_mllm import IGNORE
+    from illume_trainer.conversations import (
+        ConversationDataModule,
+        ConversationDataset,
+        Pack,
+        read_conversations,
+    )
+    from illume_trainer.stages.mllm import MLLMStage
+
+    qa = str(data / "train" / "qa.json")
+    singles = read_conversations(qa)
+    module = ConversationDataModule([qa], pack_by_image=[True], max_pack=4)
+    module.setup()
+    entries = module.train_set
+    packs = [e for e in entries if isinstance(e, Pack)]
+    ids = [c.id for e in entries for c in (e.conversations if isinstance(e, Pack) else (e,))]
+    assert sorted(ids) == sorted(c.id for c in singles)  # every question once
+    assert all(2 <= len(p.conversations) <= 4 for p in packs)
+    assert all(len({c.images for c in p.conversations}) == 1 for p in packs)
+    assert len(entries) < len(singles) / 2
+    with pytest.raises(ValueError, match="pack_by_image flags"):
+        ConversationDataModule([qa], pack_by_image=[True, False])
+
+    item = ConversationDataset([packs[0]])[0]
+    stage = MLLMStage(str(tmp_path / "p"), str(tokenizer_dir), {"llm": 1e-4}, init=str(init)).eval()
+    with torch.no_grad():
+        packed = stage._loss({"items": [item]}, training=False)[0]
+        alone = [stage._loss({"items": [one]}, training=False)[0] for one in item["pack"]]
+    answered = [
+        sum(label != IGNORE for label in stage.encode(one, training=False).labels[1:])
+        for one in item["pack"]
+    ]
+    expected = sum(loss * n for loss, n in zip(alone, answered)) / sum(answered)
+    assert torch.allclose(packed, expected, atol=1e-5)
+    by_example = MLLMStage(str(tmp_path / "p"), str(tokenizer_dir), {"llm": 1e-4}, init=str(init),
+                           loss_weighting="example")  # fmt: skip
+    with pytest.raises(ValueError, match="loss_weighting: token"):
+        by_example.encode(item, training=False)
 
 
 TABLE_5 = {  # stage: (global batch, steps, learning rates by group)

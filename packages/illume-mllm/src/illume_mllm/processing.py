@@ -53,11 +53,17 @@ class ProcessorConfig(Config):
 
 @dataclass
 class Example:
-    """One tokenized conversation: ids and labels [T], and its input images in order."""
+    """One tokenized conversation: ids and labels [T], and its input images in order.
+
+    A packed example (`IllumeProcessor.pack`) also has `segments` [T]: 0 for the shared prefix,
+    k for the tokens of its k-th conversation, which see the prefix and their own earlier tokens
+    only; and `position_ids` [T], each conversation's positions continuing from the prefix."""
 
     input_ids: list[int]
     labels: list[int]
     images: list[Image.Image] = field(default_factory=list)
+    segments: list[int] | None = None
+    position_ids: list[int] | None = None
 
 
 def _is_codes(part) -> bool:
@@ -189,13 +195,53 @@ class IllumeProcessor:
             raise ValueError("a generation prompt needs the conversation to end with a user turn")
         return Example(ids, labels, images)
 
+    def pack(self, examples: Sequence[Example]) -> Example:
+        """Several conversations about the same input images -> one sequence: their common prefix
+        (up to the first answer token; it must hold every image) once, then each conversation's
+        rest. `collate` turns the segments into an attention mask under which every rest sees the
+        prefix and itself only, with the positions it would have alone: the loss and gradients are
+        those of the conversations one by one (tested), for the prefix's compute once. Nine
+        ShapesWorld questions about one image take ~230 tokens packed against ~770 apart."""
+        if not examples:
+            raise ValueError("pack needs at least one example")
+        first = examples[0]
+        prefix = len(first.input_ids)
+        for e in examples:
+            answered = [i for i, label in enumerate(e.labels) if label != IGNORE]
+            prefix = min(prefix, answered[0] if answered else len(e.labels))
+            same = 0
+            while same < prefix and e.input_ids[same] == first.input_ids[same]:
+                same += 1
+            prefix = same
+        for e in examples:
+            if e.input_ids[prefix:].count(self.vocab.image) or len(e.images) != len(first.images):
+                raise ValueError(
+                    "packed conversations must share their input images, all of them before the "
+                    "first answer: pack only conversations that ask about the same images"
+                )
+            if any(a.tobytes() != b.tobytes() for a, b in zip(e.images, first.images)):
+                raise ValueError("packed conversations must share the same input images")
+        ids, labels = first.input_ids[:prefix], first.labels[:prefix]
+        segments, positions = [0] * prefix, list(range(prefix))
+        for k, e in enumerate(examples, 1):
+            rest = len(e.input_ids) - prefix
+            ids += e.input_ids[prefix:]
+            labels += e.labels[prefix:]
+            segments += [k] * rest
+            positions += range(prefix, prefix + rest)
+        return Example(ids, labels, list(first.images), segments, positions)
+
     def t2i_messages(self, caption: str) -> list[Message]:
         """The conditional text-to-image prompt; an empty caption gives the unconditional one."""
         text = self.config.t2i_template.format(caption=caption) if caption else ""
         return [Message("user", text)]
 
     def collate(self, examples: Sequence[Example], padding_side: str = "right") -> dict:
-        """Pads a batch: input_ids, attention_mask, labels [B, T], pixel_values [I, 3, H, W] or None."""
+        """Pads a batch: input_ids, attention_mask, labels [B, T], pixel_values [I, 3, H, W] or None.
+        With a packed example in the batch (right padding only), attention_mask is instead the
+        additive mask [B, 1, T, T] of the packing rule, and position_ids [B, T] come too."""
+        if any(e.segments is not None for e in examples):
+            return self._collate_packed(examples, padding_side)
         width = max(len(e.input_ids) for e in examples)
         pad = self.tokenizer.pad_token_id
         rows, masks, labels = [], [], []
@@ -217,3 +263,26 @@ class IllumeProcessor:
             "labels": torch.tensor(labels, dtype=torch.long),
             "pixel_values": self.pixel_values(images) if images else None,
         }
+
+    def _collate_packed(self, examples: Sequence[Example], padding_side: str) -> dict:
+        if padding_side != "right":
+            raise ValueError("packed examples are for training: collate them with right padding")
+        plain = self.collate([Example(e.input_ids, e.labels, e.images) for e in examples])
+        batch, width = plain["input_ids"].shape
+        segments = torch.zeros(batch, width, dtype=torch.long)
+        positions = torch.arange(width).repeat(batch, 1)
+        for b, e in enumerate(examples):
+            if e.segments is not None:
+                segments[b, : len(e.segments)] = torch.tensor(e.segments)
+                positions[b, : len(e.position_ids)] = torch.tensor(e.position_ids)
+        real = plain["attention_mask"].bool()  # [B, T]
+        seg_q, seg_k = segments[:, :, None], segments[:, None, :]  # [B, T, 1], [B, 1, T]
+        allowed = (
+            torch.ones(width, width, dtype=torch.bool).tril()
+            & ((seg_k == 0) | (seg_k == seg_q))
+            & real[:, None, :]
+        )  # [B, T, T]
+        allowed |= torch.eye(width, dtype=torch.bool)  # a padding query sees itself: no NaN rows
+        mask = torch.zeros(batch, 1, width, width)
+        mask.masked_fill_(~allowed[:, None], torch.finfo(mask.dtype).min)
+        return plain | {"attention_mask": mask, "position_ids": positions}

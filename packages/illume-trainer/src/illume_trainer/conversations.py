@@ -7,6 +7,12 @@ input image (seen through the vision tower); in a gpt turn an output image (writ
 tokens, its codes from the tokenizer). Several sources mix with weights: a source of weight w
 contributes w times its size per epoch (whole repeats, then a seeded subset), so the mixture is
 fixed and a StatefulDataLoader resumes it exactly. Bad images are skipped and counted.
+
+A source can be packed by image (`pack_by_image`): its conversations that ask about the same
+input images (all of them at the start of the first turn, as in VQA data with one question per
+entry) become one `Pack`, trained as one sequence with the images once and each conversation
+masked from the others (`IllumeProcessor.pack`): the same loss as apart, ~3x fewer tokens for
+ShapesWorld's ~9 questions an image. Its weight then counts packs.
 """
 
 from __future__ import annotations
@@ -43,6 +49,65 @@ class Conversation:
         return sum(len(v.replace(IMAGE, "")) for _, v in self.turns) + image_chars * len(
             self.images
         )
+
+
+@dataclass(frozen=True)
+class Pack:
+    """Conversations about the same input images, trained as one packed sequence."""
+
+    conversations: tuple[Conversation, ...]
+
+    @property
+    def id(self) -> str:
+        return self.conversations[0].id
+
+    @property
+    def turns(self) -> tuple[tuple[str, str], ...]:
+        return tuple(t for c in self.conversations for t in c.turns)
+
+    def length(self, image_chars: int = 256) -> int:
+        first = self.conversations[0]
+        return first.length(image_chars) + sum(c.length(0) for c in self.conversations[1:])
+
+
+def _asks_about_its_images(conversation: Conversation) -> bool:
+    """Every image is an input at the very start of the first turn (what packing shares)."""
+    (role, first), n = conversation.turns[0], len(conversation.images)
+    head = first.split(IMAGE)
+    return (
+        n > 0
+        and role == "user"
+        and first.count(IMAGE) == n
+        and sum(v.count(IMAGE) for _, v in conversation.turns) == n
+        and all(not part.strip() for part in head[:-1])
+    )
+
+
+def pack_by_image(
+    conversations: list[Conversation], max_pack: int = 16
+) -> list[Conversation | Pack]:
+    """Groups the conversations that ask about the same images into packs of at most `max_pack`,
+    in order of first appearance; the rest, and groups of one, stay as they are."""
+    groups: dict[tuple[str, ...], list[Conversation]] = {}
+    out: list[Conversation | Pack | tuple[str, ...]] = []
+    for c in conversations:
+        if _asks_about_its_images(c):
+            if c.images not in groups:
+                groups[c.images] = []
+                out.append(c.images)  # the group's place in the order
+            groups[c.images].append(c)
+        else:
+            out.append(c)
+    packed: list[Conversation | Pack] = []
+    for entry in out:
+        if not isinstance(entry, tuple):
+            packed.append(entry)
+            continue
+        group = groups[entry]
+        for start in range(0, len(group), max_pack):
+            chunk = tuple(group[start : start + max_pack])
+            packed.append(chunk[0] if len(chunk) == 1 else Pack(chunk))
+    return packed
 
 
 def _entries(path: Path) -> list[tuple[int, object]]:
@@ -106,9 +171,10 @@ def read_conversations(path: str | os.PathLike) -> list[Conversation]:
 
 class ConversationDataset(Dataset):
     """Items {"turns", "inputs": {placeholder index: PIL image}, "outputs": {index: path}, "index"},
-    or {"error", "index"} when an image cannot be loaded."""
+    {"pack": [such items], "index"} for a Pack, or {"error", "index"} when an image cannot be
+    loaded."""
 
-    def __init__(self, conversations: list[Conversation], limits: ImageLimits | None = None):
+    def __init__(self, conversations: list[Conversation | Pack], limits: ImageLimits | None = None):
         self.conversations = conversations
         self.limits = limits or ImageLimits()
 
@@ -116,13 +182,24 @@ class ConversationDataset(Dataset):
         return len(self.conversations)
 
     def __getitem__(self, index: int) -> dict:
-        conv = self.conversations[index]
+        entry = self.conversations[index]
+        if isinstance(entry, Pack):
+            images: dict[str, object] = {}  # the shared images, loaded once
+            items = [self._item(c, index, images) for c in entry.conversations]
+            bad = next((item for item in items if "error" in item), None)
+            return bad or {"pack": items, "index": index, "id": entry.id}
+        return self._item(entry, index, {})
+
+    def _item(self, conv: Conversation, index: int, loaded: dict) -> dict:
         inputs, outputs, k = {}, {}, 0
         for role, value in conv.turns:
             for _ in range(value.count(IMAGE)):
                 if role == "user":
                     try:
-                        inputs[k] = load_image(conv.images[k], limits=self.limits)
+                        path = conv.images[k]
+                        if path not in loaded:
+                            loaded[path] = load_image(path, limits=self.limits)
+                        inputs[k] = loaded[path]
                     except ImageLoadError as err:
                         return {"error": str(err), "index": index}
                 else:
@@ -140,12 +217,12 @@ class ConversationDataset(Dataset):
 
 
 def collate_conversations(items: list[dict]) -> dict:
-    good = [item for item in items if "turns" in item]
+    good = [item for item in items if "error" not in item]
     return {
         "items": good,
         "skipped": len(items) - len(good),
         "errors": [item["error"] for item in items if "error" in item],
-        "ok": ["turns" in item for item in items],
+        "ok": ["error" not in item for item in items],
     }
 
 
@@ -172,6 +249,8 @@ class ConversationDataModule(L.LightningDataModule):
     batch_size, num_workers, seed: the loader's.
     group_by_length: batch conversations of similar length together (LengthGroupedSampler), so
         long multi-turn ones do not pad short ones; the order stays a function of the seed.
+    pack_by_image: one flag per train file: pack its conversations about the same images (see
+        the module docstring), at most `max_pack` to a sequence.
     """
 
     def __init__(
@@ -183,20 +262,34 @@ class ConversationDataModule(L.LightningDataModule):
         num_workers: int = 0,
         seed: int = 0,
         group_by_length: bool = False,
+        pack_by_image: list[bool] | None = None,
+        max_pack: int = 16,
     ):
         super().__init__()
         if weights is not None and len(weights) != len(train):
             raise ValueError(
                 f"{len(weights)} weights for {len(train)} train files: give one per file"
             )
+        if pack_by_image is not None and len(pack_by_image) != len(train):
+            raise ValueError(
+                f"{len(pack_by_image)} pack_by_image flags for {len(train)} train files: give one per file"
+            )
+        if max_pack < 1:
+            raise ValueError(f"max_pack must be at least 1, got {max_pack}")
         self.save_hyperparameters()
-        self.train_set: list[Conversation] = []
+        self.train_set: list[Conversation | Pack] = []
         self.val_set: list[Conversation] = []
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set:
             return
-        sources = [read_conversations(p) for p in self.hparams.train]
+        packing = self.hparams.pack_by_image or [False] * len(self.hparams.train)
+        sources = [
+            pack_by_image(read_conversations(p), self.hparams.max_pack)
+            if pack
+            else read_conversations(p)
+            for p, pack in zip(self.hparams.train, packing, strict=True)
+        ]
         weights = self.hparams.weights or [1.0] * len(sources)
         order = mix([len(s) for s in sources], list(weights), self.hparams.seed)
         self.train_set = [sources[s][i] for s, i in order]

@@ -75,14 +75,23 @@ def make_assessor(name: str, args: dict | None, drawer: Drawer):
 
 
 def mixture_weight(
-    sources: list[str], weights: list[float], extra_size: int, ratio: float
+    sources: list[str],
+    weights: list[float],
+    extra_size: int,
+    ratio: float,
+    packing: list[bool] | None = None,
 ) -> float:
-    """The weight of a source of `extra_size` conversations that makes it `ratio` of the mixture."""
-    from ..conversations import read_conversations
+    """The weight of a source of `extra_size` conversations that makes it `ratio` of the mixture's
+    items (a source packed by image counts its packs, as the data module does)."""
+    from ..conversations import pack_by_image, read_conversations
 
     if not 0 < ratio < 1:
         raise ValueError(f"sft_ratio must lie in (0, 1), got {ratio}")
-    rest = sum(w * len(read_conversations(s)) for s, w in zip(sources, weights, strict=True))
+    packing = packing or [False] * len(sources)
+    rest = sum(
+        w * len(pack_by_image(read_conversations(s)) if pack else read_conversations(s))
+        for s, w, pack in zip(sources, weights, packing, strict=True)
+    )
     return ratio / (1 - ratio) * rest / max(extra_size, 1)
 
 
@@ -189,9 +198,12 @@ def continue_training(
         return final
     data = yaml.safe_load(Path(resolve_recipe(recipe)).read_text())["data"]
     sources, weights = list(data["train"]), list(data.get("weights") or [1.0] * len(data["train"]))
+    packing = list(data.get("pack_by_image") or [False] * len(sources))
     if extra is not None:
-        weights.append(mixture_weight(sources, weights, len(read_conversations(extra)), ratio))
+        size = len(read_conversations(extra))
+        weights.append(mixture_weight(sources, weights, size, ratio, packing))
         sources.append(str(extra))
+        packing.append(False)
     checkpoints = json.dumps([
         {"class_path": "illume_trainer.checkpointing.ResumeState"},
         {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
@@ -204,6 +216,7 @@ def continue_training(
         "--model.output_dir", str(final), "--trainer.default_root_dir", str(out_dir / "sft"),
         "--trainer.max_steps", str(steps), "--trainer.callbacks", checkpoints,
         "--data.train", json.dumps(sources), "--data.weights", json.dumps(weights),
+        "--data.pack_by_image", json.dumps(packing),
         "--seed_everything", str(seed), "--model.seed", str(seed), "--data.seed", str(seed), "--trainer.enable_progress_bar", str(progress).lower(),
         *(["--ckpt_path", str(last)] if last.is_file() else []), *(args or []),
     ])  # fmt: skip

@@ -23,6 +23,7 @@ from illume_core import Message, atomic_directory
 from illume_mllm import (
     IGNORE,
     LLM_PRESETS,
+    Example,
     IllumeForConditionalGeneration,
     IllumeProcessor,
     build_model,
@@ -232,16 +233,27 @@ class MLLMStage(FrozenPartsStage):
             messages.append(Message(role, parts))
         return messages
 
+    def encode(self, item: dict, training: bool) -> Example:
+        """A dataset item (a conversation, or a pack of them about the same images) -> Example."""
+        if "pack" in item:
+            if self.hparams.loss_weighting != "token":
+                raise ValueError(
+                    "packed conversations (pack_by_image) are weighted by their tokens: use "
+                    "loss_weighting: token, or do not pack"
+                )
+            return self.processor.pack([self.encode(i, training) for i in item["pack"]])
+        return self.processor.encode_conversation(self.messages(item, training))
+
     def _loss(self, batch, training: bool):
         """Mean cross-entropy over the answer tokens (or, with loss_weighting="example", over the
         conversations) of the *global* batch: each process divides its sum by the count of all
         processes (times their number, as DDP averages), so 2 processes of B / 2 conversations
         train exactly like one process of B."""
-        examples = [
-            self.processor.encode_conversation(self.messages(i, training)) for i in batch["items"]
-        ]
+        examples = [self.encode(item, training) for item in batch["items"]]
         inputs = self.processor.collate(examples)
         inputs = {k: v.to(self.device) for k, v in inputs.items() if v is not None}
+        if inputs["attention_mask"].is_floating_point():  # packed: additive, in the model's dtype
+            inputs["attention_mask"] = inputs["attention_mask"].to(self.model.dtype)
         labels = inputs.pop("labels")[:, 1:]
         logits = self.model(**inputs).logits[:, :-1]
         losses = torch.nn.functional.cross_entropy(
