@@ -80,6 +80,7 @@ def mixture_weight(
     extra_size: int,
     ratio: float,
     packing: list[bool] | None = None,
+    max_pack: int = 16,
 ) -> float:
     """The weight of a source of `extra_size` conversations that makes it `ratio` of the mixture's
     items (a source packed by image counts its packs, as the data module does)."""
@@ -89,7 +90,7 @@ def mixture_weight(
         raise ValueError(f"sft_ratio must lie in (0, 1), got {ratio}")
     packing = packing or [False] * len(sources)
     rest = sum(
-        w * len(pack_by_image(read_conversations(s)) if pack else read_conversations(s))
+        w * len(pack_by_image(read_conversations(s), max_pack) if pack else read_conversations(s))
         for s, w, pack in zip(sources, weights, packing, strict=True)
     )
     return ratio / (1 - ratio) * rest / max(extra_size, 1)
@@ -201,7 +202,9 @@ def continue_training(
     packing = list(data.get("pack_by_image") or [False] * len(sources))
     if extra is not None:
         size = len(read_conversations(extra))
-        weights.append(mixture_weight(sources, weights, size, ratio, packing))
+        weights.append(
+            mixture_weight(sources, weights, size, ratio, packing, data.get("max_pack", 16))
+        )
         sources.append(str(extra))
         packing.append(False)
     checkpoints = json.dumps([
