@@ -42,8 +42,9 @@ class Profile:
 PROFILES: dict[str, Profile] = {
     # About 22 minutes on 2 CPU cores (never over 25): every stage trained, figures far below the
     # benchmark's. Seconds per step there: encoder 0.43, tokenizer 0.5, detokenizer 1.05, MLLM
-    # stages 0.8 / 0.8 / 2.1; with (400, 600, 600, (200, 300, 400)) it took 38 minutes. (Session 8;
-    # stage 3 on single-question QA took 1.24 s/step in the full profile, session 11; not re-timed here.)
+    # stages 0.8 / 0.8 / 2.1; with (400, 600, 600, (200, 300, 400)) it took 38 minutes. (Session 8.
+    # Session 12, QA packed: 24.9 minutes, the unchanged stages 13-35% slower on the same machine type:
+    # cut steps for margin. benchmarks/RESULTS.md)
     "default": Profile(2000, 200, 250, 350, 300, (150, 300, 120), 60, 150, 40),
     # The benchmark figures (benchmarks/*_quality.py): an hour or more on 2 CPU cores.
     "full": Profile(4000, 400, 2000, 2500, 4000, (600, 1000, 1000), 200, 600, 100, (1000, 300)),
