@@ -8,12 +8,14 @@ import pytest
 from illume_eval.shapes import (
     CELL_NAMES,
     HELDOUT_PAIRS,
+    PATCH_CLASSES,
     TAGS,
     Scene,
     ShapeObject,
     allowed_in_training,
     check_spec,
     heldout_combinations,
+    patch_labels,
     render,
     sample_edit,
     sample_prompt,
@@ -30,6 +32,30 @@ def test_render_is_deterministic_and_sized():
     assert np.array_equal(render(scene), render(scene))
     assert render(scene).shape == (32, 32, 3) and render(scene, 64).shape == (64, 64, 3)
     assert render(Scene()).reshape(-1, 3).tolist() == [list(BACKGROUND)] * 32 * 32
+
+
+def test_patch_labels_name_what_each_patch_shows():
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        scene, _ = sample_prompt(rng)
+        labels, image = patch_labels(scene), render(scene).astype(int)
+        assert labels.shape == (8, 8)
+        for (r, c), label in np.ndenumerate(labels):
+            pixels = image[4 * r : 4 * r + 4, 4 * c : 4 * c + 4].reshape(-1, 3)
+            differs = np.abs(pixels - BACKGROUND).sum(-1) > 30
+            if label == 0:  # background: at most a sliver of an object
+                assert differs.mean() < 0.5
+                continue
+            _, color = PATCH_CLASSES[label]
+            assert differs.mean() >= 0.2  # a quarter covered, anti-aliasing takes a little
+            # the patch's most object-like pixel is of the labelled colour
+            closest = pixels[np.abs(pixels - BACKGROUND).sum(-1).argmax()]
+            assert np.abs(closest - COLORS[color]).sum() < 60
+        shown = {PATCH_CLASSES[k] for k in np.unique(labels) if k}
+        assert shown <= {(o.shape, o.color) for o in scene.objects}
+        assert len(shown) == len({(o.shape, o.color) for o in scene.objects})  # none hidden
+    with pytest.raises(ValueError, match="does not tile"):
+        patch_labels(scene, size=32, patch=5)
 
 
 def test_objects_stay_inside_their_cell():

@@ -37,7 +37,7 @@ def _common(tmp_path, data, steps=3):
 def test_encoder_then_tokenizer_stage_through_the_cli(tmp_path, shapes_data):
     """The shipped ShapesWorld recipes, shrunk to the tiny presets and a few steps."""
     encoder_dir = tmp_path / "encoder"
-    run_stage(
+    cli = run_stage(
         "encoder",
         [
             "--config",
@@ -46,9 +46,19 @@ def test_encoder_then_tokenizer_stage_through_the_cli(tmp_path, shapes_data):
             "tiny",
             "--model.output_dir",
             str(encoder_dir),
+            "--model.patch_loss_weight",
+            "0.5",
             *_common(tmp_path, shapes_data),
         ],
     )
+    # The dense loss: a probe over the patch tokens, one class per (shape, colour) and background,
+    # trained beside the image-text loss; logged, and not part of the saved encoder.
+    assert cli.model.patch_head.out_features == 1 + 3 * 6
+    metrics = cli.trainer.callback_metrics
+    assert {"train/patch_loss", "train/contrastive_loss", "train/patch_object_accuracy"} <= set(
+        metrics
+    )
+    assert metrics["train/loss"] > metrics["train/contrastive_loss"]
     assert {"config.json", "model.safetensors", "tokenizer.json", "preprocessor_config.json"} <= {
         p.name for p in encoder_dir.iterdir()
     }

@@ -208,6 +208,16 @@ def cell_box(cell: tuple[int, int], size: int) -> tuple[int, int, int, int]:
     return edges[col], edges[row], edges[col + 1], edges[row + 1]
 
 
+def _object_box(cx: float, cy: float, side: float, size: int) -> tuple[int, int, int, int]:
+    """The pixel box (x0, y0, x1, y1) a shape can touch, with a pixel of margin, inside the image."""
+    return (
+        max(0, int(np.floor(cx - side / 2)) - 1),
+        max(0, int(np.floor(cy - side / 2)) - 1),
+        min(size, int(np.ceil(cx + side / 2)) + 1),
+        min(size, int(np.ceil(cy + side / 2)) + 1),
+    )
+
+
 def render(scene: Scene, size: int = DEFAULT_SIZE, supersample: int = 4) -> np.ndarray:
     """The scene as an [size, size, 3] uint8 RGB array (anti-aliased, deterministic)."""
     if size < 12:
@@ -216,12 +226,7 @@ def render(scene: Scene, size: int = DEFAULT_SIZE, supersample: int = 4) -> np.n
     image[:] = BACKGROUND
     for obj in scene.objects:
         cx, cy, side = object_geometry(obj, size)
-        box = (
-            max(0, int(np.floor(cx - side / 2)) - 1),
-            max(0, int(np.floor(cy - side / 2)) - 1),
-            min(size, int(np.ceil(cx + side / 2)) + 1),
-            min(size, int(np.ceil(cy + side / 2)) + 1),
-        )
+        box = _object_box(cx, cy, side, size)
         alpha = render_coverage(obj.shape, cx, cy, side, box, supersample)[..., None]
         x0, y0, x1, y1 = box
         patch = image[y0:y1, x0:x1]
@@ -229,6 +234,36 @@ def render(scene: Scene, size: int = DEFAULT_SIZE, supersample: int = 4) -> np.n
             patch * (1 - alpha) + np.asarray(COLORS[obj.color], np.float32) * alpha
         )
     return np.clip(np.rint(image), 0, 255).astype(np.uint8)
+
+
+#: Classes of `patch_labels`: 0 is background, then every (shape, colour) in this order.
+PATCH_CLASSES: tuple[tuple[str, str] | None, ...] = (
+    None,
+    *((shape, color) for shape in SHAPES for color in COLORS),
+)
+
+
+def patch_labels(
+    scene: Scene, size: int = DEFAULT_SIZE, patch: int = 4, min_coverage: float = 0.25
+) -> np.ndarray:
+    """[size/patch, size/patch] int64 index into PATCH_CLASSES of what each patch of the rendered
+    scene shows: the object covering most of it (at least `min_coverage`), else background. The
+    dense, exact labels of a ShapesWorld image, for training local features."""
+    if size % patch:
+        raise ValueError(f"patch {patch} does not tile an image of {size} px")
+    n = size // patch
+    best = np.full((n, n), min_coverage, np.float32)
+    labels = np.zeros((n, n), np.int64)
+    for obj in scene.objects:
+        cx, cy, side = object_geometry(obj, size)
+        x0, y0, x1, y1 = _object_box(cx, cy, side, size)
+        coverage = np.zeros((size, size), np.float32)
+        coverage[y0:y1, x0:x1] = render_coverage(obj.shape, cx, cy, side, (x0, y0, x1, y1))
+        per_patch = coverage.reshape(n, patch, n, patch).mean(axis=(1, 3))
+        wins = per_patch >= best
+        best = np.where(wins, per_patch, best)
+        labels[wins] = PATCH_CLASSES.index((obj.shape, obj.color))
+    return labels
 
 
 def render_pil(scene: Scene, size: int = DEFAULT_SIZE):

@@ -65,6 +65,13 @@ class EncoderStage(GuardedStage):
     pixel_mean, pixel_std: the image processor's normalisation. ShapesWorld uses its background
         colour as the mean: with 90% of every image background, centring on it keeps images from
         looking alike to a freshly initialised encoder (which otherwise collapses).
+    patch_loss_weight: weight of a dense loss (0: none) on the patch tokens of `patch_layer`: a
+        linear probe, trained with the encoder and not saved, classifies what each patch shows
+        (illume_eval.shapes.patch_labels; ShapesWorld manifests only). The image-text loss alone
+        leaves patch tokens global (recolouring one object moved 74% of the tokenizer's codes
+        outside its cell), which no model can copy from; dense objectives are how SigLIP 2 makes
+        its patch features local.
+    patch_layer: the hidden_states index the dense loss reads: the tokenizer's feature_layer.
     """
 
     def __init__(
@@ -79,6 +86,8 @@ class EncoderStage(GuardedStage):
         pixel_mean: tuple[float, float, float] = (0.5, 0.5, 0.5),
         pixel_std: tuple[float, float, float] = (0.5, 0.5, 0.5),
         positives: str = "same_caption",
+        patch_loss_weight: float = 0.0,
+        patch_layer: int = -2,
         max_skipped_fraction: float = 0.01,
         max_skipped_in_a_row: int = 50,
     ):
@@ -87,6 +96,7 @@ class EncoderStage(GuardedStage):
             raise ValueError(f"unknown positives rule {positives!r}; expected one of {POSITIVES}")
         self.save_hyperparameters()
         self.model = None
+        self.patch_head = None
         self.text_tokenizer = None
         self.normalize = Normalizer(pixel_mean, pixel_std)
 
@@ -109,8 +119,13 @@ class EncoderStage(GuardedStage):
                 f"preset {self.hparams.preset!r} takes {self.model.config.vision_config.image_size}px images, "
                 f"the stage was given image_size={self.hparams.image_size}"
             )
+        if self.hparams.patch_loss_weight > 0:
+            from illume_eval.shapes import PATCH_CLASSES
 
-    def _loss(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+            hidden = self.model.config.vision_config.hidden_size
+            self.patch_head = torch.nn.Linear(hidden, len(PATCH_CLASSES))
+
+    def _loss(self, batch) -> dict[str, torch.Tensor]:
         ids = self.text_tokenizer(
             batch["text"],
             padding="max_length",
@@ -118,28 +133,65 @@ class EncoderStage(GuardedStage):
             truncation=True,
             return_tensors="pt",
         )["input_ids"].to(self.device)
-        out = self.model(input_ids=ids, pixel_values=self.normalize(batch["pixels"]))
+        dense = self.patch_head is not None
+        out = self.model(
+            input_ids=ids,
+            pixel_values=self.normalize(batch["pixels"]),
+            output_hidden_states=dense,
+        )
         logits = out.logits_per_image
         positives = positive_pairs(batch, self.hparams.positives)
         # in-batch top-1: the best-scoring caption is a positive of the image
         accuracy = positives[torch.arange(len(logits)), logits.argmax(-1).cpu()].float().mean()
-        return sigmoid_loss(logits, positives), accuracy
+        loss = sigmoid_loss(logits, positives)
+        figures = {"contrastive_loss": loss, "in_batch_top1": accuracy}
+        if dense:
+            tokens = out.vision_model_output.hidden_states[self.hparams.patch_layer]  # [B, N, D]
+            labels = self.patch_labels(batch).to(self.device)  # [B, N]
+            patch_logits = self.patch_head(tokens)  # [B, N, classes]
+            patch_loss = F.cross_entropy(patch_logits.flatten(0, 1), labels.flatten())
+            loss = loss + self.hparams.patch_loss_weight * patch_loss
+            figures["patch_loss"] = patch_loss
+            objects = labels > 0  # accuracy where there is something to see
+            if objects.any():
+                hits = patch_logits.argmax(-1) == labels
+                figures["patch_object_accuracy"] = hits[objects].float().mean()
+        return {"loss": loss, **figures}
+
+    def patch_labels(self, batch) -> torch.Tensor:
+        """[B, N] what each patch of each image shows, from the scenes of a ShapesWorld manifest."""
+        import numpy as np
+
+        from illume_eval.shapes import Scene, patch_labels
+
+        metas = batch["meta"]
+        if any(m is None or "scene" not in m for m in metas):
+            raise ValueError(
+                'patch_loss_weight > 0 needs manifests whose lines carry "scene" (ShapesWorld '
+                "captions.jsonl); set patch_loss_weight: 0 for other data"
+            )
+        vision = self.model.config.vision_config
+        maps = [
+            patch_labels(Scene.from_dict(m["scene"]), vision.image_size, vision.patch_size)
+            for m in metas
+        ]
+        return torch.from_numpy(np.stack(maps)).flatten(1)
 
     def training_step(self, batch, batch_idx):
         if batch_is_empty(batch):  # every sample was unreadable: nothing to learn from
             return None
-        loss, accuracy = self._loss(batch)
+        figures = self._loss(batch)
         self.log_dict(
-            {"train/loss": loss, "train/in_batch_top1": accuracy},
+            {f"train/{k}": v for k, v in figures.items()},
             prog_bar=True,
             batch_size=len(batch["text"]),
         )
-        return loss
+        return figures["loss"]
 
     def validation_step(self, batch, batch_idx):
-        loss, accuracy = self._loss(batch)
+        figures = self._loss(batch)
         self.log_dict(
-            {"val/loss": loss, "val/in_batch_top1": accuracy},
+            {f"val/{k}": v for k, v in figures.items()},
             prog_bar=True,
             batch_size=len(batch["text"]),
         )
@@ -147,6 +199,8 @@ class EncoderStage(GuardedStage):
     def configure_optimizers(self):
         # Weight decay on matrices only: not on norms, biases, or the logit temperature and bias.
         named = list(self.model.named_parameters())
+        if self.patch_head is not None:
+            named += list(self.patch_head.named_parameters())
         groups = [
             {
                 "params": [p for _, p in named if p.ndim >= 2],
