@@ -219,7 +219,9 @@ class IllumeProcessor:
                     "packed conversations must share their input images, all of them before the "
                     "first answer: pack only conversations that ask about the same images"
                 )
-            if any(a.tobytes() != b.tobytes() for a, b in zip(e.images, first.images)):
+            if any(
+                a is not b and a.tobytes() != b.tobytes() for a, b in zip(e.images, first.images)
+            ):
                 raise ValueError("packed conversations must share the same input images")
         ids, labels = first.input_ids[:prefix], first.labels[:prefix]
         segments, positions = [0] * prefix, list(range(prefix))
