@@ -40,12 +40,13 @@ class Profile:
 
 
 PROFILES: dict[str, Profile] = {
-    # About 22 minutes on 2 CPU cores (never over 25): every stage trained, figures far below the
-    # benchmark's. Seconds per step there: encoder 0.43, tokenizer 0.5, detokenizer 1.05, MLLM
-    # stages 0.8 / 0.8 / 2.1; with (400, 600, 600, (200, 300, 400)) it took 38 minutes. (Session 8.
-    # Session 12, QA packed: 24.9 minutes, the unchanged stages 13-35% slower on the same machine type:
-    # cut steps for margin. benchmarks/RESULTS.md)
-    "default": Profile(2000, 200, 250, 350, 300, (150, 300, 120), 60, 150, 40),
+    # Every stage trained, figures far below the benchmark's; never over 25 minutes on 2 CPU cores,
+    # with tools/illume's first-run set-up (about 2 minutes) on top. The same machine type runs
+    # 13-35% slower in some sessions than in others, so this aims at about 17 minutes. Seconds per
+    # step in session 13: encoder 0.55, tokenizer 0.59, detokenizer 1.39, MLLM stages 1.01 / 0.97 /
+    # 2.2, and about 100 s of data and evaluation; (200, 250, 200, (120, 250, 120)) took 21.1
+    # minutes, (250, 350, 300, (150, 300, 120)) 24.9 in session 12. benchmarks/RESULTS.md.
+    "default": Profile(2000, 200, 150, 200, 160, (100, 200, 100), 60, 150, 40),
     # The benchmark figures (benchmarks/*_quality.py): an hour or more on 2 CPU cores.
     "full": Profile(4000, 400, 2000, 2500, 4000, (600, 1000, 1000), 200, 600, 100, (1000, 300)),
     # Seconds: the plumbing only (tests).
