@@ -42,10 +42,11 @@ class Profile:
 PROFILES: dict[str, Profile] = {
     # Every stage trained, figures far below the benchmark's; never over 25 minutes on 2 CPU cores,
     # with tools/illume's first-run set-up (about 2 minutes) on top. The same machine type runs
-    # 13-35% slower in some sessions than in others, so this aims at about 17 minutes. Seconds per
-    # step in session 13: encoder 0.55, tokenizer 0.59, detokenizer 1.39, MLLM stages 1.01 / 0.97 /
-    # 2.2, and about 100 s of data and evaluation; (200, 250, 200, (120, 250, 120)) took 21.1
-    # minutes, (250, 350, 300, (150, 300, 120)) 24.9 in session 12. benchmarks/RESULTS.md.
+    # 13-35% slower in some sessions than in others, so this aims under 18 minutes: it took 17.9 in
+    # session 13, (200, 250, 200, (120, 250, 120)) 21.1, and (250, 350, 300, (150, 300, 120)) 24.9
+    # in session 12. Seconds per step in session 13: encoder 0.55, tokenizer 0.52-0.59,
+    # detokenizer 1.27-1.39, MLLM stages 0.99-1.01 / 0.97-1.06 / 2.2-2.46; about 2 minutes of data,
+    # evaluation and saving. benchmarks/RESULTS.md, `illume demo`.
     "default": Profile(2000, 200, 150, 200, 160, (100, 200, 100), 60, 150, 40),
     # The benchmark figures (benchmarks/*_quality.py): an hour or more on 2 CPU cores.
     "full": Profile(4000, 400, 2000, 2500, 4000, (600, 1000, 1000), 200, 600, 100, (1000, 300)),
