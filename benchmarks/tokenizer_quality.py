@@ -2,9 +2,10 @@
 
 Steps: write ShapesWorld data; pretrain the `shapes` SigLIP encoder (sigmoid image-text loss);
 measure image-to-caption retrieval; train the tokenizer (quantizer + feature decoder) on the
-frozen encoder; measure cos(x, x_rec), codebook usage and perplexity on validation images.
+frozen encoder; measure cos(x, x_rec), codebook usage and perplexity on validation images, and how
+local the codes are (the share that a recolour changes inside and outside the object's cell).
 Prints a table, then one JSON object on the last line with keys cosine, code_usage, perplexity,
-retrieval_top1, train_seconds.
+retrieval_top1, code_change_inside, code_change_outside, train_seconds.
 
 Run: .venv/bin/python benchmarks/tokenizer_quality.py [--workdir DIR] [--encoder-steps N] [--tokenizer-steps N]
 """
@@ -21,7 +22,7 @@ from pathlib import Path
 from illume_eval.shapes import ensure_dataset
 from illume_tokenizer import SemanticTokenizer
 from illume_trainer.cli import run_stage
-from illume_trainer.evaluate import encoder_retrieval, tokenizer_quality
+from illume_trainer.evaluate import code_locality, encoder_retrieval, tokenizer_quality
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -92,6 +93,7 @@ def main() -> None:
     figures = enter_workdir(args, "illume-tokenizer-bench-")
     tokenizer = SemanticTokenizer.from_pretrained(train_tokenizer(args, figures))
     figures |= tokenizer_quality(tokenizer, "data/shapes/validation")
+    figures |= code_locality(tokenizer, "data/shapes/validation")
     figures["train_seconds"] = round(
         figures.get("encoder_train_seconds", 0.0) + figures["tokenizer_train_seconds"], 1
     )
@@ -102,6 +104,8 @@ def main() -> None:
         "cosine",
         "code_usage",
         "perplexity",
+        "code_change_inside",
+        "code_change_outside",
         "encoder_train_seconds",
         "tokenizer_train_seconds",
         "train_seconds",

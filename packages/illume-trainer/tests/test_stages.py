@@ -165,6 +165,33 @@ def test_quality_figures_of_a_trained_tokenizer(tmp_path, shapes_data):
     )
 
 
+def test_code_locality_of_a_patch_local_tokenizer_is_exact(tmp_path, shapes_data):
+    """With no transformer layer (feature_layer 0: the patch embeddings), each code sees its own
+    patch only, so a recolour changes no code outside the recoloured object's cell."""
+    from illume_tokenizer import (
+        TokenizerConfig,
+        VisionEncoder,
+        build_siglip,
+        siglip_image_processor,
+    )
+    from illume_trainer.evaluate import code_locality
+
+    torch.manual_seed(0)
+    build_siglip("tiny", vocab_size=40).save_pretrained(tmp_path / "enc")
+    siglip_image_processor(32).save_pretrained(tmp_path / "enc")
+    local = SemanticTokenizer(
+        TokenizerConfig.from_name("tiny", feature_layer=0),
+        VisionEncoder.from_pretrained(tmp_path / "enc", feature_layer=0),
+    )
+    figures = code_locality(local, shapes_data / "validation", n=16)
+    assert figures["recolour_edits"] >= 1
+    assert figures["code_change_outside"] == 0.0 and figures["code_change_inside"] > 0
+    deep = SemanticTokenizer(
+        TokenizerConfig.from_name("tiny"), VisionEncoder.from_pretrained(tmp_path / "enc")
+    )  # its last layer attends over the whole image
+    assert code_locality(deep, shapes_data / "validation", n=16)["code_change_outside"] > 0
+
+
 def test_tokenizer_stage_checkpoints_leave_the_frozen_encoder_out(tmp_path):
     from illume_tokenizer import build_siglip, siglip_image_processor
     from illume_trainer.stages.tokenizer import TokenizerStage

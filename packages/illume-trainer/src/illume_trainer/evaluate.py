@@ -12,6 +12,7 @@ import torch
 
 from illume_core import load_image
 from illume_eval.shapes import PromptSpec, Scene, check_spec
+from illume_eval.shapes.world import GRID
 
 from .data import to_tensor
 from .stages.common import Normalizer
@@ -95,6 +96,50 @@ def tokenizer_quality(
         "cosine": float(torch.cat(cosines).mean()),
         "code_usage": float((counts > 0).float().mean()),
         "perplexity": perplexity,
+    }
+
+
+def code_locality(
+    tokenizer, split_dir: str | os.PathLike, n: int = 200, batch_size: int = 100
+) -> dict[str, float]:
+    """How local the codes are, over the recolour edits among the first n of a split's edits.jsonl:
+    the share of code positions that change between source and target inside the recoloured
+    object's cell (the code rows and columns that overlap it) and outside it. An edit can copy the
+    untouched part of an image only when `code_change_outside` is small; a patch-local tokenizer
+    has it 0."""
+    split_dir = Path(split_dir)
+    rows = [
+        json.loads(line)
+        for line in (split_dir / "edits.jsonl").read_text().splitlines()[:n]
+        if line.strip()
+    ]
+    rows = [r for r in rows if r["kind"] == "recolor"]
+    if not rows:
+        raise ValueError(f"{split_dir / 'edits.jsonl'}: no recolour edits among the first {n}")
+    normalize = Normalizer.for_processor(tokenizer.encoder.image_processor)
+    size, (h, w) = tokenizer.config.image_size, tokenizer.grid
+    inside, outside = [], []
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        codes = [
+            tokenizer.encode(
+                normalize(
+                    torch.stack([to_tensor(load_image(split_dir / r[k]), size) for r in chunk])
+                )
+            ).codes
+            for k in ("source", "target")
+        ]
+        changed = codes[0] != codes[1]  # [B, h, w]
+        for r, change in zip(chunk, changed, strict=True):
+            row, col = r["edited"]["row"], r["edited"]["col"]
+            cell = torch.zeros(h, w, dtype=torch.bool)
+            cell[row * h // GRID : -(-(row + 1) * h // GRID), col * w // GRID : -(-(col + 1) * w // GRID)] = True  # fmt: skip
+            inside.append(change[cell].float().mean())
+            outside.append(change[~cell].float().mean())
+    return {
+        "code_change_inside": float(torch.stack(inside).mean()),
+        "code_change_outside": float(torch.stack(outside).mean()),
+        "recolour_edits": len(rows),
     }
 
 
