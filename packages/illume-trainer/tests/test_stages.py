@@ -142,19 +142,22 @@ def test_image_folders_are_a_source(tmp_path, shapes_data):
         read_source(tmp_path)
 
 
+def _tiny_encoder(root):
+    """A tiny SigLIP with its image processor, saved like a downloaded checkpoint; its path."""
+    from illume_tokenizer import build_siglip, siglip_image_processor
+
+    torch.manual_seed(0)
+    build_siglip("tiny", vocab_size=40).save_pretrained(root / "enc")
+    siglip_image_processor(32).save_pretrained(root / "enc")
+    return root / "enc"
+
+
 def test_quality_figures_of_a_trained_tokenizer(tmp_path, shapes_data):
-    from illume_tokenizer import (
-        TokenizerConfig,
-        VisionEncoder,
-        build_siglip,
-        siglip_image_processor,
-    )
+    from illume_tokenizer import TokenizerConfig, VisionEncoder
     from illume_trainer.evaluate import tokenizer_quality
 
-    build_siglip("tiny", vocab_size=40).save_pretrained(tmp_path / "enc")
-    siglip_image_processor(32).save_pretrained(tmp_path / "enc")
     tokenizer = SemanticTokenizer(
-        TokenizerConfig.from_name("tiny"), VisionEncoder.from_pretrained(tmp_path / "enc")
+        TokenizerConfig.from_name("tiny"), VisionEncoder.from_pretrained(_tiny_encoder(tmp_path))
     )
     figures = tokenizer_quality(tokenizer, shapes_data / "validation", batch_size=7)
     assert set(figures) == {"cosine", "code_usage", "perplexity"}
@@ -168,40 +171,31 @@ def test_quality_figures_of_a_trained_tokenizer(tmp_path, shapes_data):
 def test_code_locality_of_a_patch_local_tokenizer_is_exact(tmp_path, shapes_data):
     """With no transformer layer (feature_layer 0: the patch embeddings), each code sees its own
     patch only, so a recolour changes no code outside the recoloured object's cell."""
-    from illume_tokenizer import (
-        TokenizerConfig,
-        VisionEncoder,
-        build_siglip,
-        siglip_image_processor,
-    )
+    from illume_tokenizer import TokenizerConfig, VisionEncoder
     from illume_trainer.evaluate import code_locality
 
-    torch.manual_seed(0)
-    build_siglip("tiny", vocab_size=40).save_pretrained(tmp_path / "enc")
-    siglip_image_processor(32).save_pretrained(tmp_path / "enc")
+    encoder = _tiny_encoder(tmp_path)
     local = SemanticTokenizer(
         TokenizerConfig.from_name("tiny", feature_layer=0),
-        VisionEncoder.from_pretrained(tmp_path / "enc", feature_layer=0),
+        VisionEncoder.from_pretrained(encoder, feature_layer=0),
     )
     figures = code_locality(local, shapes_data / "validation", n=16)
     assert figures["recolour_edits"] >= 1
     assert figures["code_change_outside"] == 0.0 and figures["code_change_inside"] > 0
     deep = SemanticTokenizer(
-        TokenizerConfig.from_name("tiny"), VisionEncoder.from_pretrained(tmp_path / "enc")
+        TokenizerConfig.from_name("tiny"), VisionEncoder.from_pretrained(encoder)
     )  # its last layer attends over the whole image
     assert code_locality(deep, shapes_data / "validation", n=16)["code_change_outside"] > 0
 
 
 def test_tokenizer_stage_checkpoints_leave_the_frozen_encoder_out(tmp_path):
-    from illume_tokenizer import build_siglip, siglip_image_processor
     from illume_trainer.stages.tokenizer import TokenizerStage
 
-    build_siglip("tiny", vocab_size=40).save_pretrained(tmp_path / "enc")
-    siglip_image_processor(32).save_pretrained(tmp_path / "enc")
-    stage = TokenizerStage(str(tmp_path / "enc"), str(tmp_path / "out"), preset="tiny")
+    encoder = str(_tiny_encoder(tmp_path))
+    stage = TokenizerStage(encoder, str(tmp_path / "out"), preset="tiny")
     state = stage.state_dict()
     assert state and not any(k.startswith("tokenizer.encoder.") for k in state)
-    fresh = TokenizerStage(str(tmp_path / "enc"), str(tmp_path / "out"), preset="tiny")
+    fresh = TokenizerStage(encoder, str(tmp_path / "out"), preset="tiny")
     fresh.load_state_dict(state)
     assert torch.equal(
         fresh.tokenizer.decoder.proj_out.weight, stage.tokenizer.decoder.proj_out.weight
@@ -211,18 +205,10 @@ def test_tokenizer_stage_checkpoints_leave_the_frozen_encoder_out(tmp_path):
 
 
 def _tiny_tokenizer(root):
-    from illume_tokenizer import (
-        TokenizerConfig,
-        VisionEncoder,
-        build_siglip,
-        siglip_image_processor,
-    )
+    from illume_tokenizer import TokenizerConfig, VisionEncoder
 
-    torch.manual_seed(0)
-    build_siglip("tiny", vocab_size=40).save_pretrained(root / "enc")
-    siglip_image_processor(32).save_pretrained(root / "enc")
     tokenizer = SemanticTokenizer(
-        TokenizerConfig.from_name("tiny"), VisionEncoder.from_pretrained(root / "enc")
+        TokenizerConfig.from_name("tiny"), VisionEncoder.from_pretrained(_tiny_encoder(root))
     )
     tokenizer.save_pretrained(root / "tok")
     return root / "tok"

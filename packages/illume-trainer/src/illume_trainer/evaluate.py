@@ -12,7 +12,7 @@ import torch
 
 from illume_core import load_image
 from illume_eval.shapes import PromptSpec, Scene, check_spec
-from illume_eval.shapes.world import GRID
+from illume_eval.shapes.world import cell_box
 
 from .data import to_tensor
 from .stages.common import Normalizer
@@ -27,8 +27,8 @@ def _scenes(split_dir: Path, n: int | None) -> list[dict]:
     return rows
 
 
-def _pixels(split_dir: Path, rows: list[dict], size: int) -> torch.Tensor:
-    return torch.stack([to_tensor(load_image(split_dir / r["image"]), size) for r in rows])
+def _pixels(split_dir: Path, rows: list[dict], size: int, key: str = "image") -> torch.Tensor:
+    return torch.stack([to_tensor(load_image(split_dir / r[key]), size) for r in rows])
 
 
 @torch.no_grad()
@@ -121,19 +121,15 @@ def code_locality(
     inside, outside = [], []
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
-        codes = [
-            tokenizer.encode(
-                normalize(
-                    torch.stack([to_tensor(load_image(split_dir / r[k]), size) for r in chunk])
-                )
-            ).codes
-            for k in ("source", "target")
-        ]
-        changed = codes[0] != codes[1]  # [B, h, w]
-        for r, change in zip(chunk, changed, strict=True):
-            row, col = r["edited"]["row"], r["edited"]["col"]
+        source, target = (
+            tokenizer.encode(normalize(_pixels(split_dir, chunk, size, key))).codes
+            for key in ("source", "target")
+        )
+        for r, change in zip(chunk, source != target, strict=True):  # change: [h, w]
+            # the code positions whose patches overlap the cell's pixels
+            x0, y0, x1, y1 = cell_box((r["edited"]["row"], r["edited"]["col"]), size)
             cell = torch.zeros(h, w, dtype=torch.bool)
-            cell[row * h // GRID : -(-(row + 1) * h // GRID), col * w // GRID : -(-(col + 1) * w // GRID)] = True  # fmt: skip
+            cell[y0 * h // size : -(-y1 * h // size), x0 * w // size : -(-x1 * w // size)] = True
             inside.append(change[cell].float().mean())
             outside.append(change[~cell].float().mean())
     return {
