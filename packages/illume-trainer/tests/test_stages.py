@@ -353,6 +353,7 @@ def test_mllm_stages_one_to_three_through_the_cli(tmp_path, shapes_data):
                 f.replace("data/shapes", str(data)) for f in recipe["model"]["tokenizer_corpus"]
             ]
             args += ["--model.llm", "tiny", "--model.tokenizer_corpus", json.dumps(corpus)]
+            args += ["--model.vision_feature_layer", "-2"]  # the tiny tokenizer reads the last
         else:
             args += ["--model.init", str(previous)]
         run_stage("mllm", args)
@@ -360,6 +361,7 @@ def test_mllm_stages_one_to_three_through_the_cli(tmp_path, shapes_data):
     model = IllumeForConditionalGeneration.from_pretrained(previous)
     processor = IllumeProcessor.from_pretrained(previous)
     assert model.config.codebook_size == 64 and processor.config.image_grid == (4, 4)
+    assert model.config.vision_feature_layer == -2  # set in stage 1, kept by the stages after it
     # The text tokenizer learned the words of later stages: an assessment answer is written in
     # word pieces (byte by byte it is over 240 tokens), and decodes back exactly.
     answer = json.loads((data / "train" / "assessments.json").read_text())[1]["conversations"][1][
@@ -371,6 +373,8 @@ def test_mllm_stages_one_to_three_through_the_cli(tmp_path, shapes_data):
     # a stage started from a saved model trains it in train mode (from_pretrained returns eval)
     from illume_trainer.stages.mllm import MLLMStage
 
+    with pytest.raises(ValueError, match="vision_feature_layer 0"):
+        MLLMStage(str(tmp_path / "no"), str(tokenizer_dir), {"llm": 1e-4}, vision_feature_layer=0)
     stage = MLLMStage(str(tmp_path / "next"), str(tokenizer_dir), {"llm": 1e-4}, init=str(previous))
     assert stage.model.training and all(m.training for m in stage.model.modules())
     _check_loss_weighting(tmp_path, tokenizer_dir, previous, data)

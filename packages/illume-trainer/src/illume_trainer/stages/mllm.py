@@ -46,6 +46,10 @@ class MLLMStage(FrozenPartsStage):
     groups: what trains and at which learning rate (see module docstring).
     init: the previous stage's output directory; None builds the model (stage 1).
     vision: vision encoder directory (stage 1 only; default: the tokenizer's encoder).
+    vision_feature_layer: the encoder layer understanding reads (stage 1 only; an index into its
+        hidden states). None reads the layer the tokenizer quantizes, the paper's one encoder for
+        both; a tokenizer on an early, patch-local layer (for edits that copy what they leave
+        alone) wants understanding on a deeper one.
     llm: LLM directory, or a preset of illume_mllm.LLM_PRESETS trained from scratch (stage 1 only).
     tokenizer_corpus: with a preset LLM, conversation files whose text the new text tokenizer also
         learns from, besides this stage's data: the text of later stages (questions, edit
@@ -71,6 +75,7 @@ class MLLMStage(FrozenPartsStage):
         groups: dict[str, float],
         init: str | None = None,
         vision: str | None = None,
+        vision_feature_layer: int | None = None,
         llm: str = "shapes",
         tokenizer_corpus: list[str] | None = None,
         processor_preset: str | None = "shapes",
@@ -102,6 +107,15 @@ class MLLMStage(FrozenPartsStage):
         self._rng = random.Random(seed)
         if init is not None:
             self._load(init)
+        elif self._vision_feature_layer() == 0:  # fail before any training, not at its end
+            # transformers reads 0 as "no hidden states" (output_hidden_states=0)
+            raise ValueError(
+                "understanding cannot read layer 0 (the patch embeddings): the tokenizer quantizes "
+                "it, so set the stage's vision_feature_layer to a transformer layer, e.g. -2"
+                if vision_feature_layer is None
+                else "vision_feature_layer 0 (the patch embeddings) cannot be read by the LLaVA "
+                "model; use a transformer layer, e.g. -2"
+            )
 
     # -- building ---------------------------------------------------------------------------------
 
@@ -111,6 +125,14 @@ class MLLMStage(FrozenPartsStage):
         # does not)
         self.model = IllumeForConditionalGeneration.from_pretrained(directory).train()
         self.processor = IllumeProcessor.from_pretrained(directory)
+
+    def _vision_feature_layer(self) -> int:
+        # Unless the recipe says otherwise, understanding reads the layer the tokenizer quantizes
+        # (None there is the last layer).
+        layer = self.hparams.vision_feature_layer
+        if layer is None:
+            layer = self.vision_tokenizer.config.feature_layer
+        return -1 if layer is None else layer
 
     def configure_model(self) -> None:
         # What trains is fixed here, before a strategy wraps the model: DDP must see only the
@@ -147,10 +169,8 @@ class MLLMStage(FrozenPartsStage):
         self.processor = build_processor(
             text_tokenizer, vision, tok.codebook_size, tok.grid, preset=hp.processor_preset
         )
-        # Understanding reads the layer the tokenizer quantizes (None there is the last layer).
-        layer = tok.config.feature_layer
         self.model = build_model(
-            self.processor, vision, llm, vision_feature_layer=-1 if layer is None else layer
+            self.processor, vision, llm, vision_feature_layer=self._vision_feature_layer()
         )
 
     def _select(self) -> list[dict]:
