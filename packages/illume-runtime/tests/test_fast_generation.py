@@ -76,3 +76,20 @@ def test_guidance_without_unconditional_prompts_is_refused(mllm, t2i):
     conversations, _ = t2i(processor, PROMPTS)
     with pytest.raises(ValueError, match="unconditional"):
         TorchImageGenerator(model, processor)(conversations, guidance=3.0)
+
+
+@pytest.mark.parametrize("layers", [-2, [0, -2]])
+def test_vision_features_match_llava_for_one_layer_and_a_list(mllm, layers):
+    """A list of layers is concatenated per patch (a tokenizer on the patch embeddings, understanding
+    on a deeper layer beside them): the runtime's vision path must read what transformers reads."""
+    from illume_mllm import IllumeForConditionalGeneration
+    from illume_runtime.decoder import vision_features
+
+    model, _ = mllm
+    config = model.config.to_dict() | {"vision_feature_layer": layers}
+    torch.manual_seed(0)
+    built = IllumeForConditionalGeneration(type(model.config).from_dict(config)).eval()
+    pixels = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        want = torch.stack(built.model.get_image_features(pixels).pooler_output)  # [I, N, D]
+        torch.testing.assert_close(vision_features(built, pixels), want)

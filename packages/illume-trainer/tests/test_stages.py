@@ -353,7 +353,8 @@ def test_mllm_stages_one_to_three_through_the_cli(tmp_path, shapes_data):
                 f.replace("data/shapes", str(data)) for f in recipe["model"]["tokenizer_corpus"]
             ]
             args += ["--model.llm", "tiny", "--model.tokenizer_corpus", json.dumps(corpus)]
-            args += ["--model.vision_feature_layer", "-2"]  # the tiny tokenizer reads the last
+            # the tiny tokenizer reads the last layer; understanding reads two others, concatenated
+            args += ["--model.vision_feature_layer", "[0, -2]"]
         else:
             args += ["--model.init", str(previous)]
         run_stage("mllm", args)
@@ -361,7 +362,9 @@ def test_mllm_stages_one_to_three_through_the_cli(tmp_path, shapes_data):
     model = IllumeForConditionalGeneration.from_pretrained(previous)
     processor = IllumeProcessor.from_pretrained(previous)
     assert model.config.codebook_size == 64 and processor.config.image_grid == (4, 4)
-    assert model.config.vision_feature_layer == -2  # set in stage 1, kept by the stages after it
+    # set in stage 1, kept by the stages after it; the adapter reads both layers' features
+    assert model.config.vision_feature_layer == [0, -2]
+    assert model.adapter.linear_1.in_features == 2 * model.config.vision_config.hidden_size
     # The text tokenizer learned the words of later stages: an assessment answer is written in
     # word pieces (byte by byte it is over 240 tokens), and decodes back exactly.
     answer = json.loads((data / "train" / "assessments.json").read_text())[1]["conversations"][1][

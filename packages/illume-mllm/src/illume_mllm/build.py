@@ -137,7 +137,7 @@ def build_model(
     processor: IllumeProcessor,
     vision_dir: str | os.PathLike,
     llm: str | os.PathLike | dict[str, Any],
-    vision_feature_layer: int = -1,
+    vision_feature_layer: int | list[int] = -1,
     adapter_act: str = "gelu",
     load_weights: bool = True,
 ) -> IllumeForConditionalGeneration:

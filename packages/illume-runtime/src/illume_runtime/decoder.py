@@ -278,10 +278,13 @@ def prompt_embeddings(
 
 
 def vision_features(model, pixel_values: torch.Tensor) -> torch.Tensor:
-    """pixel_values [I, 3, H, W] -> adapter features [I, N, D] (the tower's configured layer)."""
+    """pixel_values [I, 3, H, W] -> adapter features [I, N, D] (the tower's configured layer, or
+    its layers concatenated per patch, as LLaVA does)."""
     config = model.config
     out = model.vision_tower(pixel_values, output_hidden_states=True)
-    features = out.hidden_states[config.vision_feature_layer]
+    layers = config.vision_feature_layer
+    layers = [layers] if isinstance(layers, int) else layers
+    features = torch.cat([out.hidden_states[i] for i in layers], dim=-1)  # [I, N(+1), Dv * L]
     if config.vision_feature_select_strategy == "default":
         features = features[:, 1:]  # drop a class token
     return model.adapter(features)

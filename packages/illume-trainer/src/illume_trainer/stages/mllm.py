@@ -47,9 +47,10 @@ class MLLMStage(FrozenPartsStage):
     init: the previous stage's output directory; None builds the model (stage 1).
     vision: vision encoder directory (stage 1 only; default: the tokenizer's encoder).
     vision_feature_layer: the encoder layer understanding reads (stage 1 only; an index into its
-        hidden states). None reads the layer the tokenizer quantizes, the paper's one encoder for
-        both; a tokenizer on an early, patch-local layer (for edits that copy what they leave
-        alone) wants understanding on a deeper one.
+        hidden states, or a list of them, concatenated per patch as in LLaVA). None reads the
+        layer the tokenizer quantizes, the paper's one encoder for both; a tokenizer on an early,
+        patch-local layer (for edits that copy what they leave alone) wants understanding on a
+        deeper one, or on both.
     llm: LLM directory, or a preset of illume_mllm.LLM_PRESETS trained from scratch (stage 1 only).
     tokenizer_corpus: with a preset LLM, conversation files whose text the new text tokenizer also
         learns from, besides this stage's data: the text of later stages (questions, edit
@@ -75,7 +76,7 @@ class MLLMStage(FrozenPartsStage):
         groups: dict[str, float],
         init: str | None = None,
         vision: str | None = None,
-        vision_feature_layer: int | None = None,
+        vision_feature_layer: int | list[int] | None = None,
         llm: str = "shapes",
         tokenizer_corpus: list[str] | None = None,
         processor_preset: str | None = "shapes",
@@ -126,13 +127,13 @@ class MLLMStage(FrozenPartsStage):
         self.model = IllumeForConditionalGeneration.from_pretrained(directory).train()
         self.processor = IllumeProcessor.from_pretrained(directory)
 
-    def _vision_feature_layer(self) -> int:
+    def _vision_feature_layer(self) -> int | list[int]:
         # Unless the recipe says otherwise, understanding reads the layer the tokenizer quantizes
         # (None there is the last layer).
         layer = self.hparams.vision_feature_layer
         if layer is None:
             layer = self.vision_tokenizer.config.feature_layer
-        return -1 if layer is None else layer
+        return -1 if layer is None else layer if isinstance(layer, int) else list(layer)
 
     def configure_model(self) -> None:
         # What trains is fixed here, before a strategy wraps the model: DDP must see only the
