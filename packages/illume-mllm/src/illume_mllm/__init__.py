@@ -12,6 +12,7 @@ from .build import (
     build_processor,
     build_text_tokenizer,
     build_word_tokenizer,
+    check_vision_feature_layer,
 )
 from .generation import (
     ImageTokenSampler,
@@ -28,6 +29,6 @@ from .vocab import MARKERS, VisionVocab, extend_tokenizer, vision_token, vocab_o
 __all__ = [
     "IGNORE", "LLM_PRESETS", "MARKERS", "Example", "IllumeConfig", "IllumeForConditionalGeneration",
     "IllumeProcessor", "ImageTokenSampler", "ProcessorConfig", "VisionVocab", "__version__", "build_model",
-    "build_processor", "build_text_tokenizer", "build_word_tokenizer", "draw_codes", "extend_tokenizer", "filter_logits", "generate_image_tokens",
+    "build_processor", "build_text_tokenizer", "build_word_tokenizer", "check_vision_feature_layer", "draw_codes", "extend_tokenizer", "filter_logits", "generate_image_tokens",
     "generate_text", "prompt_batch", "vision_token", "vocab_of",
 ]  # fmt: skip

@@ -133,6 +133,16 @@ def build_processor(
     return IllumeProcessor(text_tokenizer, AutoImageProcessor.from_pretrained(vision_dir), config)
 
 
+def check_vision_feature_layer(layer: int | list[int]) -> None:
+    """transformers' LLaVA passes the layer on as `output_hidden_states`, so layer 0 alone (the
+    patch embeddings) reads as "no hidden states" and fails at the first forward."""
+    if isinstance(layer, int) and layer == 0:
+        raise ValueError(
+            "vision_feature_layer 0 (the patch embeddings) cannot be read alone by the LLaVA model; "
+            "use a transformer layer (e.g. -2) or a list with one (e.g. [0, -2])"
+        )
+
+
 def build_model(
     processor: IllumeProcessor,
     vision_dir: str | os.PathLike,
@@ -147,6 +157,7 @@ def build_model(
     from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig
     from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
+    check_vision_feature_layer(vision_feature_layer)
     vocab = processor.vocab
     llm_dir = None if isinstance(llm, dict) else Path(llm)
     if llm_dir is None:

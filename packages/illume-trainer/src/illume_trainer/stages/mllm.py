@@ -29,6 +29,7 @@ from illume_mllm import (
     build_model,
     build_processor,
     build_text_tokenizer,
+    check_vision_feature_layer,
 )
 from illume_tokenizer import SemanticTokenizer
 
@@ -108,15 +109,8 @@ class MLLMStage(FrozenPartsStage):
         self._rng = random.Random(seed)
         if init is not None:
             self._load(init)
-        elif self._vision_feature_layer() == 0:  # fail before any training, not at its end
-            # transformers reads 0 as "no hidden states" (output_hidden_states=0)
-            raise ValueError(
-                "understanding cannot read layer 0 (the patch embeddings): the tokenizer quantizes "
-                "it, so set the stage's vision_feature_layer to a transformer layer, e.g. -2"
-                if vision_feature_layer is None
-                else "vision_feature_layer 0 (the patch embeddings) cannot be read by the LLaVA "
-                "model; use a transformer layer, e.g. -2"
-            )
+        else:  # a bad layer fails here, not when the trainer builds the model
+            check_vision_feature_layer(self._vision_feature_layer())
 
     # -- building ---------------------------------------------------------------------------------
 
@@ -133,7 +127,7 @@ class MLLMStage(FrozenPartsStage):
         layer = self.hparams.vision_feature_layer
         if layer is None:
             layer = self.vision_tokenizer.config.feature_layer
-        return -1 if layer is None else layer if isinstance(layer, int) else list(layer)
+        return -1 if layer is None else layer
 
     def configure_model(self) -> None:
         # What trains is fixed here, before a strategy wraps the model: DDP must see only the
