@@ -136,7 +136,7 @@ def build_processor(
 def check_vision_feature_layer(layer: int | list[int]) -> None:
     """transformers' LLaVA passes the layer on as `output_hidden_states`, so layer 0 alone (the
     patch embeddings) reads as "no hidden states" and fails at the first forward."""
-    if isinstance(layer, int) and layer == 0:
+    if layer == 0:  # a list, even one holding 0, is fine
         raise ValueError(
             "vision_feature_layer 0 (the patch embeddings) cannot be read alone by the LLaVA model; "
             "use a transformer layer (e.g. -2) or a list with one (e.g. [0, -2])"
