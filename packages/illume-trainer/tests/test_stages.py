@@ -264,6 +264,9 @@ def test_detokenizer_stage_through_the_cli_and_its_quality_figures(tmp_path, sha
     fresh.load_state_dict(state)
     with pytest.raises(RuntimeError, match="does not fit"):
         fresh.load_state_dict({k: v for k, v in state.items() if "conditioner" not in k})
+    # continued from a saved pipeline, what trains is in train mode (from_pretrained returns eval)
+    continued = DetokenizerStage(str(tokenizer_dir), str(tmp_path / "next"), init=str(out))
+    assert all(m.training for m in (*continued.unet.modules(), *continued.conditioner.modules()))
 
 
 def test_encoder_positives_by_caption_or_by_scene(shapes_data):

@@ -77,6 +77,10 @@ class DetokenizerStage(FrozenPartsStage):
             )
             pipe = build_pipeline(config, feature_dim=feature_dim, num_tokens=num_tokens)
         pipe.set_progress_bar_config(disable=True)
+        # from_pretrained hands back eval mode and Lightning keeps the modes it finds: a continued
+        # run would otherwise train with dropout off (SDXL's U-Net and ours have none today)
+        pipe.conditioner.train()
+        pipe.unet.train()
         # Submodules of the LightningModule, so that devices, checkpoints and strategies see them.
         # The pipeline holds the very same modules: it is what trains, and what is saved.
         self.conditioner, self.unet, self.vae = pipe.conditioner, pipe.unet, pipe.vae
