@@ -385,6 +385,7 @@ def test_mllm_stages_one_to_three_through_the_cli(tmp_path, shapes_data):
     assert stage.model.training and all(m.training for m in stage.model.modules())
     _check_loss_weighting(tmp_path, tokenizer_dir, previous, data)
     _check_packing_by_image(tmp_path, tokenizer_dir, previous, data)
+    _check_unconditional_prompts(tmp_path, tokenizer_dir, previous, data)
     codes = generate_image_tokens(
         model, processor, [processor.t2i_messages("a red circle")], [processor.t2i_messages("")], guidance=2.0,
         generator=torch.Generator().manual_seed(0),
@@ -463,6 +464,31 @@ def _check_packing_by_image(tmp_path, tokenizer_dir, init, data):
                            loss_weighting="example")  # fmt: skip
     with pytest.raises(ValueError, match="loss_weighting: token"):
         by_example.encode(item, training=False)
+
+
+def _check_unconditional_prompts(tmp_path, tokenizer_dir, init, data):
+    """p_uncond drops the text of a drawing request and keeps its input images: a caption becomes
+    the empty prompt, an edit its source image alone (the prompts CFG contrasts in
+    `IllumePipeline.generate_image` and `.edit`); understanding is never dropped."""
+    from PIL import Image
+
+    from illume_trainer.conversations import ConversationDataset, read_conversations
+    from illume_trainer.stages.mllm import MLLMStage
+
+    items = {
+        name: ConversationDataset([read_conversations(data / "train" / f"{name}.json")[0]])[0]
+        for name in ("t2i", "edits", "qa")
+    }
+    always = MLLMStage(str(tmp_path / "u"), str(tokenizer_dir), {"llm": 1e-4}, init=str(init),
+                       p_uncond=1.0)  # fmt: skip
+    kept = {name: always.messages(item, training=False)[0].parts for name, item in items.items()}
+    dropped = {name: always.messages(item, training=True)[0].parts for name, item in items.items()}
+    assert isinstance(kept["t2i"][0], str) and dropped["t2i"] == []
+    # an edit asks instruction first, so that each output code sits a fixed distance after its
+    # source patch
+    assert [type(p) for p in kept["edits"]] == [str, Image.Image]
+    assert len(dropped["edits"]) == 1 and isinstance(dropped["edits"][0], Image.Image)
+    assert [type(p) for p in dropped["qa"]] == [type(p) for p in kept["qa"]] == [Image.Image, str]
 
 
 TABLE_5 = {  # stage: (global batch, steps, learning rates by group)

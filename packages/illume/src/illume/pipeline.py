@@ -273,7 +273,7 @@ class IllumePipeline:
         instructions = [instruction] if single else list(instruction)
         generator = self._generator(seed, generator)
         conversations = [
-            [Message("user", [im, t])] for im, t in zip(images, instructions, strict=True)
+            [Message("user", [t, im])] for im, t in zip(images, instructions, strict=True)
         ]
         unconditional = [[Message("user", [im])] for im in images]
         out = self.render(self.draw_codes(conversations, unconditional, generator), generator)

@@ -41,7 +41,8 @@ from .qa import POPE_TYPES, scene_questions
 from .splits import HELDOUT_PAIRS, HELDOUT_RELATIONS, SPLITS
 from .world import DEFAULT_SIZE, render
 
-FORMAT_VERSION = 3  # 2: assessments.json; 3: qa.json one question per conversation
+FORMAT_VERSION = 4  # 2: assessments.json; 3: qa.json one question per conversation; 4: edits
+# ask instruction first
 
 _T2I_INSTRUCTIONS = (
     "Generate an image of {c}.",
@@ -180,7 +181,7 @@ def write_split(
                     "id": item_id,
                     "images": [image, target],
                     "conversations": [
-                        {"from": "human", "value": "<image>\n" + edit.instruction},
+                        {"from": "human", "value": edit.instruction + "\n<image>"},
                         {"from": "gpt", "value": "<image>"},
                     ],
                 }

@@ -8,7 +8,9 @@
 `llm` trains all of the LLM. Stage 1 builds the model from parts (an LLM directory or a Llama
 preset, the vision encoder directory, the tokenizer's codebook size and grid); later stages start
 from the previous stage's output (`init`). Output images in answers are the vision tokenizer's
-codes of the target image; T2I captions are dropped with probability `p_uncond` (CFG).
+codes of the target image; the text of a drawing request (text-to-image, or an edit's instruction)
+is dropped with probability `p_uncond`: the unconditional branch of CFG, which for an edit is its
+source image alone (`IllumePipeline.edit`).
 """
 
 from __future__ import annotations
@@ -61,7 +63,8 @@ class MLLMStage(FrozenPartsStage):
     processor_preset: ProcessorConfig preset ("shapes": no system prompt).
     weight_decay, warmup_steps: AdamW and its warm-up + cosine schedule (no decay on embeddings,
         so rows that do not train stay bit-identical).
-    p_uncond: probability of dropping a text-to-image caption (the unconditional branch of CFG).
+    p_uncond: probability of dropping the text of a drawing request, a caption or an edit's
+        instruction, keeping its input images (the unconditional branch of CFG).
     loss_weighting: "token" averages the cross-entropy over every answer token of the batch (LLaVA's
         rule); "example" averages each conversation's answer tokens first, then the conversations,
         so a one-word answer weighs as much as a 64-token image. With "token", QA answers (about 20
@@ -226,13 +229,10 @@ class MLLMStage(FrozenPartsStage):
     def messages(self, item: dict, training: bool) -> list[Message]:
         """A dataset item -> Messages with PIL input images and code-grid output images."""
         turns = list(item["turns"])
-        is_t2i = (
-            len(turns) == 2
-            and turns[0][1].count("<image>") == 0
-            and turns[1][1].strip() == "<image>"
-        )
-        if training and is_t2i and self._rng.random() < self.hparams.p_uncond:
-            turns[0] = (turns[0][0], "")  # the caption dropped: the unconditional prompt of CFG
+        draws = len(turns) == 2 and turns[1][1].strip() == "<image>"
+        if training and draws and self._rng.random() < self.hparams.p_uncond:
+            # the text dropped, the input images kept: the unconditional prompt of CFG
+            turns[0] = (turns[0][0], "<image>" * turns[0][1].count("<image>"))
         outputs = dict(
             zip(item["outputs"], self.codes_of(list(item["outputs"].values())), strict=True)
         )
