@@ -68,3 +68,10 @@ def test_a_resumed_loader_continues_with_the_same_batches(lengths):
 def test_lengths_must_match_the_dataset():
     with pytest.raises(ValueError, match="3 lengths for a dataset of 4"):
         LengthGroupedSampler([0, 1, 2, 3], [1, 2, 3], 2)
+
+
+def test_a_training_set_smaller_than_one_batch_is_refused():
+    # drop_last would give no batch: a stage that trains no step and saves nothing, silently
+    with pytest.raises(ValueError, match="fewer than one global batch"):
+        make_loader(list(range(BATCH - 1)), None, BATCH, True, 0, seed=0)
+    assert len(make_loader(list(range(BATCH - 1)), None, BATCH, False, 0, seed=0)) == 1  # validation

@@ -187,6 +187,12 @@ def make_loader(
     `lengths` (one per example, shuffled loaders only): batches grouped by length."""
     world = trainer.world_size if trainer is not None else 1
     rank = trainer.global_rank if trainer is not None else 0
+    if shuffle and len(dataset) < batch_size * world:  # drop_last: not one step, no error, no output
+        raise ValueError(
+            f"the training set has {len(dataset)} items, fewer than one global batch "
+            f"({batch_size} x {world} processes), so training would take no step: lower "
+            f"--data.batch_size or add data"
+        )
     if lengths is not None and shuffle:
         sampler = LengthGroupedSampler(
             dataset, lengths, batch_size, num_replicas=world, rank=rank, seed=seed
