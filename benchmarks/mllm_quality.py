@@ -9,6 +9,13 @@ qa_accuracy, pope_f1, edit_target, edit_preserve, train_seconds.
 
 Run: .venv/bin/python benchmarks/mllm_quality.py [--workdir DIR] [--profile full|default]
      [--scenes N] [--sweep-prompts N]  (N training scenes instead of the profile's; 0 prompts: no sweep)
+Ablations (benchmarks/RESULTS.md), each option repeatable:
+     --steps mllm_stage3=1500                  a stage's steps instead of the profile's
+     --stage-args mllm_stage3='--data.weights "[1, 1, 3, 0.25, 0.5]"'   LightningCLI arguments
+                                               after the stage's recipe (shell-quoted)
+     --reuse DIR --reuse-stages encoder,tokenizer,detokenizer   those stages' finished outputs
+                                               linked from another work directory, not retrained
+     --guidance G                              the headline figures' guidance (default: the demo's)
 """
 
 from __future__ import annotations
@@ -17,10 +24,11 @@ import argparse
 import dataclasses
 import json
 import os
+import shlex
 import tempfile
 from pathlib import Path
 
-from illume.demo import HEADLINE, PROFILES, evaluate, train
+from illume.demo import HEADLINE, PROFILES, STAGES, evaluate, train, with_steps
 from illume.evaluate import t2i_quality
 from illume.pipeline import SHAPES_SAMPLING, IllumePipeline
 from illume_eval.shapes import ensure_dataset
@@ -35,6 +43,35 @@ SWEEP = [
 ]
 
 
+def _pairs(values: list[str], option: str) -> dict[str, str]:
+    pairs = {}
+    for value in values:
+        name, sep, rest = value.partition("=")
+        if not sep:
+            raise SystemExit(
+                f"{option} {value!r}: expected STAGE=VALUE, e.g. {option} mllm_stage3=..."
+            )
+        pairs[name] = rest
+    return pairs
+
+
+def _reuse(source: Path, names: list[str]) -> None:
+    """Links each named stage's `final` output of `source` into the current work directory."""
+    outputs = {name: output for name, _, _, output in STAGES}
+    for name in names:
+        if name not in outputs:
+            raise SystemExit(f"--reuse-stages {name!r}: stages are {', '.join(outputs)}")
+        target, link = (source / outputs[name]).resolve(), Path(outputs[name])
+        if not target.is_dir():
+            raise SystemExit(f"--reuse {source}: {target} is missing; train that stage there first")
+        if link.exists() and link.resolve() == target:  # linked already (or a parent is)
+            continue
+        if link.exists() or link.is_symlink():
+            raise SystemExit(f"--reuse: {link.resolve()} already exists here; use a new --workdir")
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(target, target_is_directory=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -43,23 +80,44 @@ def main() -> None:
     parser.add_argument("--profile", default="full", choices=sorted(PROFILES))
     parser.add_argument("--sweep-prompts", type=int, default=100)
     parser.add_argument("--scenes", type=int, default=None)
+    parser.add_argument("--steps", action="append", default=[], metavar="STAGE=N")
+    parser.add_argument("--stage-args", action="append", default=[], metavar="STAGE=ARGS")
+    parser.add_argument("--reuse", type=Path, default=None, metavar="DIR")
+    parser.add_argument("--reuse-stages", default="", metavar="STAGE,STAGE")
+    parser.add_argument("--guidance", type=float, default=None)
     args = parser.parse_args()
     profile = dataclasses.replace(
         PROFILES[args.profile],
         self_enhance=None,  # the three stages' figures
         scenes=args.scenes or PROFILES[args.profile].scenes,
     )
+    try:
+        steps = {k: int(v) for k, v in _pairs(args.steps, "--steps").items()}
+        profile = with_steps(profile, steps)
+    except ValueError as err:
+        raise SystemExit(f"--steps: {err}") from None
+    extra = {k: shlex.split(v) for k, v in _pairs(args.stage_args, "--stage-args").items()}
+    reuse = [s for s in args.reuse_stages.split(",") if s]
+    if bool(reuse) != (args.reuse is not None):
+        raise SystemExit("--reuse DIR and --reuse-stages STAGE,... go together")
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="illume-mllm-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
+    source = args.reuse.resolve() if args.reuse else None
     os.chdir(workdir)
+    if source:
+        _reuse(source, reuse)
     ensure_dataset("data/shapes", profile.scenes, seed=0, n_eval=profile.n_eval, progress=False)
-    seconds = train(profile, progress=False)  # of every stage, also those of earlier runs
+    # of every stage trained here, also by earlier runs; reused stages count where they were trained
+    seconds = train(profile, progress=False, extra_args=extra)
     train_seconds = round(sum(v for k, v in seconds.items() if k != "self_enhance"), 1)
     pipe = IllumePipeline.from_stages(
         "runs/shapes/tokenizer/final",
         "runs/shapes/mllm/stage3/final",
         "runs/shapes/detokenizer/final",
-        sampling=dataclasses.replace(SHAPES_SAMPLING),  # the demo's; the sweep sets its own
+        # the demo's, or --guidance; the sweep sets its own
+        sampling=dataclasses.replace(
+            SHAPES_SAMPLING, guidance=args.guidance or SHAPES_SAMPLING.guidance
+        ),
     )
     metrics, _ = evaluate(pipe, profile)
 
@@ -90,7 +148,11 @@ def main() -> None:
     print(f"stage seconds: {json.dumps(seconds)}")
     out = {k: metrics[k] for k in HEADLINE}
     out |= {"train_seconds": train_seconds, "stage_seconds": seconds, "t2i_by_tag": metrics["t2i"],
-            "pope": metrics["pope"], "sweep": sweep, "workdir": str(workdir)}  # fmt: skip
+            "pope": metrics["pope"], "sweep": sweep, "workdir": str(workdir),
+            "guidance": pipe.sampling.guidance, "qa_by_type": metrics["qa"], "edits": metrics["edits"],
+            "heldout_by_tag": metrics["t2i_heldout_by_tag"], "steps": steps,
+            "stage_args": {k: shlex.join(v) for k, v in extra.items()},
+            "reused": {name: str(source) for name in reuse}}  # fmt: skip
     print(json.dumps(out))
 
 

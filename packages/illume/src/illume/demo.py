@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -85,10 +86,39 @@ def _steps(profile: Profile, name: str) -> int:
     return getattr(profile, f"{name}_steps")
 
 
-def train(profile: Profile, progress: bool = True) -> dict:
+def with_steps(profile: Profile, steps: Mapping[str, int]) -> Profile:
+    """The profile with some stages' steps replaced, by stage name (`{"mllm_stage3": 1500}`)."""
+    for name, n in steps.items():
+        if name in ("mllm_stage1", "mllm_stage2", "mllm_stage3"):
+            mllm = list(profile.mllm_steps)
+            mllm[int(name[-1]) - 1] = n
+            profile = replace(profile, mllm_steps=(mllm[0], mllm[1], mllm[2]))
+        elif name in ("encoder", "tokenizer", "detokenizer"):
+            profile = replace(profile, **{f"{name}_steps": n})
+        else:
+            raise ValueError(f"unknown stage {name!r}; stages: " + ", ".join(s for s, *_ in STAGES))
+    return profile
+
+
+def train(
+    profile: Profile,
+    progress: bool = True,
+    extra_args: Mapping[str, Sequence[str]] | None = None,
+) -> dict:
     """Runs every unfinished stage in the current directory; returns seconds per stage, of this
     run and of earlier ones (kept in `runs/train_seconds.json`: a resumed or skipped stage still
-    reports what it took; an interrupted stage adds up its parts)."""
+    reports what it took; an interrupted stage adds up its parts).
+
+    extra_args: more LightningCLI arguments for a stage, by name, after the recipe's (they win):
+    the benchmarks' ablations, e.g. `{"mllm_stage3": ["--data.weights", "[1, 1, 3, 0.25, 0.5]"]}`.
+    """
+    extra_args = dict(extra_args or {})
+    unknown = set(extra_args) - {name for name, *_ in STAGES}
+    if unknown:
+        raise ValueError(
+            f"extra_args for unknown stage(s) {sorted(unknown)}; stages: "
+            + ", ".join(name for name, *_ in STAGES)
+        )
     from illume_trainer.cli import run_stage
 
     ledger = Path(SECONDS)
@@ -112,6 +142,7 @@ def train(profile: Profile, progress: bool = True) -> dict:
         last = root / "checkpoints" / "last.ckpt"
         if last.is_file():
             args += ["--ckpt_path", str(last)]
+        args += list(extra_args.get(name, ()))
         start = time.perf_counter()
         try:
             run_stage(stage, args)

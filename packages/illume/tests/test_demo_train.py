@@ -1,0 +1,35 @@
+"""`illume.demo.train`'s knobs for ablations: steps by stage name, extra LightningCLI arguments."""
+
+import os
+from dataclasses import replace
+
+import pytest
+import yaml
+
+from illume.demo import PROFILES, STAGES, train, with_steps
+from illume_eval.shapes import ensure_dataset
+
+
+def test_with_steps_replaces_only_the_named_stages():
+    full = PROFILES["full"]
+    changed = with_steps(full, {"mllm_stage3": 1500, "detokenizer": 3000})
+    assert changed.mllm_steps == (full.mllm_steps[0], full.mllm_steps[1], 1500)
+    assert changed.detokenizer_steps == 3000 and changed.encoder_steps == full.encoder_steps
+    with pytest.raises(ValueError, match="unknown stage 'mllm_stage4'"):
+        with_steps(full, {"mllm_stage4": 1})
+
+
+def test_extra_args_reach_the_stage_and_unknown_stages_are_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="unknown stage"):
+        train(PROFILES["smoke"], progress=False, extra_args={"stage9": ["--model.lr", "1"]})
+    ensure_dataset("data/shapes", 300, seed=0, n_eval=16, progress=False)
+    # finished (present) stages are skipped: only the encoder trains
+    for *_, output in STAGES[1:]:
+        os.makedirs(output)
+    profile = replace(with_steps(PROFILES["smoke"], {"encoder": 1}), self_enhance=None)
+    seconds = train(profile, progress=False, extra_args={"encoder": ["--model.lr", "0.00123"]})
+    assert set(seconds) == {"encoder"}
+    [hparams] = (tmp_path / "runs/shapes/encoder/lightning_logs").glob("*/hparams.yaml")
+    assert yaml.safe_load(hparams.read_text())["lr"] == pytest.approx(0.00123)
+    assert (tmp_path / "runs/shapes/encoder/final").is_dir()
