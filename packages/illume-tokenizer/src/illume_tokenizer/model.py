@@ -46,6 +46,10 @@ class TokenizerConfig(Config):
     ema_decay: float = 0.99
     dead_threshold: float = 0.03
     """A code whose usage falls below this share of uniform is restarted."""
+    dead_code_restart: str = "random"
+    """Where a dead code restarts: 'random' (a random input of the batch) or 'error' (an input
+    drawn by its squared distance from its code, k-means++'s seeding: for features where a few
+    points hold most of the mass, as patch-local features do)."""
     decoder_width: int = 256
     decoder_depth: int = 4
     decoder_heads: int = 4
@@ -133,6 +137,7 @@ class SemanticTokenizer(nn.Module):
         self.quantizer = VectorQuantizer(
             config.codebook_size, config.code_dim, config.quantizer_update, config.l2_normalize,
             config.commitment, config.ema_decay, config.dead_threshold,
+            restart=config.dead_code_restart,
         )  # fmt: skip
         tokens = config.grid[0] * config.grid[1]
         self.decoder = FeatureDecoder(

@@ -7,7 +7,11 @@
   only the commitment loss reaches the encoder side) or `straight_through` (codebook loss
   ||sg(z) - c||^2 + beta * ||z - sg(c)||^2, gradients copied through the lookup).
 - Dead-code restarts: codes whose EMA usage falls below `dead_threshold` are re-seeded from
-  random inputs of the current batch, every step of training.
+  inputs of the current batch, every step of training: uniformly at random (`restart="random"`),
+  or with probability proportional to each input's squared distance from its code
+  (`restart="error"`, k-means++'s seeding). On data where a few points hold most of the mass (the
+  background patches of a patch-local tokenizer), random seeds land on those points and die again;
+  error-weighted seeds go where the codebook serves its inputs worst.
 - Usage and perplexity of the assignments are tracked for logging.
 """
 
@@ -44,10 +48,14 @@ class VectorQuantizer(nn.Module):
         decay: float = 0.99,
         dead_threshold: float = 1e-3,
         init: str = "normal",
+        restart: str = "random",
     ):
         super().__init__()
         if update not in ("ema", "straight_through"):
             raise ValueError(f"update must be 'ema' or 'straight_through', got {update!r}")
+        if restart not in ("random", "error"):
+            raise ValueError(f"restart must be 'random' or 'error', got {restart!r}")
+        self.restart = restart
         self.codebook_size, self.code_dim = codebook_size, code_dim
         self.update, self.l2_normalize = update, l2_normalize
         self.commitment, self.decay, self.dead_threshold = commitment, decay, dead_threshold
@@ -107,13 +115,19 @@ class VectorQuantizer(nn.Module):
         else:
             loss = F.mse_loss(chosen, z.detach()) + self.commitment * F.mse_loss(z, chosen.detach())
         if self.training:
-            self._update_statistics(z.detach().reshape(-1, self.code_dim), one_hot.detach())
+            self._update_statistics(
+                z.detach().reshape(-1, self.code_dim),
+                one_hot.detach(),
+                chosen.detach().reshape(-1, self.code_dim),
+            )
         quantized = z + (chosen - z).detach()
         usage = (self.usage_ema > self.dead_threshold).float().mean()
         return QuantizerOutput(quantized, codes, loss, perplexity, usage)
 
     @torch.no_grad()
-    def _update_statistics(self, flat: torch.Tensor, one_hot: torch.Tensor) -> None:
+    def _update_statistics(
+        self, flat: torch.Tensor, one_hot: torch.Tensor, chosen: torch.Tensor
+    ) -> None:
         counts = one_hot.sum(0)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(counts)
@@ -132,18 +146,22 @@ class VectorQuantizer(nn.Module):
             )  # Laplace smoothing
             self.codebook.copy_(self.ema_sum / smoothed[:, None])
         if self.restart_dead_codes:
-            self._restart(flat)
+            self._restart(flat, chosen)
 
     @torch.no_grad()
-    def _restart(self, flat: torch.Tensor) -> None:
+    def _restart(self, flat: torch.Tensor, chosen: torch.Tensor) -> None:
         dead = self.usage_ema < self.dead_threshold
         n_dead = int(dead.sum())
         if n_dead == 0:
             return
-        # Re-seed each dead code at a random input of this batch (with a little noise so that
-        # several restarts from one input spread out). Under DDP every rank takes rank 0's seeds
-        # (usage is all-reduced, so all ranks agree on which codes are dead).
-        picks = torch.randint(0, flat.shape[0], (n_dead,), device=flat.device)
+        # Re-seed each dead code at an input of this batch (with a little noise so that several
+        # restarts from one input spread out). Under DDP every rank takes rank 0's seeds (usage
+        # is all-reduced, so all ranks agree on which codes are dead).
+        if self.restart == "error":
+            error = (flat.float() - chosen.float()).pow(2).sum(1)
+            picks = torch.multinomial(error + 1e-12, n_dead, replacement=True)
+        else:
+            picks = torch.randint(0, flat.shape[0], (n_dead,), device=flat.device)
         seeds = flat[picks] + 0.01 * flat.std() * torch.randn_like(flat[picks])
         seeds = self._normalise(seeds).to(self.codebook.dtype)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
