@@ -8,6 +8,8 @@ Prints a table, then one JSON object on the last line with keys cosine, code_usa
 retrieval_top1, code_change_inside, code_change_outside, train_seconds.
 
 Run: .venv/bin/python benchmarks/tokenizer_quality.py [--workdir DIR] [--encoder-steps N] [--tokenizer-steps N]
+     [--encoder DIR] [--tokenizer-args ARGS]  (ARGS: more LightningCLI arguments for the tokenizer
+     stage, shell-quoted, e.g. '--model.feature_layer 0 --model.overrides "{codebook_size: 256}"')
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import tempfile
 import time
 from pathlib import Path
@@ -34,6 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokenizer-steps", type=int, default=2500)
     parser.add_argument(
         "--encoder", default=None, help="skip encoder pretraining: use this encoder directory"
+    )
+    parser.add_argument(
+        "--tokenizer-args", default="", help="more LightningCLI arguments for the tokenizer stage"
     )
 
 
@@ -78,6 +84,7 @@ def train_tokenizer(args, figures: dict) -> str:
             "--trainer.max_steps",
             str(args.tokenizer_steps),
             *quiet,
+            *shlex.split(args.tokenizer_args),
         ],
     )
     figures["tokenizer_train_seconds"] = round(time.perf_counter() - start, 1)
