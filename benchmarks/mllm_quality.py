@@ -116,7 +116,8 @@ def main() -> None:
         "runs/shapes/detokenizer/final",
         # the demo's, or --guidance; the sweep sets its own
         sampling=dataclasses.replace(
-            SHAPES_SAMPLING, guidance=args.guidance or SHAPES_SAMPLING.guidance
+            SHAPES_SAMPLING,
+            guidance=SHAPES_SAMPLING.guidance if args.guidance is None else args.guidance,
         ),
     )
     metrics, _ = evaluate(pipe, profile)

@@ -73,6 +73,7 @@ STAGES = (
     ("mllm_stage3", "mllm", "recipes/shapes/mllm_stage3.yaml", "runs/shapes/mllm/stage3/final"),
 )
 
+_STAGE_NAMES = tuple(name for name, *_ in STAGES)
 
 #: Output of the self-enhancement step (recipes/shapes/self_enhance.yaml).
 SELF_ENHANCED = "runs/shapes/self_enhance/final"
@@ -96,7 +97,7 @@ def with_steps(profile: Profile, steps: Mapping[str, int]) -> Profile:
         elif name in ("encoder", "tokenizer", "detokenizer"):
             profile = replace(profile, **{f"{name}_steps": n})
         else:
-            raise ValueError(f"unknown stage {name!r}; stages: " + ", ".join(s for s, *_ in STAGES))
+            raise ValueError(f"unknown stage {name!r}; stages: {', '.join(_STAGE_NAMES)}")
     return profile
 
 
@@ -113,11 +114,10 @@ def train(
     the benchmarks' ablations, e.g. `{"mllm_stage3": ["--data.weights", "[1, 1, 3, 0.25, 0.5]"]}`.
     """
     extra_args = dict(extra_args or {})
-    unknown = set(extra_args) - {name for name, *_ in STAGES}
+    unknown = set(extra_args) - set(_STAGE_NAMES)
     if unknown:
         raise ValueError(
-            f"extra_args for unknown stage(s) {sorted(unknown)}; stages: "
-            + ", ".join(name for name, *_ in STAGES)
+            f"extra_args for unknown stage(s) {sorted(unknown)}; stages: {', '.join(_STAGE_NAMES)}"
         )
     from illume_trainer.cli import run_stage
 
