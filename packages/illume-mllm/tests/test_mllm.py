@@ -287,3 +287,15 @@ def test_the_shapesworld_text_tokenizer_round_trips_any_text_exactly():
     assert (
         len(tokenizer(TEXTS[0], add_special_tokens=False)["input_ids"]) <= len(TEXTS[0].split()) + 1
     )
+
+
+@pytest.mark.parametrize("name", ["tiny", "shapes", "shapes-wide"])
+def test_llm_presets_are_valid_llama_configs(name):
+    from illume_mllm import LLM_PRESETS
+
+    preset = LLM_PRESETS[name]
+    config = LlamaConfig(**preset, vocab_size=64)
+    assert config.hidden_size % config.num_attention_heads == 0, "head_dim must be whole"
+    with torch.device("meta"):  # shapes only: a wrong preset fails to build here
+        model = LlamaForCausalLM(config)
+    assert len(model.model.layers) == preset["num_hidden_layers"]

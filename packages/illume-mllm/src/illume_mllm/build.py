@@ -26,6 +26,8 @@ from .vocab import extend_tokenizer
 LLM_PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 2},
     "shapes": {"hidden_size": 256, "intermediate_size": 768, "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 4},
+    # one size up (about 3.4x the shapes body): does capacity bound the ShapesWorld figures?
+    "shapes-wide": {"hidden_size": 384, "intermediate_size": 1152, "num_hidden_layers": 6, "num_attention_heads": 6, "num_key_value_heads": 6},
 }  # fmt: skip
 
 SPECIAL_TOKENS = ("<pad>", "</s>", "<unk>", "<s>")
