@@ -2,7 +2,9 @@
 
 Runs the demo's `full` profile (data, encoder, tokenizer, detokenizer, MLLM stages 1-3; finished
 stages in --workdir are reused), then scores with illume-eval's exact scorers: text-to-image on
-validation and held-out prompts, QA accuracy, POPE F1 (the worst negative type), editing. Also a
+validation and held-out prompts, QA accuracy, POPE F1 (the worst negative type), editing, and
+editing's ceiling: the same edits' targets through the tokenizer and detokenizer, the figures an
+MLLM that gets every code right would reach (`edit_ceiling`; `edit_copy`: returning the source). Also a
 table of text-to-image overall against guidance scale and temperature / top-k (the paper's Fig. B).
 Prints tables, then one JSON object on the last line with keys t2i_overall, t2i_heldout,
 qa_accuracy, pope_f1, edit_target, edit_preserve, train_seconds.
@@ -29,7 +31,7 @@ import tempfile
 from pathlib import Path
 
 from illume.demo import HEADLINE, PROFILES, STAGES, evaluate, train, with_steps
-from illume.evaluate import t2i_quality
+from illume.evaluate import edit_ceiling, t2i_quality
 from illume.pipeline import SHAPES_SAMPLING, IllumePipeline
 from illume_eval.shapes import ensure_dataset
 
@@ -121,6 +123,8 @@ def main() -> None:
         ),
     )
     metrics, _ = evaluate(pipe, profile)
+    # the same edits' targets through tokenizer and detokenizer: what a perfect MLLM would reach
+    ceiling = edit_ceiling(pipe, "data/shapes/validation", n=profile.eval_edit)
 
     print(f"{'guidance':>9}{'temperature':>13}{'top-k':>7}{'t2i overall':>13}")
     sweep = []
@@ -146,12 +150,17 @@ def main() -> None:
     print(f"\n{'figure':<16}{'value':>10}")
     for key in HEADLINE:
         print(f"{key:<16}{metrics[key]:>10.4f}")
+    ceil, copy = ceiling["summary"], ceiling["copy"]
+    print(f"editing ceiling (targets through tokenizer + detokenizer): reached "
+          f"{ceil['target_reached']:.2f}, preserved {ceil['preserved']:.3f}; "
+          f"copying the source: preserved {copy['preserved']:.3f}")  # fmt: skip
     print(f"stage seconds: {json.dumps(seconds)}")
     out = {k: metrics[k] for k in HEADLINE}
     out |= {"train_seconds": train_seconds, "stage_seconds": seconds, "t2i_by_tag": metrics["t2i"],
             "pope": metrics["pope"], "sweep": sweep, "workdir": str(workdir),
             "guidance": pipe.sampling.guidance, "qa_by_type": metrics["qa"], "edits": metrics["edits"],
-            "heldout_by_tag": metrics["t2i_heldout_by_tag"], "steps": steps,
+            "heldout_by_tag": metrics["t2i_heldout_by_tag"], "edit_ceiling": ceil, "edit_copy": copy,
+            "steps": steps,
             "stage_args": {k: shlex.join(v) for k, v in extra.items()},
             "reused": {name: str(source) for name in reuse}}  # fmt: skip
     print(json.dumps(out))

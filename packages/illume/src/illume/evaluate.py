@@ -2,7 +2,8 @@
 
 - text-to-image: GenEval-style accuracy per tag and overall (the split's geneval_metadata.jsonl);
 - understanding: QA accuracy per question type, POPE figures per negative type (qa.jsonl);
-- editing: target reached and untouched objects preserved (edits.jsonl).
+- editing: target reached and untouched objects preserved (edits.jsonl), and the same figures of
+  the edits' own targets through the tokenizer and detokenizer: the ceiling a perfect MLLM reaches.
 Each returns its figures and the per-item records a report shows.
 """
 
@@ -81,3 +82,28 @@ def edit_quality(
         images += pipe.edit(sources, [r["instruction"] for r in chunk], generator=generator)
     records = [{"row": r, "image": im} for r, im in zip(rows, images, strict=True)]
     return {"summary": edit_metrics(edits, images), "records": records}
+
+
+def edit_ceiling(
+    pipe, split_dir: str | os.PathLike, n: int = 100, seed: int = 0, batch_size: int = 16
+) -> dict:
+    """The editing figures of an MLLM that gets every code right: each edit's target image through
+    the tokenizer and the detokenizer (`pipe.reconstruct`), scored as `edit_quality` scores an edit;
+    "copy" scores each source image so, an MLLM that returns its input unchanged.
+    {"summary": the target's figures, "copy": the source's, "records"}."""
+    split_dir = Path(split_dir)
+    rows = _jsonl(split_dir / "edits.jsonl", n)
+    edits = [Edit.from_dict(r) for r in rows]
+    drawn: dict[str, list] = {}
+    for which in ("target", "source"):
+        generator = torch.Generator().manual_seed(seed)
+        drawn[which] = []
+        for start in range(0, len(rows), batch_size):
+            chunk = [load_image(split_dir / r[which]) for r in rows[start : start + batch_size]]
+            drawn[which] += pipe.reconstruct(chunk, generator=generator)
+    records = [{"row": r, "image": im} for r, im in zip(rows, drawn["target"], strict=True)]
+    return {
+        "summary": edit_metrics(edits, drawn["target"]),
+        "copy": edit_metrics(edits, drawn["source"]),
+        "records": records,
+    }

@@ -229,6 +229,18 @@ class IllumePipeline:
             generator=[torch.Generator().manual_seed(x) for x in seeds],
         ).images  # fmt: skip
 
+    def reconstruct(
+        self, image: Image.Image | Sequence[Image.Image], seed: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> list[Image.Image]:  # fmt: skip
+        """Image -> the tokenizer's codes -> the detokenizer: what this pipeline draws for an image
+        when the MLLM gets every code right (the ceiling of its drawing and editing figures)."""
+        images = [image] if isinstance(image, Image.Image) else list(image)
+        generator = self._generator(seed, generator)
+        with torch.no_grad():
+            codes = self.tokenizer.encode(self.tokenizer.preprocess(images)).codes
+        return self.render(codes, generator)
+
     def draw_codes(
         self, conversations: Sequence[Sequence[Message]], unconditional, generator: torch.Generator
     ) -> torch.Tensor:

@@ -6,8 +6,6 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-import torch
-
 from illume_core import load_image
 from illume_eval.report import Card, HtmlReport
 
@@ -32,18 +30,9 @@ def _loss_curves(root: str = "runs/shapes") -> dict[str, list[tuple[float, float
 
 
 def _reconstructions(pipe, data: str = "data/shapes/validation", n: int = 8) -> list[Card]:
-    from illume_trainer.data import to_tensor
-    from illume_trainer.stages.common import Normalizer
-
     paths = sorted(Path(data, "images").glob("*.png"))[:n]
     images = [load_image(p) for p in paths]
-    size = pipe.tokenizer.config.image_size
-    pixels = torch.stack([to_tensor(im, size) for im in images])
-    with torch.no_grad():
-        normalize = Normalizer.for_processor(pipe.tokenizer.encoder.image_processor)
-        codes = pipe.tokenizer.encode(normalize(pixels)).codes
-    generator = torch.Generator().manual_seed(0)
-    drawn = pipe.render(codes, generator)
+    drawn = pipe.reconstruct(images, seed=0)
     return [
         Card([a, b], p.name, note="original, then image -> codes -> detokenizer")
         for a, b, p in zip(images, drawn, paths)
