@@ -1,7 +1,7 @@
 """Trains the ShapesWorld MLLM's three stages and measures it (issue: unified MLLM).
 
-Runs the demo's `full` profile (data, encoder, tokenizer, detokenizer, MLLM stages 1-3; finished
-stages in --workdir are reused), then scores with illume-eval's exact scorers: text-to-image on
+Runs the demo's `full` profile (data, encoder, tokenizer, detokenizer, MLLM stages 1-3, stage 3
+ending in its annealing phase; finished stages in --workdir are reused), then scores with illume-eval's exact scorers: text-to-image on
 validation and held-out prompts, QA accuracy, POPE F1 (the worst negative type), editing, and
 editing's ceiling: the same edits' targets through the tokenizer and detokenizer, the figures an
 MLLM that gets every code right would reach (`edit_ceiling`; `edit_copy`: returning the source). Also a
@@ -114,7 +114,7 @@ def main() -> None:
     train_seconds = round(sum(v for k, v in seconds.items() if k != "self_enhance"), 1)
     pipe = IllumePipeline.from_stages(
         "runs/shapes/tokenizer/final",
-        "runs/shapes/mllm/stage3/final",
+        STAGES[-1][3],  # the last MLLM stage's output
         "runs/shapes/detokenizer/final",
         # the demo's, or --guidance; the sweep sets its own
         sampling=dataclasses.replace(

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import yaml
 
-from illume.demo import PROFILES, train
+from illume.demo import PROFILES, STAGES, train
 from illume.evaluate import qa_quality, t2i_quality
 from illume.pipeline import IllumePipeline
 from illume_core import atomic_write_json
@@ -50,12 +50,10 @@ from illume_trainer.self_enhance import (
 )
 from illume_trainer.self_enhance.loop import continue_training
 
-TOKENIZER, DETOKENIZER, STAGE3 = (
-    "runs/shapes/tokenizer/final",
-    "runs/shapes/detokenizer/final",
-    "runs/shapes/mllm/stage3/final",
-)
-RECIPE = "recipes/shapes/mllm_stage3.yaml"
+# STAGE3 and RECIPE: stage 3 as the demo ends it (its annealing phase), and the recipe both arms
+# continue, as recipes/shapes/self_enhance.yaml does
+TOKENIZER, DETOKENIZER = "runs/shapes/tokenizer/final", "runs/shapes/detokenizer/final"
+_, _, RECIPE, STAGE3 = STAGES[-1]
 
 
 def score(mllm: str, n_t2i: int, n_qa: int, eval_seeds: list[int]) -> dict:

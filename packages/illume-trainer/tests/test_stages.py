@@ -323,6 +323,7 @@ def test_paper_scale_detokenizer_recipe_trains_sdxl_attention_only(tmp_path):
 
 
 def test_mllm_stages_one_to_three_through_the_cli(tmp_path, shapes_data):
+    """The shipped recipes: stages 1-3, then stage 3's annealing phase."""
     from illume_mllm import IllumeForConditionalGeneration, IllumeProcessor, generate_image_tokens
 
     tokenizer_dir = _tiny_tokenizer(tmp_path)
@@ -334,16 +335,16 @@ def test_mllm_stages_one_to_three_through_the_cli(tmp_path, shapes_data):
         "--data.batch_size", "4", "--model.tokenizer", str(tokenizer_dir),
     ]  # fmt: skip
     previous = None
-    for stage in (1, 2, 3):
-        out = tmp_path / f"stage{stage}"
+    for stage in ("stage1", "stage2", "stage3", "anneal"):
+        out = tmp_path / stage
         args = [
             "--config",
-            f"recipes/shapes/mllm_stage{stage}.yaml",
+            f"recipes/shapes/mllm_{stage}.yaml",
             *common,
             "--model.output_dir",
             str(out),
         ]
-        recipe = yaml.safe_load((RECIPES / "shapes" / f"mllm_stage{stage}.yaml").read_text())
+        recipe = yaml.safe_load((RECIPES / "shapes" / f"mllm_{stage}.yaml").read_text())
         files = [f.replace("data/shapes", str(data)) for f in recipe["data"]["train"]]
         args += [
             "--data.train",
@@ -351,7 +352,7 @@ def test_mllm_stages_one_to_three_through_the_cli(tmp_path, shapes_data):
             "--data.val",
             json.dumps([files[0].replace("train", "validation")]),
         ]
-        if stage == 1:
+        if stage == "stage1":
             corpus = [
                 f.replace("data/shapes", str(data)) for f in recipe["model"]["tokenizer_corpus"]
             ]

@@ -12,9 +12,10 @@ from illume_eval.shapes import ensure_dataset
 
 def test_with_steps_replaces_only_the_named_stages():
     full = PROFILES["full"]
-    changed = with_steps(full, {"mllm_stage3": 1500, "detokenizer": 3000})
+    changed = with_steps(full, {"mllm_stage3": 1500, "detokenizer": 3000, "mllm_anneal": 200})
     assert changed.mllm_steps == (full.mllm_steps[0], full.mllm_steps[1], 1500)
     assert changed.detokenizer_steps == 3000 and changed.encoder_steps == full.encoder_steps
+    assert changed.mllm_anneal_steps == 200
     with pytest.raises(ValueError, match="unknown stage 'mllm_stage4'"):
         with_steps(full, {"mllm_stage4": 1})
 

@@ -65,6 +65,12 @@ class TokenizerConfig(Config):
         # Penultimate layer, as LLaVA and ILLUME read SigLIP: a probe of the `shapes` encoder finds
         # circle-vs-square in 97% of scenes there and 93% after the last layer (benchmarks/RESULTS.md).
         "shapes": {"codebook_size": 1024, "code_dim": 32, "decoder_width": 192, "decoder_depth": 4, "decoder_heads": 4, "feature_layer": -2},
+        # The patch embeddings (layer 0): a patch's code depends on its own pixels only, so an edit
+        # changes no code outside what it touches and the MLLM can copy the rest. 256 codes, dead
+        # ones re-seeded where the error is: 81% used (1,024 codes: 38%; random restarts: 72%).
+        # The ShapesWorld recipe's tokenizer; understanding then reads a deeper layer too
+        # (benchmarks/RESULTS.md, sessions 14, 18 and 19).
+        "shapes-local": {"codebook_size": 256, "code_dim": 32, "decoder_width": 192, "decoder_depth": 4, "decoder_heads": 4, "feature_layer": 0, "dead_code_restart": "error"},
         # Paper scale on SigLIP-so400m (1152-d features, 27x27 patches at 384 px).
         "illume-7b": {"codebook_size": 16384, "code_dim": 32, "decoder_width": 1152, "decoder_depth": 12, "decoder_heads": 16, "feature_layer": -2},
     }  # fmt: skip

@@ -1,12 +1,12 @@
 """`illume demo`: the whole system from nothing on ShapesWorld, in one command.
 
 Make data; train the shapes encoder, the tokenizer, the detokenizer and the MLLM's three stages
-with the shipped recipes (`recipes/shapes/...`, steps scaled by the profile), then (profiles that
-have it) self-enhancement: the model draws, the oracle judges, and it learns from that; evaluate with
-illume-eval's exact scorers; write `report.html`, `metrics.json` and a `pipeline/` directory that
-`illume generate / answer / edit --model OUT/pipeline` use. Every stage writes its result
-atomically to `runs/.../final`; a second run skips finished stages and resumes an interrupted one
-from its last checkpoint.
+(stage 3 ending in its annealing phase) with the shipped recipes (`recipes/shapes/...`, steps
+scaled by the profile), then (profiles that have it) self-enhancement: the model draws, the oracle
+judges, and it learns from that; evaluate with illume-eval's exact scorers; write `report.html`,
+`metrics.json` and a `pipeline/` directory that `illume generate / answer / edit --model
+OUT/pipeline` use. Every stage writes its result atomically to `runs/.../final`; a second run
+skips finished stages and resumes an interrupted one from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ class Profile:
     tokenizer_steps: int
     detokenizer_steps: int
     mllm_steps: tuple[int, int, int]
+    mllm_anneal_steps: int
+    """Stage 3's last phase (recipes/shapes/mllm_anneal.yaml): a lower rate, edits weighted up."""
     eval_t2i: int
     eval_qa: int
     eval_edit: int
@@ -48,11 +50,12 @@ PROFILES: dict[str, Profile] = {
     # in session 12. Seconds per step in session 13: encoder 0.55, tokenizer 0.52-0.59,
     # detokenizer 1.27-1.39, MLLM stages 0.99-1.01 / 0.97-1.06 / 2.2-2.46; about 2 minutes of data,
     # evaluation and saving. benchmarks/RESULTS.md, `illume demo`.
-    "default": Profile(2000, 200, 150, 200, 160, (100, 200, 100), 60, 150, 40),
+    # Session 21 moved 20 of stage 3's steps into its annealing phase and gave that 40: 16.8 min.
+    "default": Profile(2000, 200, 150, 200, 160, (100, 200, 80), 40, 60, 150, 40),
     # The benchmark figures (benchmarks/*_quality.py): an hour or more on 2 CPU cores.
-    "full": Profile(4000, 400, 2000, 2500, 4000, (600, 1000, 1000), 200, 600, 100, (1000, 300)),
+    "full": Profile(4000, 400, 2000, 2500, 4000, (600, 1000, 1000), 400, 200, 600, 100, (1000, 300)),
     # Seconds: the plumbing only (tests).
-    "smoke": Profile(300, 16, 2, 2, 2, (2, 2, 2), 4, 8, 4, (4, 2)),
+    "smoke": Profile(300, 16, 2, 2, 2, (2, 2, 2), 2, 4, 8, 4, (4, 2)),
 }
 
 #: The headline figures (the MLLM issue's), first in metrics.json, the report and benchmarks.
@@ -71,6 +74,7 @@ STAGES = (
     ("mllm_stage1", "mllm", "recipes/shapes/mllm_stage1.yaml", "runs/shapes/mllm/stage1/final"),
     ("mllm_stage2", "mllm", "recipes/shapes/mllm_stage2.yaml", "runs/shapes/mllm/stage2/final"),
     ("mllm_stage3", "mllm", "recipes/shapes/mllm_stage3.yaml", "runs/shapes/mllm/stage3/final"),
+    ("mllm_anneal", "mllm", "recipes/shapes/mllm_anneal.yaml", "runs/shapes/mllm/anneal/final"),
 )
 
 _STAGE_NAMES = tuple(name for name, *_ in STAGES)
@@ -82,7 +86,7 @@ SECONDS = "runs/train_seconds.json"
 
 
 def _steps(profile: Profile, name: str) -> int:
-    if name.startswith("mllm_stage"):
+    if name in ("mllm_stage1", "mllm_stage2", "mllm_stage3"):
         return profile.mllm_steps[int(name[-1]) - 1]
     return getattr(profile, f"{name}_steps")
 
@@ -94,7 +98,7 @@ def with_steps(profile: Profile, steps: Mapping[str, int]) -> Profile:
             mllm = list(profile.mllm_steps)
             mllm[int(name[-1]) - 1] = n
             profile = replace(profile, mllm_steps=(mllm[0], mllm[1], mllm[2]))
-        elif name in ("encoder", "tokenizer", "detokenizer"):
+        elif name in ("encoder", "tokenizer", "detokenizer", "mllm_anneal"):
             profile = replace(profile, **{f"{name}_steps": n})
         else:
             raise ValueError(f"unknown stage {name!r}; stages: {', '.join(_STAGE_NAMES)}")
@@ -160,7 +164,8 @@ def train(
 
 
 def final_mllm(profile: Profile) -> str:
-    """The MLLM the demo ships: self-enhanced when the profile runs that step, else stage 3's."""
+    """The MLLM the demo ships: self-enhanced when the profile runs that step, else the last
+    stage's (stage 3's annealing phase)."""
     return SELF_ENHANCED if profile.self_enhance else STAGES[-1][3]
 
 

@@ -66,9 +66,11 @@ class SamplingConfig:
 
 #: ShapesWorld's small MLLM draws best cooler than the library default: text-to-image overall at
 #: guidance 3 on 200 validation prompts, temperature 1.0 / 0.7 / 0.5 / 0.3: 0.358 / 0.449 (session
-#: 10); 0.501 at 0.7, 0.551 at 0.5, 0.527 at 0.3 (session 13; benchmarks/RESULTS.md). The demo
-#: saves it with its pipeline.
-SHAPES_SAMPLING = SamplingConfig(temperature=0.5)
+#: 10); 0.501 at 0.7, 0.551 at 0.5, 0.527 at 0.3 (session 13). And with less guidance: on the
+#: recipe's patch-local codes guidance 3 paints extra objects (each position raises the prompt's
+#: codes on its own); guidance 3 / 2 / 1.5 / 1: 0.398 / 0.567 / 0.626 / 0.527 (session 15;
+#: benchmarks/RESULTS.md). The demo saves it with its pipeline.
+SHAPES_SAMPLING = SamplingConfig(guidance=1.5, temperature=0.5)
 
 
 #: The pipeline directory's file of sampling settings (SamplingConfig's fields).
