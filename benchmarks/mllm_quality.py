@@ -33,7 +33,7 @@ from pathlib import Path
 from illume.demo import HEADLINE, PROFILES, STAGES, evaluate, train, with_steps
 from illume.evaluate import edit_ceiling, t2i_quality
 from illume.pipeline import SHAPES_SAMPLING, IllumePipeline
-from illume_eval.shapes import ensure_dataset
+from illume_eval.shapes import ASPECTS, ensure_dataset
 
 SWEEP = [
     (1.0, 1.0, None),
@@ -154,12 +154,16 @@ def main() -> None:
     print(f"editing ceiling (targets through tokenizer + detokenizer): reached "
           f"{ceil['target_reached']:.2f}, preserved {ceil['preserved']:.3f}; "
           f"copying the source: preserved {copy['preserved']:.3f}")  # fmt: skip
+    print(f"\n{'drawings failing':<16}" + "".join(f"{a:>18}" for a in ASPECTS))
+    for tag, row in metrics["t2i_failed_aspects"].items():
+        print(f"{tag:<16}" + "".join(f"{row[a]:>18.2f}" for a in ASPECTS))
     print(f"stage seconds: {json.dumps(seconds)}")
     out = {k: metrics[k] for k in HEADLINE}
     out |= {"train_seconds": train_seconds, "stage_seconds": seconds, "t2i_by_tag": metrics["t2i"],
             "pope": metrics["pope"], "sweep": sweep, "workdir": str(workdir),
             "guidance": pipe.sampling.guidance, "qa_by_type": metrics["qa"], "edits": metrics["edits"],
-            "heldout_by_tag": metrics["t2i_heldout_by_tag"], "edit_ceiling": ceil, "edit_copy": copy,
+            "heldout_by_tag": metrics["t2i_heldout_by_tag"],
+            "t2i_failed_aspects": metrics["t2i_failed_aspects"], "edit_ceiling": ceil, "edit_copy": copy,
             "steps": steps,
             "stage_args": {k: shlex.join(v) for k, v in extra.items()},
             "reused": {name: str(source) for name in reuse}}  # fmt: skip

@@ -24,8 +24,14 @@ def test_demo_smoke_profile_runs_and_resumes(tmp_path, capsys):
     sft = json.loads((out / "runs/shapes/self_enhance/sft.json").read_text())
     assert len(sft) == 4 and all(Path(p).is_file() for c in sft for p in c["images"])
     assert (out / "runs/shapes/self_enhance/final/config.json").is_file()
+    # Every category drawn has its row of failing aspects, also in the report.
+    failed = metrics["t2i_failed_aspects"]
+    assert set(failed) == set(metrics["t2i"]) - {"overall"}
+    assert all(0.0 <= v <= 1.0 for row in failed.values() for k, v in row.items() if k != "prompts")
+    assert sum(row["prompts"] for row in failed.values()) == metrics["profile_settings"]["eval_t2i"]
     report = (out / "report.html").read_text()
     assert report.count("data:image/png;base64,") >= 20 and "<svg" in report
+    assert "Where the misses come from" in report
     IllumePipeline.from_pretrained(out / "pipeline")
     # A second run finds every stage finished and trains nothing: the seconds it reports are
     # the first run's, kept in the directory.

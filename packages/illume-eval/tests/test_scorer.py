@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from illume_eval import aspect_failures
 from illume_eval.shapes import Scene, ShapeObject, check_spec, detect, render
 from illume_eval.shapes.degrade import DEGRADATIONS
 from illume_eval.shapes.prompts import PromptSpec, Requirement
@@ -73,6 +74,25 @@ def test_strict_and_geneval_rules():
         "Spatial Relation": False,
     }
     assert "not right of" in check.analyses["Spatial Relation"]
+
+
+def test_aspect_failures_say_where_each_category_misses():
+    scene = Scene((ShapeObject("circle", "red", 0, 0), ShapeObject("square", "blue", 2, 2)))
+    objects = detect(render(scene))
+    swapped = PromptSpec(  # colours bound to the wrong shapes
+        "color_attr", (Requirement("circle", color="blue"), Requirement("square", color="red"))
+    )
+    right = PromptSpec(
+        "color_attr", (Requirement("circle", color="red"), Requirement("square", color="blue"))
+    )
+    two = PromptSpec("two_object", (Requirement("circle"), Requirement("triangle")))
+    checks = [(s.tag, check_spec(s, objects)) for s in (swapped, right, two)]
+    assert aspect_failures(checks) == {
+        "two_object": {"prompts": 1, "Object": 1.0, "Counting": 1.0, "Color": 0.0,
+                       "Spatial Relation": 0.0},
+        "color_attr": {"prompts": 2, "Object": 0.0, "Counting": 0.0, "Color": 0.5,
+                       "Spatial Relation": 0.0},
+    }  # fmt: skip
 
 
 def test_bad_images_are_refused_clearly():

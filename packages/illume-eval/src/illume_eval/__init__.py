@@ -12,6 +12,7 @@ from .assessment import (
     parse_assessment,
 )
 from .metrics import (
+    aspect_failures,
     edit_metrics,
     geneval_summary,
     pope_metrics,
@@ -28,6 +29,7 @@ __all__ = [
     "Card",
     "HtmlReport",
     "__version__",
+    "aspect_failures",
     "edit_metrics",
     "geneval_summary",
     "oracle_assessment",

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from .shapes.detection import detect, summary
 from .shapes.edits import Edit
-from .shapes.prompts import TAGS, PromptSpec, SpecCheck, check_spec
+from .shapes.prompts import ASPECTS, TAGS, PromptSpec, SpecCheck, check_spec
 from .shapes.qa import Question, normalize_answer
 
 
@@ -53,6 +53,23 @@ def geneval_summary(records: Iterable[tuple[str, bool]]) -> dict[str, float]:
 
 def t2i_summary(results: Sequence[T2IResult]) -> dict[str, float]:
     return geneval_summary((r.spec.tag, r.check.correct) for r in results)
+
+
+def aspect_failures(records: Iterable[tuple[str, SpecCheck]]) -> dict[str, dict[str, float]]:
+    """(tag, check) pairs -> per tag, the number of prompts and the fraction of them whose image
+    fails each aspect of the assessment (Object, Counting, Color, Spatial Relation): where a
+    category's misses come from, e.g. colour attribution failing on Color (colours bound to the
+    wrong shapes) rather than on Object. An image can fail several aspects at once."""
+    by_tag: dict[str, list[SpecCheck]] = defaultdict(list)
+    for tag, check in records:
+        by_tag[tag].append(check)
+    order = [t for t in TAGS if t in by_tag] + sorted(t for t in by_tag if t not in TAGS)
+    return {
+        tag: {"prompts": len(checks)}
+        | {a: sum(not c.aspects.get(a, True) for c in checks) / len(checks) for a in ASPECTS}
+        for tag in order
+        if (checks := by_tag[tag])
+    }
 
 
 def qa_accuracy(questions: Sequence[Question], answers: Sequence[str]) -> dict[str, float]:

@@ -53,7 +53,9 @@ PROFILES: dict[str, Profile] = {
     # Session 21 moved 20 of stage 3's steps into its annealing phase and gave that 40: 16.8 min.
     "default": Profile(2000, 200, 150, 200, 160, (100, 200, 80), 40, 60, 150, 40),
     # The benchmark figures (benchmarks/*_quality.py): an hour or more on 2 CPU cores.
-    "full": Profile(4000, 400, 2000, 2500, 4000, (600, 1000, 1000), 400, 200, 600, 100, (1000, 300)),
+    "full": Profile(
+        4000, 400, 2000, 2500, 4000, (600, 1000, 1000), 400, 200, 600, 100, (1000, 300)
+    ),
     # Seconds: the plumbing only (tests).
     "smoke": Profile(300, 16, 2, 2, 2, (2, 2, 2), 2, 4, 8, 4, (4, 2)),
 }
@@ -173,6 +175,8 @@ def evaluate(
     pipe: IllumePipeline, profile: Profile, data: str = "data/shapes"
 ) -> tuple[dict, dict]:
     """(metrics, records) on the validation and held-out splits."""
+    from illume_eval import aspect_failures
+
     from .evaluate import edit_quality, qa_quality, t2i_quality
 
     t2i = t2i_quality(pipe, f"{data}/validation", n=profile.eval_t2i)
@@ -189,6 +193,8 @@ def evaluate(
         "edit_preserve": edits["summary"]["preserved"],
         "t2i": t2i["summary"],
         "t2i_heldout_by_tag": heldout["summary"],
+        # per tag, the fraction of drawings failing each aspect: where the misses come from
+        "t2i_failed_aspects": aspect_failures((r["spec"].tag, r["check"]) for r in t2i["records"]),
         "qa": qa["accuracy"],
         "pope": pope,
         "edits": edits["summary"],

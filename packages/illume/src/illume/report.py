@@ -59,6 +59,11 @@ def write_report(path: str, metrics: dict, records: dict, pipe) -> None:
                  "; ".join(f"{a}: {'ok' if ok else r['check'].analyses[a]}" for a, ok in r["check"].aspects.items()))
             for r in records[key]["records"][:24]
         ])  # fmt: skip
+        if key == "t2i":
+            report.paragraph("Where the misses come from: per category, the fraction of drawings "
+                             "that fail each aspect of the assessment (one drawing can fail several).")  # fmt: skip
+            report.table([{"category": tag} | {a: round(v, 3) if isinstance(v, float) else v for a, v in row.items()}
+                          for tag, row in metrics["t2i_failed_aspects"].items()])  # fmt: skip
     report.heading("Understanding: answers")
     qa = records["qa"]["records"][:40]
     report.table([{"image": r["image"], "question": r["question"], "answer": r["answer"], "expected": r["expected"],
