@@ -4,8 +4,11 @@ Runs the demo's `full` profile (data, encoder, tokenizer, detokenizer, MLLM stag
 ending in its annealing phase; finished stages in --workdir are reused), then scores with illume-eval's exact scorers: text-to-image on
 validation and held-out prompts, QA accuracy, POPE F1 (the worst negative type), editing, and
 editing's ceiling: the same edits' targets through the tokenizer and detokenizer, the figures an
-MLLM that gets every code right would reach (`edit_ceiling`; `edit_copy`: returning the source). Also a
-table of text-to-image overall against guidance scale and temperature / top-k (the paper's Fig. B).
+MLLM that gets every code right would reach (`edit_ceiling`; `edit_copy`: returning the source).
+Also where the drawings miss (the aspects they fail, per category), whether the model scores each
+prompt's scene above a counterfactual that fails it (`likelihood_probe`: knowledge apart from
+sampling), and a table of text-to-image overall against guidance scale and temperature / top-k
+(the paper's Fig. B).
 Prints tables, then one JSON object on the last line with keys t2i_overall, t2i_heldout,
 qa_accuracy, pope_f1, edit_target, edit_preserve, train_seconds.
 
@@ -31,7 +34,7 @@ import tempfile
 from pathlib import Path
 
 from illume.demo import HEADLINE, PROFILES, STAGES, evaluate, train, with_steps
-from illume.evaluate import edit_ceiling, t2i_quality
+from illume.evaluate import edit_ceiling, likelihood_probe, t2i_quality
 from illume.pipeline import SHAPES_SAMPLING, IllumePipeline
 from illume_eval.shapes import ASPECTS, ensure_dataset
 
@@ -125,6 +128,8 @@ def main() -> None:
     metrics, _ = evaluate(pipe, profile)
     # the same edits' targets through tokenizer and detokenizer: what a perfect MLLM would reach
     ceiling = edit_ceiling(pipe, "data/shapes/validation", n=profile.eval_edit)
+    # does the model prefer each prompt's scene to a counterfactual one, apart from sampling?
+    probe = likelihood_probe(pipe, "data/shapes/validation", n=2 * profile.eval_t2i)["summary"]
 
     print(f"{'guidance':>9}{'temperature':>13}{'top-k':>7}{'t2i overall':>13}")
     sweep = []
@@ -157,13 +162,16 @@ def main() -> None:
     print(f"\n{'drawings failing':<16}" + "".join(f"{a:>18}" for a in ASPECTS))
     for tag, row in metrics["t2i_failed_aspects"].items():
         print(f"{tag:<16}" + "".join(f"{row[a]:>18.2f}" for a in ASPECTS))
+    print(f"\n{'own scene > counterfactual':<28}{'pairs':>7}{'conditional':>13}{'guided':>9}")
+    for tag, row in probe.items():
+        print(f"{tag:<28}{row['pairs']:>7}{row['conditional']:>13.3f}{row['guided']:>9.3f}")
     print(f"stage seconds: {json.dumps(seconds)}")
     out = {k: metrics[k] for k in HEADLINE}
     out |= {"train_seconds": train_seconds, "stage_seconds": seconds, "t2i_by_tag": metrics["t2i"],
             "pope": metrics["pope"], "sweep": sweep, "workdir": str(workdir),
             "guidance": pipe.sampling.guidance, "qa_by_type": metrics["qa"], "edits": metrics["edits"],
             "heldout_by_tag": metrics["t2i_heldout_by_tag"],
-            "t2i_failed_aspects": metrics["t2i_failed_aspects"], "edit_ceiling": ceil, "edit_copy": copy,
+            "t2i_failed_aspects": metrics["t2i_failed_aspects"], "likelihood_probe": probe, "edit_ceiling": ceil, "edit_copy": copy,
             "steps": steps,
             "stage_args": {k: shlex.join(v) for k, v in extra.items()},
             "reused": {name: str(source) for name in reuse}}  # fmt: skip

@@ -14,6 +14,8 @@ from illume_eval.shapes import (
     ShapeObject,
     allowed_in_training,
     check_spec,
+    counterfactual,
+    detect,
     heldout_combinations,
     patch_labels,
     render,
@@ -32,6 +34,31 @@ def test_render_is_deterministic_and_sized():
     assert np.array_equal(render(scene), render(scene))
     assert render(scene).shape == (32, 32, 3) and render(scene, 64).shape == (64, 64, 3)
     assert render(Scene()).reshape(-1, 3).tolist() == [list(BACKGROUND)] * 32 * 32
+
+
+def test_counterfactuals_fail_their_prompt_by_what_its_category_tests():
+    rng = np.random.default_rng(3)
+    made = {}
+    for _ in range(300):
+        scene, spec = sample_prompt(rng, "validation")
+        changed = counterfactual(scene, spec)
+        if changed is None:
+            continue
+        made[spec.tag] = made.get(spec.tag, 0) + 1
+        assert spec_holds(spec, scene.objects) and not spec_holds(spec, changed.objects)
+        # the scorer sees the change in the rendered image too
+        assert not check_spec(spec, detect(render(changed))).correct
+        before, after = scene.objects, changed.objects
+        if spec.tag == "counting":
+            assert after == before[:-1]
+            continue
+        assert len(after) == len(before)
+        moved = {"position": ("row", "col"), "color_attr": ("color",), "colors": ("color",),
+                 "single_object": ("shape",), "two_object": ("shape",)}[spec.tag]  # fmt: skip
+        for a, b in zip(before, after):  # nothing else changed
+            for field in ("shape", "color", "row", "col", "dx", "dy", "scale"):
+                assert getattr(a, field) == getattr(b, field) or field in moved
+    assert set(made) == set(TAGS), made  # every category has its counterfactual
 
 
 def test_patch_labels_name_what_each_patch_shows():

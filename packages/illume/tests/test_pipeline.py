@@ -150,3 +150,45 @@ def test_reconstruct_and_the_editing_ceiling(pipeline_dir, tmp_path):
     assert diff.mean() < 1.0
     source = pipe.reconstruct([load_image(split / first["row"]["source"])], seed=0)[0]
     assert np.abs(np.asarray(source, dtype=float) - np.asarray(again, dtype=float)).mean() > 1.0
+
+
+def test_likelihood_probe_scores_each_scene_against_its_counterfactual(pipeline_dir, tmp_path):
+    from illume.evaluate import image_log_likelihood, likelihood_probe
+    from illume_eval.shapes import ensure_dataset
+    from illume_mllm.processing import IGNORE
+
+    pipe = IllumePipeline.from_pretrained(pipeline_dir)
+    ensure_dataset(tmp_path / "shapes", 8, seed=0, n_eval=16, progress=False)
+    split = tmp_path / "shapes" / "validation"
+    probe = likelihood_probe(pipe, split, n=16, batch_size=16)
+    records, summary = probe["records"], probe["summary"]
+    assert records and sum(v["pairs"] for v in summary.values()) == len(records)
+    assert all(0.0 <= v[k] <= 1.0 for v in summary.values() for k in ("conditional", "guided"))
+    # batching (and its padding) changes no score
+    again = likelihood_probe(pipe, split, n=16, batch_size=3)["records"]
+    for a, b in zip(records, again, strict=True):
+        assert a["prompt"] == b["prompt"]
+        assert torch.allclose(
+            torch.tensor(a["conditional"]), torch.tensor(b["conditional"]), atol=1e-3
+        )
+    # a score is the model's own training loss on that answer, summed instead of averaged
+    processor = pipe.processor
+    h, w = processor.config.image_grid
+    codes = torch.randint(
+        0, processor.config.codebook_size, (2, h, w), generator=torch.Generator().manual_seed(0)
+    )
+    scores = image_log_likelihood(pipe, ["a red circle", ""], codes)
+    for prompt, grid, score in zip(["a red circle", ""], codes, scores, strict=True):
+        example = processor.encode_conversation(
+            [*processor.t2i_messages(prompt), Message("assistant", [grid])]
+        )
+        batch = processor.collate([example])
+        with torch.no_grad():
+            loss = pipe.model(
+                input_ids=batch["input_ids"],
+                attention_mask=batch["attention_mask"],
+                labels=batch["labels"],
+            ).loss
+        tokens = int((batch["labels"][:, 1:] != IGNORE).sum())
+        assert tokens == h * (w + 1) + 3  # markers, codes, end of line per row, end of turn
+        assert torch.allclose(score, -loss * tokens, rtol=1e-4)

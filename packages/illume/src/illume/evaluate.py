@@ -3,7 +3,9 @@
 - text-to-image: GenEval-style accuracy per tag and overall (the split's geneval_metadata.jsonl);
 - understanding: QA accuracy per question type, POPE figures per negative type (qa.jsonl);
 - editing: target reached and untouched objects preserved (edits.jsonl), and the same figures of
-  the edits' own targets through the tokenizer and detokenizer: the ceiling a perfect MLLM reaches.
+  the edits' own targets through the tokenizer and detokenizer: the ceiling a perfect MLLM reaches;
+- knowledge apart from sampling: whether the MLLM scores a prompt's own scene above a
+  counterfactual one that fails the prompt (scenes.jsonl), by likelihood.
 Each returns its figures and the per-item records a report shows.
 """
 
@@ -11,14 +13,16 @@ from __future__ import annotations
 
 import json
 import os
+from collections import defaultdict
 from pathlib import Path
 
 import torch
 
-from illume_core import load_image
+from illume_core import Message, load_image
 from illume_eval import edit_metrics, geneval_summary, pope_metrics, qa_accuracy
-from illume_eval.shapes import Edit, PromptSpec, Question, detect
+from illume_eval.shapes import Edit, PromptSpec, Question, Scene, counterfactual, detect, render_pil
 from illume_eval.shapes.prompts import check_spec
+from illume_mllm.processing import IGNORE
 
 
 def _jsonl(path: Path, n: int | None) -> list[dict]:
@@ -107,3 +111,72 @@ def edit_ceiling(
         "copy": edit_metrics(edits, drawn["source"]),
         "records": records,
     }
+
+
+@torch.no_grad()
+def image_log_likelihood(pipe, prompts: list[str], codes: torch.Tensor) -> torch.Tensor:
+    """log p(codes | text-to-image prompt) [B] under the pipeline's MLLM, summed over the answer's
+    tokens (the image's codes and markers); an empty prompt gives the unconditional likelihood."""
+    processor, model = pipe.processor, pipe.model
+    examples = [
+        processor.encode_conversation([*processor.t2i_messages(p), Message("assistant", [c])])
+        for p, c in zip(prompts, codes, strict=True)
+    ]
+    batch = processor.collate(examples)
+    logits = model(
+        input_ids=batch["input_ids"].to(model.device),
+        attention_mask=batch["attention_mask"].to(model.device),
+    ).logits.float()
+    labels = batch["labels"][:, 1:].to(logits.device)  # token t is predicted at t - 1
+    picked = torch.log_softmax(logits[:, :-1], -1).gather(-1, labels.clamp(min=0)[..., None])
+    return (picked[..., 0] * (labels != IGNORE)).sum(1).cpu()
+
+
+def likelihood_probe(
+    pipe, split_dir: str | os.PathLike, n: int = 400, batch_size: int = 16
+) -> dict:
+    """Does the MLLM know what its prompts ask, apart from how it samples? Each of the first n
+    scenes of a split that has a counterfactual (illume-eval's `counterfactual`: the scene changed
+    in only what its category tests, so that it fails its prompt) is scored against it by
+    log p(codes | prompt) ("conditional") and by log p(codes | prompt) - log p(codes | no prompt)
+    ("guided", the direction classifier-free guidance amplifies).
+    {"summary": per tag {"pairs", "conditional", "guided"}, the fractions of pairs where the
+    scene's own codes score higher (0.5: no knowledge), "records"}."""
+    split_dir = Path(split_dir)
+    rows = _jsonl(split_dir / "scenes.jsonl", n)
+    pairs = []
+    for row in rows:
+        spec, scene = PromptSpec.from_geneval(row["spec"]), Scene.from_dict(row["scene"])
+        changed = counterfactual(scene, spec)
+        if changed is not None:
+            pairs.append((spec, scene, changed))
+    size = load_image(split_dir / rows[0]["image"]).width if rows else 32
+    records = []
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start : start + batch_size]
+        images = [render_pil(s, size) for _, scene, changed in chunk for s in (scene, changed)]
+        with torch.no_grad():
+            codes = pipe.tokenizer.encode(pipe.tokenizer.preprocess(images)).codes
+        prompts = [spec.prompt for spec, _, _ in chunk for _ in range(2)]
+        cond = image_log_likelihood(pipe, prompts, codes)
+        uncond = image_log_likelihood(pipe, [""] * len(prompts), codes)
+        for k, (spec, _, _) in enumerate(chunk):
+            own, other = 2 * k, 2 * k + 1
+            records.append({
+                "tag": spec.tag, "prompt": spec.prompt,
+                "conditional": (float(cond[own]), float(cond[other])),
+                "unconditional": (float(uncond[own]), float(uncond[other])),
+            })  # fmt: skip
+    by_tag: dict[str, list[tuple[bool, bool]]] = defaultdict(list)
+    for r in records:
+        (c_own, c_other), (u_own, u_other) = r["conditional"], r["unconditional"]
+        by_tag[r["tag"]].append((c_own > c_other, c_own - u_own > c_other - u_other))
+    summary = {
+        tag: {
+            "pairs": len(v),
+            "conditional": sum(a for a, _ in v) / len(v),
+            "guided": sum(b for _, b in v) / len(v),
+        }
+        for tag, v in by_tag.items()
+    }
+    return {"summary": summary, "records": records}

@@ -11,6 +11,7 @@ from .prompts import (
     SpecCheck,
     caption,
     check_spec,
+    counterfactual,
     sample_prompt,
     spec_holds,
 )
@@ -62,6 +63,7 @@ __all__ = [
     "allowed_in_training",
     "caption",
     "check_spec",
+    "counterfactual",
     "detect",
     "ensure_dataset",
     "heldout_combinations",

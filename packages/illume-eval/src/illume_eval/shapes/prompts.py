@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import numpy as np
@@ -460,3 +460,36 @@ def spec_holds(spec: PromptSpec, objects: Sequence[ObjectLike], strict: bool = T
         ):
             return False
     return True
+
+
+def counterfactual(scene: Scene, spec: PromptSpec) -> Scene | None:
+    """The scene changed in only what the spec's category tests, so that it fails the spec; None
+    where the category has no such change here (or the change would still pass).
+
+    single_object: the object becomes another shape; colors: another colour; two_object: the
+    second object takes the first one's shape (one shape drawn twice); color_attr: the first two
+    objects swap colours; position: the two objects swap cells; counting: the last object goes.
+    For likelihood probes: does a model prefer the scene its prompt describes to this one?"""
+    objects = list(scene.objects)
+    first = objects[0] if objects else None
+    if spec.tag == "single_object" and len(objects) == 1:
+        objects[0] = replace(first, shape=next(s for s in SHAPES if s != first.shape))
+    elif spec.tag == "colors" and len(objects) == 1:
+        objects[0] = replace(first, color=next(c for c in COLOR_NAMES if c != first.color))
+    elif spec.tag == "two_object" and len(objects) == 2 and first.shape != objects[1].shape:
+        objects[1] = replace(objects[1], shape=first.shape)
+    elif spec.tag == "color_attr" and len(objects) >= 2 and first.color != objects[1].color:
+        objects[0], objects[1] = (
+            replace(first, color=objects[1].color),
+            replace(objects[1], color=first.color),
+        )
+    elif spec.tag == "position" and len(objects) == 2:
+        second = objects[1]
+        objects[0] = replace(first, row=second.row, col=second.col)
+        objects[1] = replace(second, row=first.row, col=first.col)
+    elif spec.tag == "counting" and len(objects) >= 2:
+        objects.pop()
+    else:
+        return None
+    changed = Scene(tuple(objects))
+    return None if spec_holds(spec, changed.objects) else changed
