@@ -1,10 +1,11 @@
 """Trains the ShapesWorld MLLM's three stages and measures it (issue: unified MLLM).
 
 Runs the demo's `full` profile (data, encoder, tokenizer, detokenizer, MLLM stages 1-3, stage 3
-ending in its annealing phase; finished stages in --workdir are reused), then scores with illume-eval's exact scorers: text-to-image on
-validation and held-out prompts, QA accuracy, POPE F1 (the worst negative type), editing, and
-editing's ceiling: the same edits' targets through the tokenizer and detokenizer, the figures an
-MLLM that gets every code right would reach (`edit_ceiling`; `edit_copy`: returning the source).
+ending in its annealing phase; finished stages in --workdir are reused), then scores with
+illume-eval's exact scorers: text-to-image on validation and held-out prompts, QA accuracy, POPE
+F1 (the worst negative type), editing, and editing's ceiling: the same edits' targets through the
+tokenizer and detokenizer, the figures an MLLM that gets every code right would reach
+(`edit_ceiling`; `edit_copy`: returning the source).
 Also where the drawings miss (the aspects they fail, per category), whether the model scores each
 prompt's scene above a counterfactual that fails it (`likelihood_probe`: knowledge apart from
 sampling), and a table of text-to-image overall against guidance scale and temperature / top-k

@@ -74,4 +74,5 @@ def test_a_training_set_smaller_than_one_batch_is_refused():
     # drop_last would give no batch: a stage that trains no step and saves nothing, silently
     with pytest.raises(ValueError, match="fewer than one global batch"):
         make_loader(list(range(BATCH - 1)), None, BATCH, True, 0, seed=0)
-    assert len(make_loader(list(range(BATCH - 1)), None, BATCH, False, 0, seed=0)) == 1  # validation
+    # validation keeps its last, partial batch
+    assert len(make_loader(list(range(BATCH - 1)), None, BATCH, False, 0, seed=0)) == 1

@@ -64,12 +64,12 @@ def aspect_failures(records: Iterable[tuple[str, SpecCheck]]) -> dict[str, dict[
     for tag, check in records:
         by_tag[tag].append(check)
     order = [t for t in TAGS if t in by_tag] + sorted(t for t in by_tag if t not in TAGS)
-    return {
-        tag: {"prompts": len(checks)}
-        | {a: sum(not c.aspects.get(a, True) for c in checks) / len(checks) for a in ASPECTS}
-        for tag in order
-        if (checks := by_tag[tag])
-    }
+    out = {}
+    for tag in order:
+        checks = by_tag[tag]
+        failed = {a: sum(not c.aspects.get(a, True) for c in checks) / len(checks) for a in ASPECTS}
+        out[tag] = {"prompts": len(checks)} | failed
+    return out
 
 
 def qa_accuracy(questions: Sequence[Question], answers: Sequence[str]) -> dict[str, float]:

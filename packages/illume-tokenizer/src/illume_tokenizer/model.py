@@ -67,7 +67,8 @@ class TokenizerConfig(Config):
         "shapes": {"codebook_size": 1024, "code_dim": 32, "decoder_width": 192, "decoder_depth": 4, "decoder_heads": 4, "feature_layer": -2},
         # The patch embeddings (layer 0): a patch's code depends on its own pixels only, so an edit
         # changes no code outside what it touches and the MLLM can copy the rest. 256 codes, dead
-        # ones re-seeded where the error is: 81% used (1,024 codes: 38%; random restarts: 72%).
+        # ones re-seeded where the error is: 81% used at 600 steps (1,024 codes: 38%; random
+        # restarts: 72%), all 256 at the recipe's 2,500 (cosine 0.995).
         # The ShapesWorld recipe's tokenizer; understanding then reads a deeper layer too
         # (benchmarks/RESULTS.md, sessions 14, 18 and 19).
         "shapes-local": {"codebook_size": 256, "code_dim": 32, "decoder_width": 192, "decoder_depth": 4, "decoder_heads": 4, "feature_layer": 0, "dead_code_restart": "error"},

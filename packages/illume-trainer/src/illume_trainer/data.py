@@ -187,7 +187,8 @@ def make_loader(
     `lengths` (one per example, shuffled loaders only): batches grouped by length."""
     world = trainer.world_size if trainer is not None else 1
     rank = trainer.global_rank if trainer is not None else 0
-    if shuffle and len(dataset) < batch_size * world:  # drop_last: not one step, no error, no output
+    # drop_last would give not one step: no error, no output
+    if shuffle and len(dataset) < batch_size * world:
         raise ValueError(
             f"the training set has {len(dataset)} items, fewer than one global batch "
             f"({batch_size} x {world} processes), so training would take no step: lower "

@@ -87,8 +87,11 @@ SELF_ENHANCED = "runs/shapes/self_enhance/final"
 SECONDS = "runs/train_seconds.json"
 
 
+_MLLM_STAGES = ("mllm_stage1", "mllm_stage2", "mllm_stage3")  # steps in Profile.mllm_steps
+
+
 def _steps(profile: Profile, name: str) -> int:
-    if name in ("mllm_stage1", "mllm_stage2", "mllm_stage3"):
+    if name in _MLLM_STAGES:
         return profile.mllm_steps[int(name[-1]) - 1]
     return getattr(profile, f"{name}_steps")
 
@@ -96,11 +99,11 @@ def _steps(profile: Profile, name: str) -> int:
 def with_steps(profile: Profile, steps: Mapping[str, int]) -> Profile:
     """The profile with some stages' steps replaced, by stage name (`{"mllm_stage3": 1500}`)."""
     for name, n in steps.items():
-        if name in ("mllm_stage1", "mllm_stage2", "mllm_stage3"):
+        if name in _MLLM_STAGES:
             mllm = list(profile.mllm_steps)
             mllm[int(name[-1]) - 1] = n
             profile = replace(profile, mllm_steps=(mllm[0], mllm[1], mllm[2]))
-        elif name in ("encoder", "tokenizer", "detokenizer", "mllm_anneal"):
+        elif name in _STAGE_NAMES:  # the others have a field of their own
             profile = replace(profile, **{f"{name}_steps": n})
         else:
             raise ValueError(f"unknown stage {name!r}; stages: {', '.join(_STAGE_NAMES)}")

@@ -150,8 +150,9 @@ def likelihood_probe(
         changed = counterfactual(scene, spec)
         if changed is not None:
             pairs.append((spec, scene, changed))
-    size = load_image(split_dir / rows[0]["image"]).width if rows else 32
     records = []
+    if pairs:  # drawn at the split's own size, as its images are
+        size = load_image(split_dir / rows[0]["image"]).width
     for start in range(0, len(pairs), batch_size):
         chunk = pairs[start : start + batch_size]
         images = [render_pil(s, size) for _, scene, changed in chunk for s in (scene, changed)]
