@@ -299,3 +299,62 @@ def test_llm_presets_are_valid_llama_configs(name):
     with torch.device("meta"):  # shapes only: a wrong preset fails to build here
         model = LlamaForCausalLM(config)
     assert len(model.model.layers) == preset["num_hidden_layers"]
+
+
+def test_grid_embeddings_place_every_code_with_and_without_a_kv_cache(tmp_path, parts, built):
+    plain, processor = built
+    model = build_model(processor, parts / "vision", parts / "llm", grid_embeddings=True).eval()
+    missing = model.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert sorted(missing) == ["grid_embedding.columns", "grid_embedding.rows"]
+    codes = torch.arange(16).reshape(4, 4)
+    batch = processor.collate([processor.encode_conversation(
+        [Message("user", [_image(), "make it blue"]), Message("assistant", [codes])]
+    )])  # fmt: skip
+    batch.pop("labels")
+    # Zero at the start: the model is the one without them.
+    torch.testing.assert_close(model(**batch).logits, plain(**batch).logits)
+
+    # Each code sits at its cell: row r, column c of the 4 x 4 grid.
+    ids = batch["input_ids"][0]
+    cells = model.grid_positions(batch["input_ids"])[0]
+    assert cells[ids >= processor.vocab.offset].tolist() == list(range(16))
+    assert (cells[ids < processor.vocab.offset] == -1).all()
+
+    with torch.no_grad():
+        model.grid_embedding.rows.normal_()
+        model.grid_embedding.columns.normal_()
+    logits = model(**batch).logits
+    first_code = int((ids >= processor.vocab.offset).nonzero()[0])
+    torch.testing.assert_close(logits[:, :first_code], plain(**batch).logits[:, :first_code])
+    assert not torch.allclose(logits[:, first_code:], plain(**batch).logits[:, first_code:])
+
+    # Generation feeds one token at a time over a KV cache: each greedy code must be the argmax
+    # of a forward over the whole sequence, where every position is counted from the tokens.
+    prompt = [processor.t2i_messages("a red circle")]
+    drawn = generate_image_tokens(model, processor, prompt, temperature=0.0)[0]
+    example = processor.encode_conversation([*prompt[0], Message("assistant", [drawn])])
+    full = torch.tensor([example.input_ids])
+    with torch.no_grad():
+        scores = model(input_ids=full).logits[0]
+    vision = processor.vocab.vision_ids
+    at = (full[0] >= vision.start).nonzero()[:, 0]
+    assert torch.equal(scores[at - 1, vision.start : vision.stop].argmax(-1), drawn.flatten())
+    assert not torch.equal(
+        drawn, generate_image_tokens(plain, processor, prompt, temperature=0.0)[0]
+    )
+
+    # Saved and reloaded with them; added to a model saved without them (a later stage), at zero.
+    model.save_pretrained(tmp_path / "grid")
+    again = IllumeForConditionalGeneration.from_pretrained(tmp_path / "grid")
+    assert torch.equal(again.grid_embedding.rows, model.grid_embedding.rows)
+    plain.save_pretrained(tmp_path / "plain")
+    added = IllumeForConditionalGeneration.from_pretrained(tmp_path / "plain", grid_embeddings=True)
+    assert added.config.grid_embeddings and not added.grid_embedding.rows.any()
+
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=model.config)
+    with torch.no_grad():
+        model(input_ids=full[:, :-1], past_key_values=cache)
+    with pytest.raises(ValueError, match="pass grid_positions"):
+        model(input_ids=full[:, -1:], past_key_values=cache)

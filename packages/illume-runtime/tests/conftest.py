@@ -59,6 +59,22 @@ def mllm(mllm_dir):
     ).eval(), IllumeProcessor.from_pretrained(mllm_dir)
 
 
+def with_grid_embeddings(directory):
+    """The model in `directory` with grid embeddings added, spread so that they change its draws."""
+    model = IllumeForConditionalGeneration.from_pretrained(directory, grid_embeddings=True).eval()
+    torch.manual_seed(1)
+    with torch.no_grad():
+        model.grid_embedding.rows.normal_(0, 0.5)
+        model.grid_embedding.columns.normal_(0, 0.5)
+    return model
+
+
+@pytest.fixture(scope="session")
+def grid_mllm(mllm_dir):
+    """The tiny MLLM with row and column embeddings of its output codes (IllumeConfig)."""
+    return with_grid_embeddings(mllm_dir), IllumeProcessor.from_pretrained(mllm_dir)
+
+
 def image(color=(200, 30, 30)):
     return Image.new("RGB", (32, 32), color)
 
@@ -117,3 +133,14 @@ def pipeline_dir(tmp_path_factory):
     processor.save_pretrained(root / "pipe" / "mllm")
     detok.save_pretrained(root / "pipe" / "detokenizer")
     return root / "pipe"
+
+
+@pytest.fixture(scope="session")
+def grid_pipeline_dir(pipeline_dir, tmp_path_factory):
+    """pipeline_dir with an MLLM that has grid embeddings."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("grid_pipeline") / "pipe"
+    shutil.copytree(pipeline_dir, root)
+    with_grid_embeddings(root / "mllm").save_pretrained(root / "mllm")
+    return root

@@ -139,6 +139,31 @@ def test_onnx_loop_draws_the_reference_codes_with_the_same_seed(exported, refere
         assert torch.equal(got, want), kwargs
 
 
+def test_grid_embeddings_export_and_draw_the_reference_codes(grid_pipeline_dir, tmp_path):
+    """A model with grid embeddings: its embeddings and decode graphs take each token's cell."""
+    manifest = export_pipeline(grid_pipeline_dir, tmp_path / "graphs")
+    assert manifest["grid_embeddings"] is True
+    assert manifest["graphs"]["embeddings"]["inputs"] == ["input_ids", "grid_positions"]
+    assert manifest["graphs"]["decode"]["inputs"][:4] == [
+        "input_ids", "attention_mask", "position_ids", "grid_positions",
+    ]  # fmt: skip
+    model = IllumeForConditionalGeneration.from_pretrained(grid_pipeline_dir / "mllm").eval()
+    processor = IllumeProcessor.from_pretrained(grid_pipeline_dir / "mllm")
+    gen = OnnxImageGenerator(tmp_path / "graphs")
+    prompts = ["a red circle", "a red circle above a blue square"]
+    conversations = [processor.t2i_messages(p) for p in prompts]
+    unconditional = [processor.t2i_messages("")] * len(prompts)
+    for kwargs in ({"guidance": 3.0}, {"guidance": 1.0, "temperature": 0.0}):
+        want = generate_image_tokens(model, processor, conversations, unconditional,
+                                     generator=torch.Generator().manual_seed(11), **kwargs)  # fmt: skip
+        got = gen(
+            conversations, unconditional, generator=torch.Generator().manual_seed(11), **kwargs
+        )
+        assert torch.equal(got, want), kwargs
+    history = [*conversations[0], Message("assistant", [want[0]]), Message("user", "what is it ?")]
+    assert gen.greedy_text([history]) == generate_text(model, processor, [history])
+
+
 def test_identical_greedy_text_on_a_fixed_prompt_set(exported, reference):
     out, _ = exported
     _, model, processor, _ = reference

@@ -387,11 +387,32 @@ def test_mllm_stages_one_to_three_through_the_cli(tmp_path, shapes_data):
     _check_loss_weighting(tmp_path, tokenizer_dir, previous, data)
     _check_packing_by_image(tmp_path, tokenizer_dir, previous, data)
     _check_unconditional_prompts(tmp_path, tokenizer_dir, previous, data)
+    _check_grid_embeddings(tmp_path, tokenizer_dir, previous)
     codes = generate_image_tokens(
         model, processor, [processor.t2i_messages("a red circle")], [processor.t2i_messages("")], guidance=2.0,
         generator=torch.Generator().manual_seed(0),
     )  # fmt: skip
     assert codes.shape == (1, 4, 4)
+
+
+def _check_grid_embeddings(tmp_path, tokenizer_dir, init):
+    """grid_embeddings: true adds them to a model saved without, at zero, training with the LLM or
+    the new rows; a later stage cannot take them away."""
+    from illume_trainer.stages.mllm import MLLMStage
+
+    for groups in ({"llm": 1e-4}, {"adapter": 1e-3, "new_rows": 2e-4}):
+        stage = MLLMStage(str(tmp_path / "g"), str(tokenizer_dir), groups, init=str(init),
+                          grid_embeddings=True)  # fmt: skip
+        stage.configure_model()
+        grid = stage.model.grid_embedding
+        assert not grid.rows.any() and grid.rows.requires_grad
+        trained = {id(p): g["lr"] for g in stage._param_groups for p in g["params"]}
+        assert trained[id(grid.rows)] == trained[id(grid.columns)] == min(groups.values())
+    stage.model.save_pretrained(tmp_path / "with_grid")
+    stage.processor.save_pretrained(tmp_path / "with_grid")
+    with pytest.raises(ValueError, match="cannot remove them"):
+        MLLMStage(str(tmp_path / "g"), str(tokenizer_dir), {"llm": 1e-4},
+                  init=str(tmp_path / "with_grid"), grid_embeddings=False)  # fmt: skip
 
 
 def _check_loss_weighting(tmp_path, tokenizer_dir, init, data):

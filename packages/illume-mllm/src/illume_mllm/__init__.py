@@ -22,13 +22,13 @@ from .generation import (
     generate_text,
     prompt_batch,
 )
-from .modeling import IllumeConfig, IllumeForConditionalGeneration
+from .modeling import GridEmbedding, IllumeConfig, IllumeForConditionalGeneration, grid_positions
 from .processing import IGNORE, Example, IllumeProcessor, ProcessorConfig
 from .vocab import MARKERS, VisionVocab, extend_tokenizer, vision_token, vocab_of
 
 __all__ = [
-    "IGNORE", "LLM_PRESETS", "MARKERS", "Example", "IllumeConfig", "IllumeForConditionalGeneration",
+    "IGNORE", "LLM_PRESETS", "MARKERS", "Example", "GridEmbedding", "IllumeConfig", "IllumeForConditionalGeneration",
     "IllumeProcessor", "ImageTokenSampler", "ProcessorConfig", "VisionVocab", "__version__", "build_model",
     "build_processor", "build_text_tokenizer", "build_word_tokenizer", "check_vision_feature_layer", "draw_codes", "extend_tokenizer", "filter_logits", "generate_image_tokens",
-    "generate_text", "prompt_batch", "vision_token", "vocab_of",
+    "generate_text", "grid_positions", "prompt_batch", "vision_token", "vocab_of",
 ]  # fmt: skip

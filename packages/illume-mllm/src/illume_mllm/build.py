@@ -152,10 +152,12 @@ def build_model(
     vision_feature_layer: int | list[int] = -1,
     adapter_act: str = "gelu",
     load_weights: bool = True,
+    grid_embeddings: bool = False,
 ) -> IllumeForConditionalGeneration:
     """The MLLM: vision tower (weights from `vision_dir`), a fresh MLP adapter, and an LLM (a local
     directory with weights, or a LlamaConfig dict such as LLM_PRESETS["shapes"], trained from
-    scratch), its vocabulary resized to the processor's extended tokenizer."""
+    scratch), its vocabulary resized to the processor's extended tokenizer. `grid_embeddings`:
+    row and column embeddings of output codes (IllumeConfig; not in the paper's model)."""
     from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig
     from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
@@ -185,6 +187,7 @@ def build_model(
         end_of_line_token_id=vocab.end_of_line,
         image_grid=list(processor.config.image_grid),
         tie_word_embeddings=False,
+        grid_embeddings=grid_embeddings,
     )
     model = IllumeForConditionalGeneration(config)
     if load_weights and torch.empty(0).device.type == "meta":

@@ -10,12 +10,24 @@ classes, so `AutoModelForImageTextToText.from_pretrained(dir)` loads it.
     input_ids [B, T] (with N `<image>` slots per input image), pixel_values [I, 3, H, W]
       -> vision tower [I, N, Dv] -> adapter [I, N, D] -> scattered into embeddings [B, T, D]
       -> LLM -> logits [B, T, V_text + 4 + K]
+
+`grid_embeddings` (off in the paper's model): a learned row and a learned column embedding added
+to the input embedding of every output vision-code token. In 1-D order a code's column is its
+distance from the last `<end_of_line>`, which the LLM must infer from RoPE distances; given
+explicitly, the relations between objects (left of, above) are learned far sooner on ShapesWorld
+(benchmarks/RESULTS.md, session 22, E4). The row and column are counted from the sequence's own
+`<start_of_image>` and `<end_of_line>` markers (`grid_positions`), so teacher forcing needs no
+extra input; a forward over a KV cache gets them from `prepare_inputs_for_generation`, which sees
+the whole sequence, or from the caller (`grid_positions=`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from huggingface_hub.dataclasses import strict
+from torch import nn
 from transformers import (
     AutoConfig,
     AutoModel,
@@ -23,6 +35,7 @@ from transformers import (
     LlavaConfig,
     LlavaForConditionalGeneration,
 )
+from transformers import initialization as init
 
 from .vocab import VisionVocab
 
@@ -44,6 +57,7 @@ class IllumeConfig(LlavaConfig):
     image_grid: list[int] | None = None
     vision_feature_select_strategy: str = "full"  # SigLIP has no class token to drop
     vision_feature_layer: int | list[int] = -1
+    grid_embeddings: bool = False  # row and column embeddings of output codes (module docstring)
 
     @property
     def vocab(self) -> VisionVocab:
@@ -57,11 +71,122 @@ class IllumeConfig(LlavaConfig):
         )
 
 
+def grid_positions(
+    input_ids: torch.Tensor, vocab: VisionVocab, grid: Sequence[int]
+) -> torch.Tensor:
+    """input_ids [B, T] -> [B, T]: `row * w + column` at each vision-code token, -1 elsewhere.
+
+    The row is the number of `<end_of_line>` since the last `<start_of_image>`, the column the
+    distance from the last of either, minus one; both clamped to the grid (h, w)."""
+    h, w = grid
+    index = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
+    start, end_of_line = input_ids == vocab.start_of_image, input_ids == vocab.end_of_line
+    lines = end_of_line.long().cumsum(1)  # [B, T] end-of-lines so far
+    lines_at_start = torch.cummax(torch.where(start, lines, 0), 1).values
+    row = (lines - lines_at_start).clamp(0, h - 1)
+    line_start = torch.cummax(torch.where(start | end_of_line, index, -1), 1).values
+    column = (index - line_start - 1).clamp(0, w - 1)
+    is_code = (input_ids >= vocab.offset) & (input_ids < vocab.offset + vocab.codebook_size)
+    return torch.where(is_code, row * w + column, -1)
+
+
+class GridEmbedding(nn.Module):
+    """A row and a column embedding per grid cell: positions [B, T] (`grid_positions`) -> [B, T, D],
+    zero where the position is -1. Both start at zero, so adding them leaves a model unchanged."""
+
+    def __init__(self, grid: Sequence[int], dim: int):
+        super().__init__()
+        self.width = grid[1]
+        self.rows = nn.Parameter(torch.zeros(grid[0], dim))  # [h, D]
+        self.columns = nn.Parameter(torch.zeros(grid[1], dim))  # [w, D]
+
+    def forward(self, positions: torch.Tensor) -> torch.Tensor:
+        cell = positions.clamp(min=0)
+        out = self.rows[cell // self.width] + self.columns[cell % self.width]
+        return out * (positions >= 0)[..., None].to(out.dtype)
+
+
 class IllumeForConditionalGeneration(LlavaForConditionalGeneration):
     """LLaVA with ILLUME's vision vocabulary; see the module docstring."""
 
     config_class = IllumeConfig
     config: IllumeConfig
+
+    def __init__(self, config: IllumeConfig):
+        super().__init__(config)
+        if config.grid_embeddings:
+            if not config.image_grid:
+                raise ValueError("grid_embeddings needs the config's image_grid (h, w)")
+            self.grid_embedding = GridEmbedding(config.image_grid, config.text_config.hidden_size)
+
+    def _init_weights(self, module):
+        if isinstance(module, GridEmbedding):  # missing from an older checkpoint: start at zero
+            init.zeros_(module.rows)
+            init.zeros_(module.columns)
+        else:
+            super()._init_weights(module)
+
+    # -- output-code positions (module docstring) -------------------------------------------------
+
+    def grid_positions(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return grid_positions(input_ids, self.config.vocab, self.config.image_grid)
+
+    def embed(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """Input embeddings [B, T, D] of input_ids [B, T], with the grid embeddings when the model
+        has them (`positions`: `grid_positions` of these tokens; default: counted from them)."""
+        embeds = self.get_input_embeddings()(input_ids)
+        if not self.config.grid_embeddings:
+            return embeds
+        positions = self.grid_positions(input_ids) if positions is None else positions
+        return embeds + self.grid_embedding(positions).to(embeds.dtype)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values=None,
+        inputs_embeds: torch.Tensor | None = None,
+        grid_positions: torch.LongTensor | None = None,
+        **kwargs,
+    ):
+        """LLaVA's forward; `grid_positions` [B, T]: the cells of input_ids (grid_embeddings)."""
+        if self.config.grid_embeddings and input_ids is not None:
+            cached = past_key_values is not None and past_key_values.get_seq_length() > 0
+            if grid_positions is None and cached:
+                raise ValueError(
+                    "with a KV cache the new tokens' grid positions cannot be counted from them: "
+                    "pass grid_positions (model.grid_positions(whole_sequence)[:, -new:])"
+                )
+            inputs_embeds = self.embed(input_ids, grid_positions)
+            if pixel_values is not None:
+                # scattered here: LLaVA, given embeddings, would find the <image> slots by
+                # comparing them with <image>'s row, which new rows can share (all start equal)
+                features = self.model.get_image_features(
+                    pixel_values=pixel_values, return_dict=True
+                ).pooler_output
+                features = torch.cat(list(features)).to(inputs_embeds.dtype)  # [I * N, D]
+                slots = input_ids == self.config.image_token_index
+                if int(slots.sum()) != len(features):
+                    raise ValueError(
+                        f"the prompts have {int(slots.sum())} <image> slots for {len(features)} "
+                        "image features: build them with the model's IllumeProcessor"
+                    )
+                inputs_embeds = inputs_embeds.masked_scatter(slots[..., None], features)
+            input_ids, pixel_values = None, None
+        return super().forward(
+            input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask,
+            position_ids=position_ids, past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds, **kwargs,
+        )  # fmt: skip
+
+    def prepare_inputs_for_generation(self, input_ids, *args, **kwargs):
+        inputs = super().prepare_inputs_for_generation(input_ids, *args, **kwargs)
+        new = inputs.get("input_ids")
+        if self.config.grid_embeddings and new is not None:  # input_ids: the whole sequence
+            inputs["grid_positions"] = self.grid_positions(input_ids)[:, -new.shape[1] :]
+        return inputs
 
     # -- parameter groups of the three stages (DESIGN.md section 1, Table 5) ---------------------
 

@@ -80,6 +80,8 @@ class FlatDecoder(nn.Module):
             lm.norm,
             head,
         )
+        # row and column embeddings of output codes (IllumeConfig.grid_embeddings), or None
+        self.grid_embedding = getattr(model, "grid_embedding", None)
         self.scaling = float(getattr(attn, "scaling", head_dim**-0.5))
         self.fused = head.weight.device.type == "cpu" if fuse is None else fuse
         self.packed = [self._pack(layer) for layer in lm.layers] if self.fused else None
@@ -115,6 +117,16 @@ class FlatDecoder(nn.Module):
             "gate_up": weight(m.gate_proj, m.up_proj), "gate_up_bias": bias(m.gate_proj, m.up_proj),
             "down": weight(m.down_proj), "down_bias": bias(m.down_proj),
         }  # fmt: skip
+
+    def embed(self, input_ids: torch.Tensor, cells: torch.Tensor | None = None) -> torch.Tensor:
+        """input_ids [B, T] -> [B, T, D]; `cells` [B, T]: their grid positions (-1: not a code),
+        needed by a model with grid embeddings (illume_mllm.grid_positions)."""
+        x = self.embed_tokens(input_ids)
+        if self.grid_embedding is None:
+            return x
+        if cells is None:
+            raise ValueError("this model has grid embeddings: pass each token's grid position")
+        return x + self.grid_embedding(cells).to(x.dtype)
 
     @staticmethod
     def _project(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -263,8 +275,9 @@ def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
 def prompt_embeddings(
     model, input_ids: torch.Tensor, pixel_values: torch.Tensor | None
 ) -> torch.Tensor:
-    """LLaVA's input: token embeddings [B, T, D] with the adapter's image features in the `<image>` slots."""
-    embeds = model.get_input_embeddings()(input_ids)
+    """LLaVA's input: token embeddings [B, T, D] (with grid embeddings where the model has them)
+    with the adapter's image features in the `<image>` slots."""
+    embeds = model.embed(input_ids)
     if pixel_values is None:
         return embeds
     features = vision_features(model, pixel_values).to(embeds.dtype)  # [I, N, D]

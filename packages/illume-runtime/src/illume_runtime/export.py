@@ -9,12 +9,14 @@ Graphs (fp32; B, T, P, I are dynamic):
 | tokenizer_encoder.onnx | pixel_values [B, 3, H, W] (normalised) -> codes [B, h, w] int64 |
 | tokenizer_decoder.onnx | codes [B, h, w] int64 -> features [B, N, D] |
 | vision_adapter.onnx | pixel_values [I, 3, H, W] -> image_features [I, N, D_llm] |
-| embeddings.onnx | input_ids [B, T] -> inputs_embeds [B, T, D_llm] |
+| embeddings.onnx | input_ids [B, T] (, grid_positions [B, T]) -> inputs_embeds [B, T, D_llm] |
 | prefill.onnx | inputs_embeds, attention_mask [B, T], position_ids [B, T] -> logits [B, V] (last position), present.{i}.key / .value [B, Hkv, T, hd] |
-| decode.onnx | input_ids [B, 1], attention_mask [B, P + 1], position_ids [B, 1], past_key_values.{i}.key / .value [B, Hkv, P, hd] -> logits [B, V], present.{i}.key / .value [B, Hkv, P + 1, hd] |
+| decode.onnx | input_ids [B, 1], attention_mask [B, P + 1], position_ids [B, 1] (, grid_positions [B, 1]), past_key_values.{i}.key / .value [B, Hkv, P, hd] -> logits [B, V], present.{i}.key / .value [B, Hkv, P + 1, hd] |
 | conditioner.onnx | features [B, N, D] -> encoder_hidden_states (+ spatial, text_embeds) |
 | unet_step.onnx | sample, timestep [B], encoder_hidden_states (+ spatial, text_embeds when the detokenizer has them) -> prediction |
 
+`grid_positions` (int64, `illume_mllm.grid_positions`: each token's cell of its image grid, -1 for
+other tokens) is an input only of a model with grid embeddings (`manifest["grid_embeddings"]`).
 The key/value names follow optimum and onnxruntime-genai. The decoder graphs are exported from
 `FlatDecoder` (the same weights and arithmetic as the PyTorch model) with torch's dynamo exporter.
 `processor/` and `null_features.npy` (the detokenizer's unconditional input) are saved beside the
@@ -88,10 +90,15 @@ class _Adapter(nn.Module):
 class _Embeddings(nn.Module):
     def __init__(self, decoder: FlatDecoder):
         super().__init__()
-        self.embed = decoder.embed_tokens
+        self.decoder = decoder
 
     def forward(self, input_ids):
-        return self.embed(input_ids)
+        return self.decoder.embed(input_ids)
+
+
+class _GridEmbeddings(_Embeddings):  # a model with grid embeddings (IllumeConfig)
+    def forward(self, input_ids, grid_positions):
+        return self.decoder.embed(input_ids, grid_positions)
 
 
 class _Prefill(nn.Module):
@@ -114,9 +121,11 @@ class _Decode(nn.Module):
         super().__init__()
         self.decoder = decoder
 
-    def forward(self, input_ids, attention_mask, position_ids, *past):
+    def forward(self, input_ids, attention_mask, position_ids, *rest):
+        # rest: (grid_positions,) when the model has grid embeddings, then the past keys / values
+        cells, past = (rest[:1], rest[1:]) if len(rest) % 2 else ((), rest)
         pairs = [(past[2 * i], past[2 * i + 1]) for i in range(self.decoder.shape.layers)]
-        x = self.decoder.embed_tokens(input_ids)
+        x = self.decoder.embed(input_ids, *cells)
         hidden, presents = self.decoder.forward_past(x, position_ids, attention_mask, pairs)
         return (self.decoder.logits(hidden), *[t for kv in presents for t in kv])
 
@@ -251,8 +260,13 @@ def export_models(tokenizer, model, processor, detokenizer, out: Path, verify: b
     decoder = FlatDecoder(model)
     s = decoder.shape
     ids = torch.randint(0, s.vocab, (2, 5))
-    graphs["embeddings"] = (_Embeddings(decoder), (ids,), GraphSpec(
-        "embeddings.onnx", ["input_ids"], ["inputs_embeds"], {"input_ids": {0: "batch", 1: "sequence"}}))  # fmt: skip
+    grid = decoder.grid_embedding is not None
+    cells = (torch.tensor([[-1, 0, 1, h * w - 1, -1], [2, -1, 3, 4, 5]]),) if grid else ()
+    cell_names = ["grid_positions"] if grid else []
+    embeddings = (_GridEmbeddings if grid else _Embeddings)(decoder)
+    graphs["embeddings"] = (embeddings, (ids, *cells), GraphSpec(
+        "embeddings.onnx", ["input_ids", *cell_names], ["inputs_embeds"],
+        {n: {0: "batch", 1: "sequence"} for n in ["input_ids", *cell_names]}))  # fmt: skip
     embeds = torch.randn(2, 5, s.hidden)
     mask = torch.tensor([[0, 1, 1, 1, 1], [1, 1, 1, 1, 1]])
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
@@ -264,10 +278,12 @@ def export_models(tokenizer, model, processor, detokenizer, out: Path, verify: b
     past_names = kv_names(s.layers, "past_key_values")
     past = tuple(torch.randn(2, s.kv_heads, 5, s.head_dim) for _ in past_names)
     step_mask = torch.cat([mask, torch.ones(2, 1, dtype=mask.dtype)], dim=1)
-    graphs["decode"] = (_Decode(decoder), (ids[:, :1], step_mask, positions[:, -1:] + 1, *past), GraphSpec(
-        "decode.onnx", ["input_ids", "attention_mask", "position_ids", *past_names], ["logits", *presents],
+    step_cells = tuple(c[:, 1:2] for c in cells)
+    graphs["decode"] = (_Decode(decoder), (ids[:, :1], step_mask, positions[:, -1:] + 1, *step_cells, *past), GraphSpec(
+        "decode.onnx", ["input_ids", "attention_mask", "position_ids", *cell_names, *past_names], ["logits", *presents],
         {"input_ids": {0: "batch"}, "attention_mask": {0: "batch", 1: "past_sequence + 1"},
-         "position_ids": {0: "batch"}, **{n: {0: "batch", 2: "past_sequence"} for n in past_names}}))  # fmt: skip
+         "position_ids": {0: "batch"}, **{n: {0: "batch"} for n in cell_names},
+         **{n: {0: "batch", 2: "past_sequence"} for n in past_names}}))  # fmt: skip
 
     conditioner = detokenizer.conditioner
     features = tokenizer.decode_features(codes)
@@ -306,6 +322,7 @@ def export_models(tokenizer, model, processor, detokenizer, out: Path, verify: b
         "dtype": "float32",
         "graphs": {name: asdict(spec) for name, (_, _, spec) in graphs.items()},
         "decoder": asdict(s),
+        "grid_embeddings": grid,
         "vision": {"image_size": vision.image_size, "image_seq_length": model.config.image_seq_length},
         "tokenizer": {"image_size": size, "grid": [h, w], "codebook_size": tokenizer.codebook_size},
         "vocab": {"image": vocab.image, "start_of_image": vocab.start_of_image, "end_of_image": vocab.end_of_image,

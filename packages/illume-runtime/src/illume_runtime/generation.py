@@ -34,6 +34,13 @@ def image_positions(grid: tuple[int, int]) -> list[bool]:
     return [False] + ([True] * w + [False]) * h + [False]
 
 
+def image_cells(grid: tuple[int, int]) -> list[int]:
+    """For each token of a generated image, its grid position (`row * w + column`; -1 for the
+    markers): what `illume_mllm.grid_positions` counts, for models with grid embeddings."""
+    cells = iter(range(grid[0] * grid[1]))
+    return [next(cells) if drawn else -1 for drawn in image_positions(grid)]
+
+
 class TorchImageGenerator:
     """See the module docstring.
 
@@ -49,6 +56,7 @@ class TorchImageGenerator:
         self.vocab = processor.vocab
         self.grid = tuple(processor.config.image_grid)
         self.decoder = FlatDecoder(model)
+        self._cells = torch.tensor(image_cells(self.grid), device=self.device)
         self._buffers: dict[tuple, dict[str, torch.Tensor]] = {}
         self._step = self._decode_step
         if compile:
@@ -74,10 +82,13 @@ class TorchImageGenerator:
             }}  # fmt: skip
         return self._buffers[key]
 
-    def _decode_step(self, token: torch.Tensor, ws: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Feeds token [R] at ws["slot"] / ws["position"]; returns the last hidden state [R, D]."""
+    def _decode_step(
+        self, token: torch.Tensor, cell: torch.Tensor, ws: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
+        """Feeds token [R] (in grid cell [1]) at ws["slot"] / ws["position"]; returns the last
+        hidden state [R, D]."""
         ws["bias"].index_fill_(3, ws["slot"], 0.0)
-        x = self.decoder.embed_tokens(token[:, None])
+        x = self.decoder.embed(token[:, None], cell.expand(len(token), 1))
         hidden = self.decoder.forward_static(
             x, ws["position"][:, None], ws["bias"], ws["k"], ws["v"], ws["slot"]
         )
@@ -150,6 +161,6 @@ class TorchImageGenerator:
                 value = forced.get(position, vocab.end_of_line)
                 token = torch.full((rows,), value, dtype=torch.long, device=self.device)
             if position < last_drawn:
-                hidden = self._step(token, ws)
+                hidden = self._step(token, self._cells[position : position + 1], ws)
         h, w = self.grid
         return torch.stack(codes, dim=1).view(half, h, w).cpu()

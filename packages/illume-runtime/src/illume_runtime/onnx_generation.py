@@ -18,10 +18,10 @@ import numpy as np
 import torch
 
 from illume_core import Message
-from illume_mllm import IllumeProcessor, draw_codes
+from illume_mllm import IllumeProcessor, draw_codes, grid_positions
 
 from .engines import OnnxModels
-from .generation import image_positions
+from .generation import image_cells, image_positions
 
 
 class OnnxImageGenerator:
@@ -40,6 +40,8 @@ class OnnxImageGenerator:
         self.layers = self.models.manifest["decoder"]["layers"]
         self.vocab = self.processor.vocab
         self.grid = tuple(self.processor.config.image_grid)
+        # a model with grid embeddings takes each token's cell (illume_mllm.grid_positions)
+        self.grid_embeddings = bool(self.models.manifest.get("grid_embeddings", False))
 
     # -- pieces -----------------------------------------------------------------------------------
 
@@ -51,7 +53,11 @@ class OnnxImageGenerator:
         batch = self.processor.collate(examples, padding_side="left")
         ids = batch["input_ids"].numpy()
         mask = batch["attention_mask"].numpy().astype(np.int64)
-        embeds = self.models.run("embeddings", input_ids=ids)[0]
+        cells = {}
+        if self.grid_embeddings:
+            positions = grid_positions(batch["input_ids"], self.vocab, self.grid)
+            cells = {"grid_positions": positions.numpy()}
+        embeds = self.models.run("embeddings", input_ids=ids, **cells)[0]
         if batch["pixel_values"] is not None:
             features = self.models.run(
                 "vision_adapter", pixel_values=batch["pixel_values"].float().numpy()
@@ -68,12 +74,17 @@ class OnnxImageGenerator:
         )
         return out[0], out[1:], mask, mask.sum(-1)
 
-    def _decode(self, token: np.ndarray, mask: np.ndarray, position: np.ndarray, presents: list):
+    def _decode(
+        self, token: np.ndarray, mask: np.ndarray, position: np.ndarray, presents: list, cell=-1
+    ):
+        """Feeds token [R] (in grid cell `cell`: -1, not a code) -> (logits, presents)."""
         feeds = {
             "input_ids": token[:, None],
             "attention_mask": mask,
             "position_ids": position[:, None],
         }
+        if self.grid_embeddings:
+            feeds["grid_positions"] = np.full((len(token), 1), cell, dtype=np.int64)
         for i in range(self.layers):
             feeds[f"past_key_values.{i}.key"] = presents[2 * i]
             feeds[f"past_key_values.{i}.value"] = presents[2 * i + 1]
@@ -101,7 +112,7 @@ class OnnxImageGenerator:
         logits, presents, mask, position = self._prefill(rows)
         half = len(conversations)
         vision = self.vocab.vision_ids
-        drawn = image_positions(self.grid)
+        drawn, cells = image_positions(self.grid), image_cells(self.grid)
         last_drawn = max(i for i, d in enumerate(drawn) if d)
         codes = []
         for step, is_drawn in enumerate(drawn[: last_drawn + 1]):
@@ -118,7 +129,9 @@ class OnnxImageGenerator:
                 token = np.full(len(rows), value, dtype=np.int64)
             if step < last_drawn:
                 mask = np.concatenate([mask, np.ones((len(rows), 1), np.int64)], axis=1)
-                logits, presents = self._decode(token.astype(np.int64), mask, position, presents)
+                logits, presents = self._decode(
+                    token.astype(np.int64), mask, position, presents, cells[step]
+                )
                 position = position + 1
         h, w = self.grid
         return torch.stack(codes, dim=1).view(half, h, w)

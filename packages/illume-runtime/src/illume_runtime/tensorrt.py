@@ -114,6 +114,8 @@ def decoder_profiles(
             "attention_mask": ((1, 2), (2, 256), (max_batch, max_sequence)),
             "position_ids": ((1, 1), (2, 1), (max_batch, 1)),
         }
+        if manifest.get("grid_embeddings"):
+            shapes["grid_positions"] = shapes["input_ids"]
         for i in range(s["layers"]):
             for kind in ("key", "value"):
                 shapes[f"past_key_values.{i}.{kind}"] = (

@@ -26,6 +26,7 @@ from illume_mllm import (
     IGNORE,
     LLM_PRESETS,
     Example,
+    IllumeConfig,
     IllumeForConditionalGeneration,
     IllumeProcessor,
     build_model,
@@ -65,6 +66,9 @@ class MLLMStage(FrozenPartsStage):
         so rows that do not train stay bit-identical).
     p_uncond: probability of dropping the text of a drawing request, a caption or an edit's
         instruction, keeping its input images (the unconditional branch of CFG).
+    grid_embeddings: row and column embeddings of output codes (IllumeConfig.grid_embeddings; not in
+        the paper's model). None keeps the init's model as it is; True on a model without them
+        adds them, starting at zero (they train with `new_rows` or `llm`).
     loss_weighting: "token" averages the cross-entropy over every answer token of the batch (LLaVA's
         rule); "example" averages each conversation's answer tokens first, then the conversations,
         so a one-word answer weighs as much as a 64-token image. With "token", QA answers (about 20
@@ -88,6 +92,7 @@ class MLLMStage(FrozenPartsStage):
         warmup_steps: int = 100,
         p_uncond: float = 0.1,
         loss_weighting: str = "token",
+        grid_embeddings: bool | None = None,
         seed: int = 0,
         max_skipped_fraction: float = 0.01,
         max_skipped_in_a_row: int = 50,
@@ -121,7 +126,16 @@ class MLLMStage(FrozenPartsStage):
         # from_pretrained hands back a model in eval mode, and Lightning keeps the modes it finds:
         # without train() a later stage would train with dropout off (as stage 1's built model
         # does not)
-        self.model = IllumeForConditionalGeneration.from_pretrained(directory).train()
+        wanted, extra = self.hparams.grid_embeddings, {}
+        if wanted is not None:
+            has = IllumeConfig.from_pretrained(directory).grid_embeddings
+            if has and not wanted:
+                raise ValueError(
+                    f"{directory} has grid embeddings; a later stage cannot remove them: drop "
+                    "grid_embeddings: false from the recipe"
+                )
+            extra = {"grid_embeddings": True} if wanted and not has else {}
+        self.model = IllumeForConditionalGeneration.from_pretrained(directory, **extra).train()
         self.processor = IllumeProcessor.from_pretrained(directory)
 
     def _vision_feature_layer(self) -> int | list[int]:
@@ -168,8 +182,9 @@ class MLLMStage(FrozenPartsStage):
             text_tokenizer, vision, tok.codebook_size, tok.grid, preset=hp.processor_preset
         )
         self.model = build_model(
-            self.processor, vision, llm, vision_feature_layer=self._vision_feature_layer()
-        )
+            self.processor, vision, llm, vision_feature_layer=self._vision_feature_layer(),
+            grid_embeddings=bool(hp.grid_embeddings),
+        )  # fmt: skip
 
     def _select(self) -> list[dict]:
         """Freezes everything, then unfreezes the recipe's groups; returns optimizer groups."""
@@ -209,6 +224,9 @@ class MLLMStage(FrozenPartsStage):
             )
         if "new_rows" in groups:
             add(model.train_new_rows_only(), groups["new_rows"], decay=False)
+        grid = getattr(model, "grid_embedding", None)  # new like the rows; embeddings: no decay
+        if grid is not None and ("llm" in groups or "new_rows" in groups):
+            add(grid.parameters(), groups.get("llm", groups.get("new_rows")), decay=False)
         return out
 
     # -- batches ----------------------------------------------------------------------------------
