@@ -144,3 +144,22 @@ def grid_pipeline_dir(pipeline_dir, tmp_path_factory):
     shutil.copytree(pipeline_dir, root)
     with_grid_embeddings(root / "mllm").save_pretrained(root / "mllm")
     return root
+
+
+def _draws_the_reference(fast, model, processor, conversations, unconditional, settings, seed=7):
+    """`fast` (a fast loop) draws `generate_image_tokens`' codes for the same seed, under each of
+    the sampling `settings`; returns the last codes."""
+    from illume_mllm import generate_image_tokens
+
+    for kwargs in settings:
+        want = generate_image_tokens(model, processor, conversations, unconditional,
+                                     generator=torch.Generator().manual_seed(seed), **kwargs)  # fmt: skip
+        got = fast(conversations, unconditional, generator=torch.Generator().manual_seed(seed),
+                   **kwargs)  # fmt: skip
+        assert torch.equal(got, want), kwargs
+    return got
+
+
+@pytest.fixture
+def draws_the_reference():
+    return _draws_the_reference

@@ -95,17 +95,12 @@ def test_vision_features_match_llava_for_one_layer_and_a_list(mllm, layers):
         torch.testing.assert_close(vision_features(built, pixels), want)
 
 
-def test_grid_embeddings_same_codes_as_the_reference(mllm, grid_mllm, t2i):
+def test_grid_embeddings_same_codes_as_the_reference(mllm, grid_mllm, t2i, draws_the_reference):
     """Each fed code carries its cell, as transformers' generate gives it (IllumeConfig)."""
     model, processor = grid_mllm
     conversations, unconditional = t2i(processor, PROMPTS)
     fast = TorchImageGenerator(model, processor)
-    for kwargs in ({"guidance": 3.0}, {"guidance": 1.0, "temperature": 0.0}):
-        want = generate_image_tokens(model, processor, conversations, unconditional,
-                                     generator=torch.Generator().manual_seed(7), **kwargs)  # fmt: skip
-        got = fast(
-            conversations, unconditional, generator=torch.Generator().manual_seed(7), **kwargs
-        )
-        assert torch.equal(got, want), kwargs
+    settings = ({"guidance": 3.0}, {"guidance": 1.0, "temperature": 0.0})
+    got = draws_the_reference(fast, model, processor, conversations, unconditional, settings)
     plain = TorchImageGenerator(mllm[0], processor)(conversations, temperature=0.0)
     assert not torch.equal(got, plain)  # the embeddings are used

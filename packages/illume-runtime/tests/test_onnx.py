@@ -12,7 +12,6 @@ from illume_detokenizer import DetokenizerPipeline
 from illume_mllm import (
     IllumeForConditionalGeneration,
     IllumeProcessor,
-    generate_image_tokens,
     generate_text,
 )
 from illume_runtime import OnnxImageGenerator, OnnxModels, export_pipeline
@@ -119,27 +118,26 @@ def test_prefill_then_decode_match_the_transformers_model(exported, reference):
     _close(step.numpy(), want)
 
 
-def test_onnx_loop_draws_the_reference_codes_with_the_same_seed(exported, reference):
+def test_onnx_loop_draws_the_reference_codes_with_the_same_seed(
+    exported, reference, draws_the_reference
+):
     out, _ = exported
     _, model, processor, _ = reference
-    gen = OnnxImageGenerator(out)
     prompts = ["a red circle", "a red circle above a blue square", "make it green"]
     conversations = [processor.t2i_messages(p) for p in prompts]
     unconditional = [processor.t2i_messages("")] * len(prompts)
-    for kwargs in (
+    settings = (
         {"guidance": 3.0},
         {"guidance": 2.0, "temperature": 0.7, "top_k": 5},
         {"guidance": 1.0, "temperature": 0.0},
-    ):
-        want = generate_image_tokens(model, processor, conversations, unconditional,
-                                     generator=torch.Generator().manual_seed(11), **kwargs)  # fmt: skip
-        got = gen(
-            conversations, unconditional, generator=torch.Generator().manual_seed(11), **kwargs
-        )
-        assert torch.equal(got, want), kwargs
+    )
+    draws_the_reference(OnnxImageGenerator(out), model, processor, conversations, unconditional,
+                        settings, seed=11)  # fmt: skip
 
 
-def test_grid_embeddings_export_and_draw_the_reference_codes(grid_pipeline_dir, tmp_path):
+def test_grid_embeddings_export_and_draw_the_reference_codes(
+    grid_pipeline_dir, tmp_path, draws_the_reference
+):
     """A model with grid embeddings: its embeddings and decode graphs take each token's cell."""
     manifest = export_pipeline(grid_pipeline_dir, tmp_path / "graphs")
     assert manifest["grid_embeddings"] is True
@@ -153,14 +151,9 @@ def test_grid_embeddings_export_and_draw_the_reference_codes(grid_pipeline_dir, 
     prompts = ["a red circle", "a red circle above a blue square"]
     conversations = [processor.t2i_messages(p) for p in prompts]
     unconditional = [processor.t2i_messages("")] * len(prompts)
-    for kwargs in ({"guidance": 3.0}, {"guidance": 1.0, "temperature": 0.0}):
-        want = generate_image_tokens(model, processor, conversations, unconditional,
-                                     generator=torch.Generator().manual_seed(11), **kwargs)  # fmt: skip
-        got = gen(
-            conversations, unconditional, generator=torch.Generator().manual_seed(11), **kwargs
-        )
-        assert torch.equal(got, want), kwargs
-    history = [*conversations[0], Message("assistant", [want[0]]), Message("user", "what is it ?")]
+    settings = ({"guidance": 3.0}, {"guidance": 1.0, "temperature": 0.0})
+    drawn = draws_the_reference(gen, model, processor, conversations, unconditional, settings, 11)
+    history = [*conversations[0], Message("assistant", [drawn[0]]), Message("user", "what is it ?")]
     assert gen.greedy_text([history]) == generate_text(model, processor, [history])
 
 
