@@ -5,7 +5,7 @@ import torch
 
 from illume_mllm import generate_image_tokens, prompt_batch
 from illume_runtime import FlatDecoder, TorchImageGenerator
-from illume_runtime.decoder import positions_from_mask, prompt_embeddings
+from illume_runtime.decoder import positions_from_mask
 
 PROMPTS = ["a red circle", "a red circle above a blue square", "what is it"]
 
@@ -27,7 +27,7 @@ def test_flat_decoder_matches_the_transformers_forward_with_left_padding_and_ima
         want = model(**batch, position_ids=positions).logits[:, -1]
         decoder = FlatDecoder(model, fuse=fuse)
         assert decoder.fused == fuse
-        embeds = prompt_embeddings(model, batch["input_ids"], batch["pixel_values"])
+        embeds = model.prompt_embeddings(batch["input_ids"], batch["pixel_values"])
         s = decoder.shape
         empty = [(torch.zeros(2, s.kv_heads, 0, s.head_dim),) * 2 for _ in range(s.layers)]
         hidden, presents = decoder.forward_past(embeds, positions, mask, empty)

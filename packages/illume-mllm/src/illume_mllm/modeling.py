@@ -141,6 +141,28 @@ class IllumeForConditionalGeneration(LlavaForConditionalGeneration):
         positions = self.grid_positions(input_ids) if positions is None else positions
         return embeds + self.grid_embedding(positions).to(embeds.dtype)
 
+    def prompt_embeddings(
+        self,
+        input_ids: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
+        grid_positions: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The LLM's input [B, T, D]: `embed(input_ids, grid_positions)` with the adapter's image
+        features in the `<image>` slots (found by token id, not, as LLaVA does when handed
+        embeddings, by comparing rows with `<image>`'s, which new rows can share)."""
+        embeds = self.embed(input_ids, grid_positions)
+        if pixel_values is None:
+            return embeds
+        features = self.model.get_image_features(pixel_values=pixel_values, return_dict=True)
+        features = torch.cat(list(features.pooler_output)).to(embeds.dtype)  # [I * N, D]
+        slots = input_ids == self.config.image_token_index
+        if int(slots.sum()) != len(features):
+            raise ValueError(
+                f"the prompts have {int(slots.sum())} <image> slots for {len(features)} image "
+                "features: build them with the model's IllumeProcessor"
+            )
+        return embeds.masked_scatter(slots[..., None], features)
+
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -160,21 +182,7 @@ class IllumeForConditionalGeneration(LlavaForConditionalGeneration):
                     "with a KV cache the new tokens' grid positions cannot be counted from them: "
                     "pass grid_positions (model.grid_positions(whole_sequence)[:, -new:])"
                 )
-            inputs_embeds = self.embed(input_ids, grid_positions)
-            if pixel_values is not None:
-                # scattered here: LLaVA, given embeddings, would find the <image> slots by
-                # comparing them with <image>'s row, which new rows can share (all start equal)
-                features = self.model.get_image_features(
-                    pixel_values=pixel_values, return_dict=True
-                ).pooler_output
-                features = torch.cat(list(features)).to(inputs_embeds.dtype)  # [I * N, D]
-                slots = input_ids == self.config.image_token_index
-                if int(slots.sum()) != len(features):
-                    raise ValueError(
-                        f"the prompts have {int(slots.sum())} <image> slots for {len(features)} "
-                        "image features: build them with the model's IllumeProcessor"
-                    )
-                inputs_embeds = inputs_embeds.masked_scatter(slots[..., None], features)
+            inputs_embeds = self.prompt_embeddings(input_ids, pixel_values, grid_positions)
             input_ids, pixel_values = None, None
         return super().forward(
             input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask,

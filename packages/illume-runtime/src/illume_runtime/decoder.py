@@ -272,24 +272,6 @@ def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def prompt_embeddings(
-    model, input_ids: torch.Tensor, pixel_values: torch.Tensor | None
-) -> torch.Tensor:
-    """LLaVA's input: token embeddings [B, T, D] (with grid embeddings where the model has them)
-    with the adapter's image features in the `<image>` slots."""
-    embeds = model.embed(input_ids)
-    if pixel_values is None:
-        return embeds
-    features = vision_features(model, pixel_values).to(embeds.dtype)  # [I, N, D]
-    slots = (input_ids == model.config.image_token_index)[..., None].expand_as(embeds)
-    if int(slots[..., 0].sum()) != features.shape[0] * features.shape[1]:
-        raise ValueError(
-            f"the prompts have {int(slots[..., 0].sum())} <image> slots for {features.shape[0]} images of "
-            f"{features.shape[1]} features: build them with the model's IllumeProcessor"
-        )
-    return embeds.masked_scatter(slots, features)
-
-
 def vision_features(model, pixel_values: torch.Tensor) -> torch.Tensor:
     """pixel_values [I, 3, H, W] -> adapter features [I, N, D] (the tower's configured layer, or
     its layers concatenated per patch, as LLaVA does)."""

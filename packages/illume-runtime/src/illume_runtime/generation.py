@@ -25,7 +25,7 @@ import torch
 from illume_core import Message
 from illume_mllm import draw_codes, prompt_batch
 
-from .decoder import FlatDecoder, padding_causal_bias, positions_from_mask, prompt_embeddings
+from .decoder import FlatDecoder, padding_causal_bias, positions_from_mask
 
 
 def image_positions(grid: tuple[int, int]) -> list[bool]:
@@ -132,9 +132,7 @@ class TorchImageGenerator:
         key_mask = torch.zeros(rows, ws["bias"].shape[-1], dtype=mask.dtype, device=mask.device)
         key_mask[:, :prompt] = mask
         slots = torch.arange(prompt, device=self.device)
-        embeds = prompt_embeddings(self.model, ids, batch.get("pixel_values")).to(
-            self.decoder.dtype
-        )
+        embeds = self.model.prompt_embeddings(ids, batch.get("pixel_values")).to(self.decoder.dtype)
         hidden = self.decoder.forward_static(
             embeds, positions_from_mask(mask), padding_causal_bias(key_mask, slots, embeds.dtype),
             ws["k"], ws["v"], slots,

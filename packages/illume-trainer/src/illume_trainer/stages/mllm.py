@@ -126,16 +126,16 @@ class MLLMStage(FrozenPartsStage):
         # from_pretrained hands back a model in eval mode, and Lightning keeps the modes it finds:
         # without train() a later stage would train with dropout off (as stage 1's built model
         # does not)
-        wanted, extra = self.hparams.grid_embeddings, {}
-        if wanted is not None:
-            has = IllumeConfig.from_pretrained(directory).grid_embeddings
-            if has and not wanted:
-                raise ValueError(
-                    f"{directory} has grid embeddings; a later stage cannot remove them: drop "
-                    "grid_embeddings: false from the recipe"
-                )
-            extra = {"grid_embeddings": True} if wanted and not has else {}
-        self.model = IllumeForConditionalGeneration.from_pretrained(directory, **extra).train()
+        config, wanted = IllumeConfig.from_pretrained(directory), self.hparams.grid_embeddings
+        if config.grid_embeddings and wanted is False:
+            raise ValueError(
+                f"{directory} has grid embeddings; a later stage cannot remove them: drop "
+                "grid_embeddings: false from the recipe"
+            )
+        config.grid_embeddings = config.grid_embeddings or bool(wanted)  # added ones start at zero
+        self.model = IllumeForConditionalGeneration.from_pretrained(
+            directory, config=config
+        ).train()
         self.processor = IllumeProcessor.from_pretrained(directory)
 
     def _vision_feature_layer(self) -> int | list[int]:
