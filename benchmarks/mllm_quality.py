@@ -5,7 +5,8 @@ ending in its annealing phase; finished stages in --workdir are reused), then sc
 illume-eval's exact scorers: text-to-image on validation and held-out prompts, QA accuracy, POPE
 F1 (the worst negative type), editing, and editing's ceiling: the same edits' targets through the
 tokenizer and detokenizer, the figures an MLLM that gets every code right would reach
-(`edit_ceiling`; `edit_copy`: returning the source).
+(`edit_ceiling`; `edit_copy`: returning the source), and the MLLM's edit codes against the
+tokenizer's (`edit_codes`: right where the edit leaves the image alone, and where it changes it).
 Also where the drawings miss (the aspects they fail, per category), whether the model scores each
 prompt's scene above a counterfactual that fails it (`likelihood_probe`: knowledge apart from
 sampling), and a table of text-to-image overall against guidance scale and temperature / top-k
@@ -35,7 +36,7 @@ import tempfile
 from pathlib import Path
 
 from illume.demo import HEADLINE, PROFILES, STAGES, evaluate, train, with_steps
-from illume.evaluate import edit_ceiling, likelihood_probe, t2i_quality
+from illume.evaluate import edit_ceiling, edit_codes, likelihood_probe, t2i_quality
 from illume.pipeline import SHAPES_SAMPLING, IllumePipeline
 from illume_eval.shapes import ASPECTS, ensure_dataset
 
@@ -129,6 +130,8 @@ def main() -> None:
     metrics, _ = evaluate(pipe, profile)
     # the same edits' targets through tokenizer and detokenizer: what a perfect MLLM would reach
     ceiling = edit_ceiling(pipe, "data/shapes/validation", n=profile.eval_edit)
+    # where its edits miss, code by code: cells it should copy, cells it should change
+    codes = edit_codes(pipe, "data/shapes/validation", n=profile.eval_edit)
     # does the model prefer each prompt's scene to a counterfactual one, apart from sampling?
     probe = likelihood_probe(pipe, "data/shapes/validation", n=2 * profile.eval_t2i)["summary"]
 
@@ -160,6 +163,11 @@ def main() -> None:
     print(f"editing ceiling (targets through tokenizer + detokenizer): reached "
           f"{ceil['target_reached']:.2f}, preserved {ceil['preserved']:.3f}; "
           f"copying the source: preserved {copy['preserved']:.3f}")  # fmt: skip
+    print(
+        f"\n{'edit codes right':<16}{'copied cells':>14}{'changed cells':>15}{'edits copying all':>19}"
+    )
+    for kind, row in {"all": codes["summary"], **codes["by_kind"]}.items():
+        print(f"{kind:<16}{row['copied']:>14.3f}{row['changed']:>15.3f}{row['all_copied']:>19.2f}")
     print(f"\n{'drawings failing':<16}" + "".join(f"{a:>18}" for a in ASPECTS))
     for tag, row in metrics["t2i_failed_aspects"].items():
         print(f"{tag:<16}" + "".join(f"{row[a]:>18.2f}" for a in ASPECTS))
@@ -173,6 +181,7 @@ def main() -> None:
             "guidance": pipe.sampling.guidance, "qa_by_type": metrics["qa"], "edits": metrics["edits"],
             "heldout_by_tag": metrics["t2i_heldout_by_tag"],
             "t2i_failed_aspects": metrics["t2i_failed_aspects"], "likelihood_probe": probe, "edit_ceiling": ceil, "edit_copy": copy,
+            "edit_codes": codes,
             "steps": steps,
             "stage_args": {k: shlex.join(v) for k, v in extra.items()},
             "reused": {name: str(source) for name in reuse}}  # fmt: skip

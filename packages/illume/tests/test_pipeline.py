@@ -1,5 +1,8 @@
 """IllumePipeline and the task commands on tiny, untrained components (shapes and plumbing only)."""
 
+import json
+
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -128,8 +131,6 @@ def test_every_runtime_draws_the_same_codes_and_the_export_command(pipeline_dir,
 
 
 def test_reconstruct_and_the_editing_ceiling(pipeline_dir, tmp_path):
-    import numpy as np
-
     from illume.evaluate import edit_ceiling
     from illume_core import load_image
     from illume_eval.shapes import ensure_dataset
@@ -150,6 +151,51 @@ def test_reconstruct_and_the_editing_ceiling(pipeline_dir, tmp_path):
     assert diff.mean() < 1.0
     source = pipe.reconstruct([load_image(split / first["row"]["source"])], seed=0)[0]
     assert np.abs(np.asarray(source, dtype=float) - np.asarray(again, dtype=float)).mean() > 1.0
+
+
+def test_code_agreement_counts_copied_and_changed_cells():
+    from illume.evaluate import code_agreement
+
+    source = torch.zeros(2, 2, 3, dtype=torch.long)
+    target = source.clone()
+    target[0, 0, 0] = 5  # edit 0 changes one cell, edit 1 none
+    assert code_agreement(target, source, target) == {
+        "copied": 1.0, "changed": 1.0, "all_copied": 1.0, "cells": {"copied": 11, "changed": 1}
+    }  # fmt: skip
+    # returning the source copies every cell and changes none
+    unedited = code_agreement(source, source, target)
+    assert (unedited["copied"], unedited["changed"], unedited["all_copied"]) == (1.0, 0.0, 1.0)
+    drawn = target.clone()
+    drawn[1, 1, 2] = 7  # one cell of edit 1 that should have been copied
+    figures = code_agreement(drawn, source, target)
+    assert figures["copied"] == pytest.approx(10 / 11) and figures["all_copied"] == 0.5
+
+
+def test_edit_codes_are_what_edit_renders(pipeline_dir, tmp_path):
+    from illume.evaluate import edit_codes
+    from illume_core import load_image
+    from illume_eval.shapes import ensure_dataset
+
+    pipe = IllumePipeline.from_pretrained(pipeline_dir)
+    pipe.sampling.steps = 2
+    ensure_dataset(tmp_path / "shapes", 8, seed=0, n_eval=4, progress=False)
+    split = tmp_path / "shapes" / "validation"
+    row = json.loads((split / "edits.jsonl").read_text().splitlines()[0])
+    source = load_image(split / row["source"])
+    codes = pipe.edit_codes([source], [row["instruction"]], torch.Generator().manual_seed(3))
+    assert codes.shape == (1, *pipe.processor.config.image_grid)
+    generator = torch.Generator().manual_seed(3)
+    pipe.edit_codes([source], [row["instruction"]], generator)
+    rendered = pipe.render(codes, generator)[0]
+    edited = pipe.edit(source, row["instruction"], seed=3)
+    assert np.array_equal(np.asarray(rendered), np.asarray(edited))
+    figures = edit_codes(pipe, split, n=4, batch_size=3)
+    kinds = {
+        json.loads(line)["kind"] for line in (split / "edits.jsonl").read_text().splitlines()[:4]
+    }
+    assert set(figures["by_kind"]) == kinds
+    cells = figures["summary"]["cells"]
+    assert cells["copied"] + cells["changed"] == 4 * codes[0].numel()
 
 
 def test_likelihood_probe_scores_each_scene_against_its_counterfactual(pipeline_dir, tmp_path):

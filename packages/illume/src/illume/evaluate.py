@@ -4,6 +4,8 @@
 - understanding: QA accuracy per question type, POPE figures per negative type (qa.jsonl);
 - editing: target reached and untouched objects preserved (edits.jsonl), and the same figures of
   the edits' own targets through the tokenizer and detokenizer: the ceiling a perfect MLLM reaches;
+- where edits miss, code by code: the MLLM's codes against the tokenizer's codes of each edit's
+  source and target (copied where the edit leaves the image alone, changed where it does not);
 - knowledge apart from sampling: whether the MLLM scores a prompt's own scene above a
   counterfactual one that fails the prompt (scenes.jsonl), by likelihood.
 Each returns its figures and the per-item records a report shows.
@@ -111,6 +113,50 @@ def edit_ceiling(
         "copy": edit_metrics(edits, drawn["source"]),
         "records": records,
     }
+
+
+def code_agreement(drawn: torch.Tensor, source: torch.Tensor, target: torch.Tensor) -> dict:
+    """Codes [B, h, w] an MLLM drew for B edits against the tokenizer's codes of their sources and
+    targets. "copied": the fraction of cells the edit leaves alone (source == target there) where
+    the drawn code is the target's; "changed": the same over the cells it changes; "all_copied":
+    the fraction of edits that copy every cell they leave alone; "cells": how many of each."""
+    same = source == target
+    right = drawn == target
+    return {
+        "copied": float(right[same].float().mean()) if same.any() else float("nan"),
+        "changed": float(right[~same].float().mean()) if (~same).any() else float("nan"),
+        "all_copied": float((right | ~same).flatten(1).all(1).float().mean()),
+        "cells": {"copied": int(same.sum()), "changed": int((~same).sum())},
+    }
+
+
+@torch.no_grad()
+def edit_codes(
+    pipe, split_dir: str | os.PathLike, n: int = 100, seed: int = 0, batch_size: int = 16
+) -> dict:
+    """Where edits miss, code by code: `code_agreement` of the MLLM's codes for n edits of a split
+    (`pipe.edit_codes`, the pipeline's sampling), overall and per edit kind. An MLLM that redraws
+    what it should copy loses preservation before the detokenizer does. {"summary", "by_kind"}."""
+    split_dir = Path(split_dir)
+    rows = _jsonl(split_dir / "edits.jsonl", n)
+    generator = torch.Generator().manual_seed(seed)
+    drawn, codes = [], {"source": [], "target": []}
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        sources = [load_image(split_dir / r["source"]) for r in chunk]
+        drawn.append(pipe.edit_codes(sources, [r["instruction"] for r in chunk], generator).cpu())
+        for which in codes:
+            images = [load_image(split_dir / r[which]) for r in chunk]
+            codes[which].append(
+                pipe.tokenizer.encode(pipe.tokenizer.preprocess(images)).codes.cpu()
+            )
+    drawn, source, target = torch.cat(drawn), torch.cat(codes["source"]), torch.cat(codes["target"])
+    kinds = [r["kind"] for r in rows]
+    by_kind = {
+        kind: code_agreement(*(t[[k == kind for k in kinds]] for t in (drawn, source, target)))
+        for kind in sorted(set(kinds))
+    }
+    return {"summary": code_agreement(drawn, source, target), "by_kind": by_kind}
 
 
 @torch.no_grad()

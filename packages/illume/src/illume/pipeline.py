@@ -286,12 +286,18 @@ class IllumePipeline:
         images = [image] if single else list(image)
         instructions = [instruction] if single else list(instruction)
         generator = self._generator(seed, generator)
+        out = self.render(self.edit_codes(images, instructions, generator), generator)
+        return out[0] if single else out
+
+    def edit_codes(
+        self, images: Sequence[Image.Image], instructions: Sequence[str], generator: torch.Generator
+    ) -> torch.Tensor:
+        """The MLLM's half of `edit`: the edited images' codes [B, h, w], before the detokenizer."""
         conversations = [
             [Message("user", [t, im])] for im, t in zip(images, instructions, strict=True)
         ]
         unconditional = [[Message("user", [im])] for im in images]
-        out = self.render(self.draw_codes(conversations, unconditional, generator), generator)
-        return out[0] if single else out
+        return self.draw_codes(conversations, unconditional, generator)
 
     def chat(
         self, messages: Sequence[Message], seed: int | None = None, max_new_tokens: int = 32
