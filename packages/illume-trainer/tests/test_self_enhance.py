@@ -244,10 +244,14 @@ class _Endpoint:
                     kind, value = endpoint.script.pop(0) if endpoint.script else ("ok", GOOD)
                     endpoint.in_flight += 1
                     endpoint.max_in_flight = max(endpoint.max_in_flight, endpoint.in_flight)
+                if kind == "sleep":
+                    time.sleep(value)
+                    kind, value = "ok", GOOD
+                # Leave the count before answering: once the client reads the answer it may send
+                # its next request, which must not find this one still counted.
+                with endpoint.lock:
+                    endpoint.in_flight -= 1
                 try:
-                    if kind == "sleep":
-                        time.sleep(value)
-                        kind, value = "ok", GOOD
                     if kind == "status":
                         self.send_response(value)
                         self.end_headers()
@@ -262,9 +266,6 @@ class _Endpoint:
                     self.wfile.write(data)
                 except (BrokenPipeError, ConnectionResetError):
                     pass
-                finally:
-                    with endpoint.lock:
-                        endpoint.in_flight -= 1
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_port}/v1"
