@@ -9,7 +9,8 @@ tokenizer and detokenizer, the figures an MLLM that gets every code right would 
 tokenizer's (`edit_codes`: right where the edit leaves the image alone, and where it changes it).
 Also where the drawings miss (the aspects they fail, per category), whether the model scores each
 prompt's scene above a counterfactual that fails it (`likelihood_probe`: knowledge apart from
-sampling), and a table of text-to-image overall against guidance scale and temperature / top-k
+sampling; on validation scenes and on training scenes, whose gap is what the model memorised rather
+than learned), and a table of text-to-image overall against guidance scale and temperature / top-k
 (the paper's Fig. B).
 Prints tables, then one JSON object on the last line with keys t2i_overall, t2i_heldout,
 qa_accuracy, pope_f1, edit_target, edit_preserve, train_seconds.
@@ -134,6 +135,8 @@ def main() -> None:
     codes = edit_codes(pipe, "data/shapes/validation", n=profile.eval_edit)
     # does the model prefer each prompt's scene to a counterfactual one, apart from sampling?
     probe = likelihood_probe(pipe, "data/shapes/validation", n=2 * profile.eval_t2i)["summary"]
+    # the same on scenes it trained on: binding known there and not on validation is memorised
+    probe_train = likelihood_probe(pipe, "data/shapes/train", n=2 * profile.eval_t2i)["summary"]
 
     print(f"{'guidance':>9}{'temperature':>13}{'top-k':>7}{'t2i overall':>13}")
     sweep = []
@@ -171,16 +174,22 @@ def main() -> None:
     print(f"\n{'drawings failing':<16}" + "".join(f"{a:>18}" for a in ASPECTS))
     for tag, row in metrics["t2i_failed_aspects"].items():
         print(f"{tag:<16}" + "".join(f"{row[a]:>18.2f}" for a in ASPECTS))
-    print(f"\n{'own scene > counterfactual':<28}{'pairs':>7}{'conditional':>13}{'guided':>9}")
+    print(f"\n{'own scene > counterfactual':<28}{'pairs':>7}{'conditional':>13}{'guided':>9}"
+          f"{'trained-on: pairs':>19}{'conditional':>13}{'guided':>9}")  # fmt: skip
     for tag, row in probe.items():
-        print(f"{tag:<28}{row['pairs']:>7}{row['conditional']:>13.3f}{row['guided']:>9.3f}")
+        seen = probe_train.get(
+            tag, {"pairs": 0, "conditional": float("nan"), "guided": float("nan")}
+        )
+        print(f"{tag:<28}{row['pairs']:>7}{row['conditional']:>13.3f}{row['guided']:>9.3f}"
+              f"{seen['pairs']:>19}{seen['conditional']:>13.3f}{seen['guided']:>9.3f}")  # fmt: skip
     print(f"stage seconds: {json.dumps(seconds)}")
     out = {k: metrics[k] for k in HEADLINE}
     out |= {"train_seconds": train_seconds, "stage_seconds": seconds, "t2i_by_tag": metrics["t2i"],
             "pope": metrics["pope"], "sweep": sweep, "workdir": str(workdir),
             "guidance": pipe.sampling.guidance, "qa_by_type": metrics["qa"], "edits": metrics["edits"],
             "heldout_by_tag": metrics["t2i_heldout_by_tag"],
-            "t2i_failed_aspects": metrics["t2i_failed_aspects"], "likelihood_probe": probe, "edit_ceiling": ceil, "edit_copy": copy,
+            "t2i_failed_aspects": metrics["t2i_failed_aspects"], "likelihood_probe": probe,
+            "likelihood_probe_train": probe_train, "edit_ceiling": ceil, "edit_copy": copy,
             "edit_codes": codes,
             "steps": steps,
             "stage_args": {k: shlex.join(v) for k, v in extra.items()},
