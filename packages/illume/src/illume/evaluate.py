@@ -140,17 +140,14 @@ def edit_codes(
     split_dir = Path(split_dir)
     rows = _jsonl(split_dir / "edits.jsonl", n)
     generator = torch.Generator().manual_seed(seed)
-    drawn, codes = [], {"source": [], "target": []}
+    drawn, source, target = [], [], []
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
         sources = [load_image(split_dir / r["source"]) for r in chunk]
         drawn.append(pipe.edit_codes(sources, [r["instruction"] for r in chunk], generator).cpu())
-        for which in codes:
-            images = [load_image(split_dir / r[which]) for r in chunk]
-            codes[which].append(
-                pipe.tokenizer.encode(pipe.tokenizer.preprocess(images)).codes.cpu()
-            )
-    drawn, source, target = torch.cat(drawn), torch.cat(codes["source"]), torch.cat(codes["target"])
+        source.append(pipe.image_codes(sources).cpu())
+        target.append(pipe.image_codes([load_image(split_dir / r["target"]) for r in chunk]).cpu())
+    drawn, source, target = torch.cat(drawn), torch.cat(source), torch.cat(target)
     kinds = [r["kind"] for r in rows]
     by_kind = {
         kind: code_agreement(*(t[[k == kind for k in kinds]] for t in (drawn, source, target)))
@@ -202,8 +199,7 @@ def likelihood_probe(
     for start in range(0, len(pairs), batch_size):
         chunk = pairs[start : start + batch_size]
         images = [render_pil(s, size) for _, scene, changed in chunk for s in (scene, changed)]
-        with torch.no_grad():
-            codes = pipe.tokenizer.encode(pipe.tokenizer.preprocess(images)).codes
+        codes = pipe.image_codes(images)
         prompts = [spec.prompt for spec, _, _ in chunk for _ in range(2)]
         cond = image_log_likelihood(pipe, prompts, codes)
         uncond = image_log_likelihood(pipe, [""] * len(prompts), codes)

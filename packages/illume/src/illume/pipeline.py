@@ -239,9 +239,12 @@ class IllumePipeline:
         when the MLLM gets every code right (the ceiling of its drawing and editing figures)."""
         images = [image] if isinstance(image, Image.Image) else list(image)
         generator = self._generator(seed, generator)
-        with torch.no_grad():
-            codes = self.tokenizer.encode(self.tokenizer.preprocess(images)).codes
-        return self.render(codes, generator)
+        return self.render(self.image_codes(images), generator)
+
+    @torch.no_grad()
+    def image_codes(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """The tokenizer's codes [B, h, w] of images: what a perfect MLLM would draw for them."""
+        return self.tokenizer.encode(self.tokenizer.preprocess(list(images))).codes
 
     def draw_codes(
         self, conversations: Sequence[Sequence[Message]], unconditional, generator: torch.Generator
