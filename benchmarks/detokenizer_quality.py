@@ -6,7 +6,9 @@ image -> codes -> features -> detokenizer -> image, scored by illume-eval's exac
 scene recovered: every object with its shape, colour and cell) and by PSNR, for DPM-Solver++ at
 10, 20 and 50 steps and DDIM at 50. A last row conditions DPM-Solver++ 20 on the encoder's own
 features instead of their reconstruction from codes: the gap between the two is what quantization
-costs, the rest is the U-Net's. Prints a table, then one JSON object on the last line with keys
+costs, the rest is the U-Net's. Each image is also scored on its own caption (column t2i, by
+category in the JSON): the text-to-image figure the codec allows an MLLM that draws exactly the
+tokenizer's codes. Prints a table, then one JSON object on the last line with keys
 scene_recovery (by sampler and steps, and the best), psnr, train_seconds.
 
 Run: .venv/bin/python benchmarks/detokenizer_quality.py [--workdir DIR] [--tokenizer DIR] [--steps N]
@@ -70,16 +72,19 @@ def main() -> None:
     figures["unquantized"] = unquantized["dpm++@20"]
 
     print(
-        f"{'sampler':<10}{'steps':>6}{'scene recovery':>16}{'PSNR dB':>10}{'s / image':>11}"
+        f"{'sampler':<10}{'steps':>6}{'scene recovery':>16}{'t2i':>7}{'PSNR dB':>10}{'s / image':>11}"
         "   objects wrong: shape / colour / missing / extra"
     )
     rows = [*quality["by_sampler"].items(), ("dpm++@20", figures["unquantized"])]
+    # t2i: each image's own codes drawn and scored on its caption, what an MLLM that drew exactly
+    # the tokenizer's codes would score (the codec's ceiling for the MLLM issue's text-to-image)
     for n, (key, row) in enumerate(rows):
         sampler, steps = key.split("@")
         note = "  (encoder features, no quantization)" if n == len(rows) - 1 else ""
         e = row["errors"]
         print(
-            f"{sampler:<10}{steps:>6}{row['scene_recovery']:>16.3f}{row['psnr']:>10.2f}{row['seconds_per_image']:>11.4f}"
+            f"{sampler:<10}{steps:>6}{row['scene_recovery']:>16.3f}{row['t2i']['overall']:>7.3f}{row['psnr']:>10.2f}"
+            f"{row['seconds_per_image']:>11.4f}"
             f"   {e['shape']} / {e['colour']} / {e['missing']} / {e['extra']} of {e['objects']}{note}"
         )
     if "train_seconds" in figures:

@@ -3,9 +3,13 @@
 Steps: write ShapesWorld data; pretrain the `shapes` SigLIP encoder (sigmoid image-text loss);
 measure image-to-caption retrieval; train the tokenizer (quantizer + feature decoder) on the
 frozen encoder; measure cos(x, x_rec), codebook usage and perplexity on validation images, and how
-local the codes are (the share that a recolour changes inside and outside the object's cell).
+local the codes are (the share that a recolour changes inside and outside the object's cell); for
+a patch-local tokenizer (layer 0), what its codes alone keep: each drawn as the mean of its
+training patches and read by the exact scorer (scene recovery, and text-to-image with each image
+scored on its own caption), no detokenizer needed.
 Prints a table, then one JSON object on the last line with keys cosine, code_usage, perplexity,
-retrieval_top1, code_change_inside, code_change_outside, train_seconds.
+retrieval_top1, code_change_inside, code_change_outside, patch_decode_recovery, patch_decode_t2i,
+patch_decode_by_category (layer 0 only), train_seconds.
 
 Run: .venv/bin/python benchmarks/tokenizer_quality.py [--workdir DIR] [--encoder-steps N] [--tokenizer-steps N]
      [--encoder DIR] [--tokenizer-args ARGS]  (ARGS: more LightningCLI arguments for the tokenizer
@@ -25,7 +29,12 @@ from pathlib import Path
 from illume_eval.shapes import ensure_dataset
 from illume_tokenizer import SemanticTokenizer
 from illume_trainer.cli import run_stage
-from illume_trainer.evaluate import code_locality, encoder_retrieval, tokenizer_quality
+from illume_trainer.evaluate import (
+    code_locality,
+    encoder_retrieval,
+    mean_patch_decode,
+    tokenizer_quality,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -101,6 +110,12 @@ def main() -> None:
     tokenizer = SemanticTokenizer.from_pretrained(train_tokenizer(args, figures))
     figures |= tokenizer_quality(tokenizer, "data/shapes/validation")
     figures |= code_locality(tokenizer, "data/shapes/validation")
+    # patch-local codes: what they keep, with no detokenizer
+    if tokenizer.config.feature_layer == 0:
+        decoded = mean_patch_decode(tokenizer, "data/shapes/train", "data/shapes/validation")
+        figures["patch_decode_recovery"] = decoded["scene_recovery"]
+        figures["patch_decode_t2i"] = decoded["t2i"]["overall"]
+        figures["patch_decode_by_category"] = decoded["t2i"]
     figures["train_seconds"] = round(
         figures.get("encoder_train_seconds", 0.0) + figures["tokenizer_train_seconds"], 1
     )
@@ -113,6 +128,8 @@ def main() -> None:
         "perplexity",
         "code_change_inside",
         "code_change_outside",
+        "patch_decode_recovery",
+        "patch_decode_t2i",
         "encoder_train_seconds",
         "tokenizer_train_seconds",
         "train_seconds",

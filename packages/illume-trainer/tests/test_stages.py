@@ -188,6 +188,21 @@ def test_code_locality_of_a_patch_local_tokenizer_is_exact(tmp_path, shapes_data
     assert code_locality(deep, shapes_data / "validation", n=16)["code_change_outside"] > 0
 
 
+def test_mean_patch_decode_scores_what_the_codes_alone_keep(tmp_path, shapes_data):
+    from illume_tokenizer import TokenizerConfig, VisionEncoder
+    from illume_trainer.evaluate import mean_patch_decode
+
+    local = SemanticTokenizer(
+        TokenizerConfig.from_name("tiny", feature_layer=0),
+        VisionEncoder.from_pretrained(_tiny_encoder(tmp_path), feature_layer=0),
+    )
+    figures = mean_patch_decode(
+        local, shapes_data / "train", shapes_data / "validation", n=8, batch_size=5
+    )
+    assert 0 <= figures["scene_recovery"] <= 1 and 0 <= figures["t2i"]["overall"] <= 1
+    assert 0 < figures["patch_mse"] < 1
+
+
 def test_tokenizer_stage_checkpoints_leave_the_frozen_encoder_out(tmp_path):
     from illume_trainer.stages.tokenizer import TokenizerStage
 
@@ -243,6 +258,13 @@ def test_detokenizer_stage_through_the_cli_and_its_quality_figures(tmp_path, sha
     )
     assert set(figures["by_sampler"]) == {"dpm++@2", "ddim@2"}
     assert 0 <= figures["scene_recovery"] <= 1 and figures["psnr"] > 0
+    # each drawing scored on its own caption, by the categories of those captions
+    tags = {
+        json.loads(line)["spec"]["tag"]
+        for line in (shapes_data / "validation/scenes.jsonl").read_text().splitlines()[:4]
+    }
+    t2i = figures["by_sampler"]["dpm++@2"]["t2i"]
+    assert set(t2i) == tags | {"overall"} and all(0 <= v <= 1 for v in t2i.values())
     # The diagnostic conditions on the encoder's own features: other features, other pixels.
     unquantized = detokenizer_quality(
         tokenizer, pipe, shapes_data / "validation", n=4, samplers=(("dpm++", 2),),

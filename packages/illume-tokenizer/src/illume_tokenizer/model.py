@@ -72,6 +72,11 @@ class TokenizerConfig(Config):
         # The ShapesWorld recipe's tokenizer; understanding then reads a deeper layer too
         # (benchmarks/RESULTS.md, sessions 14, 18 and 19).
         "shapes-local": {"codebook_size": 256, "code_dim": 32, "decoder_width": 192, "decoder_depth": 4, "decoder_heads": 4, "feature_layer": 0, "dead_code_restart": "error"},
+        # The same with 1,024 codes: 256 cannot tell a 4x4-pixel corner of a circle from one of a
+        # square (drawn from their codes, 93 of 676 validation objects take the wrong shape; 50
+        # with 1,024), so two-object scenes lose a shape. 96% of the codes used at 800 steps
+        # (benchmarks/RESULTS.md, session 26).
+        "shapes-local-1024": {"codebook_size": 1024, "code_dim": 32, "decoder_width": 192, "decoder_depth": 4, "decoder_heads": 4, "feature_layer": 0, "dead_code_restart": "error"},
         # Paper scale on SigLIP-so400m (1152-d features, 27x27 patches at 384 px).
         "illume-7b": {"codebook_size": 16384, "code_dim": 32, "decoder_width": 1152, "decoder_depth": 12, "decoder_heads": 16, "feature_layer": -2},
     }  # fmt: skip

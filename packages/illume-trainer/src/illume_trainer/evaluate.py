@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -139,6 +140,88 @@ def code_locality(
     }
 
 
+def to_patches(pixels: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """[B, 3, S, S] -> [B, h * w, 3 * p * p]: the image cut into the grid's patches, row by row."""
+    b, c, size, _ = pixels.shape
+    (h, w), p = grid, size // grid[0]
+    if size % h or size % w or h != w:
+        raise ValueError(
+            f"a {size}-pixel image does not tile into a {h}x{w} grid of square patches"
+        )
+    return pixels.reshape(b, c, h, p, w, p).permute(0, 2, 4, 1, 3, 5).reshape(b, h * w, c * p * p)
+
+
+def from_patches(patches: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Inverse of `to_patches`: [B, h * w, 3 * p * p] -> [B, 3, S, S]."""
+    b, (h, w) = patches.shape[0], grid
+    p = math.isqrt(patches.shape[-1] // 3)
+    return patches.reshape(b, h, w, 3, p, p).permute(0, 3, 1, 4, 2, 5).reshape(b, 3, h * p, w * p)
+
+
+def mean_patches(codes: torch.Tensor, patches: torch.Tensor, codebook_size: int) -> torch.Tensor:
+    """codes [M], patches [M, D] -> [codebook_size, D]: each code's mean patch (zeros if unused)."""
+    counts = torch.bincount(codes, minlength=codebook_size).to(patches.dtype)
+    sums = torch.zeros(codebook_size, patches.shape[-1], dtype=patches.dtype)
+    return sums.index_add_(0, codes, patches) / counts.clamp_min(1)[:, None]
+
+
+@torch.no_grad()
+def mean_patch_decode(
+    tokenizer,
+    train_dir: str | os.PathLike,
+    split_dir: str | os.PathLike,
+    n_train: int | None = None,
+    n: int = 400,
+    batch_size: int = 200,
+) -> dict:
+    """How much of each scene the codes alone keep, with no detokenizer: every code is drawn as the
+    mean of the training patches it stands for, and the exact scorer reads the result.
+
+    Meant for patch-local tokenizers (`feature_layer` 0), whose code at a place is a function of
+    that patch's pixels; seconds instead of a detokenizer's training. ShapesWorld's 4x4-pixel
+    patches need about 1,000 codes to keep circles apart from squares (benchmarks/RESULTS.md,
+    session 26). {"scene_recovery", "t2i" (each image scored on its own caption, by category),
+    "patch_mse" (validation pixels in [0, 1])}."""
+    from illume_eval.metrics import geneval_summary
+    from illume_eval.shapes.detection import detect, summary
+
+    normalize = Normalizer.for_processor(tokenizer.encoder.image_processor)
+    size, grid = tokenizer.config.image_size, tokenizer.grid
+    tokenizer.eval()
+
+    def codes_and_patches(split: Path, rows: list[dict]):
+        codes, patches = [], []
+        for start in range(0, len(rows), batch_size):
+            pixels = _pixels(split, rows[start : start + batch_size], size)
+            codes.append(tokenizer.encode(normalize(pixels)).codes.flatten(1))
+            patches.append(to_patches(pixels.float() / 255, grid))
+        return torch.cat(codes), torch.cat(patches)
+
+    train_codes, train_patches = codes_and_patches(
+        Path(train_dir), _scenes(Path(train_dir), n_train)
+    )
+    table = mean_patches(
+        train_codes.flatten(), train_patches.flatten(0, 1), tokenizer.codebook_size
+    )
+    rows = _scenes(Path(split_dir), n)
+    codes, patches = codes_and_patches(Path(split_dir), rows)
+    decoded = table[codes]  # [n, h * w, 3 * p * p]
+    images = (from_patches(decoded, grid) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    detected = [detect(image) for image in images]
+    specs = [PromptSpec.from_geneval(r["spec"]) for r in rows]
+    recovered = [
+        summary(d) == Scene.from_dict(r["scene"]).summary()
+        for d, r in zip(detected, rows, strict=True)
+    ]
+    return {
+        "scene_recovery": float(np.mean(recovered)),
+        "t2i": geneval_summary(
+            (spec.tag, check_spec(spec, d).correct) for spec, d in zip(specs, detected, strict=True)
+        ),
+        "patch_mse": float((decoded - patches).pow(2).mean()),
+    }
+
+
 def object_errors(drawn: list[list[tuple]], scenes: list[Scene]) -> dict[str, int]:
     """Where drawings go wrong, per object, matched by grid cell: wrong shape, wrong colour,
     missing (nothing drawn in its cell), extra (something drawn in an empty cell)."""
@@ -177,9 +260,12 @@ def detokenizer_quality(
 
     For each (sampler, steps): the share of images whose whole scene illume-eval's exact scorer
     recovers (every object with its shape, colour and cell, nothing else), the PSNR against the
-    original, seconds per image, and the per-object `errors` (`object_errors`). Returns
+    original, seconds per image, the per-object `errors` (`object_errors`), and `t2i`: each image
+    scored on its own caption by the GenEval-style rules (per category and overall), the
+    text-to-image figure of an MLLM that drew every image's own codes (the codec's ceiling). Returns
     {"<sampler>@<steps>": {...}} plus the best as top-level `scene_recovery` and `psnr`.
     """
+    from illume_eval.metrics import geneval_summary
     from illume_eval.shapes.detection import detect, summary
 
     if condition not in ("codes", "encoder"):
@@ -199,6 +285,7 @@ def detokenizer_quality(
             features.append(tokenizer.decode_features(tokenizer.encode(pixels).codes))
     features = torch.cat(features)
     scenes = [Scene.from_dict(r["scene"]) for r in rows]
+    specs = [PromptSpec.from_geneval(r["spec"]) for r in rows]
     results: dict = {}
     for sampler, steps in samplers:
         pipe.use_scheduler(sampler)
@@ -220,14 +307,20 @@ def detokenizer_quality(
         pixels = torch.cat(pixels)
         images = (pixels * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
         # scene_recovered's rule, on detections kept for the error breakdown (one detect per image)
-        drawn = [summary(detect(image)) for image in images]
+        detected = [detect(image) for image in images]
+        drawn = [summary(objects) for objects in detected]
         recovered = [d == s.summary() for d, s in zip(drawn, scenes, strict=True)]
+        t2i = geneval_summary(
+            (spec.tag, check_spec(spec, objects).correct)
+            for spec, objects in zip(specs, detected, strict=True)
+        )
         mse = ((pixels - originals.float() / 255) ** 2).flatten(1).mean(1).clamp_min(1e-10)
         results[f"{sampler}@{steps}"] = {
             "scene_recovery": float(np.mean(recovered)),
             "psnr": float((10 * torch.log10(1 / mse)).mean()),
             "seconds_per_image": round(seconds, 4),
             "errors": object_errors(drawn, scenes),
+            "t2i": t2i,
         }
     best = max(results.values(), key=lambda r: r["scene_recovery"])
     return {"scene_recovery": best["scene_recovery"], "psnr": best["psnr"], "by_sampler": results}
