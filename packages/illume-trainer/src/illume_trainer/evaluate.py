@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from illume_core import load_image
 from illume_eval.shapes import PromptSpec, Scene, check_spec
@@ -140,22 +141,41 @@ def code_locality(
     }
 
 
+def read_drawings(images, rows: list[dict]) -> tuple[list[list[tuple]], list[bool], dict]:
+    """The exact scorer on drawings of a split's scenes (`rows` of scenes.jsonl), one detection per
+    image: what it drew (`summary` per image), whether each whole scene was recovered, and each
+    image scored on its own caption by the GenEval-style rules (per category and overall)."""
+    from illume_eval.metrics import geneval_summary
+    from illume_eval.shapes.detection import detect, summary
+
+    detected = [detect(image) for image in images]
+    drawn = [summary(objects) for objects in detected]
+    recovered = [
+        d == Scene.from_dict(r["scene"]).summary() for d, r in zip(drawn, rows, strict=True)
+    ]
+    t2i = geneval_summary(
+        (spec.tag, check_spec(spec, objects).correct)
+        for spec, objects in zip(
+            (PromptSpec.from_geneval(r["spec"]) for r in rows), detected, strict=True
+        )
+    )
+    return drawn, recovered, t2i
+
+
 def to_patches(pixels: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     """[B, 3, S, S] -> [B, h * w, 3 * p * p]: the image cut into the grid's patches, row by row."""
-    b, c, size, _ = pixels.shape
-    (h, w), p = grid, size // grid[0]
-    if size % h or size % w or h != w:
+    size, (h, w) = pixels.shape[-1], grid
+    if size % h or h != w:
         raise ValueError(
             f"a {size}-pixel image does not tile into a {h}x{w} grid of square patches"
         )
-    return pixels.reshape(b, c, h, p, w, p).permute(0, 2, 4, 1, 3, 5).reshape(b, h * w, c * p * p)
+    return F.pixel_unshuffle(pixels, size // h).flatten(2).transpose(1, 2)
 
 
 def from_patches(patches: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     """Inverse of `to_patches`: [B, h * w, 3 * p * p] -> [B, 3, S, S]."""
-    b, (h, w) = patches.shape[0], grid
-    p = math.isqrt(patches.shape[-1] // 3)
-    return patches.reshape(b, h, w, 3, p, p).permute(0, 3, 1, 4, 2, 5).reshape(b, 3, h * p, w * p)
+    b, _, d = patches.shape
+    return F.pixel_shuffle(patches.transpose(1, 2).reshape(b, d, *grid), math.isqrt(d // 3))
 
 
 def mean_patches(codes: torch.Tensor, patches: torch.Tensor, codebook_size: int) -> torch.Tensor:
@@ -182,9 +202,6 @@ def mean_patch_decode(
     patches need about 1,000 codes to keep circles apart from squares (benchmarks/RESULTS.md,
     session 26). {"scene_recovery", "t2i" (each image scored on its own caption, by category),
     "patch_mse" (validation pixels in [0, 1])}."""
-    from illume_eval.metrics import geneval_summary
-    from illume_eval.shapes.detection import detect, summary
-
     normalize = Normalizer.for_processor(tokenizer.encoder.image_processor)
     size, grid = tokenizer.config.image_size, tokenizer.grid
     tokenizer.eval()
@@ -207,17 +224,10 @@ def mean_patch_decode(
     codes, patches = codes_and_patches(Path(split_dir), rows)
     decoded = table[codes]  # [n, h * w, 3 * p * p]
     images = (from_patches(decoded, grid) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    detected = [detect(image) for image in images]
-    specs = [PromptSpec.from_geneval(r["spec"]) for r in rows]
-    recovered = [
-        summary(d) == Scene.from_dict(r["scene"]).summary()
-        for d, r in zip(detected, rows, strict=True)
-    ]
+    _, recovered, t2i = read_drawings(images, rows)
     return {
         "scene_recovery": float(np.mean(recovered)),
-        "t2i": geneval_summary(
-            (spec.tag, check_spec(spec, d).correct) for spec, d in zip(specs, detected, strict=True)
-        ),
+        "t2i": t2i,
         "patch_mse": float((decoded - patches).pow(2).mean()),
     }
 
@@ -265,9 +275,6 @@ def detokenizer_quality(
     text-to-image figure of an MLLM that drew every image's own codes (the codec's ceiling). Returns
     {"<sampler>@<steps>": {...}} plus the best as top-level `scene_recovery` and `psnr`.
     """
-    from illume_eval.metrics import geneval_summary
-    from illume_eval.shapes.detection import detect, summary
-
     if condition not in ("codes", "encoder"):
         raise ValueError(f"condition must be 'codes' or 'encoder', got {condition!r}")
     split_dir = Path(split_dir)
@@ -285,7 +292,6 @@ def detokenizer_quality(
             features.append(tokenizer.decode_features(tokenizer.encode(pixels).codes))
     features = torch.cat(features)
     scenes = [Scene.from_dict(r["scene"]) for r in rows]
-    specs = [PromptSpec.from_geneval(r["spec"]) for r in rows]
     results: dict = {}
     for sampler, steps in samplers:
         pipe.use_scheduler(sampler)
@@ -306,14 +312,8 @@ def detokenizer_quality(
         seconds = (time.perf_counter() - start) / n
         pixels = torch.cat(pixels)
         images = (pixels * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-        # scene_recovered's rule, on detections kept for the error breakdown (one detect per image)
-        detected = [detect(image) for image in images]
-        drawn = [summary(objects) for objects in detected]
-        recovered = [d == s.summary() for d, s in zip(drawn, scenes, strict=True)]
-        t2i = geneval_summary(
-            (spec.tag, check_spec(spec, objects).correct)
-            for spec, objects in zip(specs, detected, strict=True)
-        )
+        # scene_recovered's rule, on detections kept for the error breakdown
+        drawn, recovered, t2i = read_drawings(images, rows)
         mse = ((pixels - originals.float() / 255) ** 2).flatten(1).mean(1).clamp_min(1e-10)
         results[f"{sampler}@{steps}"] = {
             "scene_recovery": float(np.mean(recovered)),
