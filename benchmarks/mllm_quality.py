@@ -24,6 +24,9 @@ Ablations (benchmarks/RESULTS.md), each option repeatable:
      --reuse DIR --reuse-stages encoder,tokenizer,detokenizer   those stages' finished outputs
                                                linked from another work directory, not retrained
      --guidance G                              the headline figures' guidance (default: the demo's)
+     --stage-prompts N                         text-to-image of every MLLM stage from stage 2 on, on
+                                               the first N validation prompts at the headline sampling
+                                               (what each stage keeps of the drawing; 0: not measured)
 """
 
 from __future__ import annotations
@@ -93,6 +96,7 @@ def main() -> None:
     parser.add_argument("--reuse", type=Path, default=None, metavar="DIR")
     parser.add_argument("--reuse-stages", default="", metavar="STAGE,STAGE")
     parser.add_argument("--guidance", type=float, default=None)
+    parser.add_argument("--stage-prompts", type=int, default=0)
     args = parser.parse_args()
     profile = dataclasses.replace(
         PROFILES[args.profile],
@@ -118,15 +122,16 @@ def main() -> None:
     # of every stage trained here, also by earlier runs; reused stages count where they were trained
     seconds = train(profile, progress=False, extra_args=extra)
     train_seconds = round(sum(v for k, v in seconds.items() if k != "self_enhance"), 1)
+    # the demo's sampling, or its guidance replaced by --guidance; the sweep sets its own
+    headline = dataclasses.replace(
+        SHAPES_SAMPLING,
+        guidance=SHAPES_SAMPLING.guidance if args.guidance is None else args.guidance,
+    )
     pipe = IllumePipeline.from_stages(
         "runs/shapes/tokenizer/final",
         STAGES[-1][3],  # the last MLLM stage's output
         "runs/shapes/detokenizer/final",
-        # the demo's, or --guidance; the sweep sets its own
-        sampling=dataclasses.replace(
-            SHAPES_SAMPLING,
-            guidance=SHAPES_SAMPLING.guidance if args.guidance is None else args.guidance,
-        ),
+        sampling=dataclasses.replace(headline),  # a copy: the sweep changes it
     )
     metrics, _ = evaluate(pipe, profile)
     # the same edits' targets through tokenizer and detokenizer: what a perfect MLLM would reach
@@ -159,6 +164,25 @@ def main() -> None:
         )
         print(f"{guidance:>9}{temperature:>13}{top_k or '-':>7}{overall:>13.3f}")
 
+    # what each MLLM stage keeps of the drawing (stage 1 trains no drawing)
+    drawing = [(n, out) for n, _, _, out in STAGES if n.startswith("mllm_") and n != "mllm_stage1"]
+    by_stage = {}
+    for name, output in drawing if args.stage_prompts else []:
+        staged = IllumePipeline.from_stages(
+            "runs/shapes/tokenizer/final",
+            output,
+            "runs/shapes/detokenizer/final",
+            sampling=dataclasses.replace(headline),
+        )
+        by_stage[name] = t2i_quality(staged, "data/shapes/validation", n=args.stage_prompts)[
+            "summary"
+        ]
+    if by_stage:
+        tags = list(next(iter(by_stage.values())))
+        print(f"\n{'t2i by stage':<14}" + "".join(f"{t:>15}" for t in tags))
+        for name, row in by_stage.items():
+            print(f"{name:<14}" + "".join(f"{row[t]:>15.3f}" for t in tags))
+
     print(f"\n{'figure':<16}{'value':>10}")
     for key in HEADLINE:
         print(f"{key:<16}{metrics[key]:>10.4f}")
@@ -186,11 +210,11 @@ def main() -> None:
     out = {k: metrics[k] for k in HEADLINE}
     out |= {"train_seconds": train_seconds, "stage_seconds": seconds, "t2i_by_tag": metrics["t2i"],
             "pope": metrics["pope"], "sweep": sweep, "workdir": str(workdir),
-            "guidance": pipe.sampling.guidance, "qa_by_type": metrics["qa"], "edits": metrics["edits"],
+            "guidance": headline.guidance, "qa_by_type": metrics["qa"], "edits": metrics["edits"],
             "heldout_by_tag": metrics["t2i_heldout_by_tag"],
             "t2i_failed_aspects": metrics["t2i_failed_aspects"], "likelihood_probe": probe,
             "likelihood_probe_train": probe_train, "edit_ceiling": ceil, "edit_copy": copy,
-            "edit_codes": codes,
+            "edit_codes": codes, "t2i_by_stage": by_stage,
             "steps": steps,
             "stage_args": {k: shlex.join(v) for k, v in extra.items()},
             "reused": {name: str(source) for name in reuse}}  # fmt: skip
