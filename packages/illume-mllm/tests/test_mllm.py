@@ -258,6 +258,30 @@ def test_two_turn_editing_conversation(built):
     assert isinstance(answer[0], str)
 
 
+def test_edit_source_codes_show_the_source_image_as_unlabelled_vision_tokens(built):
+    _, processor = built
+    config = processor.config
+    codes = torch.arange(GRID[0] * GRID[1]).view(GRID) % K
+    request = Message("user", ["make it blue", _image()])
+    assert processor.with_source_codes(request, [codes]) is request  # off: the paper's format
+    config.edit_source_codes = True
+    try:
+        shown = processor.with_source_codes(request, [codes])
+        assert shown.parts[:2] == request.parts and torch.equal(shown.parts[2], codes)
+        example = processor.encode_conversation([shown, Message("assistant", [codes])])
+        source = processor.image_output_ids(codes)
+        n = len(source)
+        at = next(
+            i for i in range(len(example.input_ids)) if example.input_ids[i : i + n] == source
+        )
+        assert example.labels[at : at + n] == [IGNORE] * n  # read, not learned
+        assert example.labels[-n - 1 : -1] == source  # the answer is learned
+        with pytest.raises(ValueError, match="1 input images but 2 code grids"):
+            processor.with_source_codes(request, [codes, codes])
+    finally:
+        config.edit_source_codes = False
+
+
 def test_sampler_structure_and_filters():
     logits = torch.tensor([[1.0, 3.0, 2.0, 0.0]])
     assert torch.isinf(filter_logits(logits, top_k=2, top_p=None)).tolist() == [

@@ -533,6 +533,22 @@ def _check_unconditional_prompts(tmp_path, tokenizer_dir, init, data):
     assert [type(p) for p in kept["edits"]] == [str, Image.Image]
     assert len(dropped["edits"]) == 1 and isinstance(dropped["edits"][0], Image.Image)
     assert [type(p) for p in dropped["qa"]] == [type(p) for p in kept["qa"]] == [Image.Image, str]
+    # with edit_source_codes, an edit's source image also comes as its codes (dropped text or
+    # not); questions about an image never carry them
+    codes = MLLMStage(str(tmp_path / "c"), str(tokenizer_dir), {"llm": 1e-4}, init=str(init),
+                      p_uncond=1.0, edit_source_codes=True)  # fmt: skip
+    assert (
+        codes.processor.config.edit_source_codes and not always.processor.config.edit_source_codes
+    )
+    source = codes.codes_of([items["edits"]["input_paths"][0]])[0]
+    for training in (False, True):
+        parts = codes.messages(items["edits"], training=training)[0].parts
+        assert [type(p) for p in parts] == [str, Image.Image, torch.Tensor][int(training) :]
+        assert torch.equal(parts[-1], source)
+    assert [type(p) for p in codes.messages(items["qa"], training=False)[0].parts] == [
+        Image.Image,
+        str,
+    ]
 
 
 TABLE_5 = {  # stage: (global batch, steps, learning rates by group)

@@ -238,3 +238,44 @@ def test_likelihood_probe_scores_each_scene_against_its_counterfactual(pipeline_
         tokens = int((batch["labels"][:, 1:] != IGNORE).sum())
         assert tokens == h * (w + 1) + 3  # markers, codes, end of line per row, end of turn
         assert torch.allclose(score, -loss * tokens, rtol=1e-4)
+
+
+def test_edit_source_codes_reach_the_model_in_edits_and_in_chat_history(
+    pipeline_dir, tmp_path, monkeypatch
+):
+    """With `edit_source_codes` (saved with the processor), every drawing request with an input
+    image shows the model the image's codes after its features: edits, their unconditional
+    prompts, and earlier edits in a chat's history; questions never."""
+    pipe = IllumePipeline.from_pretrained(pipeline_dir)
+    pipe.processor.config.edit_source_codes = True
+    pipe.save_pretrained(tmp_path / "pipe")
+    pipe = IllumePipeline.from_pretrained(tmp_path / "pipe")
+    assert pipe.processor.config.edit_source_codes
+    pipe.sampling.steps = 2
+    source = Image.new("RGB", (32, 32), (200, 16, 16))
+    codes = pipe.image_codes([source])[0]
+    seen = []
+    draw = pipe._draw
+    monkeypatch.setattr(
+        pipe, "_draw", lambda c, u, *a, **k: seen.append((c, u)) or draw(c, u, *a, **k)
+    )
+    pipe.edit_codes([source], ["make it blue"], torch.Generator().manual_seed(0))
+    (conversation,), (unconditional,) = seen[0]
+    assert [type(p) for p in conversation[0].parts] == [str, Image.Image, torch.Tensor]
+    assert [type(p) for p in unconditional[0].parts] == [Image.Image, torch.Tensor]
+    assert torch.equal(conversation[0].parts[2], codes)
+    assert torch.equal(unconditional[0].parts[1], codes)
+
+    encoded = []
+    encode = pipe.processor.encode_conversation
+    monkeypatch.setattr(pipe.processor, "encode_conversation",
+                        lambda m, **k: encoded.append(list(m)) or encode(m, **k))  # fmt: skip
+    history = [
+        Message("user", ["make it blue", source]),
+        Message("assistant", [codes]),
+        Message("user", [source, "how many circles ?"]),
+    ]
+    pipe.chat(history, seed=0, max_new_tokens=2)
+    first = encoded[0]
+    assert torch.equal(first[0].parts[2], codes)  # the earlier edit, as trained
+    assert first[2].parts[:2] == history[2].parts  # the question: not known to draw yet

@@ -47,6 +47,11 @@ class ProcessorConfig(Config):
     """How `generate_image(prompt)` asks for an image (ShapesWorld trains on this phrasing among others)."""
     user_prefix: str = "USER:"
     assistant_prefix: str = "ASSISTANT:"
+    edit_source_codes: bool = False
+    """Show each input image of a drawing request (an edit) twice: as adapter features, then as
+    its vision-token codes (`with_source_codes`), so the cells an edit leaves alone can be copied
+    token for token instead of redrawn from features. Not in the paper, whose edits see features
+    only; questions about an image never carry its codes."""
 
     presets: ClassVar[dict] = {"shapes": {"system_prompt": ""}}
 
@@ -140,6 +145,22 @@ class IllumeProcessor:
         if len(rows) != h or any(len(r) != w for r in rows):
             raise ValueError(f"generated image is not {h}x{w}: rows of {[len(r) for r in rows]}")
         return torch.tensor(rows, dtype=torch.long)
+
+    def with_source_codes(self, message: Message, codes: Sequence) -> Message:
+        """A drawing request's user turn with each input image followed by its codes [h, w]
+        (`codes` in the order of the turn's images), when `edit_source_codes` is on; else as is."""
+        if not self.config.edit_source_codes:
+            return message
+        images = [p for p in message.parts if isinstance(p, Image.Image)]
+        if len(codes) != len(images):
+            raise ValueError(f"{len(images)} input images but {len(codes)} code grids")
+        parts, k = [], 0
+        for part in message.parts:
+            parts.append(part)
+            if isinstance(part, Image.Image):
+                parts.append(torch.as_tensor(codes[k]))
+                k += 1
+        return Message(message.role, parts)
 
     def pixel_values(self, images: Sequence[Image.Image]) -> torch.Tensor:
         return self.image_processor(images=list(images), return_tensors="pt")["pixel_values"]

@@ -170,7 +170,8 @@ def read_conversations(path: str | os.PathLike) -> list[Conversation]:
 
 
 class ConversationDataset(Dataset):
-    """Items {"turns", "inputs": {placeholder index: PIL image}, "outputs": {index: path}, "index"},
+    """Items {"turns", "inputs": {placeholder index: PIL image}, "input_paths": {index: path},
+    "outputs": {index: path}, "index"},
     {"pack": [such items], "index"} for a Pack, or {"error", "index"} when an image cannot be
     loaded."""
 
@@ -191,7 +192,7 @@ class ConversationDataset(Dataset):
         return self._item(entry, index, {})
 
     def _item(self, conv: Conversation, index: int, loaded: dict) -> dict:
-        inputs, outputs, k = {}, {}, 0
+        inputs, input_paths, outputs, k = {}, {}, {}, 0
         for role, value in conv.turns:
             for _ in range(value.count(IMAGE)):
                 if role == "user":
@@ -199,7 +200,7 @@ class ConversationDataset(Dataset):
                         path = conv.images[k]
                         if path not in loaded:
                             loaded[path] = load_image(path, limits=self.limits)
-                        inputs[k] = loaded[path]
+                        inputs[k], input_paths[k] = loaded[path], path
                     except ImageLoadError as err:
                         return {"error": str(err), "index": index}
                 else:
@@ -210,6 +211,7 @@ class ConversationDataset(Dataset):
         return {
             "turns": conv.turns,
             "inputs": inputs,
+            "input_paths": input_paths,
             "outputs": outputs,
             "index": index,
             "id": conv.id,

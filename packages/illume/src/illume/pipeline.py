@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -300,13 +301,32 @@ class IllumePipeline:
             [Message("user", [t, im])] for im, t in zip(images, instructions, strict=True)
         ]
         unconditional = [[Message("user", [im])] for im in images]
+        if self.processor.config.edit_source_codes:  # the model reads the source's codes too
+            conversations = [[self._with_codes(c[0])] for c in conversations]
+            unconditional = [[self._with_codes(c[0])] for c in unconditional]
         return self.draw_codes(conversations, unconditional, generator)
+
+    def _with_codes(self, message: Message) -> Message:
+        """A drawing request's user turn with its input images' codes after them, the format a
+        model trained with `edit_source_codes` reads."""
+        images = [p for p in message.parts if isinstance(p, Image.Image)]
+        return self.processor.with_source_codes(
+            message, list(self.image_codes(images)) if images else []
+        )
 
     def chat(
         self, messages: Sequence[Message], seed: int | None = None, max_new_tokens: int = 32
     ) -> str | Image.Image:
         """Answers the last user turn of a conversation with images in its history: text, or an
         image when the model starts its answer with one."""  # fmt: skip
+        messages = list(messages)
+        if self.processor.config.edit_source_codes:  # earlier drawing requests, as trained
+            messages = [
+                self._with_codes(m)
+                if m.role == "user" and i + 1 < len(messages) and _draws(messages[i + 1])
+                else m
+                for i, m in enumerate(messages)
+            ]
         text_ids = self.processor.encode_conversation(
             messages, add_generation_prompt=True
         ).input_ids
@@ -315,6 +335,8 @@ class IllumePipeline:
                 input_ids=torch.tensor([text_ids]), pixel_values=self._pixels(messages)
             ).logits[0, -1]
         if int(logits.argmax()) == self.processor.vocab.start_of_image:
+            if self.processor.config.edit_source_codes:  # this turn is a drawing request too
+                messages[-1] = self._with_codes(messages[-1])
             generator = self._generator(seed, None)
             codes = self._draw([messages], None, generator, temperature=self.sampling.temperature,
                                top_k=self.sampling.top_k, top_p=self.sampling.top_p)  # fmt: skip
@@ -326,3 +348,8 @@ class IllumePipeline:
     def _pixels(self, messages: Sequence[Message]):
         images = [p for m in messages for p in m.parts if isinstance(p, Image.Image)]
         return self.processor.pixel_values(images) if images else None
+
+
+def _draws(message: Message) -> bool:
+    """Whether an assistant turn answers with an image (a code grid)."""
+    return any(isinstance(p, (torch.Tensor, np.ndarray)) for p in message.parts)

@@ -73,6 +73,9 @@ class MLLMStage(FrozenPartsStage):
         rule); "example" averages each conversation's answer tokens first, then the conversations,
         so a one-word answer weighs as much as a 64-token image. With "token", QA answers (about 20
         tokens a conversation) are 9% of the ShapesWorld stage-3 mixture's answer tokens.
+    edit_source_codes: show an edit's source image as its codes too, after its features
+        (ProcessorConfig.edit_source_codes; not in the paper). None keeps the init's processor as
+        it is; saved with the processor, so the pipeline edits the way the model trained.
     """
 
     frozen = ("vision_tokenizer.",)  # reloaded from its directory
@@ -93,6 +96,7 @@ class MLLMStage(FrozenPartsStage):
         p_uncond: float = 0.1,
         loss_weighting: str = "token",
         grid_embeddings: bool | None = None,
+        edit_source_codes: bool | None = None,
         seed: int = 0,
         max_skipped_fraction: float = 0.01,
         max_skipped_in_a_row: int = 50,
@@ -137,6 +141,8 @@ class MLLMStage(FrozenPartsStage):
             directory, config=config
         ).train()
         self.processor = IllumeProcessor.from_pretrained(directory)
+        if self.hparams.edit_source_codes is not None:
+            self.processor.config.edit_source_codes = self.hparams.edit_source_codes
 
     def _vision_feature_layer(self) -> int | list[int]:
         # Unless the recipe says otherwise, understanding reads the layer the tokenizer quantizes
@@ -179,8 +185,9 @@ class MLLMStage(FrozenPartsStage):
             llm = hp.llm
         tok = self.vision_tokenizer
         self.processor = build_processor(
-            text_tokenizer, vision, tok.codebook_size, tok.grid, preset=hp.processor_preset
-        )
+            text_tokenizer, vision, tok.codebook_size, tok.grid, preset=hp.processor_preset,
+            edit_source_codes=bool(hp.edit_source_codes),
+        )  # fmt: skip
         self.model = build_model(
             self.processor, vision, llm, vision_feature_layer=self._vision_feature_layer(),
             grid_embeddings=bool(hp.grid_embeddings),
@@ -264,6 +271,9 @@ class MLLMStage(FrozenPartsStage):
                 if text.strip():
                     parts.append(text.strip())
             messages.append(Message(role, parts))
+        if draws and item["inputs"] and self.processor.config.edit_source_codes:  # an edit
+            paths = [item["input_paths"][k] for k in sorted(item["input_paths"])]
+            messages[0] = self.processor.with_source_codes(messages[0], self.codes_of(paths))
         return messages
 
     def encode(self, item: dict, training: bool) -> Example:
