@@ -406,6 +406,7 @@ def test_mllm_stages_one_to_three_through_the_cli(tmp_path, shapes_data):
         MLLMStage(str(tmp_path / "no"), str(tokenizer_dir), {"llm": 1e-4}, vision_feature_layer=0)
     stage = MLLMStage(str(tmp_path / "next"), str(tokenizer_dir), {"llm": 1e-4}, init=str(previous))
     assert stage.model.training and all(m.training for m in stage.model.modules())
+    assert stage.processor.config.edit_source_codes  # the ShapesWorld stage-3 recipe's, kept
     _check_loss_weighting(tmp_path, tokenizer_dir, previous, data)
     _check_packing_by_image(tmp_path, tokenizer_dir, previous, data)
     _check_unconditional_prompts(tmp_path, tokenizer_dir, previous, data)
@@ -524,7 +525,7 @@ def _check_unconditional_prompts(tmp_path, tokenizer_dir, init, data):
         for name in ("t2i", "edits", "qa")
     }
     always = MLLMStage(str(tmp_path / "u"), str(tokenizer_dir), {"llm": 1e-4}, init=str(init),
-                       p_uncond=1.0)  # fmt: skip
+                       p_uncond=1.0, edit_source_codes=False)  # fmt: skip
     kept = {name: always.messages(item, training=False)[0].parts for name, item in items.items()}
     dropped = {name: always.messages(item, training=True)[0].parts for name, item in items.items()}
     assert isinstance(kept["t2i"][0], str) and dropped["t2i"] == []
