@@ -302,8 +302,10 @@ class IllumePipeline:
         ]
         unconditional = [[Message("user", [im])] for im in images]
         if self.processor.config.edit_source_codes:  # the model reads the source's codes too
-            conversations = [[self._with_codes(c[0])] for c in conversations]
-            unconditional = [[self._with_codes(c[0])] for c in unconditional]
+            show = self.processor.with_source_codes
+            codes = self.image_codes(images)  # once, for both prompts of each edit
+            conversations = [[show(c[0], [x])] for c, x in zip(conversations, codes, strict=True)]
+            unconditional = [[show(u[0], [x])] for u, x in zip(unconditional, codes, strict=True)]
         return self.draw_codes(conversations, unconditional, generator)
 
     def _with_codes(self, message: Message) -> Message:
