@@ -54,7 +54,7 @@ PROFILES: dict[str, Profile] = {
     "default": Profile(2000, 200, 150, 200, 160, (100, 200, 80), 40, 60, 150, 40),
     # The benchmark figures (benchmarks/*_quality.py): an hour or more on 2 CPU cores.
     "full": Profile(
-        4000, 400, 2000, 2500, 4000, (600, 1000, 1000), 400, 200, 600, 100, (1000, 300)
+        4000, 400, 2000, 2500, 4000, (600, 1000, 1000), 800, 200, 600, 100, (1000, 300)
     ),
     # Seconds: the plumbing only (tests).
     "smoke": Profile(300, 16, 2, 2, 2, (2, 2, 2), 2, 4, 8, 4, (4, 2)),
