@@ -10,8 +10,9 @@ tokenizer's (`edit_codes`: right where the edit leaves the image alone, and wher
 Also where the drawings miss (the aspects they fail, per category), whether the model scores each
 prompt's scene above a counterfactual that fails it (`likelihood_probe`: knowledge apart from
 sampling; on validation scenes and on training scenes, whose gap is what the model memorised rather
-than learned), and a table of text-to-image overall against guidance scale and temperature / top-k
-(the paper's Fig. B).
+than learned), whether its understanding tells the same pairs apart (`judge_probe`: the prompt's
+likelihood as a caption of each image, the judge of `best_of`), and a table of text-to-image overall
+against guidance scale and temperature / top-k (the paper's Fig. B).
 Prints tables, then one JSON object on the last line with keys t2i_overall, t2i_heldout,
 qa_accuracy, pope_f1, edit_target, edit_preserve, train_seconds.
 
@@ -27,6 +28,8 @@ Ablations (benchmarks/RESULTS.md), each option repeatable:
      --stage-prompts N                         text-to-image of every MLLM stage from stage 2 on, on
                                                the first N validation prompts at the headline sampling
                                                (what each stage keeps of the drawing; 0: not measured)
+     --best-of N                               text-to-image also with N candidates per prompt, the
+                                               one the model judges best kept (0: not measured)
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ import tempfile
 from pathlib import Path
 
 from illume.demo import HEADLINE, PROFILES, STAGES, evaluate, train, with_steps
-from illume.evaluate import edit_ceiling, edit_codes, likelihood_probe, t2i_quality
+from illume.evaluate import edit_ceiling, edit_codes, judge_probe, likelihood_probe, t2i_quality
 from illume.pipeline import SHAPES_SAMPLING, IllumePipeline
 from illume_eval.shapes import ASPECTS, ensure_dataset
 
@@ -97,6 +100,7 @@ def main() -> None:
     parser.add_argument("--reuse-stages", default="", metavar="STAGE,STAGE")
     parser.add_argument("--guidance", type=float, default=None)
     parser.add_argument("--stage-prompts", type=int, default=0)
+    parser.add_argument("--best-of", type=int, default=0)
     args = parser.parse_args()
     profile = dataclasses.replace(
         PROFILES[args.profile],
@@ -142,6 +146,13 @@ def main() -> None:
     probe = likelihood_probe(pipe, "data/shapes/validation", n=2 * profile.eval_t2i)["summary"]
     # the same on scenes it trained on: binding known there and not on validation is memorised
     probe_train = likelihood_probe(pipe, "data/shapes/train", n=2 * profile.eval_t2i)["summary"]
+    # can its understanding tell them apart? (the judge of best_of)
+    judged = judge_probe(pipe, "data/shapes/validation", n=2 * profile.eval_t2i)["summary"]
+    best_of = {}
+    if args.best_of > 1:  # the model choosing among its own drawings
+        pipe.sampling.best_of = args.best_of
+        best_of = t2i_quality(pipe, "data/shapes/validation", n=profile.eval_t2i)["summary"]
+        pipe.sampling.best_of = 1
 
     print(f"{'guidance':>9}{'temperature':>13}{'top-k':>7}{'t2i overall':>13}")
     sweep = []
@@ -206,6 +217,12 @@ def main() -> None:
         )
         print(f"{tag:<28}{row['pairs']:>7}{row['conditional']:>13.3f}{row['guided']:>9.3f}"
               f"{seen['pairs']:>19}{seen['conditional']:>13.3f}{seen['guided']:>9.3f}")  # fmt: skip
+    print(f"\n{'judged by understanding':<28}{'pairs':>7}{'own image wins':>16}")
+    for tag, row in judged.items():
+        print(f"{tag:<28}{row['pairs']:>7}{row['judged']:>16.3f}")
+    if best_of:
+        print(f"\n{'t2i, best of ' + str(args.best_of):<16}" + "".join(f"{t:>15}" for t in best_of))
+        print(f"{'':<16}" + "".join(f"{v:>15.3f}" for v in best_of.values()))
     print(f"stage seconds: {json.dumps(seconds)}")
     out = {k: metrics[k] for k in HEADLINE}
     out |= {"train_seconds": train_seconds, "stage_seconds": seconds, "t2i_by_tag": metrics["t2i"],
@@ -213,7 +230,8 @@ def main() -> None:
             "guidance": headline.guidance, "qa_by_type": metrics["qa"], "edits": metrics["edits"],
             "heldout_by_tag": metrics["t2i_heldout_by_tag"],
             "t2i_failed_aspects": metrics["t2i_failed_aspects"], "likelihood_probe": probe,
-            "likelihood_probe_train": probe_train, "edit_ceiling": ceil, "edit_copy": copy,
+            "likelihood_probe_train": probe_train, "judge_probe": judged,
+            "t2i_best_of": {"n": args.best_of, **best_of} if best_of else {}, "edit_ceiling": ceil, "edit_copy": copy,
             "edit_codes": codes, "t2i_by_stage": by_stage,
             "steps": steps,
             "stage_args": {k: shlex.join(v) for k, v in extra.items()},

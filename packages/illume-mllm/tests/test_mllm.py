@@ -20,6 +20,7 @@ from illume_mllm import (
     IllumeForConditionalGeneration,
     IllumeProcessor,
     ImageTokenSampler,
+    answer_log_likelihood,
     build_model,
     build_processor,
     build_word_tokenizer,
@@ -131,6 +132,23 @@ def test_labels_cover_only_assistant_answers(built):
         processor.image_output_ids(torch.full((4, 4), K))
     with pytest.raises(ValueError, match="input images belong in user turns"):
         processor.encode_conversation([Message("user", "x"), Message("assistant", [_image()])])
+
+
+def test_answer_log_likelihood_is_the_answers_cross_entropy_alone_or_batched(built):
+    model, processor = built
+    talks = [
+        [Message("user", [_image(), "what color is it ?"]), Message("assistant", "red")],
+        [Message("user", [_image((0, 0, 200)), "what color is it ?"]), Message("assistant", "make it blue")],
+        [Message("user", "generate an image of a red circle ."), Message("assistant", [torch.arange(16).reshape(4, 4)])],
+    ]  # fmt: skip
+    batched = answer_log_likelihood(model, processor, talks)
+    for talk, score in zip(talks, batched):
+        inputs = processor.collate([processor.encode_conversation(talk)])
+        answered = int((inputs["labels"] != IGNORE).sum())
+        with torch.no_grad():  # transformers' own loss: the mean over the answer's tokens
+            loss = model(**{k: v for k, v in inputs.items() if v is not None}).loss
+        assert torch.allclose(score, -loss * answered, atol=1e-4)  # the batch's padding: no change
+    assert batched[0] != batched[1]  # the answer is scored, not only its length
 
 
 def _answer_loss_and_grads(model, processor, examples):

@@ -58,6 +58,25 @@ def test_pipeline_round_trip_and_tasks(pipeline_dir):
     assert isinstance(reply, (str, Image.Image))
 
 
+def test_best_of_keeps_the_candidate_the_model_judges_best(pipeline_dir):
+    pipe = IllumePipeline.from_pretrained(pipeline_dir)
+    pipe.sampling.steps = 2
+    prompts = ["a red circle", "a blue square"]
+    # best_of draws the candidates in the order a plain call of best_of x num_images would
+    candidates = pipe.generate_image(prompts, num_images=2 * 3, seed=0)
+    scores = pipe.judge(candidates, [p for p in prompts for _ in range(6)]).view(4, 3)
+    assert scores.std() > 0 and scores.argmax(1).any()  # not always the first candidate
+    kept = pipe.generate_image(prompts, num_images=2, seed=0, best_of=3)
+    expected = [candidates[3 * i + int(k)] for i, k in enumerate(scores.argmax(1))]
+    assert [im.tobytes() for im in kept] == [im.tobytes() for im in expected]
+    pipe.sampling.best_of = 3  # the sampling config's default
+    assert [im.tobytes() for im in pipe.generate_image(prompts, num_images=2, seed=0)] == [
+        im.tobytes() for im in kept
+    ]
+    with pytest.raises(ValueError, match="best_of must be at least 1"):
+        pipe.generate_image("a red circle", best_of=0)
+
+
 def test_sampling_settings_are_saved_with_the_pipeline(pipeline_dir, tmp_path):
     import shutil
 
@@ -65,7 +84,7 @@ def test_sampling_settings_are_saved_with_the_pipeline(pipeline_dir, tmp_path):
 
     assert IllumePipeline.from_pretrained(pipeline_dir).sampling == SamplingConfig()
     pipe = IllumePipeline.from_pretrained(pipeline_dir)
-    pipe.sampling = SamplingConfig(guidance=2.0, temperature=0.7, top_k=20)
+    pipe.sampling = SamplingConfig(guidance=2.0, temperature=0.7, top_k=20, best_of=4)
     pipe.save_pretrained(tmp_path / "cool")
     assert IllumePipeline.from_pretrained(tmp_path / "cool").sampling == pipe.sampling
     # a directory saved before sampling.json existed loads with the defaults
@@ -83,7 +102,17 @@ def test_task_commands(pipeline_dir, tmp_path, capsys):
     fast = ["--model", str(pipeline_dir), "--steps", "2"]
     assert (
         main(
-            ["generate", *fast, "a red circle", "--num-images", "2", "--out", str(tmp_path / "gen")]
+            [
+                "generate",
+                *fast,
+                "a red circle",
+                "--num-images",
+                "2",
+                "--best-of",
+                "2",
+                "--out",
+                str(tmp_path / "gen"),
+            ]
         )
         == 0
     )
@@ -198,8 +227,10 @@ def test_edit_codes_are_what_edit_renders(pipeline_dir, tmp_path):
     assert cells["copied"] + cells["changed"] == 4 * codes[0].numel()
 
 
-def test_likelihood_probe_scores_each_scene_against_its_counterfactual(pipeline_dir, tmp_path):
-    from illume.evaluate import image_log_likelihood, likelihood_probe
+def test_likelihood_and_judge_probes_score_each_scene_against_its_counterfactual(
+    pipeline_dir, tmp_path
+):
+    from illume.evaluate import image_log_likelihood, judge_probe, likelihood_probe
     from illume_eval.shapes import ensure_dataset
     from illume_mllm.processing import IGNORE
 
@@ -238,6 +269,16 @@ def test_likelihood_probe_scores_each_scene_against_its_counterfactual(pipeline_
         tokens = int((batch["labels"][:, 1:] != IGNORE).sum())
         assert tokens == h * (w + 1) + 3  # markers, codes, end of line per row, end of turn
         assert torch.allclose(score, -loss * tokens, rtol=1e-4)
+    # the same pairs judged by understanding: the prompt as a caption of each image
+    judged = judge_probe(pipe, split, n=16, batch_size=5)
+    assert [r["prompt"] for r in judged["records"]] == [r["prompt"] for r in records]
+    assert {t: v["pairs"] for t, v in judged["summary"].items()} == {
+        t: v["pairs"] for t, v in summary.items()
+    }
+    first = judged["records"][0]["judged"]
+    assert first[0] != first[1] and all(
+        0.0 <= v["judged"] <= 1.0 for v in judged["summary"].values()
+    )
 
 
 def test_edit_source_codes_reach_the_model_in_edits_and_in_chat_history(

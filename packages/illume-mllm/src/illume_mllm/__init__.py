@@ -16,6 +16,7 @@ from .build import (
 )
 from .generation import (
     ImageTokenSampler,
+    answer_log_likelihood,
     draw_codes,
     filter_logits,
     generate_image_tokens,
@@ -28,7 +29,7 @@ from .vocab import MARKERS, VisionVocab, extend_tokenizer, vision_token, vocab_o
 
 __all__ = [
     "IGNORE", "LLM_PRESETS", "MARKERS", "Example", "GridEmbedding", "IllumeConfig", "IllumeForConditionalGeneration",
-    "IllumeProcessor", "ImageTokenSampler", "ProcessorConfig", "VisionVocab", "__version__", "build_model",
+    "IllumeProcessor", "ImageTokenSampler", "ProcessorConfig", "VisionVocab", "__version__", "answer_log_likelihood", "build_model",
     "build_processor", "build_text_tokenizer", "build_word_tokenizer", "check_vision_feature_layer", "draw_codes", "extend_tokenizer", "filter_logits", "generate_image_tokens",
     "generate_text", "grid_positions", "prompt_batch", "vision_token", "vocab_of",
 ]  # fmt: skip

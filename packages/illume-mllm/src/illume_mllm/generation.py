@@ -19,7 +19,7 @@ from transformers import LogitsProcessor, LogitsProcessorList
 
 from illume_core import Message
 
-from .processing import Example, IllumeProcessor
+from .processing import IGNORE, Example, IllumeProcessor
 from .vocab import VisionVocab
 
 
@@ -212,3 +212,25 @@ def generate_text(
     return [
         processor.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in new.tolist()
     ]
+
+
+@torch.no_grad()
+def answer_log_likelihood(
+    model, processor: IllumeProcessor, conversations: Sequence[Sequence[Message]]
+) -> torch.Tensor:
+    """log p(assistant answers | the rest) [B] of whole conversations, summed over the answers'
+    tokens (text, or an image's codes and markers): the model scoring an answer instead of writing
+    one. A caption's likelihood given an image is how the model judges its own drawings
+    (`IllumePipeline.generate_image(best_of=...)`); an image's given a prompt, what it knows of
+    the prompt apart from sampling (illume's likelihood probe)."""
+    examples = [processor.encode_conversation(c) for c in conversations]
+    batch = processor.collate(examples)
+    labels = batch.pop("labels")[:, 1:].to(model.device)  # token t is predicted at t - 1
+    if batch["pixel_values"] is None:
+        batch.pop("pixel_values")
+    batch = {k: v.to(model.device) for k, v in batch.items()}
+    if "pixel_values" in batch:
+        batch["pixel_values"] = batch["pixel_values"].to(model.dtype)
+    logits = model(**batch).logits[:, :-1].float()
+    picked = torch.log_softmax(logits, -1).gather(-1, labels.clamp(min=0)[..., None])[..., 0]
+    return (picked * (labels != IGNORE)).sum(1).cpu()

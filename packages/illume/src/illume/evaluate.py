@@ -7,7 +7,9 @@
 - where edits miss, code by code: the MLLM's codes against the tokenizer's codes of each edit's
   source and target (copied where the edit leaves the image alone, changed where it does not);
 - knowledge apart from sampling: whether the MLLM scores a prompt's own scene above a
-  counterfactual one that fails the prompt (scenes.jsonl), by likelihood.
+  counterfactual one that fails the prompt (scenes.jsonl), by likelihood;
+- what understanding sees: the same pairs judged by the model's own captioning (`judge_probe`,
+  the judge of `IllumePipeline.generate_image(best_of=...)`).
 Each returns its figures and the per-item records a report shows.
 """
 
@@ -24,7 +26,7 @@ from illume_core import Message, load_image
 from illume_eval import edit_metrics, geneval_summary, pope_metrics, qa_accuracy
 from illume_eval.shapes import Edit, PromptSpec, Question, Scene, counterfactual, detect, render_pil
 from illume_eval.shapes.prompts import check_spec
-from illume_mllm.processing import IGNORE
+from illume_mllm import answer_log_likelihood
 
 
 def _jsonl(path: Path, n: int | None) -> list[dict]:
@@ -156,23 +158,41 @@ def edit_codes(
     return {"summary": code_agreement(drawn, source, target), "by_kind": by_kind}
 
 
-@torch.no_grad()
 def image_log_likelihood(pipe, prompts: list[str], codes: torch.Tensor) -> torch.Tensor:
     """log p(codes | text-to-image prompt) [B] under the pipeline's MLLM, summed over the answer's
     tokens (the image's codes and markers); an empty prompt gives the unconditional likelihood."""
-    processor, model = pipe.processor, pipe.model
-    examples = [
-        processor.encode_conversation([*processor.t2i_messages(p), Message("assistant", [c])])
-        for p, c in zip(prompts, codes, strict=True)
-    ]
-    batch = processor.collate(examples)
-    logits = model(
-        input_ids=batch["input_ids"].to(model.device),
-        attention_mask=batch["attention_mask"].to(model.device),
-    ).logits.float()
-    labels = batch["labels"][:, 1:].to(logits.device)  # token t is predicted at t - 1
-    picked = torch.log_softmax(logits[:, :-1], -1).gather(-1, labels.clamp(min=0)[..., None])
-    return (picked[..., 0] * (labels != IGNORE)).sum(1).cpu()
+    processor = pipe.processor
+    return answer_log_likelihood(
+        pipe.model, processor,
+        [[*processor.t2i_messages(p), Message("assistant", [c])] for p, c in zip(prompts, codes, strict=True)],
+    )  # fmt: skip
+
+
+def _counterfactual_pairs(split_dir: Path, n: int) -> tuple[list, int]:
+    """(spec, scene, counterfactual scene) of each of the first n scenes of a split that has one,
+    and the split's image size."""
+    rows = _jsonl(split_dir / "scenes.jsonl", n)
+    pairs = []
+    for row in rows:
+        spec, scene = PromptSpec.from_geneval(row["spec"]), Scene.from_dict(row["scene"])
+        changed = counterfactual(scene, spec)
+        if changed is not None:
+            pairs.append((spec, scene, changed))
+    size = load_image(split_dir / rows[0]["image"]).width if rows else 0
+    return pairs, size
+
+
+def _won_by_tag(wins: list[tuple[str, tuple[bool, ...]]], names: tuple[str, ...]) -> dict:
+    by_tag: dict[str, list[tuple[bool, ...]]] = defaultdict(list)
+    for tag, won in wins:
+        by_tag[tag].append(won)
+    return {
+        tag: {
+            "pairs": len(v),
+            **{name: sum(w[i] for w in v) / len(v) for i, name in enumerate(names)},
+        }
+        for tag, v in by_tag.items()
+    }
 
 
 def likelihood_probe(
@@ -185,17 +205,8 @@ def likelihood_probe(
     ("guided", the direction classifier-free guidance amplifies).
     {"summary": per tag {"pairs", "conditional", "guided"}, the fractions of pairs where the
     scene's own codes score higher (0.5: no knowledge), "records"}."""
-    split_dir = Path(split_dir)
-    rows = _jsonl(split_dir / "scenes.jsonl", n)
-    pairs = []
-    for row in rows:
-        spec, scene = PromptSpec.from_geneval(row["spec"]), Scene.from_dict(row["scene"])
-        changed = counterfactual(scene, spec)
-        if changed is not None:
-            pairs.append((spec, scene, changed))
+    pairs, size = _counterfactual_pairs(Path(split_dir), n)  # drawn at the split's own size
     records = []
-    if pairs:  # drawn at the split's own size, as its images are
-        size = load_image(split_dir / rows[0]["image"]).width
     for start in range(0, len(pairs), batch_size):
         chunk = pairs[start : start + batch_size]
         images = [render_pil(s, size) for _, scene, changed in chunk for s in (scene, changed)]
@@ -210,16 +221,26 @@ def likelihood_probe(
                 "conditional": (float(cond[own]), float(cond[other])),
                 "unconditional": (float(uncond[own]), float(uncond[other])),
             })  # fmt: skip
-    by_tag: dict[str, list[tuple[bool, bool]]] = defaultdict(list)
+    wins = []
     for r in records:
         (c_own, c_other), (u_own, u_other) = r["conditional"], r["unconditional"]
-        by_tag[r["tag"]].append((c_own > c_other, c_own - u_own > c_other - u_other))
-    summary = {
-        tag: {
-            "pairs": len(v),
-            "conditional": sum(a for a, _ in v) / len(v),
-            "guided": sum(b for _, b in v) / len(v),
-        }
-        for tag, v in by_tag.items()
-    }
-    return {"summary": summary, "records": records}
+        wins.append((r["tag"], (c_own > c_other, c_own - u_own > c_other - u_other)))
+    return {"summary": _won_by_tag(wins, ("conditional", "guided")), "records": records}
+
+
+def judge_probe(pipe, split_dir: str | os.PathLike, n: int = 400, batch_size: int = 16) -> dict:
+    """The likelihood probe's pairs, judged by understanding instead (`IllumePipeline.judge`: the
+    prompt's likelihood as a caption of each image): can the model see what it cannot draw?
+    Drawing with `best_of` gains only where it can. {"summary": per tag {"pairs", "judged"}, the
+    fraction of pairs where the scene's own image scores higher, "records"}."""
+    pairs, size = _counterfactual_pairs(Path(split_dir), n)
+    records = []
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start : start + batch_size]
+        images = [render_pil(s, size) for _, scene, changed in chunk for s in (scene, changed)]
+        scores = pipe.judge(images, [spec.prompt for spec, _, _ in chunk for _ in range(2)])
+        for k, (spec, _, _) in enumerate(chunk):
+            own, other = float(scores[2 * k]), float(scores[2 * k + 1])
+            records.append({"tag": spec.tag, "prompt": spec.prompt, "judged": (own, other)})
+    wins = [(r["tag"], (r["judged"][0] > r["judged"][1],)) for r in records]
+    return {"summary": _won_by_tag(wins, ("judged",)), "records": records}

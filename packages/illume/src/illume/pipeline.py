@@ -2,6 +2,7 @@
 
     pipe = IllumePipeline.from_pretrained("runs/shapes/pipeline")
     images = pipe.generate_image("a red circle above a blue square", num_images=4, seed=0)
+    best = pipe.generate_image("a red circle above a blue square", best_of=4, seed=0)  # self-judged
     answer = pipe.answer(image, "How many circles are in the image?")
     edited = pipe.edit(image, "change the red circle to green")
 
@@ -31,6 +32,7 @@ from illume_detokenizer import DetokenizerPipeline
 from illume_mllm import (
     IllumeForConditionalGeneration,
     IllumeProcessor,
+    answer_log_likelihood,
     generate_image_tokens,
     generate_text,
 )
@@ -52,6 +54,11 @@ class SamplingConfig:
     """Detokenizer denoising steps."""
     detokenizer_guidance: float = 3.0
     sampler: str = "dpm++"
+    best_of: int = 1
+    """Text to image: images drawn per image asked for, of which the one the MLLM itself rates most
+    consistent with the prompt is kept (`IllumePipeline.judge`); 1 keeps the first."""
+    judge_question: str = "Describe the image."
+    """The captioning question the judge asks of each drawing; the prompt is scored as its answer."""
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> SamplingConfig:
@@ -260,14 +267,34 @@ class IllumePipeline:
 
     def generate_image(
         self, prompt: str | Sequence[str], num_images: int = 1, seed: int | None = None,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | None = None, best_of: int | None = None,
     ) -> list[Image.Image]:  # fmt: skip
-        """Text to image: `num_images` images per prompt, in prompt order."""
+        """Text to image: `num_images` images per prompt, in prompt order. `best_of` (default: the
+        sampling config's) draws that many candidates for each image and keeps the one `judge`
+        rates best, the model's own understanding checking its drawing."""
+        best_of = self.sampling.best_of if best_of is None else best_of
+        if best_of < 1:
+            raise ValueError(f"best_of must be at least 1, got {best_of}")
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         generator = self._generator(seed, generator)
-        conversations = [self.processor.t2i_messages(p) for p in prompts for _ in range(num_images)]
+        drawn = [p for p in prompts for _ in range(num_images * best_of)]
+        conversations = [self.processor.t2i_messages(p) for p in drawn]
         unconditional = [self.processor.t2i_messages("")] * len(conversations)
-        return self.render(self.draw_codes(conversations, unconditional, generator), generator)
+        images = self.render(self.draw_codes(conversations, unconditional, generator), generator)
+        if best_of == 1:
+            return images
+        scores = self.judge(images, drawn).view(-1, best_of)  # [prompts x num_images, best_of]
+        return [images[i * best_of + int(k)] for i, k in enumerate(scores.argmax(1))]
+
+    def judge(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> torch.Tensor:
+        """How well each image shows its prompt, by the MLLM's own understanding: log p(prompt |
+        image) [B] as the answer to the sampling config's captioning question (`judge_question`).
+        Comparable between images of the same prompt."""
+        question = self.sampling.judge_question
+        return answer_log_likelihood(
+            self.model, self.processor,
+            [[Message("user", [im, question]), Message("assistant", p)] for im, p in zip(images, prompts, strict=True)],
+        )  # fmt: skip
 
     def answer(self, image: Image.Image | Sequence[Image.Image], question: str | Sequence[str], max_new_tokens: int = 16) -> str | list[str]:  # fmt: skip
         """Visual question answering (greedy); a list of images and questions gives a list of answers."""

@@ -30,6 +30,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     _sampling(generate)
     generate.add_argument("prompt", help='e.g. "a red circle above a blue square"')
     generate.add_argument("--num-images", type=int, default=1)
+    generate.add_argument(
+        "--best-of", type=int, default=None,
+        help="draw N candidates per image and keep the one the model judges best "
+        "(default: the pipeline's sampling.json, else 1)",
+    )  # fmt: skip
     generate.add_argument("--out", default="generated", help="folder for the PNGs")
     generate.set_defaults(handler=_generate)
 
@@ -74,7 +79,9 @@ def _generate(args: argparse.Namespace) -> int:
     pipe = _load(args)
     out = Path(args.out)
     for i, image in enumerate(
-        pipe.generate_image(args.prompt, num_images=args.num_images, seed=args.seed)
+        pipe.generate_image(
+            args.prompt, num_images=args.num_images, seed=args.seed, best_of=args.best_of
+        )
     ):
         atomic_write_bytes(out / f"{i:04d}.png", _png(image))
         print(out / f"{i:04d}.png")
