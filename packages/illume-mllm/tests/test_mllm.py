@@ -148,7 +148,7 @@ def test_answer_log_likelihood_is_the_answers_cross_entropy_alone_or_batched(bui
         with torch.no_grad():  # transformers' own loss: the mean over the answer's tokens
             loss = model(**{k: v for k, v in inputs.items() if v is not None}).loss
         assert torch.allclose(score, -loss * answered, atol=1e-4)  # the batch's padding: no change
-    assert batched[0] != batched[1]  # the answer is scored, not only its length
+    assert batched[0] != batched[1]  # two conversations, two scores
 
 
 def _answer_loss_and_grads(model, processor, examples):

@@ -137,6 +137,11 @@ def prompt_batch(model, processor: IllumeProcessor, examples: Sequence[Example])
     """Left-padded prompts on the model's device (pixels in its dtype), without labels."""
     batch = processor.collate(examples, padding_side="left")
     batch.pop("labels")
+    return _on_model(model, batch)
+
+
+def _on_model(model, batch: dict) -> dict:
+    """A collated batch (without labels) on the model's device, pixels in its dtype."""
     if batch["pixel_values"] is None:
         batch.pop("pixel_values")
     batch = {k: v.to(model.device) for k, v in batch.items()}
@@ -226,11 +231,6 @@ def answer_log_likelihood(
     examples = [processor.encode_conversation(c) for c in conversations]
     batch = processor.collate(examples)
     labels = batch.pop("labels")[:, 1:].to(model.device)  # token t is predicted at t - 1
-    if batch["pixel_values"] is None:
-        batch.pop("pixel_values")
-    batch = {k: v.to(model.device) for k, v in batch.items()}
-    if "pixel_values" in batch:
-        batch["pixel_values"] = batch["pixel_values"].to(model.dtype)
-    logits = model(**batch).logits[:, :-1].float()
+    logits = model(**_on_model(model, batch)).logits[:, :-1].float()
     picked = torch.log_softmax(logits, -1).gather(-1, labels.clamp(min=0)[..., None])[..., 0]
     return (picked * (labels != IGNORE)).sum(1).cpu()
