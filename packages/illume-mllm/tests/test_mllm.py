@@ -27,7 +27,6 @@ from illume_mllm import (
     filter_logits,
     generate_image_tokens,
     generate_text,
-    prompt_batch,
 )
 
 K, GRID = 20, (4, 4)
@@ -401,73 +400,3 @@ def test_grid_embeddings_place_every_code_with_and_without_a_kv_cache(tmp_path, 
         model(input_ids=full[:, :-1], past_key_values=cache)
     with pytest.raises(ValueError, match="pass grid_positions"):
         model(input_ids=full[:, -1:], past_key_values=cache)
-
-
-def test_token_shift_reads_the_previous_token_in_training_packing_and_generation(
-    tmp_path, parts, built
-):
-    plain, processor = built
-    model = build_model(processor, parts / "vision", parts / "llm", token_shift=True).eval()
-    missing = model.load_state_dict(plain.state_dict(), strict=False).missing_keys
-    assert missing == ["token_shift.weight"]
-    conversation = [Message("user", [_image(), "make it blue"]), Message("assistant", "red")]
-    batch = processor.collate([processor.encode_conversation(conversation)])
-    batch.pop("labels")
-    # Zero at the start: the model is the one without it.
-    torch.testing.assert_close(model(**batch).logits, plain(**batch).logits)
-    with torch.no_grad():
-        model.token_shift.weight.normal_(std=0.5)
-    assert not torch.allclose(model(**batch).logits, plain(**batch).logits)
-
-    # Packed questions train exactly as apart: a question's first token reads the prefix's last,
-    # not the previous question's last.
-    image = _image((0, 0, 200))
-    asks = [("what color is it ?", "red"), ("a red circle", "blue"), ("now remove it", "red red")]
-    alone = [
-        processor.encode_conversation([Message("user", [image, q]), Message("assistant", a)])
-        for q, a in asks
-    ]
-    loss_apart, grads_apart = _answer_loss_and_grads(model, processor, alone)
-    loss_packed, grads_packed = _answer_loss_and_grads(model, processor, [processor.pack(alone)])
-    assert torch.allclose(loss_packed, loss_apart, rtol=1e-5)
-    for name, grad in grads_apart.items():
-        assert torch.allclose(grads_packed[name], grad, atol=1e-6, rtol=1e-4), name
-    assert grads_apart["token_shift.weight"].abs().sum() > 0
-
-    # Left padding is never read: a short prompt scores the same alone and beside a long one.
-    short, long = alone[0], processor.encode_conversation([Message("user", "a red circle " * 3)])
-    with torch.no_grad():
-        alone_logits = model(**prompt_batch(model, processor, [short])).logits
-        padded = model(**prompt_batch(model, processor, [short, long])).logits
-    torch.testing.assert_close(
-        padded[0, -len(short.input_ids) :], alone_logits[0], atol=1e-5, rtol=1e-4
-    )
-
-    # Over a KV cache each greedy code is the argmax of a forward over the whole sequence.
-    prompt = [processor.t2i_messages("a red circle")]
-    drawn = generate_image_tokens(model, processor, prompt, temperature=0.0)[0]
-    example = processor.encode_conversation([*prompt[0], Message("assistant", [drawn])])
-    full = torch.tensor([example.input_ids])
-    with torch.no_grad():
-        scores = model(input_ids=full).logits[0]
-    vision = processor.vocab.vision_ids
-    at = (full[0] >= vision.start).nonzero()[:, 0]
-    assert torch.equal(scores[at - 1, vision.start : vision.stop].argmax(-1), drawn.flatten())
-    assert not torch.equal(
-        drawn, generate_image_tokens(plain, processor, prompt, temperature=0.0)[0]
-    )
-    from transformers import DynamicCache
-
-    cache = DynamicCache(config=model.config)
-    with torch.no_grad():
-        model(input_ids=full[:, :-1], past_key_values=cache)
-        with pytest.raises(ValueError, match="previous_ids"):
-            model(input_ids=full[:, -1:], past_key_values=cache)
-
-    # Saved and reloaded with it; added to a model saved without it (a later stage), at zero.
-    model.save_pretrained(tmp_path / "shift")
-    again = IllumeForConditionalGeneration.from_pretrained(tmp_path / "shift")
-    assert torch.equal(again.token_shift.weight, model.token_shift.weight)
-    plain.save_pretrained(tmp_path / "plain")
-    added = IllumeForConditionalGeneration.from_pretrained(tmp_path / "plain", token_shift=True)
-    assert added.config.token_shift and not added.token_shift.weight.any()

@@ -75,16 +75,6 @@ def grid_mllm(mllm_dir):
     return with_grid_embeddings(mllm_dir), IllumeProcessor.from_pretrained(mllm_dir)
 
 
-@pytest.fixture(scope="session")
-def shift_mllm(mllm_dir):
-    """The tiny MLLM with a token shift (IllumeConfig), spread so that it changes its draws."""
-    model = IllumeForConditionalGeneration.from_pretrained(mllm_dir, token_shift=True).eval()
-    torch.manual_seed(1)
-    with torch.no_grad():
-        model.token_shift.weight.normal_(0, 0.5)
-    return model, IllumeProcessor.from_pretrained(mllm_dir)
-
-
 def image(color=(200, 30, 30)):
     return Image.new("RGB", (32, 32), color)
 

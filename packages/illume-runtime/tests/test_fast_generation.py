@@ -104,15 +104,3 @@ def test_grid_embeddings_same_codes_as_the_reference(mllm, grid_mllm, t2i, draws
     got = draws_the_reference(fast, model, processor, conversations, unconditional, settings)
     plain = TorchImageGenerator(mllm[0], processor)(conversations, temperature=0.0)
     assert not torch.equal(got, plain)  # the embeddings are used
-
-
-def test_token_shift_same_codes_as_the_reference(mllm, shift_mllm, t2i, edits, draws_the_reference):
-    """Each fed token reads the one before it, the prompt's last for `<start_of_image>`, as
-    transformers' generate gives it (IllumeConfig.token_shift); left padding is never read."""
-    model, processor = shift_mllm
-    fast = TorchImageGenerator(model, processor)
-    settings = ({"guidance": 3.0}, {"guidance": 1.0, "temperature": 0.0})
-    got = draws_the_reference(fast, model, processor, *t2i(processor, PROMPTS), settings)
-    plain = TorchImageGenerator(mllm[0], processor)(t2i(processor, PROMPTS)[0], temperature=0.0)
-    assert not torch.equal(got, plain)  # the shift is used
-    draws_the_reference(fast, model, processor, *edits([(200, 30, 30)]), ({"guidance": 2.0},))

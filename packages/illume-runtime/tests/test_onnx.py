@@ -157,43 +157,6 @@ def test_grid_embeddings_export_and_draw_the_reference_codes(
     assert gen.greedy_text([history]) == generate_text(model, processor, [history])
 
 
-def test_token_shift_exports_and_draws_the_reference_codes(
-    pipeline_dir, tmp_path, draws_the_reference
-):
-    """A model with a token shift: prefill.onnx shifts the prompt, decode.onnx reads each token's
-    predecessor; the same codes and text as PyTorch (left padding included)."""
-    import shutil
-
-    shutil.copytree(pipeline_dir, tmp_path / "pipe")
-    mllm = tmp_path / "pipe" / "mllm"
-    model = IllumeForConditionalGeneration.from_pretrained(mllm, token_shift=True).eval()
-    torch.manual_seed(1)
-    with torch.no_grad():
-        model.token_shift.weight.normal_(0, 0.5)
-    model.save_pretrained(mllm)
-    manifest = export_pipeline(tmp_path / "pipe", tmp_path / "graphs")
-    assert manifest["token_shift"] is True
-    assert manifest["graphs"]["decode"]["inputs"][:4] == [
-        "input_ids", "attention_mask", "position_ids", "previous_ids",
-    ]  # fmt: skip
-    processor = IllumeProcessor.from_pretrained(mllm)
-    gen = OnnxImageGenerator(tmp_path / "graphs")
-    prompts = ["a red circle", "a red circle above a blue square"]
-    conversations = [processor.t2i_messages(p) for p in prompts]
-    unconditional = [processor.t2i_messages("")] * len(prompts)
-    settings = ({"guidance": 3.0}, {"guidance": 1.0, "temperature": 0.0})
-    drawn = draws_the_reference(gen, model, processor, conversations, unconditional, settings, 11)
-    history = [*conversations[0], Message("assistant", [drawn[0]]), Message("user", "what is it ?")]
-    questions = [history, [Message("user", "what is it ?")]]
-    assert gen.greedy_text(questions) == generate_text(model, processor, questions)
-    # with grid embeddings too, the graphs would need both inputs: refused, nothing written
-    both = IllumeForConditionalGeneration.from_pretrained(mllm, grid_embeddings=True)
-    both.save_pretrained(mllm)
-    with pytest.raises(NotImplementedError, match="both grid embeddings and a token shift"):
-        export_pipeline(tmp_path / "pipe", tmp_path / "both")
-    assert not (tmp_path / "both" / "manifest.json").exists()
-
-
 def test_identical_greedy_text_on_a_fixed_prompt_set(exported, reference):
     out, _ = exported
     _, model, processor, _ = reference

@@ -411,7 +411,6 @@ def test_mllm_stages_one_to_three_through_the_cli(tmp_path, shapes_data):
     _check_packing_by_image(tmp_path, tokenizer_dir, previous, data)
     _check_unconditional_prompts(tmp_path, tokenizer_dir, previous, data)
     _check_grid_embeddings(tmp_path, tokenizer_dir, previous)
-    _check_token_shift(tmp_path, tokenizer_dir, previous)
     codes = generate_image_tokens(
         model, processor, [processor.t2i_messages("a red circle")], [processor.t2i_messages("")], guidance=2.0,
         generator=torch.Generator().manual_seed(0),
@@ -437,26 +436,6 @@ def _check_grid_embeddings(tmp_path, tokenizer_dir, init):
     with pytest.raises(ValueError, match="cannot remove them"):
         MLLMStage(str(tmp_path / "g"), str(tokenizer_dir), {"llm": 1e-4},
                   init=str(tmp_path / "with_grid"), grid_embeddings=False)  # fmt: skip
-
-
-def _check_token_shift(tmp_path, tokenizer_dir, init):
-    """token_shift: true adds it to a model saved without, at zero, training with the LLM only;
-    a later stage cannot take it away."""
-    from illume_trainer.stages.mllm import MLLMStage
-
-    for groups, trains in (({"llm": 1e-4}, True), ({"adapter": 1e-3, "new_rows": 2e-4}, False)):
-        stage = MLLMStage(str(tmp_path / "s"), str(tokenizer_dir), groups, init=str(init),
-                          token_shift=True)  # fmt: skip
-        stage.configure_model()
-        weight = stage.model.token_shift.weight
-        assert not weight.any() and weight.requires_grad == trains
-        trained = {id(p): g["lr"] for g in stage._param_groups for p in g["params"]}
-        assert trained.get(id(weight)) == (1e-4 if trains else None)
-    stage.model.save_pretrained(tmp_path / "with_shift")
-    stage.processor.save_pretrained(tmp_path / "with_shift")
-    with pytest.raises(ValueError, match="cannot remove it"):
-        MLLMStage(str(tmp_path / "s"), str(tokenizer_dir), {"llm": 1e-4},
-                  init=str(tmp_path / "with_shift"), token_shift=False)  # fmt: skip
 
 
 def _check_loss_weighting(tmp_path, tokenizer_dir, init, data):

@@ -153,13 +153,11 @@ def build_model(
     adapter_act: str = "gelu",
     load_weights: bool = True,
     grid_embeddings: bool = False,
-    token_shift: bool = False,
 ) -> IllumeForConditionalGeneration:
     """The MLLM: vision tower (weights from `vision_dir`), a fresh MLP adapter, and an LLM (a local
     directory with weights, or a LlamaConfig dict such as LLM_PRESETS["shapes"], trained from
     scratch), its vocabulary resized to the processor's extended tokenizer. `grid_embeddings`:
-    row and column embeddings of output codes; `token_shift`: the previous token's embedding mapped
-    into each input (both IllumeConfig; not in the paper's model)."""
+    row and column embeddings of output codes (IllumeConfig; not in the paper's model)."""
     from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig
     from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
@@ -190,7 +188,6 @@ def build_model(
         image_grid=list(processor.config.image_grid),
         tie_word_embeddings=False,
         grid_embeddings=grid_embeddings,
-        token_shift=token_shift,
     )
     model = IllumeForConditionalGeneration(config)
     if load_weights and torch.empty(0).device.type == "meta":

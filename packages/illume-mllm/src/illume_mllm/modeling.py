@@ -20,17 +20,6 @@ from the sequence's own `<start_of_image>` and `<end_of_line>` markers (`grid_po
 teacher forcing needs no extra input; a forward over a KV cache gets them from
 `prepare_inputs_for_generation`, which sees the whole sequence, or from the caller
 (`grid_positions=`).
-
-`token_shift` (off in the paper's model): each LLM input embedding plus a learned linear map,
-starting at zero, of the previous token's embedding: RWKV's token shift, or the "Canon layers" of
-Physics of Language Models 4.1 at the input only. The ShapesWorld LLM, learned from nothing in a few
-million tokens, reads "a cyan triangle together with a green square" as a bag of words, in drawings
-and in text (benchmarks/RESULTS.md, sessions 22-33); a pretrained LLM has long learned to read
-"cyan" into "triangle". With the shift, "triangle"'s input carries "cyan" from the first layer. The
-previous token is the latest one the token may attend to, so padding and the other conversations of
-a packed batch are never read (`previous_index`); a forward over a KV cache gets the token before
-its new ones from `prepare_inputs_for_generation`, or from the caller (`previous_ids=`). Shifted is
-the token's own embedding (or, in an `<image>` slot, the adapter's feature), before grid embeddings.
 """
 
 from __future__ import annotations
@@ -70,7 +59,6 @@ class IllumeConfig(LlavaConfig):
     vision_feature_select_strategy: str = "full"  # SigLIP has no class token to drop
     vision_feature_layer: int | list[int] = -1
     grid_embeddings: bool = False  # row and column embeddings of output codes (module docstring)
-    token_shift: bool = False  # a learned map of the previous token's embedding added (docstring)
 
     @property
     def vocab(self) -> VisionVocab:
@@ -103,26 +91,6 @@ def grid_positions(
     return torch.where(is_code, row * w + column, -1)
 
 
-def previous_index(attention_mask: torch.Tensor | None, length: int) -> torch.Tensor:
-    """The position each token's token shift reads: [B or 1, T], -1 where there is none.
-
-    attention_mask: None (every token real), [B, T] (1 real, 0 padding) or the additive (or bool)
-    [B, 1, T, T] mask of packed examples; the previous token is the latest earlier one the token
-    may attend to."""
-    index = torch.arange(length)
-    if attention_mask is None:
-        return (index - 1)[None]
-    index = index.to(attention_mask.device)
-    if attention_mask.dim() == 2:
-        real_before = torch.nn.functional.pad(attention_mask[:, :-1].bool(), (1, 0))  # [B, T]
-        return torch.where(real_before, index - 1, -1)
-    allowed = (
-        attention_mask[:, 0] if attention_mask.dtype == torch.bool else attention_mask[:, 0] == 0
-    )
-    earlier = allowed & torch.ones(length, length, dtype=torch.bool, device=index.device).tril(-1)
-    return torch.where(earlier, index, -1).max(-1).values  # [B, T]
-
-
 class GridEmbedding(nn.Module):
     """A row and a column embedding per grid cell: positions [B, T] (`grid_positions`) -> [B, T, D],
     zero where the position is -1. Both start at zero, so adding them leaves a model unchanged."""
@@ -151,18 +119,11 @@ class IllumeForConditionalGeneration(LlavaForConditionalGeneration):
             if not config.image_grid:
                 raise ValueError("grid_embeddings needs the config's image_grid (h, w)")
             self.grid_embedding = GridEmbedding(config.image_grid, config.text_config.hidden_size)
-        if config.token_shift:
-            dim = config.text_config.hidden_size
-            # starts at zero, so adding it leaves a model unchanged (LLaVA's post_init has run)
-            self.token_shift = nn.Linear(dim, dim, bias=False)
-            nn.init.zeros_(self.token_shift.weight)
 
     def _init_weights(self, module):
         if isinstance(module, GridEmbedding):  # missing from an older checkpoint: start at zero
             init.zeros_(module.rows)
             init.zeros_(module.columns)
-        elif module is getattr(self, "token_shift", None):  # the same, for an older checkpoint
-            init.zeros_(module.weight)
         else:
             super()._init_weights(module)
 
@@ -171,52 +132,36 @@ class IllumeForConditionalGeneration(LlavaForConditionalGeneration):
     def grid_positions(self, input_ids: torch.Tensor) -> torch.Tensor:
         return grid_positions(input_ids, self.config.vocab, self.config.image_grid)
 
-    def _add_grid(self, embeds, input_ids, positions=None) -> torch.Tensor:
+    def embed(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """Input embeddings [B, T, D] of input_ids [B, T], with the grid embeddings when the model
+        has them (`positions`: `grid_positions` of these tokens; default: counted from them)."""
+        embeds = self.get_input_embeddings()(input_ids)
         if not self.config.grid_embeddings:
             return embeds
         positions = self.grid_positions(input_ids) if positions is None else positions
         return embeds + self.grid_embedding(positions).to(embeds.dtype)
-
-    def shift(self, embeds: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        """embeds [B, T, D] plus the token shift of embeds at `index` [B or 1, T] (-1: none)."""
-        index = index.expand(embeds.shape[:2])
-        previous = embeds.gather(1, index.clamp(min=0)[..., None].expand_as(embeds))
-        previous = previous * (index >= 0)[..., None].to(embeds.dtype)
-        return embeds + self.token_shift(previous)
 
     def prompt_embeddings(
         self,
         input_ids: torch.Tensor,
         pixel_values: torch.Tensor | None = None,
         grid_positions: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        previous_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The LLM's input [B, T, D]: token embeddings with the adapter's image features in the
-        `<image>` slots (found by token id, not, as LLaVA does when handed embeddings, by comparing
-        rows with `<image>`'s, which new rows can share), the token shift when the model has one
-        (`attention_mask` as the forward's; `previous_ids` [B, 1]: the token before input_ids,
-        when they continue a KV cache), then the grid embeddings (`grid_positions`)."""
-        embeds = self.get_input_embeddings()(input_ids)
-        if pixel_values is not None:
-            features = self.model.get_image_features(pixel_values=pixel_values, return_dict=True)
-            features = torch.cat(list(features.pooler_output)).to(embeds.dtype)  # [I * N, D]
-            slots = input_ids == self.config.image_token_index
-            if int(slots.sum()) != len(features):
-                raise ValueError(
-                    f"the prompts have {int(slots.sum())} <image> slots for {len(features)} image "
-                    "features: build them with the model's IllumeProcessor"
-                )
-            embeds = embeds.masked_scatter(slots[..., None], features)
-        if self.config.token_shift:
-            if previous_ids is None:
-                embeds = self.shift(embeds, previous_index(attention_mask, embeds.shape[1]))
-            else:  # continuing a cache: every new token is real, the first one reads previous_ids
-                before = self.get_input_embeddings()(previous_ids[:, -1:])
-                embeds = self.shift(
-                    torch.cat([before, embeds], 1), previous_index(None, embeds.shape[1] + 1)
-                )[:, 1:]
-        return self._add_grid(embeds, input_ids, grid_positions)
+        """The LLM's input [B, T, D]: `embed(input_ids, grid_positions)` with the adapter's image
+        features in the `<image>` slots (found by token id, not, as LLaVA does when handed
+        embeddings, by comparing rows with `<image>`'s, which new rows can share)."""
+        embeds = self.embed(input_ids, grid_positions)
+        if pixel_values is None:
+            return embeds
+        features = self.model.get_image_features(pixel_values=pixel_values, return_dict=True)
+        features = torch.cat(list(features.pooler_output)).to(embeds.dtype)  # [I * N, D]
+        slots = input_ids == self.config.image_token_index
+        if int(slots.sum()) != len(features):
+            raise ValueError(
+                f"the prompts have {int(slots.sum())} <image> slots for {len(features)} image "
+                "features: build them with the model's IllumeProcessor"
+            )
+        return embeds.masked_scatter(slots[..., None], features)
 
     def forward(
         self,
@@ -227,29 +172,17 @@ class IllumeForConditionalGeneration(LlavaForConditionalGeneration):
         past_key_values=None,
         inputs_embeds: torch.Tensor | None = None,
         grid_positions: torch.LongTensor | None = None,
-        previous_ids: torch.LongTensor | None = None,
         **kwargs,
     ):
-        """LLaVA's forward; `grid_positions` [B, T]: the cells of input_ids (grid_embeddings);
-        `previous_ids` [B, 1]: the token before input_ids when they continue a KV cache
-        (token_shift)."""
-        config = self.config
-        if (config.grid_embeddings or config.token_shift) and input_ids is not None:
+        """LLaVA's forward; `grid_positions` [B, T]: the cells of input_ids (grid_embeddings)."""
+        if self.config.grid_embeddings and input_ids is not None:
             cached = past_key_values is not None and past_key_values.get_seq_length() > 0
-            if config.grid_embeddings and grid_positions is None and cached:
+            if grid_positions is None and cached:
                 raise ValueError(
                     "with a KV cache the new tokens' grid positions cannot be counted from them: "
                     "pass grid_positions (model.grid_positions(whole_sequence)[:, -new:])"
                 )
-            if config.token_shift and previous_ids is None and cached:
-                raise ValueError(
-                    "with a KV cache the token shift needs the token before the new ones: pass "
-                    "previous_ids (whole_sequence[:, -new - 1 : -new])"
-                )
-            inputs_embeds = self.prompt_embeddings(
-                input_ids, pixel_values, grid_positions, attention_mask,
-                previous_ids if cached else None,
-            )  # fmt: skip
+            inputs_embeds = self.prompt_embeddings(input_ids, pixel_values, grid_positions)
             input_ids, pixel_values = None, None
         return super().forward(
             input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask,
@@ -262,8 +195,6 @@ class IllumeForConditionalGeneration(LlavaForConditionalGeneration):
         new = inputs.get("input_ids")
         if self.config.grid_embeddings and new is not None:  # input_ids: the whole sequence
             inputs["grid_positions"] = self.grid_positions(input_ids)[:, -new.shape[1] :]
-        if self.config.token_shift and new is not None and new.shape[1] < input_ids.shape[1]:
-            inputs["previous_ids"] = input_ids[:, -new.shape[1] - 1 : -new.shape[1]]
         return inputs
 
     # -- parameter groups of the three stages (DESIGN.md section 1, Table 5) ---------------------

@@ -82,8 +82,6 @@ class FlatDecoder(nn.Module):
         )
         # row and column embeddings of output codes (IllumeConfig.grid_embeddings), or None
         self.grid_embedding = getattr(model, "grid_embedding", None)
-        # the previous token's embedding mapped into each input (IllumeConfig.token_shift), or None
-        self.token_shift = getattr(model, "token_shift", None)
         self.scaling = float(getattr(attn, "scaling", head_dim**-0.5))
         self.fused = head.weight.device.type == "cpu" if fuse is None else fuse
         self.packed = [self._pack(layer) for layer in lm.layers] if self.fused else None
@@ -120,42 +118,15 @@ class FlatDecoder(nn.Module):
             "down": weight(m.down_proj), "down_bias": bias(m.down_proj),
         }  # fmt: skip
 
-    def embed(
-        self,
-        input_ids: torch.Tensor,
-        cells: torch.Tensor | None = None,
-        previous_ids: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    def embed(self, input_ids: torch.Tensor, cells: torch.Tensor | None = None) -> torch.Tensor:
         """input_ids [B, T] -> [B, T, D]; `cells` [B, T]: their grid positions (-1: not a code),
-        needed by a model with grid embeddings (illume_mllm.grid_positions); `previous_ids`
-        [B, 1]: the token before input_ids (all of them real), needed by a model with a token
-        shift. A prompt's embeddings, with image features in their slots, are shifted by
-        `shift_prompt` instead."""
+        needed by a model with grid embeddings (illume_mllm.grid_positions)."""
         x = self.embed_tokens(input_ids)
-        if self.token_shift is not None:
-            if previous_ids is None:
-                raise ValueError("this model has a token shift: pass the token before input_ids")
-            x = x + self.token_shift(torch.cat([self.embed_tokens(previous_ids), x[:, :-1]], 1))
-        return self._add_grid(x, cells)
-
-    def _add_grid(self, x: torch.Tensor, cells: torch.Tensor | None) -> torch.Tensor:
         if self.grid_embedding is None:
             return x
         if cells is None:
             raise ValueError("this model has grid embeddings: pass each token's grid position")
         return x + self.grid_embedding(cells).to(x.dtype)
-
-    def shift_prompt(self, x: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Left-padded prompt embeddings x [B, T, D] (no grid embeddings) plus the token shift of
-        each token's previous one; attention_mask [B, T]: padding is never read (as
-        `IllumeForConditionalGeneration.prompt_embeddings`)."""
-        if self.token_shift is None:
-            return x
-        real_before = torch.nn.functional.pad(attention_mask[:, :-1], (1, 0)) > 0  # [B, T]
-        before = torch.nn.functional.pad(x[:, :-1], (0, 0, 1, 0)) * real_before[..., None].to(
-            x.dtype
-        )
-        return x + self.token_shift(before)
 
     @staticmethod
     def _project(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:

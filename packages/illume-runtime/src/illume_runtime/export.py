@@ -11,15 +11,12 @@ Graphs (fp32; B, T, P, I are dynamic):
 | vision_adapter.onnx | pixel_values [I, 3, H, W] -> image_features [I, N, D_llm] |
 | embeddings.onnx | input_ids [B, T] (, grid_positions [B, T]) -> inputs_embeds [B, T, D_llm] |
 | prefill.onnx | inputs_embeds, attention_mask [B, T], position_ids [B, T] -> logits [B, V] (last position), present.{i}.key / .value [B, Hkv, T, hd] |
-| decode.onnx | input_ids [B, 1], attention_mask [B, P + 1], position_ids [B, 1] (, grid_positions [B, 1]) (, previous_ids [B, 1]), past_key_values.{i}.key / .value [B, Hkv, P, hd] -> logits [B, V], present.{i}.key / .value [B, Hkv, P + 1, hd] |
+| decode.onnx | input_ids [B, 1], attention_mask [B, P + 1], position_ids [B, 1] (, grid_positions [B, 1]), past_key_values.{i}.key / .value [B, Hkv, P, hd] -> logits [B, V], present.{i}.key / .value [B, Hkv, P + 1, hd] |
 | conditioner.onnx | features [B, N, D] -> encoder_hidden_states (+ spatial, text_embeds) |
 | unet_step.onnx | sample, timestep [B], encoder_hidden_states (+ spatial, text_embeds when the detokenizer has them) -> prediction |
 
 `grid_positions` (int64, `illume_mllm.grid_positions`: each token's cell of its image grid, -1 for
 other tokens) is an input only of a model with grid embeddings (`manifest["grid_embeddings"]`).
-A model with a token shift (`manifest["token_shift"]`, IllumeConfig) shifts the prompt inside
-prefill.onnx (from its attention mask) and reads each decoded token's predecessor from
-`previous_ids` (int64); embeddings.onnx then gives the token embeddings unshifted.
 The key/value names follow optimum and onnxruntime-genai. The decoder graphs are exported from
 `FlatDecoder` (the same weights and arithmetic as the PyTorch model) with torch's dynamo exporter.
 `processor/` and `null_features.npy` (the detokenizer's unconditional input) are saved beside the
@@ -96,7 +93,7 @@ class _Embeddings(nn.Module):
         self.decoder = decoder
 
     def forward(self, input_ids):
-        return self.decoder.embed_tokens(input_ids)  # a token shift, if any: in prefill.onnx
+        return self.decoder.embed(input_ids)
 
 
 class _GridEmbeddings(_Embeddings):  # a model with grid embeddings (IllumeConfig)
@@ -112,7 +109,6 @@ class _Prefill(nn.Module):
     def forward(self, inputs_embeds, attention_mask, position_ids):
         s = self.decoder.shape
         b = inputs_embeds.shape[0]
-        inputs_embeds = self.decoder.shift_prompt(inputs_embeds, attention_mask)
         empty = inputs_embeds.new_zeros(b, s.kv_heads, 0, s.head_dim)
         hidden, presents = self.decoder.forward_past(
             inputs_embeds, position_ids, attention_mask, [(empty, empty)] * s.layers
@@ -126,14 +122,10 @@ class _Decode(nn.Module):
         self.decoder = decoder
 
     def forward(self, input_ids, attention_mask, position_ids, *rest):
-        # rest: grid_positions (a model with grid embeddings) or previous_ids (one with a token
-        # shift; export_models exports no model with both), then the past keys / values
-        extra, past = (rest[:1], rest[1:]) if len(rest) % 2 else ((), rest)
+        # rest: (grid_positions,) when the model has grid embeddings, then the past keys / values
+        cells, past = (rest[:1], rest[1:]) if len(rest) % 2 else ((), rest)
         pairs = [(past[2 * i], past[2 * i + 1]) for i in range(self.decoder.shape.layers)]
-        if self.decoder.token_shift is not None:
-            x = self.decoder.embed(input_ids, previous_ids=extra[0])
-        else:
-            x = self.decoder.embed(input_ids, *extra)
+        x = self.decoder.embed(input_ids, *cells)
         hidden, presents = self.decoder.forward_past(x, position_ids, attention_mask, pairs)
         return (self.decoder.logits(hidden), *[t for kv in presents for t in kv])
 
@@ -266,14 +258,9 @@ def export_models(tokenizer, model, processor, detokenizer, out: Path, verify: b
         "vision_adapter.onnx", ["pixel_values"], ["image_features"], {"pixel_values": {0: "images"}}))  # fmt: skip
 
     decoder = FlatDecoder(model)
-    grid, shift = decoder.grid_embedding is not None, decoder.token_shift is not None
-    if grid and shift:
-        raise NotImplementedError(
-            "this model has both grid embeddings and a token shift (IllumeConfig), which the ONNX "
-            "graphs do not carry together: draw with the torch runtime (use_runtime('torch'))"
-        )
     s = decoder.shape
     ids = torch.randint(0, s.vocab, (2, 5))
+    grid = decoder.grid_embedding is not None
     cells = (torch.tensor([[-1, 0, 1, h * w - 1, -1], [2, -1, 3, 4, 5]]),) if grid else ()
     cell_names = ["grid_positions"] if grid else []
     embeddings = (_GridEmbeddings if grid else _Embeddings)(decoder)
@@ -291,12 +278,11 @@ def export_models(tokenizer, model, processor, detokenizer, out: Path, verify: b
     past_names = kv_names(s.layers, "past_key_values")
     past = tuple(torch.randn(2, s.kv_heads, 5, s.head_dim) for _ in past_names)
     step_mask = torch.cat([mask, torch.ones(2, 1, dtype=mask.dtype)], dim=1)
-    step_extra = tuple(c[:, 1:2] for c in cells) + ((ids[:, -1:],) if shift else ())
-    extra_names = cell_names + (["previous_ids"] if shift else [])
-    graphs["decode"] = (_Decode(decoder), (ids[:, :1], step_mask, positions[:, -1:] + 1, *step_extra, *past), GraphSpec(
-        "decode.onnx", ["input_ids", "attention_mask", "position_ids", *extra_names, *past_names], ["logits", *presents],
+    step_cells = tuple(c[:, 1:2] for c in cells)
+    graphs["decode"] = (_Decode(decoder), (ids[:, :1], step_mask, positions[:, -1:] + 1, *step_cells, *past), GraphSpec(
+        "decode.onnx", ["input_ids", "attention_mask", "position_ids", *cell_names, *past_names], ["logits", *presents],
         {"input_ids": {0: "batch"}, "attention_mask": {0: "batch", 1: "past_sequence + 1"},
-         "position_ids": {0: "batch"}, **{n: {0: "batch"} for n in extra_names},
+         "position_ids": {0: "batch"}, **{n: {0: "batch"} for n in cell_names},
          **{n: {0: "batch", 2: "past_sequence"} for n in past_names}}))  # fmt: skip
 
     conditioner = detokenizer.conditioner
@@ -337,7 +323,6 @@ def export_models(tokenizer, model, processor, detokenizer, out: Path, verify: b
         "graphs": {name: asdict(spec) for name, (_, _, spec) in graphs.items()},
         "decoder": asdict(s),
         "grid_embeddings": grid,
-        "token_shift": shift,
         "vision": {"image_size": vision.image_size, "image_seq_length": model.config.image_seq_length},
         "tokenizer": {"image_size": size, "grid": [h, w], "codebook_size": tokenizer.codebook_size},
         "vocab": {"image": vocab.image, "start_of_image": vocab.start_of_image, "end_of_image": vocab.end_of_image,

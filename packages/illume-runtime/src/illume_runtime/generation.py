@@ -79,7 +79,6 @@ class TorchImageGenerator:
                 "bias": torch.empty(rows, 1, 1, slots, dtype=dtype, device=device),
                 "position": torch.empty(rows, dtype=torch.long, device=device),
                 "slot": torch.empty(1, dtype=torch.long, device=device),
-                "previous": torch.empty(rows, dtype=torch.long, device=device),  # token shift
             }}  # fmt: skip
         return self._buffers[key]
 
@@ -89,8 +88,7 @@ class TorchImageGenerator:
         """Feeds token [R] (in grid cell [1]) at ws["slot"] / ws["position"]; returns the last
         hidden state [R, D]."""
         ws["bias"].index_fill_(3, ws["slot"], 0.0)
-        x = self.decoder.embed(token[:, None], cell.expand(len(token), 1), ws["previous"][:, None])
-        ws["previous"].copy_(token)
+        x = self.decoder.embed(token[:, None], cell.expand(len(token), 1))
         hidden = self.decoder.forward_static(
             x, ws["position"][:, None], ws["bias"], ws["k"], ws["v"], ws["slot"]
         )
@@ -134,8 +132,7 @@ class TorchImageGenerator:
         key_mask = torch.zeros(rows, ws["bias"].shape[-1], dtype=mask.dtype, device=mask.device)
         key_mask[:, :prompt] = mask
         slots = torch.arange(prompt, device=self.device)
-        embeds = self.model.prompt_embeddings(ids, batch.get("pixel_values"), attention_mask=mask)
-        embeds = embeds.to(self.decoder.dtype)
+        embeds = self.model.prompt_embeddings(ids, batch.get("pixel_values")).to(self.decoder.dtype)
         hidden = self.decoder.forward_static(
             embeds, positions_from_mask(mask), padding_causal_bias(key_mask, slots, embeds.dtype),
             ws["k"], ws["v"], slots,
@@ -143,7 +140,6 @@ class TorchImageGenerator:
         ws["bias"].copy_(padding_causal_bias(key_mask, slots[-1:], embeds.dtype))
         ws["position"].copy_(mask.sum(-1))
         ws["slot"].fill_(prompt)
-        ws["previous"].copy_(ids[:, -1])  # left padding: every row's last prompt token is real
 
         # Decode: forced tokens are fed without an LM head; drawn ones from the vision rows only.
         half = rows // 2 if guidance != 1.0 else rows

@@ -42,14 +42,11 @@ class OnnxImageGenerator:
         self.grid = tuple(self.processor.config.image_grid)
         # a model with grid embeddings takes each token's cell (illume_mllm.grid_positions)
         self.grid_embeddings = bool(self.models.manifest.get("grid_embeddings", False))
-        # a model with a token shift takes each decoded token's predecessor (IllumeConfig)
-        self.token_shift = bool(self.models.manifest.get("token_shift", False))
 
     # -- pieces -----------------------------------------------------------------------------------
 
     def _prefill(self, conversations: Sequence[Sequence[Message]]):
-        """Left-padded prompts -> (logits, presents, attention mask [R, T], next positions [R],
-        each row's last token [R])."""
+        """Left-padded prompts -> (logits, presents, attention mask [R, T], next positions [R])."""
         examples = [
             self.processor.encode_conversation(c, add_generation_prompt=True) for c in conversations
         ]
@@ -75,19 +72,12 @@ class OnnxImageGenerator:
         out = self.models.run_bound(
             "prefill", {"inputs_embeds": embeds, "attention_mask": mask, "position_ids": positions}
         )
-        return out[0], out[1:], mask, mask.sum(-1), ids[:, -1].astype(np.int64)
+        return out[0], out[1:], mask, mask.sum(-1)
 
     def _decode(
-        self,
-        token: np.ndarray,
-        mask: np.ndarray,
-        position: np.ndarray,
-        presents: list,
-        previous: np.ndarray,
-        cell=-1,
+        self, token: np.ndarray, mask: np.ndarray, position: np.ndarray, presents: list, cell=-1
     ):
-        """Feeds token [R] after `previous` [R] (in grid cell `cell`: -1, not a code) -> (logits,
-        presents)."""
+        """Feeds token [R] (in grid cell `cell`: -1, not a code) -> (logits, presents)."""
         feeds = {
             "input_ids": token[:, None],
             "attention_mask": mask,
@@ -95,8 +85,6 @@ class OnnxImageGenerator:
         }
         if self.grid_embeddings:
             feeds["grid_positions"] = np.full((len(token), 1), cell, dtype=np.int64)
-        if self.token_shift:
-            feeds["previous_ids"] = previous[:, None]
         for i in range(self.layers):
             feeds[f"past_key_values.{i}.key"] = presents[2 * i]
             feeds[f"past_key_values.{i}.value"] = presents[2 * i + 1]
@@ -121,7 +109,7 @@ class OnnxImageGenerator:
                 "classifier-free guidance needs one unconditional conversation per prompt"
             )
         rows = list(conversations) + (list(unconditional) if guidance != 1.0 else [])
-        logits, presents, mask, position, previous = self._prefill(rows)
+        logits, presents, mask, position = self._prefill(rows)
         half = len(conversations)
         vision = self.vocab.vision_ids
         drawn, cells = image_positions(self.grid), image_cells(self.grid)
@@ -141,11 +129,10 @@ class OnnxImageGenerator:
                 token = np.full(len(rows), value, dtype=np.int64)
             if step < last_drawn:
                 mask = np.concatenate([mask, np.ones((len(rows), 1), np.int64)], axis=1)
-                token = token.astype(np.int64)
                 logits, presents = self._decode(
-                    token, mask, position, presents, previous, cells[step]
+                    token.astype(np.int64), mask, position, presents, cells[step]
                 )
-                position, previous = position + 1, token
+                position = position + 1
         h, w = self.grid
         return torch.stack(codes, dim=1).view(half, h, w)
 
@@ -156,7 +143,7 @@ class OnnxImageGenerator:
     ) -> list[str]:
         """Greedy answers, as `illume_mllm.generate_text` gives them (vision tokens suppressed)."""
         tokenizer = self.processor.tokenizer
-        logits, presents, mask, position, previous = self._prefill(conversations)
+        logits, presents, mask, position = self._prefill(conversations)
         banned = [*self.vocab.vision_ids, self.vocab.image, self.vocab.start_of_image]
         answers = [[] for _ in conversations]
         done = np.zeros(len(conversations), bool)
@@ -172,6 +159,6 @@ class OnnxImageGenerator:
             if done.all():
                 break
             mask = np.concatenate([mask, np.ones((len(token), 1), np.int64)], axis=1)
-            logits, presents = self._decode(token, mask, position, presents, previous)
-            position, previous = position + 1, token
+            logits, presents = self._decode(token, mask, position, presents)
+            position = position + 1
         return [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in answers]

@@ -116,8 +116,6 @@ def decoder_profiles(
         }
         if manifest.get("grid_embeddings"):
             shapes["grid_positions"] = shapes["input_ids"]
-        if manifest.get("token_shift"):
-            shapes["previous_ids"] = shapes["input_ids"]
         for i in range(s["layers"]):
             for kind in ("key", "value"):
                 shapes[f"past_key_values.{i}.{kind}"] = (

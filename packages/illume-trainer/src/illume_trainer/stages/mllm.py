@@ -69,9 +69,6 @@ class MLLMStage(FrozenPartsStage):
     grid_embeddings: row and column embeddings of output codes (IllumeConfig.grid_embeddings; not in
         the paper's model). None keeps the init's model as it is; True on a model without them
         adds them, starting at zero (they train with `new_rows` or `llm`).
-    token_shift: the previous token's embedding mapped into each input (IllumeConfig.token_shift;
-        not in the paper's model). None keeps the init's model; True adds it, starting at zero
-        (it trains with `llm`).
     loss_weighting: "token" averages the cross-entropy over every answer token of the batch (LLaVA's
         rule); "example" averages each conversation's answer tokens first, then the conversations,
         so a one-word answer weighs as much as a 64-token image. With "token", QA answers (about 20
@@ -99,7 +96,6 @@ class MLLMStage(FrozenPartsStage):
         p_uncond: float = 0.1,
         loss_weighting: str = "token",
         grid_embeddings: bool | None = None,
-        token_shift: bool | None = None,
         edit_source_codes: bool | None = None,
         seed: int = 0,
         max_skipped_fraction: float = 0.01,
@@ -141,12 +137,6 @@ class MLLMStage(FrozenPartsStage):
                 "grid_embeddings: false from the recipe"
             )
         config.grid_embeddings = config.grid_embeddings or bool(wanted)  # added ones start at zero
-        if config.token_shift and self.hparams.token_shift is False:
-            raise ValueError(
-                f"{directory} has a token shift; a later stage cannot remove it: drop "
-                "token_shift: false from the recipe"
-            )
-        config.token_shift = config.token_shift or bool(self.hparams.token_shift)
         self.model = IllumeForConditionalGeneration.from_pretrained(
             directory, config=config
         ).train()
@@ -200,7 +190,7 @@ class MLLMStage(FrozenPartsStage):
         )  # fmt: skip
         self.model = build_model(
             self.processor, vision, llm, vision_feature_layer=self._vision_feature_layer(),
-            grid_embeddings=bool(hp.grid_embeddings), token_shift=bool(hp.token_shift),
+            grid_embeddings=bool(hp.grid_embeddings),
         )  # fmt: skip
 
     def _select(self) -> list[dict]:
@@ -244,9 +234,6 @@ class MLLMStage(FrozenPartsStage):
         grid = getattr(model, "grid_embedding", None)  # new like the rows; embeddings: no decay
         if grid is not None and ("llm" in groups or "new_rows" in groups):
             add(grid.parameters(), groups.get("llm", groups.get("new_rows")), decay=False)
-        shift = getattr(model, "token_shift", None)  # part of the LLM's input
-        if shift is not None and "llm" in groups:
-            add(shift.parameters(), groups["llm"])
         return out
 
     # -- batches ----------------------------------------------------------------------------------
