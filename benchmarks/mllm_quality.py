@@ -150,9 +150,9 @@ def main() -> None:
     judged = judge_probe(pipe, "data/shapes/validation", n=2 * profile.eval_t2i)["summary"]
     best_of = {}
     if args.best_of > 1:  # the model choosing among its own drawings
-        pipe.sampling.best_of = args.best_of
-        best_of = t2i_quality(pipe, "data/shapes/validation", n=profile.eval_t2i)["summary"]
-        pipe.sampling.best_of = 1
+        best_of = t2i_quality(
+            pipe, "data/shapes/validation", n=profile.eval_t2i, best_of=args.best_of
+        )["summary"]
 
     print(f"{'guidance':>9}{'temperature':>13}{'top-k':>7}{'t2i overall':>13}")
     sweep = []

@@ -35,16 +35,24 @@ def _jsonl(path: Path, n: int | None) -> list[dict]:
 
 
 def t2i_quality(
-    pipe, split_dir: str | os.PathLike, n: int = 100, seed: int = 0, batch_size: int = 16
+    pipe,
+    split_dir: str | os.PathLike,
+    n: int = 100,
+    seed: int = 0,
+    batch_size: int = 16,
+    best_of: int | None = None,
 ) -> dict:
-    """Draws one image per prompt of a split; {"summary": GenEval figures, "records": per prompt}."""
+    """Draws one image per prompt of a split (`best_of`: as `generate_image`'s, default the
+    pipeline's sampling); {"summary": GenEval figures, "records": per prompt}."""
     rows = _jsonl(Path(split_dir) / "geneval_metadata.jsonl", n)
     specs = [PromptSpec.from_geneval(r) for r in rows]
     generator = torch.Generator().manual_seed(seed)
     records = []
     for start in range(0, len(specs), batch_size):
         chunk = specs[start : start + batch_size]
-        images = pipe.generate_image([s.prompt for s in chunk], generator=generator)
+        images = pipe.generate_image(
+            [s.prompt for s in chunk], generator=generator, best_of=best_of
+        )
         for spec, image in zip(chunk, images, strict=True):
             check = check_spec(spec, detect(image))
             records.append({"spec": spec, "image": image, "correct": check.correct, "check": check})
