@@ -100,3 +100,43 @@ def test_bad_images_are_refused_clearly():
         detect(np.zeros((32, 32), np.uint8))
     with pytest.raises(ValueError, match="square"):
         detect(np.zeros((32, 48, 3), np.uint8))
+
+
+def test_parse_prompt_inverts_the_caption_grammar():
+    from illume_eval.shapes import parse_prompt, sample_prompt
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "validation", "heldout"):
+        for _ in range(3000):
+            _, spec = sample_prompt(rng, split)
+            assert parse_prompt(spec.prompt) == spec, spec.prompt
+    assert parse_prompt("  A Red circle   ABOVE a square ").include[1].position == ("above", 0)
+    assert parse_prompt("a red dog") is None and parse_prompt("") is None
+
+
+def test_judge_questions_are_what_a_right_drawing_answers():
+    """Each question, asked of the scene a prompt was sampled with, has the question's answer."""
+    from illume_eval.shapes import judge_questions, sample_prompt
+    from illume_eval.shapes.qa import _COUNT_Q, _EXIST_Q, _SPATIAL_Q
+
+    rng = np.random.default_rng(1)
+    kinds = set()
+    for _ in range(600):
+        scene, spec = sample_prompt(rng, "validation")
+        questions = judge_questions(spec.prompt)
+        assert questions, spec.prompt
+        for q in questions:
+            kinds.add(q.type)
+            words = q.question.rstrip("?").split()
+            if q.type == "existence":  # Is there a {c} {s} in the image?
+                assert q.question == _EXIST_Q[0].format(c=words[3], s=words[4])
+                assert any((o.color, o.shape) == (words[3], words[4]) for o in scene.objects)
+            elif q.type == "count":  # How many {s}s are there?
+                assert q.question == _COUNT_Q[0].format(p=words[2])
+                n = sum(o.shape + "s" == words[2] for o in scene.objects)
+                assert q.answer == ["zero", "one", "two", "three", "four"][n]
+            else:
+                assert q.type == "spatial" and q.answer == "yes"
+                assert q.question.startswith(_SPATIAL_Q[0].split("{")[0])
+    assert kinds == {"existence", "count", "spatial"}
+    assert judge_questions("a dog on a skateboard") == []
