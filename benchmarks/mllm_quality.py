@@ -28,7 +28,6 @@ Ablations (benchmarks/RESULTS.md), each option repeatable:
      --stage-prompts N                         text-to-image of every MLLM stage from stage 2 on, on
                                                the first N validation prompts at the headline sampling
                                                (what each stage keeps of the drawing; 0: not measured)
-     --judge caption|shapes-questions          the judge of --best-of and of the judge probe
      --best-of N                               text-to-image also with N candidates per prompt, the
                                                one the model judges best kept (0: not measured)
 """
@@ -45,7 +44,7 @@ from pathlib import Path
 
 from illume.demo import HEADLINE, PROFILES, STAGES, evaluate, train, with_steps
 from illume.evaluate import edit_ceiling, edit_codes, judge_probe, likelihood_probe, t2i_quality
-from illume.pipeline import JUDGES, SHAPES_SAMPLING, IllumePipeline
+from illume.pipeline import SHAPES_SAMPLING, IllumePipeline
 from illume_eval.shapes import ASPECTS, ensure_dataset
 
 SWEEP = [
@@ -102,7 +101,6 @@ def main() -> None:
     parser.add_argument("--guidance", type=float, default=None)
     parser.add_argument("--stage-prompts", type=int, default=0)
     parser.add_argument("--best-of", type=int, default=0)
-    parser.add_argument("--judge", default="caption", choices=sorted(JUDGES))
     args = parser.parse_args()
     profile = dataclasses.replace(
         PROFILES[args.profile],
@@ -149,7 +147,6 @@ def main() -> None:
     # the same on scenes it trained on: binding known there and not on validation is memorised
     probe_train = likelihood_probe(pipe, "data/shapes/train", n=2 * profile.eval_t2i)["summary"]
     # can its understanding tell them apart? (the judge of best_of)
-    pipe.sampling.judge = args.judge
     judged = judge_probe(pipe, "data/shapes/validation", n=2 * profile.eval_t2i)["summary"]
     best_of = {}
     if args.best_of > 1:  # the model choosing among its own drawings
@@ -234,7 +231,7 @@ def main() -> None:
             "heldout_by_tag": metrics["t2i_heldout_by_tag"],
             "t2i_failed_aspects": metrics["t2i_failed_aspects"], "likelihood_probe": probe,
             "likelihood_probe_train": probe_train, "judge_probe": judged,
-            "t2i_best_of": {"n": args.best_of, "judge": args.judge, **best_of} if best_of else {}, "edit_ceiling": ceil, "edit_copy": copy,
+            "t2i_best_of": {"n": args.best_of, **best_of} if best_of else {}, "edit_ceiling": ceil, "edit_copy": copy,
             "edit_codes": codes, "t2i_by_stage": by_stage,
             "steps": steps,
             "stage_args": {k: shlex.join(v) for k, v in extra.items()},

@@ -41,17 +41,6 @@ from illume_tokenizer import SemanticTokenizer
 RUNTIMES = ("torch", "reference", "onnx", "tensorrt")
 
 
-def _shapes_questions(prompt: str) -> list:
-    from illume_eval.shapes import judge_questions
-
-    return judge_questions(prompt)
-
-
-#: The judges of `best_of`: None scores the prompt as a caption, a function gives each prompt's
-#: questions (objects with `question` and `answer`).
-JUDGES = {"caption": None, "shapes-questions": _shapes_questions}
-
-
 @dataclass
 class SamplingConfig:
     """How images are drawn: vision-token sampling, then the detokenizer's denoising."""
@@ -68,17 +57,8 @@ class SamplingConfig:
     best_of: int = 1
     """Text to image: images drawn per image asked for, of which the one the MLLM itself rates most
     consistent with the prompt is kept (`IllumePipeline.judge`); 1 keeps the first."""
-    judge: str = "caption"
-    """How `IllumePipeline.judge` rates a drawing: "caption", the prompt's likelihood as the answer
-    to `judge_question`; or "shapes-questions", the model's answers to the questions a right drawing
-    of a ShapesWorld prompt answers (`illume_eval.shapes.judge_questions`: is each named colour-shape
-    there, how many, the asked relation; TIFA's check), the caption's for prompts outside its grammar."""
     judge_question: str = "Describe the image."
-    """The captioning question the caption judge asks of each drawing; the prompt is its answer."""
-
-    def __post_init__(self):
-        if self.judge not in JUDGES:
-            raise ValueError(f"judge must be one of {sorted(JUDGES)}, got {self.judge!r}")
+    """The captioning question the judge asks of each drawing; the prompt is scored as its answer."""
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> SamplingConfig:
@@ -306,55 +286,15 @@ class IllumePipeline:
         scores = self.judge(images, drawn).view(-1, best_of)  # [prompts x num_images, best_of]
         return [images[i * best_of + int(k)] for i, k in enumerate(scores.argmax(1))]
 
-    def judge(
-        self, images: Sequence[Image.Image], prompts: Sequence[str], questions: Sequence[Sequence] | None = None
-    ) -> torch.Tensor:  # fmt: skip
-        """How well each image shows its prompt, by the MLLM's own understanding [B]; comparable
-        between images of the same prompt. With `questions` (per image, objects with `question` and
-        `answer`, e.g. TIFA's, or the sampling config's `judge` when it names a question source),
-        the summed log-likelihood of each right answer, less that of the opposite one for yes / no;
-        for an image without questions, and by default, log p(prompt | image) as the answer to the
-        captioning question `judge_question`."""
-        if len(images) != len(prompts):
-            raise ValueError(
-                f"{len(images)} images but {len(prompts)} prompts; give one prompt per image"
-            )
-        source = JUDGES[self.sampling.judge]
-        if questions is None:
-            questions = [source(p) if source else [] for p in prompts]
-        elif len(questions) != len(images):
-            raise ValueError(
-                f"{len(images)} images but {len(questions)} question lists; give one per image"
-            )
-        asked = [i for i, qs in enumerate(questions) if not qs]
-        scores = torch.zeros(len(images))
-        if asked:  # the caption judge
-            q = self.sampling.judge_question
-            scores[asked] = self._answer_scores(
-                [[Message("user", [images[i], q]), Message("assistant", prompts[i])] for i in asked]
-            )
-        conversations, owners, signs = [], [], []
-        for i, qs in enumerate(questions):
-            for item in qs:
-                opposite = {"yes": "no", "no": "yes"}.get(item.answer)
-                for answer, sign in ((item.answer, 1.0), (opposite, -1.0)):
-                    if answer is not None:
-                        user = Message("user", [images[i], item.question])
-                        conversations.append([user, Message("assistant", answer)])
-                        owners.append(i)
-                        signs.append(sign)
-        if conversations:
-            scored = self._answer_scores(conversations) * torch.tensor(signs)
-            scores.index_add_(0, torch.tensor(owners), scored)
-        return scores
-
-    def _answer_scores(
-        self, conversations: list[list[Message]], batch_size: int = 32
-    ) -> torch.Tensor:
-        return torch.cat([
-            answer_log_likelihood(self.model, self.processor, conversations[s : s + batch_size])
-            for s in range(0, len(conversations), batch_size)
-        ])  # fmt: skip
+    def judge(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> torch.Tensor:
+        """How well each image shows its prompt, by the MLLM's own understanding: log p(prompt |
+        image) [B] as the answer to the sampling config's captioning question (`judge_question`).
+        Comparable between images of the same prompt."""
+        question = self.sampling.judge_question
+        return answer_log_likelihood(
+            self.model, self.processor,
+            [[Message("user", [im, question]), Message("assistant", p)] for im, p in zip(images, prompts, strict=True)],
+        )  # fmt: skip
 
     def answer(self, image: Image.Image | Sequence[Image.Image], question: str | Sequence[str], max_new_tokens: int = 16) -> str | list[str]:  # fmt: skip
         """Visual question answering (greedy); a list of images and questions gives a list of answers."""

@@ -12,18 +12,10 @@ from .prompts import (
     caption,
     check_spec,
     counterfactual,
-    parse_prompt,
     sample_prompt,
     spec_holds,
 )
-from .qa import (
-    POPE_TYPES,
-    QA_TYPES,
-    Question,
-    judge_questions,
-    normalize_answer,
-    scene_questions,
-)
+from .qa import POPE_TYPES, QA_TYPES, Question, normalize_answer, scene_questions
 from .splits import (
     HELDOUT_PAIRS,
     HELDOUT_RELATIONS,
@@ -75,9 +67,7 @@ __all__ = [
     "detect",
     "ensure_dataset",
     "heldout_combinations",
-    "judge_questions",
     "normalize_answer",
-    "parse_prompt",
     "patch_labels",
     "render",
     "render_pil",

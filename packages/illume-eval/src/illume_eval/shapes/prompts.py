@@ -9,11 +9,9 @@ gives GenEval's own rule (at least `count`, excludes honoured, other objects ign
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from functools import lru_cache
 from typing import Protocol
 
 import numpy as np
@@ -495,77 +493,3 @@ def counterfactual(scene: Scene, spec: PromptSpec) -> Scene | None:
         return None
     changed = Scene(tuple(objects))
     return None if spec_holds(spec, changed.objects) else changed
-
-
-# ------------------------------------------------------------------------------------ parsing
-
-_WORD_NUMBERS = {word: n for n, word in NUMBER_WORDS.items()}
-
-
-def _noun_pattern(name: str) -> str:
-    """A noun phrase as `noun_phrase` writes it ('a red circle', 'two circles'), as named groups."""
-    colors, shapes = "|".join(COLOR_NAMES), "|".join(SHAPES)
-    numbers = "|".join(w for n, w in NUMBER_WORDS.items() if n >= 2)
-    return rf"(?:a|(?P<{name}_n>{numbers})) (?:(?P<{name}_c>{colors}) )?(?P<{name}_s>{shapes})s?"
-
-
-def _template_pattern(template: str) -> re.Pattern:
-    colors, shapes = "|".join(COLOR_NAMES), "|".join(SHAPES)
-    numbers = "|".join(w for n, w in NUMBER_WORDS.items() if n >= 2)
-    fields = {
-        "s": rf"(?P<s>{shapes})",
-        "c": rf"(?P<c>{colors})",
-        "n": rf"(?P<n>{numbers})",
-        "things": rf"(?:(?P<c>{colors}) )?(?P<s>{shapes})s",
-        "a": _noun_pattern("a"),
-        "b": _noun_pattern("b"),
-    }
-    fields |= {f"s{i}": rf"(?P<s{i}>{shapes})" for i in (1, 2, 3)}
-    fields |= {f"c{i}": rf"(?P<c{i}>{colors})" for i in (1, 2, 3)}
-    parts = re.split(r"\{(\w+)\}", template)  # literal, field, literal, ...
-    body = "".join(fields[p] if i % 2 else re.escape(p) for i, p in enumerate(parts))
-    return re.compile(body)
-
-
-@lru_cache(maxsize=1)
-def _patterns() -> tuple[tuple[str, str | None, re.Pattern], ...]:
-    """(tag, relation, compiled template) for every phrasing of `caption`."""
-    out = []
-    for tag, templates in PHRASINGS.items():
-        for template in templates:
-            relation = next((r for r, ts in _POSITION.items() if template in ts), None)
-            out.append((tag, relation if tag == "position" else None, _template_pattern(template)))
-    return tuple(out)
-
-
-def parse_prompt(prompt: str) -> PromptSpec | None:
-    """The spec a ShapesWorld caption asks for (the inverse of `caption`), or None when the prompt
-    is not in the caption grammar. Lets a prompt's own words drive checks made without its
-    metadata, e.g. the questions the model asks of its drawings (`qa.judge_questions`)."""
-    text = " ".join(prompt.lower().split())
-    for tag, relation, pattern in _patterns():
-        m = pattern.fullmatch(text)
-        if not m:
-            continue
-        g = m.groupdict()
-        if tag in ("single_object", "colors"):
-            include = (Requirement(g["s"], 1, g.get("c")),)
-        elif tag == "counting":
-            req = Requirement(g["s"], _WORD_NUMBERS[g["n"]], g.get("c"))
-            return PromptSpec(tag, (req,), prompt, (replace(req, count=req.count + 1),))
-        elif tag == "two_object":
-            include = (Requirement(g["s1"]), Requirement(g["s2"]))
-        elif tag == "color_attr":
-            include = tuple(
-                Requirement(g[f"s{i}"], 1, g[f"c{i}"]) for i in (1, 2, 3) if g.get(f"s{i}")
-            )
-        else:  # position: the reference first, as `_scene_for` writes it
-            ref, subject = (
-                Requirement(
-                    g[f"{k}_s"], _WORD_NUMBERS[g[f"{k}_n"]] if g[f"{k}_n"] else 1, g[f"{k}_c"]
-                )
-                for k in ("b", "a")
-            )
-            include = (ref, replace(subject, position=(relation, 0)))
-        return PromptSpec(tag, include, prompt)
-    return None

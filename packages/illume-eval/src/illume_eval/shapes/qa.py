@@ -183,36 +183,3 @@ def normalize_answer(text: str) -> str:
     if words and words[0] in ("yes", "no"):
         return words[0]
     return " ".join(words)
-
-
-def judge_questions(prompt: str) -> list[Question]:
-    """What a drawing of `prompt` must show, as the understanding questions the model was trained
-    on, each with the answer a right drawing gets (TIFA's check of an image against its prompt,
-    with the questions built from ShapesWorld's caption grammar instead of by an LLM): is each
-    named colour-shape there, how many of each shape asked for by number or without a colour, and
-    the asked relation.
-    Empty for a prompt outside the grammar."""
-    from .prompts import parse_prompt
-
-    spec = parse_prompt(prompt)
-    if spec is None:
-        return []
-    out = []
-    for req in spec.include:
-        if req.color is not None:
-            q = _EXIST_Q[0].format(c=req.color, s=req.shape)
-            out.append(Question(q, "yes", "existence"))
-        if req.color is None or req.count > 1:
-            q = _COUNT_Q[0].format(p=req.shape + "s")
-            out.append(Question(q, NUMBER_WORDS[req.count], "count"))
-    for req in spec.include:
-        if req.position is not None:
-            relation, ref = req.position
-            other = spec.include[ref]
-            phrase = {"left of": "to the left of", "right of": "to the right of"}.get(
-                relation, relation
-            )
-            name = lambda r: f"{r.color} {r.shape}" if r.color else r.shape  # noqa: E731
-            q = _SPATIAL_Q[0].format(a=name(req), r=phrase, b=name(other))
-            out.append(Question(q, "yes", "spatial"))
-    return out

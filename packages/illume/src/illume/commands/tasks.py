@@ -35,11 +35,6 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="draw N candidates per image and keep the one the model judges best "
         "(default: the pipeline's sampling.json, else 1)",
     )  # fmt: skip
-    generate.add_argument(
-        "--judge", default=None, choices=("caption", "shapes-questions"),
-        help="how best-of rates a candidate: the prompt as its caption, or the model's answers to "
-        "ShapesWorld's questions about the prompt (default: the pipeline's sampling.json, else caption)",
-    )  # fmt: skip
     generate.add_argument("--out", default="generated", help="folder for the PNGs")
     generate.set_defaults(handler=_generate)
 
@@ -70,8 +65,7 @@ def _load(args: argparse.Namespace):
 
     pipe = IllumePipeline.from_pretrained(args.model)
     for field, value in (("guidance", getattr(args, "guidance", None)), ("temperature", getattr(args, "temperature", None)),
-                         ("top_k", getattr(args, "top_k", None)), ("steps", getattr(args, "steps", None)),
-                         ("judge", getattr(args, "judge", None))):  # fmt: skip
+                         ("top_k", getattr(args, "top_k", None)), ("steps", getattr(args, "steps", None))):  # fmt: skip
         if value is not None:
             setattr(pipe.sampling, field, value)
     if hasattr(args, "runtime"):
