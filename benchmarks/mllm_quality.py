@@ -7,7 +7,8 @@ F1 (the worst negative type), editing, and editing's ceiling: the same edits' ta
 tokenizer and detokenizer, the figures an MLLM that gets every code right would reach
 (`edit_ceiling`; `edit_copy`: returning the source), and the MLLM's edit codes against the
 tokenizer's (`edit_codes`: right where the edit leaves the image alone, and where it changes it).
-Also where the drawings miss (the aspects they fail, per category), whether the model scores each
+Also where the drawings miss (the aspects they fail, per category; the rows and columns their
+objects lie in, against the prompts' own scenes), whether the model scores each
 prompt's scene above a counterfactual that fails it (`likelihood_probe`: knowledge apart from
 sampling; on validation scenes and on training scenes, whose gap is what the model memorised rather
 than learned), whether its understanding tells the same pairs apart (`judge_probe`: the prompt's
@@ -209,6 +210,13 @@ def main() -> None:
     print(f"\n{'drawings failing':<16}" + "".join(f"{a:>18}" for a in ASPECTS))
     for tag, row in metrics["t2i_failed_aspects"].items():
         print(f"{tag:<16}" + "".join(f"{row[a]:>18.2f}" for a in ASPECTS))
+    layout = metrics["t2i_layout"]
+    print(f"\n{'objects by':<16}{'drawn':>22}{'the scenes':>22}")
+    for axis in ("rows", "columns"):
+        drawn, scenes = (
+            " / ".join(f"{v:.2f}" for v in layout[k][axis]) for k in ("drawn", "scenes")
+        )
+        print(f"{axis:<16}{drawn:>22}{scenes:>22}")
     print(f"\n{'own scene > counterfactual':<28}{'pairs':>7}{'conditional':>13}{'guided':>9}"
           f"{'trained-on: pairs':>19}{'conditional':>13}{'guided':>9}")  # fmt: skip
     for tag, row in probe.items():
@@ -229,7 +237,7 @@ def main() -> None:
             "pope": metrics["pope"], "sweep": sweep, "workdir": str(workdir),
             "guidance": headline.guidance, "qa_by_type": metrics["qa"], "edits": metrics["edits"],
             "heldout_by_tag": metrics["t2i_heldout_by_tag"],
-            "t2i_failed_aspects": metrics["t2i_failed_aspects"], "likelihood_probe": probe,
+            "t2i_failed_aspects": metrics["t2i_failed_aspects"], "t2i_layout": metrics["t2i_layout"], "likelihood_probe": probe,
             "likelihood_probe_train": probe_train, "judge_probe": judged,
             "t2i_best_of": {"n": args.best_of, **best_of} if best_of else {}, "edit_ceiling": ceil, "edit_copy": copy,
             "edit_codes": codes, "t2i_by_stage": by_stage,

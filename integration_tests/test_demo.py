@@ -3,6 +3,8 @@
 import json
 from pathlib import Path
 
+import pytest
+
 from illume.cli import main
 from illume.demo import HEADLINE
 from illume.pipeline import IllumePipeline
@@ -29,6 +31,10 @@ def test_demo_smoke_profile_runs_and_resumes(tmp_path, capsys):
     assert set(failed) == set(metrics["t2i"]) - {"overall"}
     assert all(0.0 <= v <= 1.0 for row in failed.values() for k, v in row.items() if k != "prompts")
     assert sum(row["prompts"] for row in failed.values()) == metrics["profile_settings"]["eval_t2i"]
+    # Where the drawings put their objects, beside where the prompts' scenes have them.
+    layout = metrics["t2i_layout"]
+    assert sum(layout["scenes"]["rows"]) == pytest.approx(1.0, abs=0.002)
+    assert all(0.0 <= v <= 1.0 for part in layout.values() for axis in part.values() for v in axis)
     report = (out / "report.html").read_text()
     assert report.count("data:image/png;base64,") >= 20 and "<svg" in report
     assert "Where the misses come from" in report

@@ -227,6 +227,26 @@ def test_edit_codes_are_what_edit_renders(pipeline_dir, tmp_path):
     assert cells["copied"] + cells["changed"] == 4 * codes[0].numel()
 
 
+def test_object_layout_counts_objects_by_row_and_column(tmp_path):
+    from types import SimpleNamespace as Obj
+
+    from illume.evaluate import object_layout
+    from illume_eval.shapes import ensure_dataset
+
+    ensure_dataset(tmp_path / "shapes", 8, seed=0, n_eval=16, progress=False)
+    split = tmp_path / "shapes" / "validation"
+    drawn = [[Obj(row=2, col=0)], [], [Obj(row=0, col=1), Obj(row=2, col=2)]]
+    layout = object_layout([{"objects": objects} for objects in drawn], split)
+    assert layout["drawn"] == {"rows": [0.333, 0.0, 0.667], "columns": [0.333, 0.333, 0.333]}
+    # the scenes of the same (first three) prompts
+    scenes = [json.loads(line)["scene"] for line in (split / "scenes.jsonl").open()][:3]
+    cells = [(o["row"], o["col"]) for scene in scenes for o in scene["objects"]]
+    assert layout["scenes"]["rows"] == [
+        round(sum(r == i for r, _ in cells) / len(cells), 3) for i in range(3)
+    ]
+    assert sum(layout["scenes"]["columns"]) == pytest.approx(1.0, abs=0.002)
+
+
 def test_likelihood_and_judge_probes_score_each_scene_against_its_counterfactual(
     pipeline_dir, tmp_path
 ):

@@ -180,7 +180,7 @@ def evaluate(
     """(metrics, records) on the validation and held-out splits."""
     from illume_eval import aspect_failures
 
-    from .evaluate import edit_quality, qa_quality, t2i_quality
+    from .evaluate import edit_quality, object_layout, qa_quality, t2i_quality
 
     t2i = t2i_quality(pipe, f"{data}/validation", n=profile.eval_t2i)
     heldout = t2i_quality(pipe, f"{data}/heldout", n=profile.eval_t2i)
@@ -198,6 +198,8 @@ def evaluate(
         "t2i_heldout_by_tag": heldout["summary"],
         # per tag, the fraction of drawings failing each aspect: where the misses come from
         "t2i_failed_aspects": aspect_failures((r["spec"].tag, r["check"]) for r in t2i["records"]),
+        # where the drawings put their objects, against the prompts' own scenes
+        "t2i_layout": object_layout(t2i["records"], f"{data}/validation"),
         "qa": qa["accuracy"],
         "pope": pope,
         "edits": edits["summary"],

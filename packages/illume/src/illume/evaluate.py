@@ -54,10 +54,36 @@ def t2i_quality(
             [s.prompt for s in chunk], generator=generator, best_of=best_of
         )
         for spec, image in zip(chunk, images, strict=True):
-            check = check_spec(spec, detect(image))
-            records.append({"spec": spec, "image": image, "correct": check.correct, "check": check})
+            objects = detect(image)
+            check = check_spec(spec, objects)
+            records.append(
+                {"spec": spec, "image": image, "correct": check.correct, "check": check,
+                 "objects": objects}
+            )  # fmt: skip
     summary = geneval_summary((r["spec"].tag, r["correct"]) for r in records)
     return {"summary": summary, "records": records}
+
+
+def object_layout(records: list[dict], split_dir: str | os.PathLike) -> dict:
+    """Where the objects lie, as fractions of all objects by grid row (top to bottom) and column
+    (left to right): in `t2i_quality`'s drawings ("drawn") and in the split's own scenes for the same
+    prompts ("scenes"). A raster-order sampler cooled too far puts the drawings' objects off to the
+    last rows, where position prompts fail (benchmarks/RESULTS.md, session 36)."""
+    scenes = [
+        Scene.from_dict(r["scene"]) for r in _jsonl(Path(split_dir) / "scenes.jsonl", len(records))
+    ]
+
+    def fractions(cells: list[tuple[int, int]]) -> dict[str, list[float]]:
+        total = max(len(cells), 1)
+        return {
+            axis: [round(sum(c[k] == i for c in cells) / total, 3) for i in range(3)]
+            for k, axis in enumerate(("rows", "columns"))
+        }
+
+    return {
+        "drawn": fractions([(o.row, o.col) for r in records for o in r["objects"]]),
+        "scenes": fractions([o.cell for scene in scenes for o in scene.objects]),
+    }
 
 
 def qa_quality(pipe, split_dir: str | os.PathLike, n: int = 300, batch_size: int = 32) -> dict:
