@@ -26,6 +26,7 @@ from illume_core import Message, load_image
 from illume_eval import edit_metrics, geneval_summary, pope_metrics, qa_accuracy
 from illume_eval.shapes import Edit, PromptSpec, Question, Scene, counterfactual, detect, render_pil
 from illume_eval.shapes.prompts import check_spec
+from illume_eval.shapes.world import GRID
 from illume_mllm import answer_log_likelihood
 
 
@@ -76,7 +77,7 @@ def object_layout(records: list[dict], split_dir: str | os.PathLike) -> dict:
     def fractions(cells: list[tuple[int, int]]) -> dict[str, list[float]]:
         total = max(len(cells), 1)
         return {
-            axis: [round(sum(c[k] == i for c in cells) / total, 3) for i in range(3)]
+            axis: [round(sum(c[k] == i for c in cells) / total, 3) for i in range(GRID)]
             for k, axis in enumerate(("rows", "columns"))
         }
 
