@@ -199,9 +199,12 @@ class SemanticTokenizer(nn.Module):
     @torch.no_grad()
     def encode(self, pixels: torch.Tensor) -> VisionTokens:
         """[B, 3, H, W] -> codes [B, h, w] (and the chosen code vectors [B, N, C])."""
-        codes = self.quantizer.lookup(
-            self.proj(self.features(pixels))
-        )  # no codebook update, even in train mode
+        # The codes are what the model's own dtype gives, whatever autocast the caller runs in:
+        # an MLLM or detokenizer trained in bf16-mixed must learn the codes its pipeline will read.
+        with torch.autocast(pixels.device.type, enabled=False):
+            codes = self.quantizer.lookup(
+                self.proj(self.features(pixels))
+            )  # no codebook update, even in train mode
         return VisionTokens(
             codes=codes.reshape(-1, *self.grid), quantized=self.quantizer.embed(codes)
         )
