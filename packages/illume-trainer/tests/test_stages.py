@@ -229,6 +229,35 @@ def _tiny_tokenizer(root):
     return root / "tok"
 
 
+@pytest.mark.parametrize("native_bf16", [True, False])
+def test_precision_is_bf16_mixed_by_default_only_for_measured_stages_on_native_bf16(
+    tmp_path, shapes_data, monkeypatch, native_bf16
+):
+    from illume_trainer import precision
+
+    monkeypatch.setattr(precision, "cpu_has_bf16_units", lambda: native_bf16)
+    tokenizer_dir = _tiny_tokenizer(tmp_path)
+    mllm = [
+        "--config", "recipes/shapes/mllm_stage1.yaml", "--model.llm", "tiny",
+        "--model.tokenizer", str(tokenizer_dir), "--model.output_dir", str(tmp_path / "out"),
+        "--data.train", f"[{shapes_data}/train/i2t.json]", "--data.weights", "null",
+        "--data.val", "null", "--trainer.logger", "false",
+    ]  # fmt: skip
+    assert run_stage("mllm", mllm, run=False).trainer.precision == (
+        "bf16-mixed" if native_bf16 else "32-true"
+    )
+    explicit = run_stage("mllm", [*mllm, "--trainer.precision", "32-true"], run=False)
+    assert explicit.trainer.precision == "32-true"  # the recipe or command line wins
+    tokenizer = run_stage(
+        "tokenizer", ["--config", "recipes/shapes/tokenizer.yaml", "--model.encoder",
+                      str(_tiny_encoder(tmp_path)), *_common(tmp_path, shapes_data)], run=False
+    )  # fmt: skip
+    assert tokenizer.trainer.precision == "32-true"  # not measured in bf16: float32
+    assert precision.fast_precision("cuda") == (
+        "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32-true"
+    )
+
+
 def test_detokenizer_stage_through_the_cli_and_its_quality_figures(tmp_path, shapes_data):
     from illume_detokenizer import DetokenizerPipeline
     from illume_trainer.evaluate import detokenizer_quality

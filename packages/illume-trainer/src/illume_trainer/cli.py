@@ -49,6 +49,8 @@ def run_stage(stage: str, args: Sequence[str] = (), run: bool = True):
     """Runs (or, with run=False, only builds) a stage with LightningCLI arguments; returns the CLI."""
     from lightning.pytorch.cli import LightningCLI
 
+    from .precision import STAGES_IN_BF16, fast_precision
+
     stages = _stages()
     if stage not in stages:
         raise SystemExit(f"illume-train: unknown stage {stage!r}; stages: {', '.join(stages)}")
@@ -59,7 +61,20 @@ def run_stage(stage: str, args: Sequence[str] = (), run: bool = True):
         elif arg.startswith("--config="):
             args[i] = "--config=" + resolve_recipe(arg.split("=", 1)[1])
     model_class, data_class = stages[stage]
-    return LightningCLI(
+
+    class StageCLI(LightningCLI):
+        def before_instantiate_classes(self) -> None:
+            # A recipe that names no precision trains in the fastest one measured for the stage
+            # (illume_trainer.precision); the choice is saved with the run's config.yaml.
+            config = self.config[self.subcommand] if self.subcommand else self.config
+            if config.trainer.precision is None:
+                config.trainer.precision = (
+                    fast_precision(config.trainer.accelerator)
+                    if stage in STAGES_IN_BF16
+                    else "32-true"
+                )
+
+    return StageCLI(
         model_class,
         data_class,
         args=(["fit", *args] if run else args),
