@@ -25,23 +25,11 @@ import json
 import platform
 import random
 import tempfile
-import time
 from pathlib import Path
 
 import torch
-from generation_speed import PROMPTS, shapes_pipeline  # same directory
+from generation_speed import PROMPTS, best_seconds, shapes_pipeline  # same directory
 from PIL import Image
-
-
-def best_seconds(fn, repeats: int) -> float:
-    """Best of `repeats` timed calls after one warm-up."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def matmul_gflops(dtype: torch.dtype, repeats: int) -> float:
