@@ -4,9 +4,9 @@ bf16 mixed precision (float32 weights and optimizer, bf16 autocast for the matri
 the hardware multiplies bf16 matrices natively: CUDA devices that support bf16, and x86 CPUs with
 AVX512-BF16 or AMX-BF16. Elsewhere bf16 products have no hardware support, so float32 stays.
 On the 2-core EPYC (AVX512-BF16) that runs the ShapesWorld recipes, `benchmarks/training_speed.py`
-measures 411 GFLOP/s in bf16 against 134 in float32 for a product of the MLLM's size, and a
-ShapesWorld MLLM step in 0.25 s against 0.48; stage 2 trained so draws the same (paired
-difference -0.002 +- 0.010; benchmarks/RESULTS.md, session 38).
+measures 411-841 GFLOP/s in bf16 against 134-177 in float32 for a product of the MLLM's size
+(two runs), and a ShapesWorld MLLM step in 0.24-0.25 s against 0.48-0.49; stage 2 trained so draws
+the same (paired difference -0.002 +- 0.010; benchmarks/RESULTS.md, session 38).
 
 Only stages measured to gain take it by default (`STAGES_IN_BF16`): on that CPU the encoder's and
 the detokenizer's steps are slower in bf16 (small convolutions and matrices), and the tokenizer's,
