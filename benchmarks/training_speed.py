@@ -58,6 +58,8 @@ def stage2_batch(processor, grid: tuple[int, int], codebook_size: int, batch: in
 
 
 def train_step_seconds(model, inputs: dict, bf16: bool, repeats: int) -> float:
+    from illume_mllm import IGNORE
+
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-5)
     inputs = {k: v for k, v in inputs.items() if v is not None}
@@ -68,7 +70,7 @@ def train_step_seconds(model, inputs: dict, bf16: bool, repeats: int) -> float:
         with autocast:
             logits = model(**inputs).logits[:, :-1]
         loss = torch.nn.functional.cross_entropy(
-            logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100
+            logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE
         )
         loss.backward()
         optimizer.step()

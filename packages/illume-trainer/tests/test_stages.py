@@ -246,8 +246,9 @@ def test_precision_is_bf16_mixed_by_default_only_for_measured_stages_on_native_b
     assert run_stage("mllm", mllm, run=False).trainer.precision == (
         "bf16-mixed" if native_bf16 else "32-true"
     )
-    explicit = run_stage("mllm", [*mllm, "--trainer.precision", "32-true"], run=False)
-    assert explicit.trainer.precision == "32-true"  # the recipe or command line wins
+    other = "32-true" if native_bf16 else "bf16-mixed"
+    explicit = run_stage("mllm", [*mllm, "--trainer.precision", other], run=False)
+    assert explicit.trainer.precision == other  # the recipe or command line wins
     tokenizer = run_stage(
         "tokenizer", ["--config", "recipes/shapes/tokenizer.yaml", "--model.encoder",
                       str(_tiny_encoder(tmp_path)), *_common(tmp_path, shapes_data)], run=False

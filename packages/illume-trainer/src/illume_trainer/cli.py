@@ -67,12 +67,8 @@ def run_stage(stage: str, args: Sequence[str] = (), run: bool = True):
             # A recipe that names no precision trains in the fastest one measured for the stage
             # (illume_trainer.precision); the choice is saved with the run's config.yaml.
             config = self.config[self.subcommand] if self.subcommand else self.config
-            if config.trainer.precision is None:
-                config.trainer.precision = (
-                    fast_precision(config.trainer.accelerator)
-                    if stage in STAGES_IN_BF16
-                    else "32-true"
-                )
+            if config.trainer.precision is None and stage in STAGES_IN_BF16:
+                config.trainer.precision = fast_precision(config.trainer.accelerator)
 
     return StageCLI(
         model_class,

@@ -15,28 +15,17 @@ faster, has not had its quality measured. A recipe or `--trainer.precision` alwa
 
 from __future__ import annotations
 
-import functools
-import platform
-
 import torch
 
 #: Stages (illume-train's names) that train in bf16-mixed by default where it is fast.
 STAGES_IN_BF16 = frozenset({"mllm"})
 
 
-@functools.cache
 def cpu_has_bf16_units() -> bool:
-    """Whether this CPU multiplies bf16 matrices natively (x86 AVX512-BF16 or AMX-BF16)."""
-    if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
-        return False
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next(
-                (line.split(":", 1)[1].split() for line in f if line.startswith("flags")), []
-            )
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    """Whether this CPU multiplies bf16 matrices natively (x86 AVX512-BF16 or AMX), by torch's own
+    CPU feature detection; False where this torch build has no such check."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
 
 def fast_precision(accelerator: str | None) -> str:
