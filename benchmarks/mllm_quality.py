@@ -2,11 +2,12 @@
 
 Runs the demo's `full` profile (data, encoder, tokenizer, detokenizer, MLLM stages 1-3, stage 3
 ending in its annealing phase; finished stages in --workdir are reused), then scores with
-illume-eval's exact scorers: text-to-image on validation and held-out prompts, QA accuracy, POPE
-F1 (the worst negative type), editing, and editing's ceiling: the same edits' targets through the
-tokenizer and detokenizer, the figures an MLLM that gets every code right would reach
-(`edit_ceiling`; `edit_copy`: returning the source), and the MLLM's edit codes against the
-tokenizer's (`edit_codes`: right where the edit leaves the image alone, and where it changes it).
+illume-eval's exact scorers: text-to-image on validation and held-out prompts (`full` draws four
+images a prompt, as GenEval), QA accuracy, POPE F1 (the worst negative type), editing, and
+editing's ceiling: the same edits' targets through the tokenizer and detokenizer, the figures an
+MLLM that gets every code right would reach (`edit_ceiling`; `edit_copy`: returning the source),
+and the MLLM's edit codes against the tokenizer's (`edit_codes`: right where the edit leaves the
+image alone, and where it changes it).
 Also where the drawings miss (the aspects they fail, per category; the rows and columns their
 objects lie in, against the prompts' own scenes), whether the model scores each
 prompt's scene above a counterfactual that fails it (`likelihood_probe`: knowledge apart from

@@ -340,3 +340,34 @@ def test_edit_source_codes_reach_the_model_in_edits_and_in_chat_history(
     first = encoded[0]
     assert torch.equal(first[0].parts[2], codes)  # the earlier edit, as trained
     assert first[2].parts[:2] == history[2].parts  # the question: not known to draw yet
+
+
+def test_t2i_quality_draws_several_images_per_prompt(pipeline_dir, tmp_path):
+    from illume.evaluate import object_layout, t2i_quality
+    from illume_eval.shapes import ensure_dataset
+
+    ensure_dataset(tmp_path / "shapes", 8, seed=0, n_eval=16, progress=False)
+    split = tmp_path / "shapes" / "validation"
+    pipe = IllumePipeline.from_pretrained(pipeline_dir)
+    pipe.sampling.steps = 2
+    result = t2i_quality(pipe, split, n=4, images_per_prompt=3, batch_size=6)
+    records = result["records"]
+    prompts = [json.loads(line)["prompt"] for line in (split / "geneval_metadata.jsonl").open()][:4]
+    # a prompt's drawings together, in prompt order, drawn as generate_image draws them
+    assert [r["spec"].prompt for r in records] == [p for p in prompts for _ in range(3)]
+    generator = torch.Generator().manual_seed(0)
+    expected = [
+        im for start in (0, 2) for im in pipe.generate_image(prompts[start : start + 2], num_images=3, generator=generator)
+    ]  # fmt: skip
+    assert [r["image"].tobytes() for r in records] == [im.tobytes() for im in expected]
+    assert len({r["image"].tobytes() for r in records[:3]}) > 1  # three draws, not one repeated
+    correct = [r["correct"] for r in records]
+    assert result["summary"]["overall"] <= 1 and len(correct) == 12
+    layout = object_layout(records, split, images_per_prompt=3)  # the scenes of the 4 prompts
+    scenes = [json.loads(line)["scene"] for line in (split / "scenes.jsonl").open()][:4]
+    cells = [(o["row"], o["col"]) for scene in scenes for o in scene["objects"]]
+    assert layout["scenes"]["rows"] == [
+        round(sum(r == i for r, _ in cells) / len(cells), 3) for i in range(3)
+    ]
+    with pytest.raises(ValueError, match="images_per_prompt must be at least 1"):
+        t2i_quality(pipe, split, n=1, images_per_prompt=0)

@@ -40,6 +40,8 @@ class Profile:
     eval_edit: int
     self_enhance: tuple[int, int] | None = None
     """(prompts drawn and assessed, SFT steps) of the self-enhancement step, or None to skip it."""
+    eval_t2i_images: int = 1
+    """Drawings per text-to-image prompt (validation and held-out); GenEval draws 4."""
 
 
 PROFILES: dict[str, Profile] = {
@@ -53,8 +55,10 @@ PROFILES: dict[str, Profile] = {
     # Session 21 moved 20 of stage 3's steps into its annealing phase and gave that 40: 16.8 min.
     "default": Profile(2000, 200, 150, 200, 160, (100, 200, 80), 40, 60, 150, 40),
     # The benchmark figures (benchmarks/*_quality.py): an hour or more on 2 CPU cores.
+    # Four drawings a prompt, as GenEval: with one, two chains that draw 0.760 and 0.752 on 400
+    # prompts x 2 read 0.822 and 0.755 on these 200 (benchmarks/RESULTS.md, session 41).
     "full": Profile(
-        4000, 400, 2000, 2500, 4000, (600, 1000, 1000), 800, 200, 600, 100, (1000, 300)
+        4000, 400, 2000, 2500, 4000, (600, 1000, 1000), 800, 200, 600, 100, (1000, 300), 4
     ),
     # Seconds: the plumbing only (tests).
     "smoke": Profile(300, 16, 2, 2, 2, (2, 2, 2), 2, 4, 8, 4, (4, 2)),
@@ -182,8 +186,9 @@ def evaluate(
 
     from .evaluate import edit_quality, object_layout, qa_quality, t2i_quality
 
-    t2i = t2i_quality(pipe, f"{data}/validation", n=profile.eval_t2i)
-    heldout = t2i_quality(pipe, f"{data}/heldout", n=profile.eval_t2i)
+    images = profile.eval_t2i_images
+    t2i = t2i_quality(pipe, f"{data}/validation", n=profile.eval_t2i, images_per_prompt=images)
+    heldout = t2i_quality(pipe, f"{data}/heldout", n=profile.eval_t2i, images_per_prompt=images)
     qa = qa_quality(pipe, f"{data}/validation", n=profile.eval_qa)
     edits = edit_quality(pipe, f"{data}/validation", n=profile.eval_edit)
     pope = qa["pope"]
@@ -199,7 +204,7 @@ def evaluate(
         # per tag, the fraction of drawings failing each aspect: where the misses come from
         "t2i_failed_aspects": aspect_failures((r["spec"].tag, r["check"]) for r in t2i["records"]),
         # where the drawings put their objects, against the prompts' own scenes
-        "t2i_layout": object_layout(t2i["records"], f"{data}/validation"),
+        "t2i_layout": object_layout(t2i["records"], f"{data}/validation", images),
         "qa": qa["accuracy"],
         "pope": pope,
         "edits": edits["summary"],

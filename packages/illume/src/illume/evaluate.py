@@ -42,19 +42,28 @@ def t2i_quality(
     seed: int = 0,
     batch_size: int = 16,
     best_of: int | None = None,
+    images_per_prompt: int = 1,
 ) -> dict:
-    """Draws one image per prompt of a split (`best_of`: as `generate_image`'s, default the
-    pipeline's sampling); {"summary": GenEval figures, "records": per prompt}."""
+    """Draws `images_per_prompt` images for each of the first n prompts of a split (GenEval draws
+    4; with one, the overall figure of 200 ShapesWorld prompts has a standard error of about
+    0.03, benchmarks/RESULTS.md session 41); `best_of`: as `generate_image`'s, default the
+    pipeline's sampling. About `batch_size` drawings a batch. {"summary": GenEval figures over all
+    drawings, "records": one per drawing, a prompt's drawings together}."""
+    if images_per_prompt < 1:
+        raise ValueError(f"images_per_prompt must be at least 1, got {images_per_prompt}")
     rows = _jsonl(Path(split_dir) / "geneval_metadata.jsonl", n)
     specs = [PromptSpec.from_geneval(r) for r in rows]
     generator = torch.Generator().manual_seed(seed)
     records = []
-    for start in range(0, len(specs), batch_size):
-        chunk = specs[start : start + batch_size]
+    prompts_a_batch = max(batch_size // images_per_prompt, 1)
+    for start in range(0, len(specs), prompts_a_batch):
+        chunk = specs[start : start + prompts_a_batch]
         images = pipe.generate_image(
-            [s.prompt for s in chunk], generator=generator, best_of=best_of
-        )
-        for spec, image in zip(chunk, images, strict=True):
+            [s.prompt for s in chunk], num_images=images_per_prompt, generator=generator,
+            best_of=best_of,
+        )  # fmt: skip
+        drawn = [s for s in chunk for _ in range(images_per_prompt)]
+        for spec, image in zip(drawn, images, strict=True):
             objects = detect(image)
             check = check_spec(spec, objects)
             records.append(
@@ -65,13 +74,16 @@ def t2i_quality(
     return {"summary": summary, "records": records}
 
 
-def object_layout(records: list[dict], split_dir: str | os.PathLike) -> dict:
+def object_layout(
+    records: list[dict], split_dir: str | os.PathLike, images_per_prompt: int = 1
+) -> dict:
     """Where the objects lie, as fractions of all objects by grid row (top to bottom) and column
     (left to right): in `t2i_quality`'s drawings ("drawn") and in the split's own scenes for the same
     prompts ("scenes"). A raster-order sampler cooled too far puts the drawings' objects off to the
     last rows, where position prompts fail (benchmarks/RESULTS.md, session 36)."""
+    prompts = len(records) // images_per_prompt
     scenes = [
-        Scene.from_dict(r["scene"]) for r in _jsonl(Path(split_dir) / "scenes.jsonl", len(records))
+        Scene.from_dict(r["scene"]) for r in _jsonl(Path(split_dir) / "scenes.jsonl", prompts)
     ]
 
     def fractions(cells: list[tuple[int, int]]) -> dict[str, list[float]]:
