@@ -45,8 +45,8 @@ def t2i_quality(
     images_per_prompt: int = 1,
 ) -> dict:
     """Draws `images_per_prompt` images for each of the first n prompts of a split (GenEval draws
-    4; with one, the overall figure of 200 ShapesWorld prompts has a standard error of about
-    0.03, benchmarks/RESULTS.md session 41); `best_of`: as `generate_image`'s, default the
+    4; with one, the overall figure of 200 ShapesWorld prompts has a binomial standard error of
+    about 0.03, benchmarks/RESULTS.md session 41); `best_of`: as `generate_image`'s, default the
     pipeline's sampling. About `batch_size` drawings a batch. {"summary": GenEval figures over all
     drawings, "records": one per drawing, a prompt's drawings together}."""
     if images_per_prompt < 1:
