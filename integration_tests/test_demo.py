@@ -29,8 +29,12 @@ def test_demo_smoke_profile_runs_and_resumes(tmp_path, capsys):
     # Every category drawn has its row of failing aspects, also in the report.
     failed = metrics["t2i_failed_aspects"]
     assert set(failed) == set(metrics["t2i"]) - {"overall"}
-    assert all(0.0 <= v <= 1.0 for row in failed.values() for k, v in row.items() if k != "prompts")
-    assert sum(row["prompts"] for row in failed.values()) == metrics["profile_settings"]["eval_t2i"]
+    assert all(
+        0.0 <= v <= 1.0 for row in failed.values() for k, v in row.items() if k != "drawings"
+    )
+    settings = metrics["profile_settings"]
+    drawn = settings["eval_t2i"] * settings["eval_t2i_images"]
+    assert sum(row["drawings"] for row in failed.values()) == drawn
     # Where the drawings put their objects, beside where the prompts' scenes have them.
     layout = metrics["t2i_layout"]
     assert sum(layout["scenes"]["rows"]) == pytest.approx(1.0, abs=0.002)

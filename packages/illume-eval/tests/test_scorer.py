@@ -88,9 +88,9 @@ def test_aspect_failures_say_where_each_category_misses():
     two = PromptSpec("two_object", (Requirement("circle"), Requirement("triangle")))
     checks = [(s.tag, check_spec(s, objects)) for s in (swapped, right, two)]
     assert aspect_failures(checks) == {
-        "two_object": {"prompts": 1, "Object": 1.0, "Counting": 1.0, "Color": 0.0,
+        "two_object": {"drawings": 1, "Object": 1.0, "Counting": 1.0, "Color": 0.0,
                        "Spatial Relation": 0.0},
-        "color_attr": {"prompts": 2, "Object": 0.0, "Counting": 0.0, "Color": 0.5,
+        "color_attr": {"drawings": 2, "Object": 0.0, "Counting": 0.0, "Color": 0.5,
                        "Spatial Relation": 0.0},
     }  # fmt: skip
 

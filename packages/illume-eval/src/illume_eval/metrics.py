@@ -56,8 +56,8 @@ def t2i_summary(results: Sequence[T2IResult]) -> dict[str, float]:
 
 
 def aspect_failures(records: Iterable[tuple[str, SpecCheck]]) -> dict[str, dict[str, float]]:
-    """(tag, check) pairs -> per tag, the number of prompts and the fraction of them whose image
-    fails each aspect of the assessment (Object, Counting, Color, Spatial Relation): where a
+    """(tag, check) pairs, one per drawing -> per tag, the number of drawings and the fraction of them
+    that fail each aspect of the assessment (Object, Counting, Color, Spatial Relation): where a
     category's misses come from, e.g. colour attribution failing on Color (colours bound to the
     wrong shapes) rather than on Object. An image can fail several aspects at once."""
     by_tag: dict[str, list[SpecCheck]] = defaultdict(list)
@@ -68,7 +68,7 @@ def aspect_failures(records: Iterable[tuple[str, SpecCheck]]) -> dict[str, dict[
     for tag in order:
         checks = by_tag[tag]
         failed = {a: sum(not c.aspects.get(a, True) for c in checks) / len(checks) for a in ASPECTS}
-        out[tag] = {"prompts": len(checks)} | failed
+        out[tag] = {"drawings": len(checks)} | failed
     return out
 
 
