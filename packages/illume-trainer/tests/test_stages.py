@@ -441,11 +441,35 @@ def test_mllm_stages_one_to_three_through_the_cli(tmp_path, shapes_data):
     _check_packing_by_image(tmp_path, tokenizer_dir, previous, data)
     _check_unconditional_prompts(tmp_path, tokenizer_dir, previous, data)
     _check_grid_embeddings(tmp_path, tokenizer_dir, previous)
+    _check_attn_implementation(tmp_path, tokenizer_dir, previous, data)
     codes = generate_image_tokens(
         model, processor, [processor.t2i_messages("a red circle")], [processor.t2i_messages("")], guidance=2.0,
         generator=torch.Generator().manual_seed(0),
     )  # fmt: skip
     assert codes.shape == (1, 4, 4)
+
+
+def _check_attn_implementation(tmp_path, tokenizer_dir, init, data):
+    """attn_implementation: the same loss with other attention kernels (packed QA's additive mask
+    included), set for training only: the saved model loads with transformers' default."""
+    from illume_trainer.conversations import ConversationDataset, pack_by_image, read_conversations
+    from illume_trainer.stages.mllm import MLLMStage
+
+    conversations = [*read_conversations(data / "train" / "qa.json")[:3],
+                     *read_conversations(data / "train" / "t2i.json")[:2]]  # fmt: skip
+    items = [ConversationDataset([c])[0] for c in pack_by_image(conversations)]
+    losses = {}
+    for kernels in ("sdpa", "eager"):
+        stage = MLLMStage(str(tmp_path / kernels), str(tokenizer_dir), {"llm": 1e-4}, init=str(init),
+                          attn_implementation=kernels)  # fmt: skip
+        stage.configure_model()
+        assert stage.model.config.text_config._attn_implementation == kernels
+        with torch.no_grad():
+            losses[kernels] = stage.eval()._loss({"items": items}, training=False)[0]
+    assert torch.allclose(losses["sdpa"], losses["eager"], atol=1e-4)
+    stage.model.save_pretrained(tmp_path / "eager")
+    config = json.loads((tmp_path / "eager" / "config.json").read_text())
+    assert "eager" not in json.dumps(config)
 
 
 def _check_grid_embeddings(tmp_path, tokenizer_dir, init):

@@ -69,6 +69,11 @@ class MLLMStage(FrozenPartsStage):
     grid_embeddings: row and column embeddings of output codes (IllumeConfig.grid_embeddings; not in
         the paper's model). None keeps the init's model as it is; True on a model without them
         adds them, starting at zero (they train with `new_rows` or `llm`).
+    attn_implementation: transformers' attention kernels for the LLM and the vision tower while
+        training ("sdpa", "eager", ...); None keeps what the model loads with (sdpa). Training only:
+        the saved model does not keep it. On CPU, sdpa's backward for short sequences is slow: the
+        shapes stage 2 (about 110 tokens a conversation) trains 1.3x faster with "eager", while
+        stage 3's packed QA (longer sequences) is faster with sdpa (benchmarks/RESULTS.md, session 43).
     loss_weighting: "token" averages the cross-entropy over every answer token of the batch (LLaVA's
         rule); "example" averages each conversation's answer tokens first, then the conversations,
         so a one-word answer weighs as much as a 64-token image. With "token", QA answers (about 20
@@ -97,6 +102,7 @@ class MLLMStage(FrozenPartsStage):
         loss_weighting: str = "token",
         grid_embeddings: bool | None = None,
         edit_source_codes: bool | None = None,
+        attn_implementation: str | None = None,
         seed: int = 0,
         max_skipped_fraction: float = 0.01,
         max_skipped_in_a_row: int = 50,
@@ -161,6 +167,8 @@ class MLLMStage(FrozenPartsStage):
             with torch.random.fork_rng():
                 torch.manual_seed(self.hparams.seed)
                 self._build()
+        if self.hparams.attn_implementation is not None:
+            self.model.set_attn_implementation(self.hparams.attn_implementation)
         if self._param_groups is None:
             self._param_groups = self._select()
 
@@ -298,15 +306,22 @@ class MLLMStage(FrozenPartsStage):
         if inputs["attention_mask"].is_floating_point():  # packed: additive, in the model's dtype
             inputs["attention_mask"] = inputs["attention_mask"].to(self.model.dtype)
         labels = inputs.pop("labels")[:, 1:]
-        logits = self.model(**inputs).logits[:, :-1]
+        answers = labels != IGNORE  # [B, T - 1]: position t predicts token t + 1
+        keep = torch.nn.functional.pad(answers, (0, 1))  # [B, T]
+        # Logits of the answer positions only ([N, V], transformers' boolean `logits_to_keep`):
+        # the rest would be thrown away, and the whole [B, T, V] in float32 is much of a large
+        # model's memory (ShapesWorld's stage 3: 5% faster a step; benchmarks/RESULTS.md, session 43).
+        logits = self.model(**inputs, logits_to_keep=keep, use_cache=False).logits
         losses = torch.nn.functional.cross_entropy(
-            logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE, reduction="none"
-        ).view_as(labels)  # [B, T], 0 where ignored
-        answered = (labels != IGNORE).sum(dim=1)  # [B]
+            logits.float(), labels[answers], reduction="none"
+        )  # [N]
+        answered = answers.sum(dim=1)  # [B]
         if self.hparams.loss_weighting == "token":
             total, count = losses.sum(), answered.sum()
         else:
-            total = (losses.sum(dim=1) / answered.clamp_min(1)).sum()
+            rows = answers.nonzero()[:, 0]  # [N]: the conversation of each answer token
+            per_row = losses.new_zeros(len(labels)).index_add(0, rows, losses)  # [B]
+            total = (per_row / answered.clamp_min(1)).sum()
             count = (answered > 0).sum()
         world = self.trainer.world_size if self._trainer is not None else 1
         if world > 1:
