@@ -29,9 +29,12 @@ Ablations (benchmarks/RESULTS.md), each option repeatable:
      --guidance G                              the headline figures' guidance (default: the demo's)
      --stage-prompts N                         text-to-image of every MLLM stage from stage 2 on, on
                                                the first N validation prompts at the headline sampling
-                                               (what each stage keeps of the drawing; 0: not measured)
-     --best-of N                               text-to-image also with N candidates per prompt, the
-                                               one the model judges best kept (0: not measured)
+                                               and draws a prompt (what each stage keeps of the
+                                               drawing; 0: not measured)
+     --best-of N                               text-to-image also with N candidates per drawing, the
+                                               one the model judges best kept, as many drawings a
+                                               prompt as the headline (0: not measured)
+The guidance / temperature table draws once a prompt (--sweep-prompts prompts a setting).
 """
 
 from __future__ import annotations
@@ -153,8 +156,9 @@ def main() -> None:
     best_of = {}
     if args.best_of > 1:  # the model choosing among its own drawings
         best_of = t2i_quality(
-            pipe, "data/shapes/validation", n=profile.eval_t2i, best_of=args.best_of
-        )["summary"]
+            pipe, "data/shapes/validation", n=profile.eval_t2i, best_of=args.best_of,
+            images_per_prompt=profile.eval_t2i_images,
+        )["summary"]  # fmt: skip
 
     print(f"{'guidance':>9}{'temperature':>13}{'top-k':>7}{'t2i overall':>13}")
     sweep = []
@@ -187,9 +191,10 @@ def main() -> None:
             "runs/shapes/detokenizer/final",
             sampling=dataclasses.replace(headline),
         )
-        by_stage[name] = t2i_quality(staged, "data/shapes/validation", n=args.stage_prompts)[
-            "summary"
-        ]
+        by_stage[name] = t2i_quality(
+            staged, "data/shapes/validation", n=args.stage_prompts,
+            images_per_prompt=profile.eval_t2i_images,
+        )["summary"]  # fmt: skip
     if by_stage:
         tags = list(next(iter(by_stage.values())))
         print(f"\n{'t2i by stage':<14}" + "".join(f"{t:>15}" for t in tags))

@@ -9,10 +9,13 @@ What `illume-train` chooses for the MLLM stages when a recipe names no precision
   random weights: speed does not depend on them) on a stage-2-like batch of 32 conversations,
   two thirds text-to-image (a prompt and a 64-code image) and a third captioning (an image in, a
   caption out), in float32 and under a bf16 autocast (Lightning's `bf16-mixed`: float32 weights
-  and optimizer).
+  and optimizer), with transformers' sdpa attention (its default), and in bf16 with eager
+  attention too (what the shapes recipes of stages 1-2 set: `attn_implementation: eager`). The
+  loss reads the answer tokens' logits only, as illume-train's does.
 
 Prints a table, then one JSON object on its last line with keys matmul_gflops_fp32,
-matmul_gflops_bf16, step_seconds_fp32, step_seconds_bf16, step_speedup and chosen_precision.
+matmul_gflops_bf16, step_seconds_fp32, step_seconds_bf16, step_seconds_bf16_eager, step_speedup,
+eager_speedup and chosen_precision.
 
 Run: .venv/bin/python benchmarks/training_speed.py [--repeats 5] [--threads N]
 """
@@ -64,14 +67,14 @@ def train_step_seconds(model, inputs: dict, bf16: bool, repeats: int) -> float:
     optimizer = torch.optim.AdamW(params, lr=1e-5)
     inputs = {k: v for k, v in inputs.items() if v is not None}
     labels = inputs.pop("labels")[:, 1:]
+    answers = labels != IGNORE
+    keep = torch.nn.functional.pad(answers, (0, 1))
 
     def step():
         autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
         with autocast:
-            logits = model(**inputs).logits[:, :-1]
-        loss = torch.nn.functional.cross_entropy(
-            logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE
-        )
+            logits = model(**inputs, logits_to_keep=keep, use_cache=False).logits
+        loss = torch.nn.functional.cross_entropy(logits.float(), labels[answers])
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -101,7 +104,11 @@ def main() -> None:
         "step_seconds_fp32": train_step_seconds(model, inputs, False, args.repeats),
         "step_seconds_bf16": train_step_seconds(model, inputs, True, args.repeats),
     }
+    model.set_attn_implementation("eager")
+    out["step_seconds_bf16_eager"] = train_step_seconds(model, inputs, True, args.repeats)
+    model.set_attn_implementation("sdpa")
     out["step_speedup"] = out["step_seconds_fp32"] / out["step_seconds_bf16"]
+    out["eager_speedup"] = out["step_seconds_bf16"] / out["step_seconds_bf16_eager"]
     out["chosen_precision"] = fast_precision("cpu")
     out["cpu_has_bf16_units"] = cpu_has_bf16_units()
     out["tokens_per_batch"] = int(inputs["attention_mask"].sum())
@@ -116,9 +123,11 @@ def main() -> None:
     print(
         f"{'training step (s, 32 conv.)':28} {out['step_seconds_fp32']:>10.3f} {out['step_seconds_bf16']:>10.3f}"
     )
+    print(f"{'  bf16, eager attention':28} {'':>10} {out['step_seconds_bf16_eager']:>10.3f}")
     print(
         f"step speed-up {out['step_speedup']:.2f}x; illume-train's MLLM default here: {out['chosen_precision']}"
     )
+    print(f"eager attention against sdpa, bf16: {out['eager_speedup']:.2f}x")
     print(json.dumps(out))
 
 
