@@ -366,7 +366,8 @@ def test_t2i_quality_draws_several_images_per_prompt(pipeline_dir, tmp_path):
         by_tag.setdefault(r["spec"].tag, []).append(r["correct"])
     means = [sum(v) / len(v) for v in by_tag.values()]  # GenEval: over every drawing of a tag
     assert result["summary"]["overall"] == pytest.approx(sum(means) / len(means))
-    layout = object_layout(records, split, images_per_prompt=3)  # the scenes of the 4 prompts
+    assert [r["prompt"] for r in records] == [i for i in range(4) for _ in range(3)]
+    layout = object_layout(records, split)  # the scenes of the 4 prompts, each once
     scenes = [json.loads(line)["scene"] for line in (split / "scenes.jsonl").open()][:4]
     cells = [(o["row"], o["col"]) for scene in scenes for o in scene["objects"]]
     assert layout["scenes"]["rows"] == [

@@ -204,7 +204,7 @@ def evaluate(
         # per tag, the fraction of drawings failing each aspect: where the misses come from
         "t2i_failed_aspects": aspect_failures((r["spec"].tag, r["check"]) for r in t2i["records"]),
         # where the drawings put their objects, against the prompts' own scenes
-        "t2i_layout": object_layout(t2i["records"], f"{data}/validation", images),
+        "t2i_layout": object_layout(t2i["records"], f"{data}/validation"),
         "qa": qa["accuracy"],
         "pope": pope,
         "edits": edits["summary"],

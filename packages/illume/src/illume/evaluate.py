@@ -48,7 +48,8 @@ def t2i_quality(
     4; with one, the overall figure of 200 ShapesWorld prompts has a binomial standard error of
     about 0.03, benchmarks/RESULTS.md session 41); `best_of`: as `generate_image`'s, default the
     pipeline's sampling. About `batch_size` drawings a batch. {"summary": GenEval figures over all
-    drawings, "records": one per drawing, a prompt's drawings together}."""
+    drawings, "records": one per drawing, a prompt's drawings together, each with its "prompt"
+    (the index of its prompt in the split)}."""
     if images_per_prompt < 1:
         raise ValueError(f"images_per_prompt must be at least 1, got {images_per_prompt}")
     rows = _jsonl(Path(split_dir) / "geneval_metadata.jsonl", n)
@@ -62,29 +63,27 @@ def t2i_quality(
             [s.prompt for s in chunk], num_images=images_per_prompt, generator=generator,
             best_of=best_of,
         )  # fmt: skip
-        drawn = [s for s in chunk for _ in range(images_per_prompt)]
-        for spec, image in zip(drawn, images, strict=True):
+        drawn = [(start + i, s) for i, s in enumerate(chunk) for _ in range(images_per_prompt)]
+        for (prompt, spec), image in zip(drawn, images, strict=True):
             objects = detect(image)
             check = check_spec(spec, objects)
             records.append(
-                {"spec": spec, "image": image, "correct": check.correct, "check": check,
-                 "objects": objects}
+                {"prompt": prompt, "spec": spec, "image": image, "correct": check.correct,
+                 "check": check, "objects": objects}
             )  # fmt: skip
     summary = geneval_summary((r["spec"].tag, r["correct"]) for r in records)
     return {"summary": summary, "records": records}
 
 
-def object_layout(
-    records: list[dict], split_dir: str | os.PathLike, images_per_prompt: int = 1
-) -> dict:
+def object_layout(records: list[dict], split_dir: str | os.PathLike) -> dict:
     """Where the objects lie, as fractions of all objects by grid row (top to bottom) and column
-    (left to right): in `t2i_quality`'s drawings ("drawn") and in the split's own scenes for the same
-    prompts ("scenes"). A raster-order sampler cooled too far puts the drawings' objects off to the
-    last rows, where position prompts fail (benchmarks/RESULTS.md, session 36)."""
-    prompts = len(records) // images_per_prompt
-    scenes = [
-        Scene.from_dict(r["scene"]) for r in _jsonl(Path(split_dir) / "scenes.jsonl", prompts)
-    ]
+    (left to right): in `t2i_quality`'s drawings ("drawn") and in the split's own scenes of the
+    prompts drawn ("scenes", each once; a record without a "prompt" index is the split's next
+    prompt). A raster-order sampler cooled too far puts the drawings' objects off to the last
+    rows, where position prompts fail (benchmarks/RESULTS.md, session 36)."""
+    drawn = {r.get("prompt", i) for i, r in enumerate(records)}
+    rows = _jsonl(Path(split_dir) / "scenes.jsonl", max(drawn, default=-1) + 1)
+    scenes = [Scene.from_dict(rows[i]["scene"]) for i in sorted(drawn)]
 
     def fractions(cells: list[tuple[int, int]]) -> dict[str, list[float]]:
         total = max(len(cells), 1)
