@@ -10,8 +10,7 @@ What `illume-train` chooses for the MLLM stages when a recipe names no precision
   two thirds text-to-image (a prompt and a 64-code image) and a third captioning (an image in, a
   caption out), in float32 and under a bf16 autocast (Lightning's `bf16-mixed`: float32 weights
   and optimizer), with transformers' sdpa attention (its default), and in bf16 with eager
-  attention too (what the shapes recipes of stages 1-2 set: `attn_implementation: eager`). The
-  loss reads the answer tokens' logits only, as illume-train's does.
+  attention too (what the shapes recipes of stages 1-2 set: `attn_implementation: eager`).
 
 Prints a table, then one JSON object on its last line with keys matmul_gflops_fp32,
 matmul_gflops_bf16, step_seconds_fp32, step_seconds_bf16, step_seconds_bf16_eager, step_speedup,
@@ -67,14 +66,14 @@ def train_step_seconds(model, inputs: dict, bf16: bool, repeats: int) -> float:
     optimizer = torch.optim.AdamW(params, lr=1e-5)
     inputs = {k: v for k, v in inputs.items() if v is not None}
     labels = inputs.pop("labels")[:, 1:]
-    answers = labels != IGNORE
-    keep = torch.nn.functional.pad(answers, (0, 1))
 
     def step():
         autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
         with autocast:
-            logits = model(**inputs, logits_to_keep=keep, use_cache=False).logits
-        loss = torch.nn.functional.cross_entropy(logits.float(), labels[answers])
+            logits = model(**inputs, use_cache=False).logits[:, :-1]
+        loss = torch.nn.functional.cross_entropy(
+            logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE
+        )
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

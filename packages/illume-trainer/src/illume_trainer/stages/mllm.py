@@ -72,7 +72,7 @@ class MLLMStage(FrozenPartsStage):
     attn_implementation: transformers' attention kernels for the LLM and the vision tower while
         training ("sdpa", "eager", ...); None keeps what the model loads with (sdpa). Training only:
         the saved model does not keep it. On CPU, sdpa's backward for short sequences is slow: the
-        shapes stage 2 (about 110 tokens a conversation) trains 1.3x faster with "eager", while
+        shapes stage 2 (about 110 tokens a conversation) trains 1.2x faster with "eager", while
         stage 3's packed QA (longer sequences) is faster with sdpa (benchmarks/RESULTS.md, session 43).
     loss_weighting: "token" averages the cross-entropy over every answer token of the batch (LLaVA's
         rule); "example" averages each conversation's answer tokens first, then the conversations,
@@ -306,22 +306,18 @@ class MLLMStage(FrozenPartsStage):
         if inputs["attention_mask"].is_floating_point():  # packed: additive, in the model's dtype
             inputs["attention_mask"] = inputs["attention_mask"].to(self.model.dtype)
         labels = inputs.pop("labels")[:, 1:]
-        answers = labels != IGNORE  # [B, T - 1]: position t predicts token t + 1
-        keep = torch.nn.functional.pad(answers, (0, 1))  # [B, T]
-        # Logits of the answer positions only ([N, V], transformers' boolean `logits_to_keep`):
-        # the rest would be thrown away, and the whole [B, T, V] in float32 is much of a large
-        # model's memory (ShapesWorld's stage 3: 5% faster a step; benchmarks/RESULTS.md, session 43).
-        logits = self.model(**inputs, logits_to_keep=keep, use_cache=False).logits
+        # All positions' logits, though the loss reads the answers' only: transformers' boolean
+        # `logits_to_keep` was 5% faster a shapes stage-3 step, but its variable-sized [N, V]
+        # tensors grew the CPU process by about 3 MB a step (benchmarks/RESULTS.md, session 43).
+        logits = self.model(**inputs, use_cache=False).logits[:, :-1]  # training keeps no KV cache
         losses = torch.nn.functional.cross_entropy(
-            logits.float(), labels[answers], reduction="none"
-        )  # [N]
-        answered = answers.sum(dim=1)  # [B]
+            logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE, reduction="none"
+        ).view_as(labels)  # [B, T], 0 where ignored
+        answered = (labels != IGNORE).sum(dim=1)  # [B]
         if self.hparams.loss_weighting == "token":
             total, count = losses.sum(), answered.sum()
         else:
-            rows = answers.nonzero()[:, 0]  # [N]: the conversation of each answer token
-            per_row = losses.new_zeros(len(labels)).index_add(0, rows, losses)  # [B]
-            total = (per_row / answered.clamp_min(1)).sum()
+            total = (losses.sum(dim=1) / answered.clamp_min(1)).sum()
             count = (answered > 0).sum()
         world = self.trainer.world_size if self._trainer is not None else 1
         if world > 1:
