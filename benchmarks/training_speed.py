@@ -105,7 +105,6 @@ def main() -> None:
     }
     model.set_attn_implementation("eager")
     out["step_seconds_bf16_eager"] = train_step_seconds(model, inputs, True, args.repeats)
-    model.set_attn_implementation("sdpa")
     out["step_speedup"] = out["step_seconds_fp32"] / out["step_seconds_bf16"]
     out["eager_speedup"] = out["step_seconds_bf16"] / out["step_seconds_bf16_eager"]
     out["chosen_precision"] = fast_precision("cpu")

@@ -458,6 +458,7 @@ def _check_attn_implementation(tmp_path, tokenizer_dir, init, data):
     conversations = [*read_conversations(data / "train" / "qa.json")[:3],
                      *read_conversations(data / "train" / "t2i.json")[:2]]  # fmt: skip
     items = [ConversationDataset([c])[0] for c in pack_by_image(conversations)]
+    assert "pack" in items[0]  # the three questions share their image
     losses = {}
     for kernels in ("sdpa", "eager"):
         stage = MLLMStage(str(tmp_path / kernels), str(tokenizer_dir), {"llm": 1e-4}, init=str(init),
