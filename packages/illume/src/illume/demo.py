@@ -15,7 +15,7 @@ import json
 import os
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from illume_core import atomic_write_json
@@ -42,6 +42,9 @@ class Profile:
     """(prompts drawn and assessed, SFT steps) of the self-enhancement step, or None to skip it."""
     eval_t2i_images: int = 1
     """Drawings per text-to-image prompt (validation and held-out); GenEval draws 4."""
+    stage_args: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    """LightningCLI arguments after a stage's recipe, by stage name: where the profile departs
+    from the shipped recipes (a caller's `extra_args` come after these and win)."""
 
 
 PROFILES: dict[str, Profile] = {
@@ -54,11 +57,20 @@ PROFILES: dict[str, Profile] = {
     # evaluation and saving. benchmarks/RESULTS.md, `illume demo`.
     # Session 21 moved 20 of stage 3's steps into its annealing phase and gave that 40: 16.8 min.
     "default": Profile(2000, 200, 150, 200, 160, (100, 200, 80), 40, 60, 150, 40),
-    # The benchmark figures (benchmarks/*_quality.py): an hour or more on 2 CPU cores.
+    # The benchmark figures (benchmarks/*_quality.py): the project's best chain, about 3.5 hours on
+    # 2 CPU cores (estimated from sessions 29-42's stages). 48,000 scenes and 1,024 codes: binding
+    # needs scenes that do not repeat and codes that keep the shapes (sessions 26-29); stage 2 at
+    # 17,500 steps, where drawing still climbed (0.733 / 0.776 / 0.790 at 10,500 / 14,000 / 17,500,
+    # there in restarts: sessions 39-41); stage 3 with the LLM at 3e-4, clipped, which keeps the most
+    # of stage 2's drawing with understanding and editing at their targets (session 42's CL3).
     # Four drawings a prompt, as GenEval: with one, two chains that draw 0.760 and 0.752 on 400
     # prompts x 2 read 0.822 and 0.755 on these 200 (benchmarks/RESULTS.md, session 41).
     "full": Profile(
-        4000, 400, 2000, 2500, 4000, (600, 1000, 1000), 800, 200, 600, 100, (1000, 300), 4
+        48000, 400, 2000, 800, 1500, (600, 17500, 1000), 800, 200, 600, 100, (1000, 300), 4,
+        stage_args={
+            "tokenizer": ("--model.preset", "shapes-local-1024"),
+            "mllm_stage3": ("--model.groups", "{vision: 2.0e-5, adapter: 1.0e-3, llm: 3.0e-4}"),
+        },
     ),
     # Seconds: the plumbing only (tests).
     "smoke": Profile(300, 16, 2, 2, 2, (2, 2, 2), 2, 4, 8, 4, (4, 2)),
@@ -127,7 +139,7 @@ def train(
     the benchmarks' ablations, e.g. `{"mllm_stage3": ["--data.weights", "[1, 1, 3, 0.25, 0.5]"]}`.
     """
     extra_args = dict(extra_args or {})
-    unknown = set(extra_args) - set(_STAGE_NAMES)
+    unknown = (set(extra_args) | set(profile.stage_args)) - set(_STAGE_NAMES)
     if unknown:
         raise ValueError(
             f"extra_args for unknown stage(s) {sorted(unknown)}; stages: {', '.join(_STAGE_NAMES)}"
@@ -155,7 +167,7 @@ def train(
         last = root / "checkpoints" / "last.ckpt"
         if last.is_file():
             args += ["--ckpt_path", str(last)]
-        args += list(extra_args.get(name, ()))
+        args += [*profile.stage_args.get(name, ()), *extra_args.get(name, ())]
         start = time.perf_counter()
         try:
             run_stage(stage, args)
