@@ -1,4 +1,5 @@
-"""`illume.demo.train`'s knobs for ablations: steps by stage name, extra LightningCLI arguments."""
+"""`illume.demo.train`'s knobs: steps by stage name; LightningCLI arguments of the profile and of
+ablations."""
 
 import os
 from dataclasses import replace
@@ -24,13 +25,24 @@ def test_extra_args_reach_the_stage_and_unknown_stages_are_refused(tmp_path, mon
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ValueError, match="unknown stage"):
         train(PROFILES["smoke"], progress=False, extra_args={"stage9": ["--model.lr", "1"]})
+    with pytest.raises(ValueError, match="unknown stage"):
+        train(
+            replace(PROFILES["smoke"], stage_args={"stage9": ("--model.lr", "1")}), progress=False
+        )
     ensure_dataset("data/shapes", 300, seed=0, n_eval=16, progress=False)
     # finished (present) stages are skipped: only the encoder trains
     for *_, output in STAGES[1:]:
         os.makedirs(output)
-    profile = replace(with_steps(PROFILES["smoke"], {"encoder": 1}), self_enhance=None)
+    profile = replace(
+        with_steps(PROFILES["smoke"], {"encoder": 1}),
+        self_enhance=None,
+        # the profile's own departures from the recipe; the caller's extra_args come after them
+        stage_args={"encoder": ("--model.weight_decay", "0.0321", "--model.lr", "0.5")},
+    )
     seconds = train(profile, progress=False, extra_args={"encoder": ["--model.lr", "0.00123"]})
     assert set(seconds) == {"encoder"}
     [hparams] = (tmp_path / "runs/shapes/encoder/lightning_logs").glob("*/hparams.yaml")
-    assert yaml.safe_load(hparams.read_text())["lr"] == pytest.approx(0.00123)
+    hparams = yaml.safe_load(hparams.read_text())
+    assert hparams["lr"] == pytest.approx(0.00123)
+    assert hparams["weight_decay"] == pytest.approx(0.0321)
     assert (tmp_path / "runs/shapes/encoder/final").is_dir()

@@ -66,7 +66,18 @@ PROFILES: dict[str, Profile] = {
     # Four drawings a prompt, as GenEval: with one, two chains that draw 0.760 and 0.752 on 400
     # prompts x 2 read 0.822 and 0.755 on these 200 (benchmarks/RESULTS.md, session 41).
     "full": Profile(
-        48000, 400, 2000, 800, 1500, (600, 17500, 1000), 800, 200, 600, 100, (1000, 300), 4,
+        scenes=48000,
+        n_eval=400,
+        encoder_steps=2000,
+        tokenizer_steps=800,
+        detokenizer_steps=1500,
+        mllm_steps=(600, 17500, 1000),
+        mllm_anneal_steps=800,
+        eval_t2i=200,
+        eval_qa=600,
+        eval_edit=100,
+        self_enhance=(1000, 300),
+        eval_t2i_images=4,
         stage_args={
             "tokenizer": ("--model.preset", "shapes-local-1024"),
             "mllm_stage3": ("--model.groups", "{vision: 2.0e-5, adapter: 1.0e-3, llm: 3.0e-4}"),

@@ -14,7 +14,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     demo.add_argument(
         "--profile", default="default", choices=("default", "full", "smoke"),
-        help="default: ~22 min on 2 CPU cores; full: the benchmark figures; smoke: seconds, plumbing only",
+        help="default: about 10 min on 2 CPU cores; full: the benchmark figures, hours; smoke: seconds, plumbing only",
     )  # fmt: skip
     demo.set_defaults(handler=_demo)
 
