@@ -189,7 +189,8 @@ def test_code_agreement_counts_copied_and_changed_cells():
     target = source.clone()
     target[0, 0, 0] = 5  # edit 0 changes one cell, edit 1 none
     assert code_agreement(target, source, target) == {
-        "copied": 1.0, "changed": 1.0, "all_copied": 1.0, "cells": {"copied": 11, "changed": 1}
+        "copied": 1.0, "changed": 1.0, "all_copied": 1.0, "cells": {"copied": 11, "changed": 1},
+        "copied_by_distance": {"1": 1.0, "2": 1.0, "3+": 1.0},
     }  # fmt: skip
     # returning the source copies every cell and changes none
     unedited = code_agreement(source, source, target)
@@ -198,6 +199,24 @@ def test_code_agreement_counts_copied_and_changed_cells():
     drawn[1, 1, 2] = 7  # one cell of edit 1 that should have been copied
     figures = code_agreement(drawn, source, target)
     assert figures["copied"] == pytest.approx(10 / 11) and figures["all_copied"] == 0.5
+    # edit 1 changes nothing: its miss is far from any change (3+); edit 0's cells at distance 1
+    # and 2 from its changed corner are all right
+    assert figures["copied_by_distance"] == {"1": 1.0, "2": 1.0, "3+": pytest.approx(5 / 6)}
+    drawn[0, 1, 1] = 7  # diagonal to edit 0's changed cell: distance 1
+    near = code_agreement(drawn, source, target)["copied_by_distance"]
+    assert near["1"] == pytest.approx(2 / 3) and near["2"] == 1.0
+
+
+def test_code_agreement_by_distance_on_a_wide_grid():
+    from illume.evaluate import code_agreement
+
+    source = torch.zeros(1, 1, 7, dtype=torch.long)
+    target = source.clone()
+    target[0, 0, 0] = 1  # cells 1, 2 and 3-6 lie 1, 2 and 3+ cells away
+    drawn = target.clone()
+    drawn[0, 0, 2] = drawn[0, 0, 5] = 9
+    by_distance = code_agreement(drawn, source, target)["copied_by_distance"]
+    assert by_distance == {"1": 1.0, "2": 0.0, "3+": pytest.approx(3 / 4)}
 
 
 def test_edit_codes_are_what_edit_renders(pipeline_dir, tmp_path):

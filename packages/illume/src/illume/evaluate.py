@@ -167,14 +167,28 @@ def code_agreement(drawn: torch.Tensor, source: torch.Tensor, target: torch.Tens
     """Codes [B, h, w] an MLLM drew for B edits against the tokenizer's codes of their sources and
     targets. "copied": the fraction of cells the edit leaves alone (source == target there) where
     the drawn code is the target's; "changed": the same over the cells it changes; "all_copied":
-    the fraction of edits that copy every cell they leave alone; "cells": how many of each."""
+    the fraction of edits that copy every cell they leave alone; "cells": how many of each;
+    "copied_by_distance": "copied" by how far a cell lies from the nearest cell its edit changes
+    (1, 2, or 3+ cells, diagonals counting 1; an edit that changes none is all 3+): whether misses
+    cluster at the edit's border or fall anywhere in the image."""
     same = source == target
     right = drawn == target
+
+    def rate(mask: torch.Tensor) -> float:
+        return float(right[mask].float().mean()) if mask.any() else float("nan")
+
+    changed = (~same).float().unsqueeze(1)  # [B, 1, h, w]
+    near = [
+        torch.nn.functional.max_pool2d(changed, 2 * d + 1, stride=1, padding=d).squeeze(1).bool()
+        for d in (1, 2)
+    ]  # within d cells of a changed cell
+    by_distance = {"1": same & near[0], "2": same & near[1] & ~near[0], "3+": same & ~near[1]}
     return {
-        "copied": float(right[same].float().mean()) if same.any() else float("nan"),
-        "changed": float(right[~same].float().mean()) if (~same).any() else float("nan"),
+        "copied": rate(same),
+        "changed": rate(~same),
         "all_copied": float((right | ~same).flatten(1).all(1).float().mean()),
         "cells": {"copied": int(same.sum()), "changed": int((~same).sum())},
+        "copied_by_distance": {k: rate(m) for k, m in by_distance.items()},
     }
 
 
