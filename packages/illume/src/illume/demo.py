@@ -60,9 +60,10 @@ PROFILES: dict[str, Profile] = {
     # The benchmark figures (benchmarks/*_quality.py): the project's best chain, about 3.5 hours on
     # 2 CPU cores (estimated from sessions 29-42's stages). 48,000 scenes and 1,024 codes: binding
     # needs scenes that do not repeat and codes that keep the shapes (sessions 26-29); stage 2 at
-    # 17,500 steps, where drawing still climbed (0.733 / 0.776 / 0.790 at 10,500 / 14,000 / 17,500,
-    # there in restarts: sessions 39-41); stage 3 with the LLM at 3e-4, clipped, which keeps the most
-    # of stage 2's drawing with understanding and editing at their targets (session 42's CL3).
+    # 17,500 steps in one schedule, 0.849 on 400 prompts x 2 (session 44; in restarts 0.733 / 0.776 /
+    # 0.790 at 10,500 / 14,000 / 17,500, sessions 39-41); stage 3 with the LLM at 3e-4, clipped,
+    # which keeps the most of stage 2's drawing with understanding and editing at their targets
+    # (session 42's CL3; 0.831 after it in session 44).
     # Four drawings a prompt, as GenEval: with one, two chains that draw 0.760 and 0.752 on 400
     # prompts x 2 read 0.822 and 0.755 on these 200 (benchmarks/RESULTS.md, session 41).
     "full": Profile(
@@ -153,7 +154,8 @@ def train(
     unknown = (set(extra_args) | set(profile.stage_args)) - set(_STAGE_NAMES)
     if unknown:
         raise ValueError(
-            f"extra_args for unknown stage(s) {sorted(unknown)}; stages: {', '.join(_STAGE_NAMES)}"
+            f"arguments (extra_args or the profile's stage_args) for unknown stage(s) "
+            f"{sorted(unknown)}; stages: {', '.join(_STAGE_NAMES)}"
         )
     from illume_trainer.cli import run_stage
 
