@@ -210,13 +210,14 @@ def main() -> None:
           f"copying the source: preserved {copy['preserved']:.3f}")  # fmt: skip
     print(
         f"\n{'edit codes right':<16}{'copied cells':>14}{'changed cells':>15}{'edits copying all':>19}"
-        f"{'copied, 1 / 2 / 3+ cells from a change':>40}"
+        f"{'copied, 1 / 2 / 3+ cells from a change':>40}{'copied, object / background':>30}"
     )
     for kind, row in {"all": codes["summary"], **codes["by_kind"]}.items():
         near = " / ".join(f"{v:.3f}" for v in row["copied_by_distance"].values())
+        content = " / ".join(f"{v:.3f}" for v in row["copied_by_content"].values())
         print(
             f"{kind:<16}{row['copied']:>14.3f}{row['changed']:>15.3f}{row['all_copied']:>19.2f}"
-            f"{near:>40}"
+            f"{near:>40}{content:>30}"
         )
     print(f"\n{'drawings failing':<16}" + "".join(f"{a:>18}" for a in ASPECTS))
     for tag, row in metrics["t2i_failed_aspects"].items():

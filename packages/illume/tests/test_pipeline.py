@@ -219,6 +219,23 @@ def test_code_agreement_by_distance_on_a_wide_grid():
     assert by_distance == {"1": 1.0, "2": 0.0, "3+": pytest.approx(3 / 4)}
 
 
+def test_code_agreement_by_content_and_object_cells():
+    from illume.evaluate import code_agreement, object_cells
+
+    image = np.full((8, 8, 3), 16, dtype=np.uint8)
+    image[5, 6] = (200, 0, 0)  # one object pixel, in the 4x4 grid's cell (2, 3)
+    on_object = object_cells([Image.fromarray(image)], (4, 4))
+    assert on_object.shape == (1, 4, 4) and on_object.sum() == 1 and on_object[0, 2, 3]
+    with pytest.raises(ValueError, match="does not tile"):
+        object_cells([Image.fromarray(image)], (3, 3))
+    source = torch.arange(16).reshape(1, 4, 4)
+    drawn = source.clone()
+    drawn[0, 2, 3] = 99  # the object's cell missed, every background cell copied
+    figures = code_agreement(drawn, source, source.clone(), on_object)["copied_by_content"]
+    assert figures == {"object": 0.0, "background": 1.0}
+    assert "copied_by_content" not in code_agreement(drawn, source, source.clone())
+
+
 def test_edit_codes_are_what_edit_renders(pipeline_dir, tmp_path):
     from illume.evaluate import edit_codes
     from illume_core import load_image
@@ -244,6 +261,7 @@ def test_edit_codes_are_what_edit_renders(pipeline_dir, tmp_path):
     assert set(figures["by_kind"]) == kinds
     cells = figures["summary"]["cells"]
     assert cells["copied"] + cells["changed"] == 4 * codes[0].numel()
+    assert set(figures["summary"]["copied_by_content"]) == {"object", "background"}
 
 
 def test_object_layout_counts_objects_by_row_and_column(tmp_path):

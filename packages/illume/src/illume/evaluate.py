@@ -18,9 +18,12 @@ from __future__ import annotations
 import json
 import os
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 
 from illume_core import Message, load_image
 from illume_eval import edit_metrics, geneval_summary, pope_metrics, qa_accuracy
@@ -163,14 +166,21 @@ def edit_ceiling(
     }
 
 
-def code_agreement(drawn: torch.Tensor, source: torch.Tensor, target: torch.Tensor) -> dict:
+def code_agreement(
+    drawn: torch.Tensor,
+    source: torch.Tensor,
+    target: torch.Tensor,
+    on_object: torch.Tensor | None = None,
+) -> dict:
     """Codes [B, h, w] an MLLM drew for B edits against the tokenizer's codes of their sources and
     targets. "copied": the fraction of cells the edit leaves alone (source == target there) where
     the drawn code is the target's; "changed": the same over the cells it changes; "all_copied":
     the fraction of edits that copy every cell they leave alone; "cells": how many of each;
     "copied_by_distance": "copied" by how far a cell lies from the nearest cell its edit changes
     (1, 2, or 3+ cells, diagonals counting 1; an edit that changes none is all 3+): whether misses
-    cluster at the edit's border or fall anywhere in the image."""
+    cluster at the edit's border or fall anywhere in the image. With `on_object` [B, h, w] (the
+    cells whose source patch shows part of an object: `object_cells`), "copied_by_content":
+    "copied" over the cells left alone that show an object and over those that show background."""
     same = source == target
     right = drawn == target
 
@@ -189,7 +199,32 @@ def code_agreement(drawn: torch.Tensor, source: torch.Tensor, target: torch.Tens
         "all_copied": float((right | ~same).flatten(1).all(1).float().mean()),
         "cells": {"copied": int(same.sum()), "changed": int((~same).sum())},
         "copied_by_distance": {k: rate(m) for k, m in by_distance.items()},
-    }
+    } | (
+        {}
+        if on_object is None
+        else {
+            "copied_by_content": {
+                "object": rate(same & on_object),
+                "background": rate(same & ~on_object),
+            }
+        }
+    )
+
+
+def object_cells(images: Sequence[Image.Image], grid: tuple[int, int]) -> torch.Tensor:
+    """[B, h, w]: the grid cells whose patch of each image holds a pixel unlike the image's
+    top-left one: the cells that show part of an object on ShapesWorld's plain background."""
+    h, w = grid
+    out = []
+    for image in images:
+        pixels = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.int16))  # [H, W, 3]
+        if pixels.shape[0] % h or pixels.shape[1] % w:
+            raise ValueError(
+                f"a {pixels.shape[1]}x{pixels.shape[0]} image does not tile into a {h}x{w} grid"
+            )
+        differs = (pixels != pixels[0, 0]).any(-1).float()[None, None]  # [1, 1, H, W]
+        out.append(torch.nn.functional.adaptive_max_pool2d(differs, (h, w))[0, 0].bool())
+    return torch.stack(out)
 
 
 @torch.no_grad()
@@ -202,20 +237,21 @@ def edit_codes(
     split_dir = Path(split_dir)
     rows = _jsonl(split_dir / "edits.jsonl", n)
     generator = torch.Generator().manual_seed(seed)
-    drawn, source, target = [], [], []
+    drawn, source, target, on_object = [], [], [], []
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
         sources = [load_image(split_dir / r["source"]) for r in chunk]
         drawn.append(pipe.edit_codes(sources, [r["instruction"] for r in chunk], generator).cpu())
         source.append(pipe.image_codes(sources).cpu())
         target.append(pipe.image_codes([load_image(split_dir / r["target"]) for r in chunk]).cpu())
-    drawn, source, target = torch.cat(drawn), torch.cat(source), torch.cat(target)
+        on_object.append(object_cells(sources, tuple(source[-1].shape[1:])))
+    grids = [torch.cat(t) for t in (drawn, source, target, on_object)]
     kinds = [r["kind"] for r in rows]
     by_kind = {
-        kind: code_agreement(*(t[[k == kind for k in kinds]] for t in (drawn, source, target)))
+        kind: code_agreement(*(t[[k == kind for k in kinds]] for t in grids))
         for kind in sorted(set(kinds))
     }
-    return {"summary": code_agreement(drawn, source, target), "by_kind": by_kind}
+    return {"summary": code_agreement(*grids), "by_kind": by_kind}
 
 
 def image_log_likelihood(pipe, prompts: list[str], codes: torch.Tensor) -> torch.Tensor:
