@@ -27,7 +27,16 @@ from PIL import Image
 
 from illume_core import Message, load_image
 from illume_eval import edit_metrics, geneval_summary, pope_metrics, qa_accuracy
-from illume_eval.shapes import Edit, PromptSpec, Question, Scene, counterfactual, detect, render_pil
+from illume_eval.shapes import (
+    BACKGROUND,
+    Edit,
+    PromptSpec,
+    Question,
+    Scene,
+    counterfactual,
+    detect,
+    render_pil,
+)
 from illume_eval.shapes.prompts import check_spec
 from illume_eval.shapes.world import GRID
 from illume_mllm import answer_log_likelihood
@@ -212,19 +221,18 @@ def code_agreement(
 
 
 def object_cells(images: Sequence[Image.Image], grid: tuple[int, int]) -> torch.Tensor:
-    """[B, h, w]: the grid cells whose patch of each image holds a pixel unlike the image's
-    top-left one: the cells that show part of an object on ShapesWorld's plain background."""
+    """[B, h, w]: the grid cells whose patch of each image holds a pixel other than ShapesWorld's
+    plain `BACKGROUND`: the cells that show part of an object."""
     h, w = grid
     out = []
     for image in images:
-        pixels = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.int16))  # [H, W, 3]
-        if pixels.shape[0] % h or pixels.shape[1] % w:
-            raise ValueError(
-                f"a {pixels.shape[1]}x{pixels.shape[0]} image does not tile into a {h}x{w} grid"
-            )
-        differs = (pixels != pixels[0, 0]).any(-1).float()[None, None]  # [1, 1, H, W]
-        out.append(torch.nn.functional.adaptive_max_pool2d(differs, (h, w))[0, 0].bool())
-    return torch.stack(out)
+        pixels = np.asarray(image.convert("RGB"))  # [H, W, 3]
+        height, width = pixels.shape[:2]
+        if height % h or width % w:
+            raise ValueError(f"a {width}x{height} image does not tile into a {h}x{w} grid")
+        on_object = (pixels != BACKGROUND).any(-1)  # [H, W]
+        out.append(on_object.reshape(h, height // h, w, width // w).any(axis=(1, 3)))
+    return torch.from_numpy(np.stack(out))
 
 
 @torch.no_grad()
