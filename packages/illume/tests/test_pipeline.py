@@ -264,6 +264,31 @@ def test_edit_codes_are_what_edit_renders(pipeline_dir, tmp_path):
     assert set(figures["summary"]["copied_by_content"]) == {"object", "background"}
 
 
+def test_edits_draw_at_the_edit_temperature(pipeline_dir):
+    """`edit_temperature` cools edits and only edits: near zero an edit's codes stop depending on
+    the seed, while text-to-image at the same settings still does."""
+    from PIL import Image
+
+    pipe = IllumePipeline.from_pretrained(pipeline_dir)
+    pipe.sampling.temperature = 1.0
+    source = Image.new("RGB", (32, 32), (200, 40, 40))
+
+    def edit(seed):
+        return pipe.edit_codes([source], ["make it blue"], torch.Generator().manual_seed(seed))
+
+    def draw(seed):
+        t2i = pipe.processor.t2i_messages
+        return pipe.draw_codes(
+            [t2i("a red circle")], [t2i("")], torch.Generator().manual_seed(seed)
+        )
+
+    assert pipe.sampling.edit_temperature is None  # the library default: edits as drawings
+    assert not torch.equal(edit(0), edit(1))
+    pipe.sampling.edit_temperature = 1e-4
+    assert torch.equal(edit(0), edit(1))
+    assert not torch.equal(draw(0), draw(1))
+
+
 def test_object_layout_counts_objects_by_row_and_column(tmp_path):
     from types import SimpleNamespace as Obj
 

@@ -48,6 +48,10 @@ class SamplingConfig:
     guidance: float = 3.0
     """Classifier-free guidance of the MLLM's vision tokens (1 = none)."""
     temperature: float = 1.0
+    edit_temperature: float | None = None
+    """Editing's temperature (`edit`, and a chat turn that draws with images in its request);
+    None: `temperature`. An edit copies most of its source token for token, and a cooler draw
+    copies more faithfully."""
     top_k: int | None = None
     top_p: float | None = None
     steps: int = 20
@@ -78,7 +82,10 @@ class SamplingConfig:
 #: recipe's patch-local codes guidance 3 paints extra objects (each position raises the prompt's
 #: codes on its own); guidance 3 / 2 / 1.5 / 1: 0.398 / 0.567 / 0.626 / 0.527 (session 15;
 #: benchmarks/RESULTS.md). The demo saves it with its pipeline.
-SHAPES_SAMPLING = SamplingConfig(guidance=1.5, temperature=0.5)
+#: Edits sample cooler still: the self-enhanced full-profile model on validation edits 100-367 (apart
+#: from the headline's first 100), guidance 1.5, temperature 0.5 / 0.3 / 0.1: target reached
+#: 0.679 / 0.728 / 0.750, untouched objects preserved 0.819 / 0.856 / 0.856 (session 46).
+SHAPES_SAMPLING = SamplingConfig(guidance=1.5, temperature=0.5, edit_temperature=0.1)
 
 
 #: The pipeline directory's file of sampling settings (SamplingConfig's fields).
@@ -255,13 +262,20 @@ class IllumePipeline:
         return self.tokenizer.encode(self.tokenizer.preprocess(list(images))).codes
 
     def draw_codes(
-        self, conversations: Sequence[Sequence[Message]], unconditional, generator: torch.Generator
-    ) -> torch.Tensor:
+        self, conversations: Sequence[Sequence[Message]], unconditional, generator: torch.Generator,
+        edits: bool = False,
+    ) -> torch.Tensor:  # fmt: skip
+        """Vision tokens [B, h, w] for conversations ending in a drawing request, at the pipeline's
+        sampling (`edits`: the requests show images to edit, drawn at its edit temperature)."""
         s = self.sampling
         return self._draw(
-            conversations, unconditional, generator, guidance=s.guidance, temperature=s.temperature,
-            top_k=s.top_k, top_p=s.top_p,
+            conversations, unconditional, generator, guidance=s.guidance,
+            temperature=self._temperature(edits), top_k=s.top_k, top_p=s.top_p,
         )  # fmt: skip
+
+    def _temperature(self, edits: bool) -> float:
+        s = self.sampling
+        return s.edit_temperature if edits and s.edit_temperature is not None else s.temperature
 
     # -- tasks ------------------------------------------------------------------------------------
 
@@ -333,7 +347,7 @@ class IllumePipeline:
             codes = self.image_codes(images)  # once, for both prompts of each edit
             conversations = [[show(c[0], [x])] for c, x in zip(conversations, codes, strict=True)]
             unconditional = [[show(u[0], [x])] for u, x in zip(unconditional, codes, strict=True)]
-        return self.draw_codes(conversations, unconditional, generator)
+        return self.draw_codes(conversations, unconditional, generator, edits=True)
 
     def _with_codes(self, message: Message) -> Message:
         """A drawing request's user turn with its input images' codes after them, the format a
@@ -367,7 +381,8 @@ class IllumePipeline:
             if self.processor.config.edit_source_codes:  # this turn is a drawing request too
                 messages[-1] = self._with_codes(messages[-1])
             generator = self._generator(seed, None)
-            codes = self._draw([messages], None, generator, temperature=self.sampling.temperature,
+            edits = any(isinstance(p, Image.Image) for p in messages[-1].parts)
+            codes = self._draw([messages], None, generator, temperature=self._temperature(edits),
                                top_k=self.sampling.top_k, top_p=self.sampling.top_p)  # fmt: skip
             return self.render(codes, generator)[0]
         return generate_text(self.model, self.processor, [messages], max_new_tokens=max_new_tokens)[
