@@ -49,7 +49,7 @@ class SamplingConfig:
     """Classifier-free guidance of the MLLM's vision tokens (1 = none)."""
     temperature: float = 1.0
     edit_temperature: float | None = None
-    """Editing's temperature (`edit`, and a chat turn that draws with images in its request);
+    """Editing's temperature (`edit`, and a chat turn that draws with an image in the conversation);
     None: `temperature`. An edit copies most of its source token for token, and a cooler draw
     copies more faithfully."""
     top_k: int | None = None
@@ -381,7 +381,10 @@ class IllumePipeline:
             if self.processor.config.edit_source_codes:  # this turn is a drawing request too
                 messages[-1] = self._with_codes(messages[-1])
             generator = self._generator(seed, None)
-            edits = any(isinstance(p, Image.Image) for p in messages[-1].parts)
+            # with an image in the conversation (shown, or drawn in an earlier turn) it edits one
+            edits = any(
+                _draws(m) or any(isinstance(p, Image.Image) for p in m.parts) for m in messages
+            )
             codes = self._draw([messages], None, generator, temperature=self._temperature(edits),
                                top_k=self.sampling.top_k, top_p=self.sampling.top_p)  # fmt: skip
             return self.render(codes, generator)[0]
