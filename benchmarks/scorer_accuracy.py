@@ -1,7 +1,10 @@
-"""How far the ShapesWorld exact scorer can be trusted (issue: ShapesWorld and the evaluation harness).
+"""How far the ShapesWorld exact scorer can be trusted: clean and degraded renders scored against
+their own prompts, random wrong prompts (false acceptance), and malformed drawings (a plus sign, an
+ellipse, a ring, off-palette colours, ...: `malformed_32` / `malformed_64`, the fraction the scorer
+reads as a valid object; targets: clean >= 0.999, malformed <= 0.01).
 
 Prints a table, then one JSON object on the last line. Run: .venv/bin/python benchmarks/scorer_accuracy.py
-(about 3 minutes on 2 CPU cores with the defaults).
+(about 5 minutes on 2 CPU cores with the defaults).
 """
 
 from __future__ import annotations
@@ -12,7 +15,12 @@ import platform
 import time
 
 from illume_eval.shapes.degrade import DEGRADATIONS
-from illume_eval.shapes.selfcheck import assessor_agreement, false_acceptance, scorer_accuracy
+from illume_eval.shapes.selfcheck import (
+    assessor_agreement,
+    false_acceptance,
+    malformed_acceptance,
+    scorer_accuracy,
+)
 
 
 def main() -> None:
@@ -22,6 +30,9 @@ def main() -> None:
         "--n-degraded", type=int, default=500, help="scenes per degradation and size"
     )
     parser.add_argument("--n-assess", type=int, default=1000)
+    parser.add_argument(
+        "--n-malformed", type=int, default=300, help="malformed probes per kind and size"
+    )
     args = parser.parse_args()
     start = time.perf_counter()
     figures: dict = {
@@ -34,6 +45,8 @@ def main() -> None:
                 args.n_degraded, size=size, seed=1, degradation=kind
             )
     figures["false_acceptance_32"] = false_acceptance(args.n, size=32, seed=2)
+    for size in (32, 64):
+        figures[f"malformed_{size}"] = malformed_acceptance(args.n_malformed, size=size, seed=4)
     figures["assessor"] = assessor_agreement(args.n_assess, size=32, seed=3)
     figures["seconds"] = round(time.perf_counter() - start, 1)
 
@@ -48,6 +61,11 @@ def main() -> None:
         "false acceptance (32 px): "
         + " ".join(f"{k}={v:.4f}" for k, v in figures["false_acceptance_32"].items())
     )
+    for size in (32, 64):
+        print(
+            f"malformed accepted ({size} px): "
+            + " ".join(f"{k}={v:.4f}" for k, v in figures[f"malformed_{size}"].items())
+        )
     print("assessor: " + " ".join(f"{k}={v:.4f}" for k, v in figures["assessor"].items()))
     print(json.dumps(figures))
 

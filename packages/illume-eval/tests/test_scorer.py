@@ -2,10 +2,12 @@ import numpy as np
 import pytest
 
 from illume_eval import aspect_failures
-from illume_eval.shapes import Scene, ShapeObject, check_spec, detect, render
+from illume_eval.shapes import Scene, ShapeObject, check_spec, detect, render, sample_prompt
 from illume_eval.shapes.degrade import DEGRADATIONS
+from illume_eval.shapes.detection import MALFORMED, OFF_PALETTE
+from illume_eval.shapes.malformed import MALFORMED_KINDS, malformed_render
 from illume_eval.shapes.prompts import PromptSpec, Requirement
-from illume_eval.shapes.selfcheck import false_acceptance, scorer_accuracy
+from illume_eval.shapes.selfcheck import false_acceptance, malformed_acceptance, scorer_accuracy
 
 
 def test_clean_renders_2000_validation_scenes():
@@ -100,3 +102,33 @@ def test_bad_images_are_refused_clearly():
         detect(np.zeros((32, 32), np.uint8))
     with pytest.raises(ValueError, match="square"):
         detect(np.zeros((32, 48, 3), np.uint8))
+
+
+@pytest.mark.parametrize("kind", MALFORMED_KINDS)
+def test_each_malformed_probe_is_rejected(kind):
+    """A plus sign, an ellipse, speckle, an off-palette colour, ... in a scene's cell is no valid
+    object: the strict scorer reports it as MALFORMED or OFF_PALETTE, so the scene's prompt fails,
+    while the untouched objects are still read right."""
+    rng = np.random.default_rng(11)
+    rejected = 0
+    for _ in range(40):
+        scene, spec = sample_prompt(rng, "validation")
+        victim = scene.objects[0]
+        found = detect(malformed_render(scene, victim, kind, 32, rng))
+        in_cell = [o for o in found if o.cell == victim.cell]
+        rejected += not any(o.valid for o in in_cell)
+        others = sorted((o.shape, o.color, o.row, o.col) for o in found if o.cell != victim.cell)
+        assert others == scene.without(victim).summary(), (kind, found)
+        if in_cell and not in_cell[0].valid:
+            assert MALFORMED in (in_cell[0].shape,) or in_cell[0].color == OFF_PALETTE
+            assert in_cell[0].flaw
+            assert not check_spec(spec, found).correct
+    assert rejected >= 39, (kind, rejected)
+
+
+def test_malformed_acceptance_is_low_and_clean_shapes_pass():
+    rates = malformed_acceptance(30, size=32, seed=5)
+    assert set(rates) == {*MALFORMED_KINDS, "overall"}
+    assert rates["overall"] <= 0.01, rates
+    scene = Scene((ShapeObject("triangle", "green", 1, 1), ShapeObject("circle", "cyan", 0, 2)))
+    assert all(o.valid for o in detect(render(scene)))

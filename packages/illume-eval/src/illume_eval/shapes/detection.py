@@ -8,6 +8,15 @@ its shape is the template (circle, square, triangle, rendered at the measured ce
 that overlaps the coverage map best, with circle against square settled by the fourth cumulant
 along the diagonals against the axes, which blur leaves alone. This holds up under blur, noise,
 JPEG and resampling (benchmarks/scorer_accuracy.py).
+
+The scorer is strict: a blob that is no ShapesWorld shape (a plus sign, an ellipse, a bar, a ring,
+a diamond, half a shape, speckle, two blobs, a triangle upside down) is reported with the shape
+`MALFORMED`, and a shape whose colour is not a palette colour (orange, grey, pink, ...) with the
+colour `OFF_PALETTE`. Either way the object matches no prompt and no scene, so the image is wrong,
+as a person would judge it. `DetectedObject.flaw` says what failed. The tests that decide it are
+ones blur, noise, JPEG and resampling leave alone: the template fit, how elongated the mass is
+(covariance), which way it is skewed (a triangle's apex is up), the corner statistic, and the
+hue and chroma of the object's solid core (benchmarks/scorer_accuracy.py, `malformed`).
 """
 
 from __future__ import annotations
@@ -41,10 +50,39 @@ MAX_RESIDUAL = 0.45
 #: (the smallest object, a triangle of side 0.55 cell, covers about 0.15).
 MIN_MASS = 0.045
 
+#: What the strict checks report in place of a shape or a colour that is not ShapesWorld's.
+MALFORMED = "malformed"
+OFF_PALETTE = "off-palette"
+#: Strict checks. A shape must fit its template at least this well (soft IoU over the blur
+#: levels: clean renders score 0.9 or more, the benchmark's hardest degradation about 0.6 or more
+#: for triangles, 0.7 for circles and squares; a ring or speckle 0.55 or less, a plus 0.69) ...
+MIN_SHAPE_FIT = {"circle": 0.64, "square": 0.64, "triangle": 0.6}
+#: ... be no more elongated than this (smaller over larger eigenvalue of the mass's covariance: 1
+#: for a circle or square, 0.75 for a triangle; an ellipse, a bar, half a shape or two blobs less) ...
+MIN_ROUNDNESS = 0.5
+#: ... be symmetric where its shape is (skewness of its columns, and of a circle's or square's
+#: rows, within this; half a shape leans to one side) ...
+MAX_SYMMETRIC_SKEW = 0.3
+#: ... and a triangle's rows must trail off toward its apex, upward: vertical skewness about -0.55
+#: sharp (blur and resampling shrink it toward 0, never past +0.05), +0.55 upside down. A diamond
+#: has 0 and a corner statistic of about 2 (a triangle 1, rarely 1.6 after JPEG or resampling).
+MAX_TRIANGLE_SKEW = 0.25
+DIAMOND_KURTOSIS_RATIO = 1.6
+#: A circle's or square's corner statistic (see `diagonal_kurtosis_ratio`) at most this (0.5
+#: square, 1.0 circle, about 2 for a diamond, more for a plus).
+MAX_KURTOSIS_RATIO = 1.5
+#: The object's mean colour must lie within this many degrees of hue of its palette colour
+#: (degraded renders stay within 10; orange, pink, lime, brown are 27 or more away) ...
+MAX_HUE_DISTANCE = 18.0
+#: ... and have this much chroma (max - min channel, 0-255; degraded palette colours keep 45 or
+#: more, grey and white have none).
+MIN_CHROMA = 30.0
+
 
 @dataclass(frozen=True)
 class DetectedObject:
-    """An object found in an image. `mass` is its coverage in cell areas, `shape_score` the template IoU."""
+    """An object found in an image. `mass` is its coverage in cell areas, `shape_score` the template
+    IoU; `flaw` says why a strict check failed (then `shape` is MALFORMED or `color` OFF_PALETTE)."""
 
     shape: str
     color: str
@@ -52,6 +90,11 @@ class DetectedObject:
     col: int
     mass: float
     shape_score: float
+    flaw: str | None = None
+
+    @property
+    def valid(self) -> bool:
+        return self.flaw is None
 
     @property
     def cell(self) -> tuple[int, int]:
@@ -84,9 +127,16 @@ _PALETTE_HUES = _hue(_PALETTE)
 
 def nearest_hue(pixels: np.ndarray, weights: np.ndarray) -> int:
     """Palette index whose hue is closest to the weighted mean of [N, 3] pixels."""
+    return _hue_match(pixels, weights)[0]
+
+
+def _hue_match(pixels: np.ndarray, weights: np.ndarray) -> tuple[int, float, float]:
+    """(palette index of the nearest hue, its distance in degrees, chroma) of the weighted mean
+    of [N, 3] pixels."""
     mean = (pixels * weights).sum(axis=0, keepdims=True) / max(float(weights.sum()), 1e-6)
     distance = np.abs((_hue(mean)[0] - _PALETTE_HUES + 180.0) % 360.0 - 180.0)
-    return int(distance.argmin())
+    k = int(distance.argmin())
+    return k, float(distance[k]), float(mean.max() - mean.min())
 
 
 def _blend_fit(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -204,6 +254,50 @@ def diagonal_kurtosis_ratio(mask: np.ndarray, box: tuple[int, int, int, int]) ->
     return diagonal / axis if axis < 0 else 1.0
 
 
+def mass_moments(mask: np.ndarray, box: tuple[int, int, int, int]) -> tuple[float, float, float]:
+    """(roundness, horizontal skewness, vertical skewness) of a coverage mask: the smaller over the
+    larger eigenvalue of its covariance (1 isotropic, near 0 a line), and the third standardised
+    moments of its columns and rows (negative: a tail toward the left or the top, as an apex-up
+    triangle's rows have)."""
+    x0, y0, x1, y1 = box
+    ys, xs = np.mgrid[y0:y1, x0:x1] + 0.5
+    area = float(mask.sum())
+    dx = xs - float((mask * xs).sum()) / area
+    dy = ys - float((mask * ys).sum()) / area
+    cxx, cyy = float((mask * dx * dx).sum()) / area, float((mask * dy * dy).sum()) / area
+    cxy = float((mask * dx * dy).sum()) / area
+    eigen = np.linalg.eigvalsh(np.array([[cxx, cxy], [cxy, cyy]]))
+    roundness = float(eigen[0] / eigen[1]) if eigen[1] > 0 else 0.0
+    skew_x = float((mask * dx**3).sum()) / area / max(cxx, 1e-9) ** 1.5
+    skew_y = float((mask * dy**3).sum()) / area / max(cyy, 1e-9) ** 1.5
+    return roundness, skew_x, skew_y
+
+
+def shape_flaw(
+    shape: str, fit: float, roundness: float, skew: tuple[float, float], kurtosis_ratio: float
+) -> str | None:
+    """Why a blob classified as `shape` is no ShapesWorld shape, or None (the strict checks).
+    `skew`: (horizontal, vertical) skewness from `mass_moments`."""
+    skew_x, skew_y = skew
+    if fit < MIN_SHAPE_FIT[shape]:
+        return f"fits a {shape} at {fit:.2f} < {MIN_SHAPE_FIT[shape]}"
+    if roundness < MIN_ROUNDNESS:
+        return f"elongated (roundness {roundness:.2f} < {MIN_ROUNDNESS})"
+    if abs(skew_x) > MAX_SYMMETRIC_SKEW:
+        return f"lopsided (horizontal skew {skew_x:.2f})"
+    if shape == "triangle":
+        if skew_y > MAX_TRIANGLE_SKEW:
+            return f"upside down (vertical skew {skew_y:.2f} > {MAX_TRIANGLE_SKEW})"
+        if skew_y > -0.1 and kurtosis_ratio > DIAMOND_KURTOSIS_RATIO:
+            return f"a diamond (vertical skew {skew_y:.2f}, kurtosis ratio {kurtosis_ratio:.2f})"
+        return None
+    if abs(skew_y) > MAX_SYMMETRIC_SKEW:
+        return f"lopsided (vertical skew {skew_y:.2f})"
+    if kurtosis_ratio > MAX_KURTOSIS_RATIO:
+        return f"corners on the axes (kurtosis ratio {kurtosis_ratio:.2f} > {MAX_KURTOSIS_RATIO})"
+    return None
+
+
 def detect(image) -> list[DetectedObject]:
     """Objects in a ShapesWorld image (an HxWx3 array or a PIL image), at most one per cell."""
     array = _as_array(image)
@@ -221,7 +315,9 @@ def detect(image) -> list[DetectedObject]:
         # Colour by hue of the coverage-weighted mean colour: the solid core decides, and hue
         # survives what JPEG and blur do to edges (desaturation toward grey, chroma bleed).
         weights = (cov**2)[..., None]
-        k = nearest_hue(array[y0:y1, x0:x1].reshape(-1, 3), weights.reshape(-1, 1))
+        k, hue_distance, chroma = _hue_match(
+            array[y0:y1, x0:x1].reshape(-1, 3), weights.reshape(-1, 1)
+        )
         # One object per cell: every foreground pixel of the cell is its extent.
         mask = np.where(foreground, np.clip(alpha[y0:y1, x0:x1, k], 0.0, 1.0), 0.0)
         mass = float(mask.sum()) / cell_area
@@ -229,16 +325,28 @@ def detect(image) -> list[DetectedObject]:
             continue
         scores = {shape: _template_iou(mask, box, shape, size) for shape in SHAPES}
         shape = max(scores, key=scores.get)
+        # Raw coverage near the object, blurred tails included (the cut above would round corners).
+        near = _dilate(foreground, max(1, round(2 * size / 32)))
+        soft = np.where(near, np.clip(alpha[y0:y1, x0:x1, k], 0.0, 1.0), 0.0)
+        ratio = diagonal_kurtosis_ratio(soft, box)
         if shape != "triangle":  # circle vs square: the corner statistic is sharper than templates
-            # Raw coverage near the object, blurred tails included (the cut above would round corners).
-            near = _dilate(foreground, max(1, round(2 * size / 32)))
-            soft = np.where(near, np.clip(alpha[y0:y1, x0:x1, k], 0.0, 1.0), 0.0)
-            ratio = diagonal_kurtosis_ratio(soft, box)
             if ratio < SQUARE_BELOW:
                 shape = "square"
             elif ratio > CIRCLE_ABOVE:
                 shape = "circle"
-        found.append(DetectedObject(shape, COLOR_NAMES[k], cell[0], cell[1], mass, scores[shape]))
+        roundness, *skew = mass_moments(soft, box)
+        flaw = shape_flaw(shape, scores[shape], roundness, (skew[0], skew[1]), ratio)
+        color_flaw = None
+        if hue_distance > MAX_HUE_DISTANCE:
+            color_flaw = f"hue {hue_distance:.0f} degrees from {COLOR_NAMES[k]}"
+        elif chroma < MIN_CHROMA:
+            color_flaw = f"grey (chroma {chroma:.0f} < {MIN_CHROMA:.0f})"
+        flaws = "; ".join(f for f in (flaw, color_flaw) if f) or None
+        shape_name = MALFORMED if flaw else shape
+        color_name = OFF_PALETTE if color_flaw else COLOR_NAMES[k]
+        found.append(
+            DetectedObject(shape_name, color_name, cell[0], cell[1], mass, scores[shape], flaws)
+        )
     return found
 
 

@@ -343,6 +343,10 @@ def check_spec(spec: PromptSpec, objects: Sequence[ObjectLike], strict: bool = T
     """
     aspects: dict[str, bool] = {}
     analyses: dict[str, str] = {}
+    # What the strict scorer could not read as a ShapesWorld object (a malformed shape or an
+    # off-palette colour) matches no requirement and, under the strict rule, is an extra object.
+    invalid = [o for o in objects if not getattr(o, "valid", True)]
+    objects = [o for o in objects if getattr(o, "valid", True)]
     found = Counter(o.shape for o in objects)
     wanted: Counter[str] = Counter()
     for req in spec.include:
@@ -351,6 +355,8 @@ def check_spec(spec: PromptSpec, objects: Sequence[ObjectLike], strict: bool = T
     missing = [s for s in wanted if found[s] == 0]
     # sorted: the analysis reads the same whatever order the objects were listed or detected in
     extra = sorted(s for s in found if s not in wanted) if strict else []
+    if strict and invalid:
+        extra.append("malformed object" if len(invalid) == 1 else "malformed objects")
     aspects["Object"] = not missing and not extra
     if aspects["Object"]:
         analyses["Object"] = (
@@ -429,6 +435,9 @@ def check_spec(spec: PromptSpec, objects: Sequence[ObjectLike], strict: bool = T
 def spec_holds(spec: PromptSpec, objects: Sequence[ObjectLike], strict: bool = True) -> bool:
     """`check_spec(spec, objects, strict).correct` without the analysis sentences: fast enough to
     label every caption-image pair of a training batch (the encoder stage's positives)."""
+    if strict and any(not getattr(o, "valid", True) for o in objects):
+        return False
+    objects = [o for o in objects if getattr(o, "valid", True)]
     found = Counter(o.shape for o in objects)
     wanted: Counter[str] = Counter()
     named: Counter[tuple[str, str]] = Counter()

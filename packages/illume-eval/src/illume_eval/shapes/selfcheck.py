@@ -1,4 +1,5 @@
-"""How far the exact scorer can be trusted: accuracy on renders, under degradation, and false acceptance.
+"""How far the exact scorer can be trusted: accuracy on renders, under degradation, false
+acceptance of wrong prompts, and false acceptance of malformed drawings.
 
 The ground truth is symbolic: whether a scene satisfies a prompt spec is decided from the scene's
 own objects (`check_spec(spec, scene.objects)`); the scorer must reach the same verdict from pixels.
@@ -14,6 +15,7 @@ from ..assessment import oracle_assessment, parse_assessment
 from ..metrics import geneval_summary
 from .degrade import degrade
 from .detection import detect, summary
+from .malformed import MALFORMED_KINDS, malformed_render
 from .prompts import check_spec, sample_prompt
 from .world import render
 
@@ -48,6 +50,24 @@ def false_acceptance(n: int, size: int = 32, seed: int = 0) -> dict[str, float]:
                 break
         accepted[other.tag].append(check_spec(other, detect(render(scene, size))).correct)
     return {tag: sum(v) / len(v) for tag, v in sorted(accepted.items())}
+
+
+def malformed_acceptance(n: int, size: int = 32, seed: int = 0) -> dict[str, float]:
+    """Per malformed kind (`malformed.MALFORMED_KINDS`) and `overall`: how often the scorer reports
+    a valid object (a ShapesWorld shape in a palette colour) in the cell where one object of a
+    validation scene was replaced by a malformed drawing; n probes per kind. Should be near 0."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for kind in MALFORMED_KINDS:
+        accepted = 0
+        for _ in range(n):
+            scene, _ = sample_prompt(rng, "validation")
+            victim = scene.objects[int(rng.integers(len(scene.objects)))]
+            image = malformed_render(scene, victim, kind, size, rng)
+            accepted += any(o.valid and o.cell == victim.cell for o in detect(image))
+        out[kind] = accepted / n
+    out["overall"] = sum(out.values()) / len(out)
+    return out
 
 
 def assessor_agreement(n: int, size: int = 32, seed: int = 0) -> dict[str, float]:
