@@ -9,22 +9,25 @@ from illume_eval.shapes import (
     CELL_NAMES,
     HELDOUT_PAIRS,
     PATCH_CLASSES,
+    SEEN_TAGS,
     TAGS,
+    UNSEEN_TAGS,
     Scene,
     ShapeObject,
-    allowed_in_training,
     check_spec,
     counterfactual,
     detect,
+    generation_allowed,
     heldout_combinations,
     patch_labels,
     render,
+    reserved_for_validation,
     sample_edit,
     sample_prompt,
     scene_questions,
     spec_holds,
 )
-from illume_eval.shapes.prompts import PHRASINGS, PromptSpec
+from illume_eval.shapes.prompts import PHRASINGS, PromptSpec, Requirement
 from illume_eval.shapes.world import BACKGROUND, COLORS, cell_box
 
 
@@ -149,20 +152,47 @@ def test_spec_holds_agrees_with_check_spec_on_every_pair():
     )  # both verdicts occur often, so the agreement means something
 
 
-def test_heldout_combinations_never_occur_in_train_or_validation():
-    """The compositional split: 5,000 train/validation scenes and their edit targets hold none."""
+def test_split_rules_at_the_sampler():
+    """Validation's unseen categories draw only reserved specs, which training never draws;
+    validation holds no held-out composition; training shows some (to read) but never as an edit
+    target; every heldout prompt asks for one."""
     rng = np.random.default_rng(5)
-    for split in ("train", "validation"):
-        for _ in range(2500):
-            scene, spec = sample_prompt(rng, split)
-            assert not heldout_combinations(scene), (split, scene)
-            assert not spec.heldout_combinations(), (split, spec)
-            edit = sample_edit(scene, rng, split)
-            if edit is not None:
-                assert allowed_in_training(edit.target)
+    train_keys, heldout_in_train = set(), 0
+    for _ in range(3000):
+        scene, spec = sample_prompt(rng, "train")
+        assert not reserved_for_validation(spec.tag, spec.key()), spec
+        if generation_allowed(scene):  # the scenes that may be drawing requests
+            train_keys.add(spec.key())
+        heldout_in_train += bool(heldout_combinations(scene))
+        edit = sample_edit(scene, rng, "train")
+        if edit is not None:
+            assert generation_allowed(edit.target)
+    assert 0.05 < heldout_in_train / 3000 < 0.2
+    for _ in range(1500):
+        scene, spec = sample_prompt(rng, "validation")
+        assert not heldout_combinations(scene) and not spec.heldout_combinations(), spec
+        if spec.tag in UNSEEN_TAGS:
+            assert reserved_for_validation(spec.tag, spec.key())
+            assert spec.key() not in train_keys
+        else:
+            assert spec.tag in SEEN_TAGS
     for _ in range(500):
         _, spec = sample_prompt(rng, "heldout")
         assert spec.heldout_combinations(), spec
+        assert spec.key() not in train_keys
+
+
+def test_spec_key_ignores_phrasing_and_order():
+    red, blue = Requirement("circle", 1, "red"), Requirement("square", 1, "blue")
+    a = PromptSpec("color_attr", (red, blue), "a red circle and a blue square")
+    b = PromptSpec("color_attr", (blue, red), "a square in blue and a circle in red")
+    assert a.key() == b.key()
+    left = PromptSpec("position", (blue, Requirement("circle", 1, "red", ("left of", 0))))
+    right = PromptSpec("position", (red, Requirement("square", 1, "blue", ("right of", 0))))
+    assert left.key() == right.key()
+    above = PromptSpec("position", (blue, Requirement("circle", 1, "red", ("above", 0))))
+    assert above.key() != left.key()
+    assert PromptSpec("colors", (red,)).key() != PromptSpec("single_object", (red,)).key()
 
 
 def test_heldout_detection_covers_pairs_and_relations():
@@ -247,3 +277,41 @@ def test_edits_round_trip_through_their_dict():
         if edit is not None:
             again = Edit.from_dict(json.loads(json.dumps(edit.to_dict())))
             assert again == edit and again.untouched() == edit.untouched()
+
+
+def test_split_rules_in_the_written_dataset(tmp_path):
+    """In the files the recipes read: no unseen validation spec anywhere in training; held-out
+    compositions in the codec's and understanding's data (captions, i2t, questions) and absent
+    from generation data (t2i.json, edit targets)."""
+    from illume_eval.shapes import write_dataset
+    from illume_eval.shapes.edits import Edit
+
+    write_dataset(tmp_path, 600, seed=0, n_eval=200, progress=False)
+
+    def rows(split, name):
+        return [json.loads(x) for x in (tmp_path / split / name).read_text().splitlines()]
+
+    scenes = {r["image"]: r for r in rows("train", "scenes.jsonl")}
+    train_keys = {PromptSpec.from_geneval(r["spec"]).key() for r in scenes.values()}
+    unseen = [
+        PromptSpec.from_geneval(r["spec"])
+        for r in rows("validation", "scenes.jsonl")
+        if r["spec"]["tag"] in UNSEEN_TAGS
+    ]
+    assert len(unseen) > 50
+    assert not {s.key() for s in unseen} & train_keys
+
+    def shows_heldout(row):
+        return bool(heldout_combinations(Scene.from_dict(row["scene"])))
+
+    captions = rows("train", "captions.jsonl")
+    assert 0.05 < np.mean([shows_heldout(r) for r in captions]) < 0.2  # the codec sees them
+    assert all(r["generation"] == (not shows_heldout(r)) for r in captions)
+    i2t = json.loads((tmp_path / "train" / "i2t.json").read_text())
+    qa = rows("train", "qa.jsonl")
+    assert any(shows_heldout(scenes[c["image"]]) for c in i2t)  # understanding reads them
+    assert any(shows_heldout(scenes[q["image"]]) for q in qa)
+    t2i = json.loads((tmp_path / "train" / "t2i.json").read_text())
+    assert t2i and not any(shows_heldout(scenes[c["image"]]) for c in t2i)  # never drawn
+    for edit in rows("train", "edits.jsonl"):
+        assert not heldout_combinations(Edit.from_dict(edit).target)

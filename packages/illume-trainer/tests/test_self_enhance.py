@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 import torch
@@ -126,7 +127,8 @@ def test_a_kill_during_self_generation_redraws_nothing_already_saved(stages, cap
     finally:
         child.kill()
     saved = read_corpus(out)
-    assert 4 <= len(saved) < 24, "the child must be killed mid-corpus"
+    total = len(prompts_from_captions(captions))  # the 24 rows less those never to be drawn
+    assert 4 <= len(saved) < total, "the child must be killed mid-corpus"
     before = {item.id: (out / item.image).read_bytes() for item in saved}
     with open(out / "corpus.jsonl", "a") as log:
         log.write('{"id": "train-torn", "prompt": "a cut')  # a line torn by the kill
@@ -142,11 +144,11 @@ def test_a_kill_during_self_generation_redraws_nothing_already_saved(stages, cap
 
     prompts = prompts_from_captions(captions)
     items = draw_corpus(Counting(), prompts, out, batch_size=2, progress=False)
-    assert len(items) == 24 and len(drawn) == 24 - len(saved)
+    assert len(items) == total and len(drawn) == total - len(saved)
     assert all(
         (out / item.image).read_bytes() == png for item in items if (png := before.get(item.id))
     )
-    assert len(read_corpus(out)) == 24
+    assert len(read_corpus(out)) == total
 
 
 # -- assessors ----------------------------------------------------------------------------------
@@ -371,3 +373,15 @@ def test_continue_training_runs_under_any_seed(stages, captions, tmp_path, monke
                             tmp_path / "run", steps=1, seed=1, progress=False,
                             args=["--data.batch_size", "4", "--trainer.limit_val_batches", "0"])  # fmt: skip
     assert (out / "config.json").is_file()
+
+
+def test_self_enhancement_never_draws_a_held_out_composition(captions):
+    """Rows of scenes that show a held-out composition are there to be read, never drawn."""
+    rows = [json.loads(line) for line in Path(captions).read_text().splitlines()]
+    reading_only = {f"captions-{i:06d}" for i, r in enumerate(rows) if not r["generation"]}
+    assert reading_only, "the fixture's dataset should hold a held-out scene"
+    prompts = prompts_from_captions(captions)
+    assert len(prompts) == len(rows) - len(reading_only)
+    for p in prompts:
+        assert p.id not in reading_only
+        assert not PromptSpec.from_geneval(p.spec).heldout_combinations()

@@ -4,9 +4,12 @@ Layout of `write_dataset(out, ...)`, one folder per split (train, validation, he
 
     info.json                     seed, image size, counts, held-out combinations
     <split>/images/000000.png     the scenes
-    <split>/scenes.jsonl          {"id", "image", "caption", "scene", "spec"}  (spec: GenEval format)
-    <split>/captions.jsonl        {"image", "text", "scene", "spec"}           captions (encoder, tokenizer, stage 1)
-    <split>/t2i.json              LLaVA-style conversations, text -> image    ("<image>" in the answer)
+    <split>/scenes.jsonl          {"id", "image", "caption", "scene", "spec", "generation"}  (spec: GenEval format)
+    <split>/captions.jsonl        {"image", "text", "scene", "spec", "generation"}  captions (encoder,
+                                  tokenizer, detokenizer; self-enhancement draws those with
+                                  "generation": true)
+    <split>/t2i.json              LLaVA-style conversations, text -> image    ("<image>" in the answer;
+                                  in train, only scenes without a held-out composition)
     <split>/i2t.json              LLaVA-style conversations, image -> caption (stage 1 captioning)
     <split>/qa.json               LLaVA-style conversations, image + one question -> its answer
     <split>/qa.jsonl              {"id", "image", "question", "answer", "type", "negative_type"}
@@ -18,6 +21,10 @@ Layout of `write_dataset(out, ...)`, one folder per split (train, validation, he
                                   JSON, with the caption's "spec"
     <split>/pope_<type>.jsonl     POPE question files (random, popular, adversarial)
     <split>/geneval_metadata.jsonl  GenEval prompt metadata
+
+What each split may hold is splits.py's rule: the training split shows held-out compositions
+(about 12% of its scenes, marked "generation": false), never as a generation target (text to image,
+edit target); validation's unseen prompts have specs no training scene has.
 
 Paths inside manifests are relative to the manifest's folder. Item i of a split is a pure function
 of (seed, split, i), so datasets are reproducible and any prefix of a larger one is the smaller one.
@@ -38,11 +45,12 @@ from illume_core import atomic_write, atomic_write_json, atomic_write_text
 from .edits import sample_edit
 from .prompts import sample_prompt
 from .qa import POPE_TYPES, scene_questions
-from .splits import HELDOUT_PAIRS, HELDOUT_RELATIONS, SPLITS
+from .splits import HELDOUT_PAIRS, HELDOUT_RELATIONS, SPLITS, generation_allowed
 from .world import DEFAULT_SIZE, render
 
-FORMAT_VERSION = 4  # 2: assessments.json; 3: qa.json one question per conversation; 4: edits
-# ask instruction first
+FORMAT_VERSION = 5  # 2: assessments.json; 3: qa.json one question per conversation; 4: edits
+# ask instruction first; 5: splits by meaning (reserved validation specs, held-out compositions in
+# training scenes but not in generation data)
 
 _T2I_INSTRUCTIONS = (
     "Generate an image of {c}.",
@@ -109,6 +117,8 @@ def write_split(
         image = f"images/{i:06d}.png"
         _save_png(folder / image, render(scene, size))
         item_id = f"{split}-{i:06d}"
+        # A training scene that shows a held-out composition is for reading, never for drawing.
+        generation = split != "train" or generation_allowed(scene)
         scenes.append(
             {
                 "id": item_id,
@@ -116,6 +126,7 @@ def write_split(
                 "caption": spec.prompt,
                 "scene": scene.to_dict(),
                 "spec": spec.to_geneval(),
+                "generation": generation,
             }
         )
         captions.append(
@@ -124,19 +135,22 @@ def write_split(
                 "text": spec.prompt,
                 "scene": scene.to_dict(),
                 "spec": spec.to_geneval(),
+                "generation": generation,
             }
         )
         metadata.append(spec.to_geneval())
-        t2i.append(
-            {
-                "id": item_id,
-                "image": image,
-                "conversations": [
-                    {"from": "human", "value": t2i_instruction(spec.prompt, rng)},
-                    {"from": "gpt", "value": "<image>"},
-                ],
-            }
-        )
+        instruction = t2i_instruction(spec.prompt, rng)  # drawn always: the rng stream stays one
+        if generation:
+            t2i.append(
+                {
+                    "id": item_id,
+                    "image": image,
+                    "conversations": [
+                        {"from": "human", "value": instruction},
+                        {"from": "gpt", "value": "<image>"},
+                    ],
+                }
+            )
         # One conversation per question, as evaluation asks them. A multi-turn conversation of an
         # image's questions leaks its answers: the "yes" probes and the position answer name the
         # objects, so a model learns to answer later turns from the text history, and a stage 3

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .splits import allowed_in_training
+from .splits import generation_allowed
 from .world import CELL_NAMES, COLOR_NAMES, SHAPES, Scene, ShapeObject, jittered_object, moved
 
 EDIT_KINDS = ("recolor", "remove", "add", "move")
@@ -111,6 +111,6 @@ def sample_edit(scene: Scene, rng: np.random.Generator, split: str = "train") ->
             edit = _propose(scene, kind, rng)
             if edit is None:
                 break
-            if split == "heldout" or allowed_in_training(edit.target):
+            if split == "heldout" or generation_allowed(edit.target):
                 return edit
     return None

@@ -16,7 +16,14 @@ from typing import Protocol
 
 import numpy as np
 
-from .splits import HELDOUT_PAIRS, HELDOUT_RELATIONS, allowed_in_training
+from .splits import (
+    HELDOUT_PAIRS,
+    HELDOUT_RELATIONS,
+    TRAIN_HELDOUT_KEEP,
+    UNSEEN_TAGS,
+    generation_allowed,
+    reserved_for_validation,
+)
 from .world import (
     CELLS,
     COLOR_NAMES,
@@ -119,6 +126,27 @@ class PromptSpec:
 
     def with_prompt(self, prompt: str) -> PromptSpec:
         return PromptSpec(self.tag, self.include, prompt, self.exclude)
+
+    def key(self) -> str:
+        """What the prompt asks for, whatever its phrasing: the category and the requirements,
+        sorted, a relation written from its left or upper side ("B right of A" is "A left of B").
+        Two prompts with one key are one drawing request; a validation prompt is unseen when its
+        key occurs in no training data."""
+
+        def name(req: Requirement) -> str:
+            return " ".join(p for p in (str(req.count), req.color or "any", req.shape))
+
+        relations = []
+        for req in self.include:
+            if req.position is not None:
+                relation, ref = req.position
+                a, b = name(req), name(self.include[ref])
+                if relation in ("right of", "below"):
+                    a, b, relation = b, a, INVERSE_RELATION[relation]
+                relations.append(f"{a} {relation} {b}")
+        parts = sorted(name(r) for r in self.include) + sorted(relations)
+        parts += sorted(f"not {name(r)}" for r in self.exclude)
+        return f"{self.tag}: " + ", ".join(parts)
 
     def heldout_combinations(self) -> list[str]:
         """The held-out combinations this prompt asks for (see splits.py)."""
@@ -288,24 +316,37 @@ def _scene_for(rng: np.random.Generator, tag: str) -> tuple[Scene, PromptSpec]:
 def sample_prompt(
     rng: np.random.Generator, split: str = "train", tag: str | None = None
 ) -> tuple[Scene, PromptSpec]:
-    """A scene and its caption spec, drawn for a split (see splits.py); `tag` fixes the category."""
+    """A scene and its caption spec, drawn for a split (see splits.py); `tag` fixes the category.
+
+    train: any spec but the reserved validation ones; scenes with a held-out composition are
+    kept half as often as they occur. validation: unseen categories draw only reserved specs,
+    seen ones any; no held-out composition. heldout: prompts that ask for a held-out composition."""
     if split not in ("train", "validation", "heldout"):
         raise ValueError(f"unknown split {split!r}; expected train, validation or heldout")
     tags = [tag] if tag else list(TAGS)
     if split == "heldout":
-        tags = [
-            t for t in tags if t not in ("single_object", "two_object")
-        ]  # these never name colours
+        # a single object or two shapes name no colour and no relation: nothing held out to ask
+        tags = [t for t in tags if t not in ("single_object", "two_object")]
         if not tags:
             raise ValueError(
                 f"the heldout split has no {tag!r} prompts: they cannot name a held-out colour"
             )
+    chosen = _choice(rng, tags)  # once: each category equally often, whatever a split rejects
     for _ in range(10_000):
-        scene, spec = _scene_for(rng, _choice(rng, tags))
-        if split == "heldout" and not spec.heldout_combinations():
-            continue
-        if split != "heldout" and not allowed_in_training(scene):
-            continue
+        scene, spec = _scene_for(rng, chosen)
+        if split == "heldout":
+            if not spec.heldout_combinations():
+                continue
+        else:
+            reserved = reserved_for_validation(spec.tag, spec.key())
+            if split == "validation" and (
+                not generation_allowed(scene) or (spec.tag in UNSEEN_TAGS and not reserved)
+            ):
+                continue
+            if split == "train" and (
+                reserved or (not generation_allowed(scene) and rng.random() >= TRAIN_HELDOUT_KEEP)
+            ):
+                continue
         return scene, spec.with_prompt(caption(spec, rng))
     raise RuntimeError("could not sample a scene for the split; this is a bug")
 

@@ -54,15 +54,16 @@ def prompts_from_captions(
     path: str | os.PathLike, limit: int | None = None, seed: int = 0
 ) -> list[Prompt]:
     """Prompts from a captions JSONL manifest (image = the ground truth, as an absolute path: the
-    SFT data that names it lives in another folder), a seeded subset of `limit`."""
+    SFT data that names it lives in another folder), a seeded subset of `limit`. Rows marked
+    `"generation": false` (ShapesWorld's scenes of held-out compositions, there to be read, never
+    drawn) are left out."""
     records = read_captions(path)
-    order = list(range(len(records)))
-    if limit is not None and limit < len(records):
-        order = sorted(
-            torch.randperm(len(records), generator=torch.Generator().manual_seed(seed))[
-                :limit
-            ].tolist()
-        )
+    # ids keep the row's place in the manifest, so a corpus resumes whatever is filtered
+    drawable = [i for i, r in enumerate(records) if (r.meta or {}).get("generation", True)]
+    order = drawable
+    if limit is not None and limit < len(drawable):
+        chosen = torch.randperm(len(drawable), generator=torch.Generator().manual_seed(seed))
+        order = sorted(drawable[j] for j in chosen[:limit].tolist())
     return [
         Prompt(
             f"{Path(path).stem}-{i:06d}",
