@@ -8,6 +8,7 @@ import pytest
 from illume.cli import main
 from illume.demo import HEADLINE
 from illume.pipeline import IllumePipeline
+from illume_eval.shapes import UNSEEN_TAGS
 
 
 def test_demo_smoke_profile_runs_and_resumes(tmp_path, capsys):
@@ -26,9 +27,19 @@ def test_demo_smoke_profile_runs_and_resumes(tmp_path, capsys):
     sft = json.loads((out / "runs/shapes/self_enhance/sft.json").read_text())
     assert len(sft) == 4 and all(Path(p).is_file() for c in sft for p in c["images"])
     assert (out / "runs/shapes/self_enhance/final/config.json").is_file()
+    # Honest figures: the unseen prompts' and held-out compositions' lookup baseline is 0 by
+    # construction (no training image was drawn for their specs), the seen prompts' is not; every
+    # headline figure has its sample size and interval.
+    t2i = metrics["t2i"]
+    assert t2i["unseen"]["lookup_baseline"]["overall"] == 0.0
+    assert t2i["heldout_compositions"]["lookup_baseline"]["overall"] == 0.0
+    assert t2i["seen"]["lookup_baseline"]["overall"] > 0.5
+    assert set(t2i["unseen"]["model"]) - {"overall"} <= set(UNSEEN_TAGS)
+    for key in HEADLINE:
+        assert metrics["intervals"][key]["n"] > 0
     # Every category drawn has its row of failing aspects, also in the report.
     failed = metrics["t2i_failed_aspects"]
-    assert set(failed) == set(metrics["t2i"]) - {"overall"}
+    assert set(failed) == set(t2i["unseen"]["model"]) - {"overall"}
     assert all(
         0.0 <= v <= 1.0 for row in failed.values() for k, v in row.items() if k != "drawings"
     )
@@ -41,7 +52,7 @@ def test_demo_smoke_profile_runs_and_resumes(tmp_path, capsys):
     assert all(0.0 <= v <= 1.0 for part in layout.values() for axis in part.values() for v in axis)
     report = (out / "report.html").read_text()
     assert report.count("data:image/png;base64,") >= 20 and "<svg" in report
-    assert "Where the misses come from" in report
+    assert "Where the misses come from" in report and "lookup baseline" in report
     IllumePipeline.from_pretrained(out / "pipeline")
     # A second run finds every stage finished and trains nothing: the seconds it reports are
     # the first run's, kept in the directory.

@@ -10,8 +10,9 @@
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from .shapes.detection import detect, summary
@@ -51,6 +52,54 @@ def geneval_summary(records: Iterable[tuple[str, bool]]) -> dict[str, float]:
     return out
 
 
+Z95 = 1.959963984540054
+
+
+def wilson_interval(successes: float, n: int, z: float = Z95) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion (sensible at 0, 1 and small n)."""
+    if n <= 0:
+        return (0.0, 1.0)
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def macro_interval(groups: Mapping[str, Sequence[bool]], z: float = Z95) -> tuple[float, float]:
+    """95% interval of a mean over groups of per-group accuracies (GenEval's overall, QA's macro):
+    the normal approximation with each group's binomial variance (p(1-p)/n, and 1/(4n) where p is
+    0 or 1 so that an all-right or all-wrong group still counts its sample size)."""
+    groups = {k: v for k, v in groups.items() if len(v)}
+    if not groups:
+        return (0.0, 1.0)
+    means = [sum(v) / len(v) for v in groups.values()]
+    variance = (
+        sum(max(p * (1 - p), 0.25 / len(v)) / len(v) for p, v in zip(means, groups.values()))
+        / len(groups) ** 2
+    )
+    mean, half = sum(means) / len(means), z * math.sqrt(variance)
+    return (max(0.0, mean - half), min(1.0, mean + half))
+
+
+def mean_interval(values: Sequence[float], z: float = Z95) -> tuple[float, float]:
+    """95% normal interval of a mean of values in [0, 1] (e.g. the fraction preserved per edit)."""
+    n = len(values)
+    if n < 2:
+        return (0.0, 1.0)
+    mean = sum(values) / n
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    half = z * max(sd, 0.5 / math.sqrt(n)) / math.sqrt(n)
+    return (max(0.0, mean - half), min(1.0, mean + half))
+
+
+def grouped(records: Iterable[tuple[str, bool]]) -> dict[str, list[bool]]:
+    """(group, correct) pairs -> {group: [correct, ...]}, for `macro_interval`."""
+    out: dict[str, list[bool]] = defaultdict(list)
+    for group, correct in records:
+        out[group].append(bool(correct))
+    return dict(out)
+
+
 def t2i_summary(results: Sequence[T2IResult]) -> dict[str, float]:
     return geneval_summary((r.spec.tag, r.check.correct) for r in results)
 
@@ -73,7 +122,8 @@ def aspect_failures(records: Iterable[tuple[str, SpecCheck]]) -> dict[str, dict[
 
 
 def qa_accuracy(questions: Sequence[Question], answers: Sequence[str]) -> dict[str, float]:
-    """Exact-match accuracy (after `normalize_answer`) per question type and overall (over all questions)."""
+    """Exact-match accuracy (after `normalize_answer`) per question type, `macro` (the mean over
+    types: the headline, which no frequent type can dominate) and `overall` (over all questions)."""
     if len(questions) != len(answers):
         raise ValueError(f"{len(questions)} questions but {len(answers)} answers")
     by_type: dict[str, list[bool]] = defaultdict(list)
@@ -81,6 +131,7 @@ def qa_accuracy(questions: Sequence[Question], answers: Sequence[str]) -> dict[s
         by_type[q.type].append(normalize_answer(a) == normalize_answer(q.answer))
     out = {t: sum(v) / len(v) for t, v in sorted(by_type.items())}
     total = [x for v in by_type.values() for x in v]
+    out["macro"] = sum(out.values()) / len(out) if out else 0.0
     out["overall"] = sum(total) / len(total) if total else 0.0
     return out
 

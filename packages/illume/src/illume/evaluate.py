@@ -1,6 +1,8 @@
 """Figures of a whole `IllumePipeline` on a ShapesWorld split, by illume-eval's exact scorers.
 
-- text-to-image: GenEval-style accuracy per tag and overall (the split's geneval_metadata.jsonl);
+- text-to-image: GenEval-style accuracy per tag and overall (the split's geneval_metadata.jsonl),
+  of a subset of categories (validation's unseen or seen prompts); beside it the lookup baseline
+  and the codec ceiling on the same prompts (`t2i_baselines`);
 - understanding: QA accuracy per question type, POPE figures per negative type (qa.jsonl);
 - editing: target reached and untouched objects preserved (edits.jsonl), and the same figures of
   the edits' own targets through the tokenizer and detokenizer: the ceiling a perfect MLLM reaches;
@@ -18,7 +20,7 @@ from __future__ import annotations
 import json
 import os
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +29,13 @@ from PIL import Image
 
 from illume_core import Message, load_image
 from illume_eval import edit_metrics, geneval_summary, pope_metrics, qa_accuracy
+from illume_eval.metrics import (
+    edit_scores,
+    grouped,
+    macro_interval,
+    mean_interval,
+    wilson_interval,
+)
 from illume_eval.shapes import (
     BACKGROUND,
     Edit,
@@ -35,8 +44,11 @@ from illume_eval.shapes import (
     Scene,
     counterfactual,
     detect,
+    normalize_answer,
     render_pil,
 )
+from illume_eval.shapes.audit import TrainingOverlap, lookup_scores
+from illume_eval.shapes.detection import summary
 from illume_eval.shapes.prompts import check_spec
 from illume_eval.shapes.world import GRID
 from illume_mllm import answer_log_likelihood
@@ -47,6 +59,20 @@ def _jsonl(path: Path, n: int | None) -> list[dict]:
     return rows if n is None else rows[:n]
 
 
+def t2i_prompts(
+    split_dir: str | os.PathLike, n: int | None = None, tags: Sequence[str] | None = None
+) -> list[tuple[int, PromptSpec]]:
+    """(index in the split, spec) of the first n prompts of a split, of the categories `tags`
+    (all by default): validation's unseen or seen subset (illume_eval.shapes.splits)."""
+    rows = _jsonl(Path(split_dir) / "geneval_metadata.jsonl", None)
+    chosen = [
+        (i, PromptSpec.from_geneval(r))
+        for i, r in enumerate(rows)
+        if tags is None or r["tag"] in tags
+    ]
+    return chosen if n is None else chosen[:n]
+
+
 def t2i_quality(
     pipe,
     split_dir: str | os.PathLike,
@@ -55,27 +81,29 @@ def t2i_quality(
     batch_size: int = 16,
     best_of: int | None = None,
     images_per_prompt: int = 1,
+    tags: Sequence[str] | None = None,
 ) -> dict:
-    """Draws `images_per_prompt` images for each of the first n prompts of a split (GenEval draws
-    4; with one, the overall figure of 200 ShapesWorld prompts has a binomial standard error of
-    about 0.03, benchmarks/RESULTS.md session 41); `best_of`: as `generate_image`'s, default the
-    pipeline's sampling. About `batch_size` drawings a batch. {"summary": GenEval figures over all
-    drawings, "records": one per drawing, a prompt's drawings together, each with its "prompt"
-    (the index of its prompt in the split)}."""
+    """Draws `images_per_prompt` images for each of the first n prompts of a split (of the
+    categories `tags`, all by default; GenEval draws 4 a prompt); `best_of`: as
+    `generate_image`'s, default the pipeline's sampling. About `batch_size` drawings a batch.
+    {"summary": GenEval figures over all drawings, "ci95": the interval of its overall,
+    "prompts", "drawings": how many, "records": one per drawing, a prompt's drawings together,
+    each with its "prompt" (the index of its prompt in the split)}. The interval treats drawings
+    as independent; several drawings of one prompt are not, so with images_per_prompt > 1 it is
+    somewhat narrower than the truth."""
     if images_per_prompt < 1:
         raise ValueError(f"images_per_prompt must be at least 1, got {images_per_prompt}")
-    rows = _jsonl(Path(split_dir) / "geneval_metadata.jsonl", n)
-    specs = [PromptSpec.from_geneval(r) for r in rows]
+    prompts = t2i_prompts(split_dir, n, tags)
     generator = torch.Generator().manual_seed(seed)
     records = []
     prompts_a_batch = max(batch_size // images_per_prompt, 1)
-    for start in range(0, len(specs), prompts_a_batch):
-        chunk = specs[start : start + prompts_a_batch]
+    for start in range(0, len(prompts), prompts_a_batch):
+        chunk = prompts[start : start + prompts_a_batch]
         images = pipe.generate_image(
-            [s.prompt for s in chunk], num_images=images_per_prompt, generator=generator,
+            [s.prompt for _, s in chunk], num_images=images_per_prompt, generator=generator,
             best_of=best_of,
         )  # fmt: skip
-        drawn = [(start + i, s) for i, s in enumerate(chunk) for _ in range(images_per_prompt)]
+        drawn = [(i, s) for i, s in chunk for _ in range(images_per_prompt)]
         for (prompt, spec), image in zip(drawn, images, strict=True):
             objects = detect(image)
             check = check_spec(spec, objects)
@@ -83,8 +111,55 @@ def t2i_quality(
                 {"prompt": prompt, "spec": spec, "image": image, "correct": check.correct,
                  "check": check, "objects": objects}
             )  # fmt: skip
-    summary = geneval_summary((r["spec"].tag, r["correct"]) for r in records)
-    return {"summary": summary, "records": records}
+    verdicts = [(r["spec"].tag, r["correct"]) for r in records]
+    return {
+        "summary": geneval_summary(verdicts),
+        "ci95": macro_interval(grouped(verdicts)),
+        "prompts": len(prompts),
+        "drawings": len(records),
+        "records": records,
+    }
+
+
+def t2i_baselines(
+    pipe, overlap: TrainingOverlap, split_dir: str | os.PathLike, n: int, tags=None,
+    seed: int = 0, batch_size: int = 16,
+) -> dict:  # fmt: skip
+    """What the same prompts as `t2i_quality(pipe, split_dir, n, tags=tags)` score without the
+    MLLM. "lookup_baseline": a training image drawn for the same spec, or nothing (0 on prompts
+    never drawn in training, by construction). "codec_ceiling": each prompt's own scene (the
+    split's image) through the tokenizer's codes and the detokenizer, scored on the prompt: a
+    drawing figure above it is impossible, one far below it is the MLLM's. Each with its
+    GenEval summary and interval; "codec_scene_recovery": the share of those images whose whole
+    scene the scorer recovers; "images": the reconstructions, in prompt order."""
+    split_dir = Path(split_dir)
+    prompts = t2i_prompts(split_dir, n, tags)
+    specs = [s for _, s in prompts]
+    lookup = list(zip((s.tag for s in specs), lookup_scores(overlap, specs), strict=True))
+    rows = _jsonl(split_dir / "scenes.jsonl", None)
+    generator = torch.Generator().manual_seed(seed)
+    images = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = [
+            load_image(split_dir / rows[i]["image"]) for i, _ in prompts[start : start + batch_size]
+        ]
+        images += pipe.reconstruct(chunk, generator=generator)
+    detected = [detect(image) for image in images]
+    codec = [
+        (s.tag, check_spec(s, objects).correct) for s, objects in zip(specs, detected, strict=True)
+    ]
+    recovered = [
+        summary(objects) == Scene.from_dict(rows[i]["scene"]).summary()
+        for (i, _), objects in zip(prompts, detected, strict=True)
+    ]
+    return {
+        "lookup_baseline": geneval_summary(lookup),
+        "lookup_ci95": macro_interval(grouped(lookup)),
+        "codec_ceiling": geneval_summary(codec),
+        "codec_ci95": macro_interval(grouped(codec)),
+        "codec_scene_recovery": sum(recovered) / max(len(recovered), 1),
+        "images": images,
+    }
 
 
 def object_layout(records: list[dict], split_dir: str | os.PathLike) -> dict:
@@ -110,10 +185,28 @@ def object_layout(records: list[dict], split_dir: str | os.PathLike) -> dict:
     }
 
 
-def qa_quality(pipe, split_dir: str | os.PathLike, n: int = 300, batch_size: int = 32) -> dict:
-    """Answers n questions of a split; {"accuracy": per type, "pope": per negative type, "records"}."""
+def qa_quality(
+    pipe, split_dir: str | os.PathLike, n: int = 300, batch_size: int = 32,
+    keep: Callable[[dict], bool] | None = None, per_type: int | None = None,
+) -> dict:  # fmt: skip
+    """Answers questions of a split: the first n, or, with `per_type`, the first `per_type` of each
+    question type and three times as many existence probes (POPE's three negative types); only
+    rows `keep` accepts (a qa.jsonl row; e.g. not asked of the same layout in training).
+    {"accuracy": per type, macro and overall, "ci95": the macro's interval, "questions": per
+    type, "pope": per negative type, "records"}."""
     split_dir = Path(split_dir)
-    rows = _jsonl(split_dir / "qa.jsonl", n)
+    rows = [r for r in _jsonl(split_dir / "qa.jsonl", None) if keep is None or keep(r)]
+    if per_type is None:
+        rows = rows[:n]
+    else:
+        taken: dict[str, int] = defaultdict(int)
+        chosen = []
+        for r in rows:
+            quota = per_type * (3 if r["type"] == "existence" else 1)
+            if taken[r["type"]] < quota:
+                taken[r["type"]] += 1
+                chosen.append(r)
+        rows = chosen
     questions = [
         Question(r["question"], r["answer"], r["type"], r.get("negative_type")) for r in rows
     ]
@@ -123,22 +216,29 @@ def qa_quality(pipe, split_dir: str | os.PathLike, n: int = 300, batch_size: int
         images = [load_image(split_dir / r["image"]) for r in chunk]
         answers += pipe.answer(images, [r["question"] for r in chunk])
     records = [
-        {"image": r["image"], "question": q.question, "answer": a, "expected": q.answer}
+        {"image": r["image"], "question": q.question, "answer": a, "expected": q.answer,
+         "type": q.type, "right": normalize_answer(a) == normalize_answer(q.answer)}
         for r, q, a in zip(rows, questions, answers, strict=True)
-    ]
+    ]  # fmt: skip
+    verdicts = [(r["type"], r["right"]) for r in records]
     return {
         "accuracy": qa_accuracy(questions, answers),
+        "ci95": macro_interval(grouped(verdicts)),
+        "questions": {t: len(v) for t, v in sorted(grouped(verdicts).items())},
         "pope": pope_metrics(questions, answers),
         "records": records,
     }
 
 
 def edit_quality(
-    pipe, split_dir: str | os.PathLike, n: int = 100, seed: int = 0, batch_size: int = 16
-) -> dict:
-    """Edits n source images of a split; {"summary": target reached / preserved, "records"}."""
+    pipe, split_dir: str | os.PathLike, n: int = 100, seed: int = 0, batch_size: int = 16,
+    keep: Callable[[dict], bool] | None = None,
+) -> dict:  # fmt: skip
+    """Edits the first n source images of a split that `keep` accepts (an edits.jsonl row; all by
+    default); {"summary": target reached / preserved, "ci95": their intervals, "edits": how many,
+    "records"}."""
     split_dir = Path(split_dir)
-    rows = _jsonl(split_dir / "edits.jsonl", n)
+    rows = [r for r in _jsonl(split_dir / "edits.jsonl", None) if keep is None or keep(r)][:n]
     edits = [Edit.from_dict(r) for r in rows]
     generator = torch.Generator().manual_seed(seed)
     images = []
@@ -147,7 +247,16 @@ def edit_quality(
         sources = [load_image(split_dir / r["source"]) for r in chunk]
         images += pipe.edit(sources, [r["instruction"] for r in chunk], generator=generator)
     records = [{"row": r, "image": im} for r, im in zip(rows, images, strict=True)]
-    return {"summary": edit_metrics(edits, images), "records": records}
+    scores = [edit_scores(e, im) for e, im in zip(edits, images, strict=True)]
+    return {
+        "summary": edit_metrics(edits, images),
+        "ci95": {
+            "target_reached": wilson_interval(sum(r for r, _ in scores), len(scores)),
+            "preserved": mean_interval([p for _, p in scores]),
+        },
+        "edits": len(rows),
+        "records": records,
+    }
 
 
 def edit_ceiling(

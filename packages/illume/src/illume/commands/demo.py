@@ -22,7 +22,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 def _demo(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from illume.demo import run_demo, summary_line
+    from illume.demo import headline_table, run_demo, summary_line
 
     metrics = run_demo(args.out, args.profile)
     out = Path(args.out).resolve()
@@ -30,5 +30,6 @@ def _demo(args: argparse.Namespace) -> int:
         f"report: {out / 'report.html'}\nmetrics: {out / 'metrics.json'}\npipeline: {out / 'pipeline'}"
     )
     print(f'try: illume generate --model {out / "pipeline"} "a red circle above a blue square"')
+    print(headline_table(metrics))
     print(summary_line(metrics))
     return 0

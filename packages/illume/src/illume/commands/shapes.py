@@ -1,4 +1,5 @@
-"""`illume shapes make` and `illume shapes score`: ShapesWorld data and exact scoring."""
+"""`illume shapes make`, `score` and `audit`: ShapesWorld data, exact scoring, and what an
+evaluation shares with training."""
 
 from __future__ import annotations
 
@@ -35,6 +36,20 @@ def register(commands: argparse._SubParsersAction) -> None:
     score.add_argument("--results", help="also write per-image results as JSONL here")
     score.set_defaults(handler=_score)
 
+    audit = sub.add_parser(
+        "audit",
+        help="what the evaluation splits share with training, and the lookup baseline",
+        description="Per split and category: the share of evaluation prompts whose text, spec, "
+        "exact prompt and object layout occur in training as a drawing request, and the lookup "
+        "baseline's score (a training image drawn for the same spec); per question type, POPE "
+        "type and edit kind, the share asked of the same layout in training. Prints tables, then "
+        "one JSON line.",
+    )
+    audit.add_argument(
+        "data", help="a ShapesWorld dataset folder (with train/, validation/, heldout/)"
+    )
+    audit.set_defaults(handler=_audit)
+
 
 def _make(args: argparse.Namespace) -> int:
     from illume_eval.shapes import write_dataset
@@ -55,3 +70,25 @@ def _score(args: argparse.Namespace) -> int:
         print(f"{key:>14}: {value:.4f}")
     print(json.dumps(summary))
     return 0
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from illume_eval.shapes.audit import audit, audit_table
+
+    if not (Path(args.data) / "train" / "t2i.json").is_file():
+        print(f"illume shapes audit: error: {args.data} holds no ShapesWorld dataset (no train/t2i.json); "
+              "make one with `illume shapes make --out DIR`")  # fmt: skip
+        return 2
+    report = audit(args.data)
+    print(audit_table(report))
+    unseen = report["validation"]["t2i"]["unseen"]["all"]
+    heldout = report["heldout"]["t2i"]["all"]["all"]
+    print(
+        f"check: unseen validation prompts with a spec drawn in training: {unseen['spec']:.3f}, "
+        f"lookup baseline {unseen['lookup']:.3f}; held-out compositions: {heldout['spec']:.3f}, "
+        f"{heldout['lookup']:.3f} (0 by construction)"
+    )
+    print(json.dumps(report))
+    return 0 if unseen["spec"] == 0 and heldout["spec"] == 0 else 1
