@@ -2,8 +2,10 @@
 
 Runs the demo's `full` profile (data, encoder, tokenizer, detokenizer, MLLM stages 1-3, stage 3
 ending in its annealing phase; finished stages in --workdir are reused), then scores with
-illume-eval's exact scorers: text-to-image on validation and held-out prompts (`full` draws four
-images a prompt, as GenEval), QA accuracy, POPE F1 (the worst negative type), editing, and
+illume-eval's exact scorers on what the model never trained on (illume.demo.evaluate): text to
+image on validation's unseen prompts beside the lookup baseline and the codec ceiling, the seen
+prompts apart, the held-out compositions (`full` draws four images a prompt, as GenEval), QA as
+the mean over question types, POPE F1 (the worst negative type), editing, and
 editing's ceiling: the same edits' targets through the tokenizer and detokenizer, the figures an
 MLLM that gets every code right would reach (`edit_ceiling`; `edit_copy`: returning the source),
 and the MLLM's edit codes against the tokenizer's (`edit_codes`: right where the edit leaves the
@@ -15,8 +17,10 @@ sampling; on validation scenes and on training scenes, whose gap is what the mod
 than learned), whether its understanding tells the same pairs apart (`judge_probe`: the prompt's
 likelihood as a caption of each image, the judge of `best_of`), and a table of text-to-image overall
 against guidance scale and temperature / top-k (the paper's Fig. B).
-Prints tables, then one JSON object on the last line with keys t2i_overall, t2i_heldout,
-qa_accuracy, pope_f1, edit_target, edit_preserve, train_seconds.
+Prints tables, then one JSON object on the last line with the headline keys (illume.demo.HEADLINE:
+t2i_unseen, t2i_lookup_baseline, codec_ceiling, t2i_heldout_compositions, qa_macro, pope_f1_worst,
+edit_target, edit_preserve), t2i_seen, intervals, train_seconds. Every text-to-image figure below
+(sweep, stages, best of) is on the unseen prompts.
 
 Run: .venv/bin/python benchmarks/mllm_quality.py [--workdir DIR] [--profile full|default]
      [--scenes N] [--sweep-prompts N]  (N training scenes instead of the profile's; 0 prompts: no sweep)
@@ -47,10 +51,10 @@ import shlex
 import tempfile
 from pathlib import Path
 
-from illume.demo import HEADLINE, PROFILES, STAGES, evaluate, train, with_steps
+from illume.demo import HEADLINE, PROFILES, STAGES, evaluate, headline_table, train, with_steps
 from illume.evaluate import edit_ceiling, edit_codes, judge_probe, likelihood_probe, t2i_quality
 from illume.pipeline import SHAPES_SAMPLING, IllumePipeline
-from illume_eval.shapes import ASPECTS, ensure_dataset
+from illume_eval.shapes import ASPECTS, UNSEEN_TAGS, ensure_dataset
 
 SWEEP = [
     (1.0, 1.0, None),
@@ -157,10 +161,10 @@ def main() -> None:
     if args.best_of > 1:  # the model choosing among its own drawings
         best_of = t2i_quality(
             pipe, "data/shapes/validation", n=profile.eval_t2i, best_of=args.best_of,
-            images_per_prompt=profile.eval_t2i_images,
+            images_per_prompt=profile.eval_t2i_images, tags=UNSEEN_TAGS,
         )["summary"]  # fmt: skip
 
-    print(f"{'guidance':>9}{'temperature':>13}{'top-k':>7}{'t2i overall':>13}")
+    print(f"{'guidance':>9}{'temperature':>13}{'top-k':>7}{'t2i unseen':>13}")
     sweep = []
     for guidance, temperature, top_k in SWEEP if args.sweep_prompts else []:
         pipe.sampling.guidance, pipe.sampling.temperature, pipe.sampling.top_k = (
@@ -168,15 +172,15 @@ def main() -> None:
             temperature,
             top_k,
         )
-        overall = t2i_quality(pipe, "data/shapes/validation", n=args.sweep_prompts)["summary"][
-            "overall"
-        ]
+        overall = t2i_quality(
+            pipe, "data/shapes/validation", n=args.sweep_prompts, tags=UNSEEN_TAGS
+        )["summary"]["overall"]
         sweep.append(
             {
                 "guidance": guidance,
                 "temperature": temperature,
                 "top_k": top_k,
-                "t2i_overall": overall,
+                "t2i_unseen": overall,
             }
         )
         print(f"{guidance:>9}{temperature:>13}{top_k or '-':>7}{overall:>13.3f}")
@@ -193,7 +197,7 @@ def main() -> None:
         )
         by_stage[name] = t2i_quality(
             staged, "data/shapes/validation", n=args.stage_prompts,
-            images_per_prompt=profile.eval_t2i_images,
+            images_per_prompt=profile.eval_t2i_images, tags=UNSEEN_TAGS,
         )["summary"]  # fmt: skip
     if by_stage:
         tags = list(next(iter(by_stage.values())))
@@ -201,9 +205,7 @@ def main() -> None:
         for name, row in by_stage.items():
             print(f"{name:<14}" + "".join(f"{row[t]:>15.3f}" for t in tags))
 
-    print(f"\n{'figure':<16}{'value':>10}")
-    for key in HEADLINE:
-        print(f"{key:<16}{metrics[key]:>10.4f}")
+    print("\n" + headline_table(metrics))
     ceil, copy = ceiling["summary"], ceiling["copy"]
     print(f"editing ceiling (targets through tokenizer + detokenizer): reached "
           f"{ceil['target_reached']:.2f}, preserved {ceil['preserved']:.3f}; "
@@ -245,10 +247,10 @@ def main() -> None:
         print(f"{'':<16}" + "".join(f"{v:>15.3f}" for v in best_of.values()))
     print(f"stage seconds: {json.dumps(seconds)}")
     out = {k: metrics[k] for k in HEADLINE}
-    out |= {"train_seconds": train_seconds, "stage_seconds": seconds, "t2i_by_tag": metrics["t2i"],
+    out |= {"t2i_seen": metrics["t2i_seen"], "intervals": metrics["intervals"],
+            "train_seconds": train_seconds, "stage_seconds": seconds, "t2i": metrics["t2i"],
             "pope": metrics["pope"], "sweep": sweep, "workdir": str(workdir),
             "guidance": headline.guidance, "qa_by_type": metrics["qa"], "edits": metrics["edits"],
-            "heldout_by_tag": metrics["t2i_heldout_by_tag"],
             "t2i_failed_aspects": metrics["t2i_failed_aspects"], "t2i_layout": metrics["t2i_layout"], "likelihood_probe": probe,
             "likelihood_probe_train": probe_train, "judge_probe": judged,
             "t2i_best_of": {"n": args.best_of, **best_of} if best_of else {}, "edit_ceiling": ceil, "edit_copy": copy,

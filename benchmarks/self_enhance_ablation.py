@@ -37,7 +37,7 @@ from illume.demo import PROFILES, STAGES, train
 from illume.evaluate import qa_quality, t2i_quality
 from illume.pipeline import IllumePipeline
 from illume_core import atomic_write_json
-from illume_eval.shapes import ASPECTS, ensure_dataset
+from illume_eval.shapes import ASPECTS, UNSEEN_TAGS, ensure_dataset
 from illume_trainer.cli import resolve_recipe
 from illume_trainer.self_enhance import (
     Drawer,
@@ -80,15 +80,18 @@ def score(mllm: str, n_t2i: int, n_qa: int, eval_seeds: list[int]) -> dict:
         return cache[key]
 
     t2i = [
-        cached(f"t2i-{n_t2i}-seed{s}", lambda p, s=s: t2i_quality(p, "data/shapes/validation", n=n_t2i, seed=s)["summary"])
+        cached(f"t2i-unseen-{n_t2i}-seed{s}", lambda p, s=s: t2i_quality(
+            p, "data/shapes/validation", n=n_t2i, seed=s, tags=UNSEEN_TAGS)["summary"])
         for s in eval_seeds
     ]  # fmt: skip
-    qa = cached(f"qa-{n_qa}", lambda p: qa_quality(p, "data/shapes/validation", n=n_qa))
+    qa = cached(
+        f"qa-{n_qa}", lambda p: qa_quality(p, "data/shapes/validation", n=n_qa)
+    )  # all questions
     return {
-        "t2i_overall": statistics.mean(t["overall"] for t in t2i),
+        "t2i_unseen": statistics.mean(t["overall"] for t in t2i),
         "t2i_by_tag": {k: statistics.mean(t[k] for t in t2i) for k in t2i[0] if k != "overall"},
-        "qa_accuracy": qa["accuracy"]["overall"],
-        "pope_f1": min((v["f1"] for v in qa["pope"].values()), default=0.0),
+        "qa_macro": qa["accuracy"]["macro"],
+        "pope_f1_worst": min((v["f1"] for v in qa["pope"].values()), default=0.0),
     }
 
 
@@ -175,8 +178,7 @@ def main() -> None:
                 str(out), args.eval_t2i, args.eval_qa, args.eval_seeds
             )
     gains = [
-        results[f"self_enhanced-seed{s}"]["t2i_overall"]
-        - results[f"control-seed{s}"]["t2i_overall"]
+        results[f"self_enhanced-seed{s}"]["t2i_unseen"] - results[f"control-seed{s}"]["t2i_unseen"]
         for s in args.seeds
     ]
     self_assessment = {
@@ -193,19 +195,19 @@ def main() -> None:
     for name, r in results.items():
         tags = " ".join(f"{k}={v:.2f}" for k, v in sorted(r["t2i_by_tag"].items()))
         print(
-            f"{name:<22}{r['t2i_overall']:>12.3f}{r['qa_accuracy']:>9.3f}{r['pope_f1']:>9.3f}  {tags}"
+            f"{name:<22}{r['t2i_unseen']:>12.3f}{r['qa_macro']:>9.3f}{r['pope_f1_worst']:>9.3f}  {tags}"
         )
     print("self-assessment agreement with the oracle:", json.dumps(self_assessment))
     figures = {
         "gain_overall_mean": round(statistics.mean(gains), 4),
         "gain_overall_std": round(statistics.stdev(gains), 4) if len(gains) > 1 else 0.0,
-        "stage3_overall": results["stage3"]["t2i_overall"],
-        "self_enhanced_overall_mean": round(mean("self_enhanced", "t2i_overall"), 4),
-        "control_overall_mean": round(mean("control", "t2i_overall"), 4),
-        "self_enhanced_qa_mean": round(mean("self_enhanced", "qa_accuracy"), 4),
-        "control_qa_mean": round(mean("control", "qa_accuracy"), 4),
-        "self_enhanced_pope_mean": round(mean("self_enhanced", "pope_f1"), 4),
-        "control_pope_mean": round(mean("control", "pope_f1"), 4),
+        "stage3_overall": results["stage3"]["t2i_unseen"],
+        "self_enhanced_overall_mean": round(mean("self_enhanced", "t2i_unseen"), 4),
+        "control_overall_mean": round(mean("control", "t2i_unseen"), 4),
+        "self_enhanced_qa_mean": round(mean("self_enhanced", "qa_macro"), 4),
+        "control_qa_mean": round(mean("control", "qa_macro"), 4),
+        "self_enhanced_pope_mean": round(mean("self_enhanced", "pope_f1_worst"), 4),
+        "control_pope_mean": round(mean("control", "pope_f1_worst"), 4),
         "oracle_passed_share": round(sum(j.accepted and all(a["Score"] for a in j.assessment.values()) for j in judgements) / len(judgements), 4),
         "self_assessment": self_assessment,
         "seeds": args.seeds,
