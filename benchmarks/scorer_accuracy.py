@@ -52,7 +52,7 @@ def main() -> None:
 
     print(f"{'condition':<16}{'overall':>9}{'scene':>8}  per tag")
     for key, value in figures.items():
-        if isinstance(value, dict) and "overall" in value:
+        if isinstance(value, dict) and "scene_recovery" in value:
             tags = " ".join(
                 f"{k}={v:.3f}" for k, v in value.items() if k not in ("overall", "scene_recovery")
             )
