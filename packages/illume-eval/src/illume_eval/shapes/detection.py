@@ -58,19 +58,25 @@ OFF_PALETTE = "off-palette"
 #: for triangles, 0.7 for circles and squares; a ring or speckle 0.55 or less, a plus 0.69) ...
 MIN_SHAPE_FIT = {"circle": 0.64, "square": 0.64, "triangle": 0.6}
 #: ... be no more elongated than this (smaller over larger eigenvalue of the mass's covariance: 1
-#: for a circle or square, 0.75 for a triangle; an ellipse, a bar, half a shape or two blobs less) ...
-MIN_ROUNDNESS = 0.5
-#: ... be symmetric where its shape is (skewness of its columns, and of a circle's or square's
-#: rows, within this; half a shape leans to one side) ...
+#: for a circle or square, 0.75 for a triangle, down to 0.8 and 0.6 after JPEG; an ellipse, a bar,
+#: half a shape or two blobs less) ...
+MIN_ROUNDNESS = {"circle": 0.65, "square": 0.65, "triangle": 0.5}
+#: ... be symmetric where its shape is: a circle's or square's columns and rows, a triangle's
+#: columns (skewness within these bounds; noise moves a small triangle's to 0.45 at times, a
+#: circle's or square's under 0.2; half a shape leans further) ...
 MAX_SYMMETRIC_SKEW = 0.3
+MAX_TRIANGLE_SIDE_SKEW = 0.5
 #: ... and a triangle's rows must trail off toward its apex, upward: vertical skewness about -0.55
 #: sharp (blur and resampling shrink it toward 0, never past +0.05), +0.55 upside down. A diamond
 #: has 0 and a corner statistic of about 2 (a triangle 1, rarely 1.6 after JPEG or resampling).
 MAX_TRIANGLE_SKEW = 0.25
 DIAMOND_KURTOSIS_RATIO = 1.6
 #: A circle's or square's corner statistic (see `diagonal_kurtosis_ratio`) at most this (0.5
-#: square, 1.0 circle, about 2 for a diamond, more for a plus).
+#: square, 1.0 circle, about 2 for a diamond, more for a plus), unless its template fits at
+#: SURE_FIT or better (noise lifts a small circle's statistic to 2 at times, never its fit under
+#: 0.91; a diamond fits at most 0.9) and the statistic stays under twice the bound.
 MAX_KURTOSIS_RATIO = 1.5
+SURE_FIT = 0.91
 #: The object's mean colour must lie within this many degrees of hue of its palette colour
 #: (degraded renders stay within 10; orange, pink, lime, brown are 27 or more away) ...
 MAX_HUE_DISTANCE = 18.0
@@ -281,9 +287,9 @@ def shape_flaw(
     skew_x, skew_y = skew
     if fit < MIN_SHAPE_FIT[shape]:
         return f"fits a {shape} at {fit:.2f} < {MIN_SHAPE_FIT[shape]}"
-    if roundness < MIN_ROUNDNESS:
-        return f"elongated (roundness {roundness:.2f} < {MIN_ROUNDNESS})"
-    if abs(skew_x) > MAX_SYMMETRIC_SKEW:
+    if roundness < MIN_ROUNDNESS[shape]:
+        return f"elongated (roundness {roundness:.2f} < {MIN_ROUNDNESS[shape]})"
+    if abs(skew_x) > (MAX_TRIANGLE_SIDE_SKEW if shape == "triangle" else MAX_SYMMETRIC_SKEW):
         return f"lopsided (horizontal skew {skew_x:.2f})"
     if shape == "triangle":
         if skew_y > MAX_TRIANGLE_SKEW:
@@ -293,7 +299,9 @@ def shape_flaw(
         return None
     if abs(skew_y) > MAX_SYMMETRIC_SKEW:
         return f"lopsided (vertical skew {skew_y:.2f})"
-    if kurtosis_ratio > MAX_KURTOSIS_RATIO:
+    if kurtosis_ratio > MAX_KURTOSIS_RATIO and (
+        fit < SURE_FIT or kurtosis_ratio > 2 * MAX_KURTOSIS_RATIO
+    ):
         return f"corners on the axes (kurtosis ratio {kurtosis_ratio:.2f} > {MAX_KURTOSIS_RATIO})"
     return None
 
