@@ -111,5 +111,70 @@ def test_atomic_directory_swaps_whole_folders(tmp_path):
     assert (target / "a.txt").read_text() == "v1"
     with atomic_directory(target) as tmp:
         (tmp / "b.txt").write_text("v2")
-    assert sorted(p.name for p in target.iterdir()) == ["b.txt"]
+    assert sorted(p.name for p in target.iterdir()) == [".illume-output.json", "b.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no temporary folders left
+
+
+def test_atomic_directory_never_replaces_a_folder_it_did_not_write(tmp_path):
+    """A user's folder (no marker), a file, or an illume folder of another kind (a model where an
+    export goes) is refused before the block runs, and nothing in it is touched."""
+    from illume_core import DirectoryNotOursError, atomic_directory, check_replaceable
+
+    thesis = tmp_path / "home"
+    (thesis / "sub").mkdir(parents=True)
+    (thesis / "thesis.txt").write_text("years of work")
+    (thesis / "sub" / "data.csv").write_text("1,2,3")
+    ran = []
+    with (
+        pytest.raises(DirectoryNotOursError, match="not written by illume"),
+        atomic_directory(thesis, "onnx-export"),
+    ):
+        ran.append(True)
+    assert not ran
+    assert (thesis / "thesis.txt").read_text() == "years of work"
+    assert (thesis / "sub" / "data.csv").read_text() == "1,2,3"
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("keep")
+    with pytest.raises(DirectoryNotOursError, match="not a folder"):
+        check_replaceable(a_file, "pipeline")
+    model = tmp_path / "model"
+    with atomic_directory(model, "pipeline") as tmp:
+        (tmp / "config.json").write_text("{}")
+    with pytest.raises(DirectoryNotOursError, match="illume pipeline folder"):
+        check_replaceable(model, "onnx-export")
+    check_replaceable(model, "pipeline")  # its own kind: replaceable
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with atomic_directory(empty, "onnx-export") as tmp:
+        (tmp / "manifest.json").write_text("{}")
+    assert (empty / "manifest.json").is_file()
+
+
+def test_stale_temporaries_of_a_killed_save_are_swept_by_the_next(tmp_path):
+    """A save killed mid-way leaves a dot-folder (and a dot-file) beside its target; the next save
+    of the same target removes them, and leaves other names alone."""
+    import subprocess
+    import sys
+
+    target = tmp_path / "model"
+    child = (
+        "import os, signal, sys\n"
+        "from illume_core import atomic_directory, atomic_write\n"
+        "def die(tmp):\n"
+        "    tmp.write_text('half')\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "with atomic_directory(sys.argv[1], 'pipeline') as tmp:\n"
+        "    (tmp / 'w.bin').write_bytes(b'x' * 1000)\n"
+        "    atomic_write(sys.argv[1] + '.json', die)\n"
+    )
+    assert subprocess.run([sys.executable, "-c", child, str(target)]).returncode == -9
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert any(n.startswith(".model.tmp-") for n in left)
+    assert any(n.startswith(".model.json.tmp-") for n in left)
+    (tmp_path / ".model-notes").write_text("not ours")  # a name we never make
+    from illume_core import atomic_directory, atomic_write_text
+
+    with atomic_directory(target, "pipeline") as tmp:
+        (tmp / "w.bin").write_bytes(b"y")
+    atomic_write_text(tmp_path / "model.json", "{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".model-notes", "model", "model.json"]

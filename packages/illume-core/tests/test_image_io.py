@@ -254,3 +254,42 @@ def test_error_is_a_value_error_with_fields():
     with pytest.raises(ValueError) as info:
         load_image(b"junk")
     assert info.value.source == "<4 bytes>" and "not a recognised" in info.value.problem
+
+
+def test_a_fifo_or_a_device_is_refused_not_read(tmp_path):
+    """st_size is 0 for a FIFO and /dev/zero: a loader that trusts it hangs or fills memory."""
+    import os
+
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    with pytest.raises(ImageLoadError, match="not a regular file"):
+        load_image(fifo)  # returns at once: opened without blocking, refused on the handle
+    if os.path.exists("/dev/zero"):
+        with pytest.raises(ImageLoadError, match="not a regular file"):
+            load_image("/dev/zero")
+
+
+def test_paths_from_data_files_stay_inside_their_folder(tmp_path):
+    from illume_core import UnsafePathError, resolve_inside
+
+    root = tmp_path / "data"
+    (root / "images").mkdir(parents=True)
+    assert resolve_inside(root, "images/a.png") == (root / "images" / "a.png").resolve()
+    with pytest.raises(UnsafePathError, match="outside its data set"):
+        resolve_inside(root, "../../../../etc/passwd")
+    (root / "images" / "link.png").symlink_to("/etc/passwd")
+    with pytest.raises(UnsafePathError, match="outside its data set"):
+        resolve_inside(root, "images/link.png")  # a symlink out is followed, and refused
+    with pytest.raises(UnsafePathError, match="absolute path"):
+        resolve_inside(root, "/etc/passwd")
+    assert str(resolve_inside(root, "/elsewhere/x.png", allow_absolute=True)) == "/elsewhere/x.png"
+
+
+def test_read_bounded_reads_at_most_its_limit(tmp_path):
+    from illume_core import read_bounded
+
+    path = tmp_path / "blob.bin"
+    path.write_bytes(b"x" * 1000)
+    assert read_bounded(path, 1000) == b"x" * 1000
+    with pytest.raises(OSError, match="over the limit of 999"):
+        read_bounded(path, 999)

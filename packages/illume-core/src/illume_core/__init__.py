@@ -7,19 +7,24 @@ saved or loaded.
 from .__about__ import __version__
 from .checkpoint import (
     CONFIG_NAME,
+    OWNER_MARKER,
     WEIGHTS_NAME,
     CheckpointError,
+    DirectoryNotOursError,
     atomic_directory,
     atomic_write,
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_text,
+    check_replaceable,
+    directory_owner,
     load_checkpoint,
     load_config,
     load_weights,
     save_checkpoint,
 )
 from .config import Config, ConfigError
+from .files import UnsafePathError, read_bounded, resolve_inside
 from .image_io import ImageLimits, ImageLoadError, load_image, load_images, to_rgb
 from .interfaces import (
     Detokenizer,
@@ -35,12 +40,14 @@ from .interfaces import (
 
 __all__ = [
     "CONFIG_NAME",
+    "OWNER_MARKER",
     "WEIGHTS_NAME",
     "CheckpointError",
     "Config",
     "ConfigError",
     "Detokenizer",
     "DetokenizerOutput",
+    "DirectoryNotOursError",
     "ImageGenerationOutput",
     "ImageLimits",
     "ImageLoadError",
@@ -48,6 +55,7 @@ __all__ = [
     "Pretrained",
     "TextGenerationOutput",
     "UnifiedModel",
+    "UnsafePathError",
     "VisionTokenizer",
     "VisionTokens",
     "__version__",
@@ -56,11 +64,15 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
+    "check_replaceable",
+    "directory_owner",
     "load_checkpoint",
     "load_config",
     "load_image",
     "load_images",
     "load_weights",
+    "read_bounded",
+    "resolve_inside",
     "save_checkpoint",
     "to_rgb",
 ]

@@ -11,6 +11,7 @@ torch is imported only when torch tensors are saved or loaded, so this module wo
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -38,10 +39,40 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+def _sweep_stale(path: Path) -> None:
+    """Removes what crashed saves of `path` left beside it: `.NAME.tmp-PID-*` of writers no longer
+    running, and `.NAME.old-*` (a previous version moved aside) once `path` itself is in place.
+    Only names this module makes are touched."""
+    prefix = f".{path.name}."
+    for sibling in path.parent.glob(f"{glob.escape(prefix)}*"):
+        rest = sibling.name[len(prefix) :]
+        if rest.startswith("tmp-"):
+            pid = rest[4:].split("-", 1)[0]
+            if not pid.isdigit() or _pid_alive(int(pid)):
+                continue
+        elif not (rest.startswith("old-") and path.exists()):
+            continue
+        if sibling.is_dir() and not sibling.is_symlink():
+            shutil.rmtree(sibling, ignore_errors=True)
+        else:
+            sibling.unlink(missing_ok=True)
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
     """Calls `write(tmp_path)`, then renames the finished file to `path`; the old file survives a crash."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _sweep_stale(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
         write(tmp)
@@ -55,19 +86,73 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     return path
 
 
+#: The file `atomic_directory` writes into every folder it makes: what wrote it and which kind of
+#: folder it is. A folder is replaced only when it holds this file with the same kind.
+OWNER_MARKER = ".illume-output.json"
+
+
+class DirectoryNotOursError(FileExistsError):
+    """An output folder exists and was not written by illume as that kind of folder."""
+
+
+def directory_owner(path: str | os.PathLike) -> str | None:
+    """The kind recorded in a folder's OWNER_MARKER, or None where there is none (or it is unreadable)."""
+    try:
+        data = json.loads((Path(path) / OWNER_MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return (
+        data.get("kind") if isinstance(data, dict) and data.get("written_by") == "illume" else None
+    )
+
+
+def check_replaceable(path: str | os.PathLike, kind: str) -> None:
+    """Raises DirectoryNotOursError unless `path` is absent, an empty folder, or a folder illume
+    wrote as `kind`: what `atomic_directory(path, kind)` may replace. Call it before long work, so
+    that a wrong output folder is refused at once rather than after it."""
+    path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        return
+    if path.is_dir() and not path.is_symlink():
+        if not any(path.iterdir()):
+            return
+        owner = directory_owner(path)
+        if owner == kind:
+            return
+        what = (
+            f"an illume {owner} folder" if owner else f"not written by illume (no {OWNER_MARKER})"
+        )
+        raise DirectoryNotOursError(
+            f"{path} exists and is {what}; refusing to replace it with a {kind} folder. "
+            "Choose a new or empty folder, or move that one away yourself."
+        )
+    raise DirectoryNotOursError(
+        f"{path} exists and is not a folder; refusing to replace it. Choose another path."
+    )
+
+
 @contextlib.contextmanager
-def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_directory(path: str | os.PathLike, kind: str = "checkpoint") -> Iterator[Path]:
     """Yields a temporary sibling folder; when the block ends, it replaces `path` in two renames.
 
-    A crash inside the block leaves `path` as it was (the temporary folder is removed or, after a
-    kill, left as a dot-folder beside it); readers never see a half-written directory.
+    `path` must be absent, empty, or a folder written here before as the same `kind` (its
+    OWNER_MARKER says so): anything else raises DirectoryNotOursError before the block runs, so
+    that a user's folder, or a model passed where an export goes, is never deleted. A crash inside
+    the block leaves `path` as it was; what a killed save leaves beside it (a dot-folder) is
+    removed by the next save of the same path. Readers never see a half-written directory.
     """
     path = Path(path)
+    check_replaceable(path, kind)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _sweep_stale(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     tmp.mkdir()
     try:
+        (tmp / OWNER_MARKER).write_text(
+            json.dumps({"written_by": "illume", "kind": kind}) + "\n", encoding="utf-8"
+        )
         yield tmp
+        check_replaceable(path, kind)  # the block may have taken long; look again
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -19,6 +19,8 @@ from typing import IO, Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .files import read_bounded
+
 ImageSource = (
     str | os.PathLike | bytes | bytearray | memoryview | IO[bytes] | Image.Image | np.ndarray
 )
@@ -69,13 +71,13 @@ def _read_bounded(source: Any, name: str, max_bytes: int) -> bytes:
             raise ImageLoadError(name, "no such file")
         if path.is_dir():
             raise ImageLoadError(name, "is a directory, not an image file")
-        size = path.stat().st_size
-        if size > max_bytes:
+        try:
+            data = read_bounded(path, max_bytes)
+        except OSError as err:
+            problem = str(err).replace(f"{os.fspath(path)!r} ", "", 1)
             raise ImageLoadError(
-                name,
-                f"file is {size} bytes, over the limit of {max_bytes} (raise max_bytes to accept it)",
-            )
-        data = path.read_bytes()
+                name, f"{problem} (raise max_bytes to accept a larger file)"
+            ) from None
     elif isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
     elif hasattr(source, "read"):

@@ -39,11 +39,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from illume_core import atomic_directory
+from illume_core import atomic_directory, check_replaceable
 
 from .decoder import FlatDecoder, vision_features
 
 MANIFEST = "manifest.json"
+#: What `atomic_directory` records an export folder as: an export replaces only an export.
+EXPORT_KIND = "onnx-export"
 OPSET = 18
 
 
@@ -219,6 +221,7 @@ def export_pipeline(
     from illume_tokenizer import SemanticTokenizer
 
     pipeline_dir = Path(pipeline_dir)
+    check_replaceable(out_dir, EXPORT_KIND)  # before minutes of export, not after
     for part in ("tokenizer", "mllm", "detokenizer"):
         if not (pipeline_dir / part).is_dir():
             raise FileNotFoundError(
@@ -228,7 +231,7 @@ def export_pipeline(
     model = IllumeForConditionalGeneration.from_pretrained(pipeline_dir / "mllm").eval()
     processor = IllumeProcessor.from_pretrained(pipeline_dir / "mllm")
     detokenizer = DetokenizerPipeline.from_pretrained(pipeline_dir / "detokenizer")
-    with atomic_directory(out_dir) as tmp:
+    with atomic_directory(out_dir, EXPORT_KIND) as tmp:
         manifest = export_models(tokenizer, model, processor, detokenizer, Path(tmp), verify=verify)
     return manifest
 

@@ -163,7 +163,7 @@ class IllumePipeline:
         )
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
-        with atomic_directory(directory) as tmp:
+        with atomic_directory(directory, "pipeline") as tmp:
             self.tokenizer.save_pretrained(Path(tmp) / "tokenizer")
             self.model.save_pretrained(Path(tmp) / "mllm")
             self.processor.save_pretrained(Path(tmp) / "mllm")

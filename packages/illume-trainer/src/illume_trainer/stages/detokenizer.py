@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
 
-from illume_core import atomic_directory
+from illume_core import atomic_directory, check_replaceable
 from illume_detokenizer import (
     DetokenizerConfig,
     DetokenizerPipeline,
@@ -63,6 +63,7 @@ class DetokenizerStage(FrozenPartsStage):
     ):
         super().__init__()
         self.save_hyperparameters()
+        check_replaceable(output_dir, "detokenizer")  # refused now, not after training
         self.tokenizer = SemanticTokenizer.from_pretrained(tokenizer).eval().requires_grad_(False)
         self.normalize = Normalizer.for_processor(self.tokenizer.encoder.image_processor)
         feature_dim = self.tokenizer.config.feature_dim
@@ -157,7 +158,7 @@ class DetokenizerStage(FrozenPartsStage):
     def on_train_end(self) -> None:
         # Runs after callbacks' on_train_end, so an EMA callback has already swapped its average in.
         if self.trainer.is_global_zero:
-            with atomic_directory(self.hparams.output_dir) as tmp:
+            with atomic_directory(self.hparams.output_dir, "detokenizer") as tmp:
                 self.pipe.save_pretrained(tmp)
                 # which tokenizer's features this detokenizer draws from
                 (Path(tmp) / "tokenizer.txt").write_text(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from illume_core import atomic_directory
+from illume_core import atomic_directory, check_replaceable
 from illume_mllm import build_word_tokenizer
 from illume_tokenizer import build_siglip, siglip_image_processor
 from illume_tokenizer.encoder import quiet_transformers
@@ -95,6 +95,7 @@ class EncoderStage(GuardedStage):
         if positives not in POSITIVES:
             raise ValueError(f"unknown positives rule {positives!r}; expected one of {POSITIVES}")
         self.save_hyperparameters()
+        check_replaceable(output_dir, "encoder")  # refused now, not after training
         self.model = None
         self.patch_head = None
         self.text_tokenizer = None
@@ -223,7 +224,7 @@ class EncoderStage(GuardedStage):
 
 def save_encoder(model, text_tokenizer, image_processor, output_dir: str) -> None:
     """Model + tokenizer + image processor, written to a temporary folder and swapped in."""
-    with atomic_directory(output_dir) as tmp, quiet_transformers():
+    with atomic_directory(output_dir, "encoder") as tmp, quiet_transformers():
         model.save_pretrained(tmp)
         text_tokenizer.save_pretrained(tmp)
         image_processor.save_pretrained(tmp)

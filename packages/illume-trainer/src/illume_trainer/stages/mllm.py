@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from illume_core import Message, atomic_directory
+from illume_core import Message, atomic_directory, check_replaceable
 from illume_mllm import (
     IGNORE,
     LLM_PRESETS,
@@ -116,6 +116,7 @@ class MLLMStage(FrozenPartsStage):
         if loss_weighting not in ("token", "example"):
             raise ValueError(f"loss_weighting must be 'token' or 'example', got {loss_weighting!r}")
         self.save_hyperparameters()
+        check_replaceable(output_dir, "mllm")  # refused now, not after training
         self.vision_tokenizer = (
             SemanticTokenizer.from_pretrained(tokenizer).eval().requires_grad_(False)
         )
@@ -351,7 +352,7 @@ class MLLMStage(FrozenPartsStage):
     def on_train_end(self) -> None:
         if self.trainer.is_global_zero:
             self.model.release_rows()
-            with atomic_directory(self.hparams.output_dir) as tmp:
+            with atomic_directory(self.hparams.output_dir, "mllm") as tmp:
                 self.model.save_pretrained(tmp)
                 self.processor.save_pretrained(tmp)
                 (Path(tmp) / "vision_tokenizer.txt").write_text(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from illume_core import atomic_directory
+from illume_core import atomic_directory, check_replaceable
 from illume_tokenizer import SemanticTokenizer, TokenizerConfig, VisionEncoder
 
 from ..guards import batch_is_empty
@@ -39,6 +39,7 @@ class TokenizerStage(FrozenPartsStage):
     ):
         super().__init__()
         self.save_hyperparameters()
+        check_replaceable(output_dir, "tokenizer")  # refused now, not after training
         config = TokenizerConfig.from_name(preset, **(overrides or {})).replace(
             encoder=str(Path(encoder).resolve())
         )
@@ -78,5 +79,5 @@ class TokenizerStage(FrozenPartsStage):
 
     def on_train_end(self) -> None:
         if self.trainer.is_global_zero:
-            with atomic_directory(self.hparams.output_dir) as tmp:
+            with atomic_directory(self.hparams.output_dir, "tokenizer") as tmp:
                 self.tokenizer.save_pretrained(tmp, save_encoder=self.hparams.save_encoder)

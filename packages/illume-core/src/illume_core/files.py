@@ -1,0 +1,72 @@
+"""Reading files that users and data sets name: contained paths and bounded reads.
+
+Paths inside a data file (a manifest's image, a corpus item) are data, not trusted input: one
+`../../../etc/passwd` must not make a loader read, or send, a file outside the data set.
+`resolve_inside` is the one place that turns such a path into a file path. Reads are bounded and
+of regular files only: a FIFO would block a loader forever and `/dev/zero` would fill memory, and
+both pass a size check that trusts `st_size`.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+
+class UnsafePathError(ValueError):
+    """A path from a data file points outside its data set, or is absolute where that is not allowed."""
+
+
+def resolve_inside(
+    root: str | os.PathLike, path: str | os.PathLike, *, allow_absolute: bool = False
+) -> Path:
+    """`path` (as a data file names it) resolved against `root`, symlinks followed, which must stay
+    inside `root`. An absolute `path` is refused unless `allow_absolute` (a user's own config
+    asking for it), and is then taken as it is."""
+    given = Path(path)
+    if given.is_absolute():
+        if not allow_absolute:
+            raise UnsafePathError(
+                f"{os.fspath(path)!r} is an absolute path; paths in a data file are relative to "
+                f"its folder {os.fspath(root)!r} (allow absolute paths in the data config to accept it)"
+            )
+        return given
+    base = Path(root).resolve()
+    resolved = (base / given).resolve()
+    if resolved != base and base not in resolved.parents:
+        raise UnsafePathError(
+            f"{os.fspath(path)!r} points outside its data set {os.fspath(base)!r} "
+            f"(to {os.fspath(resolved)!r}); keep data files' paths inside their folder"
+        )
+    return resolved
+
+
+def read_bounded(path: str | os.PathLike, max_bytes: int) -> bytes:
+    """The bytes of a regular file, at most `max_bytes` (OSError otherwise, with a message naming
+    the file and the limit). The file is opened without blocking and checked on the open handle,
+    so a FIFO, a device or a file swapped in after a check is refused, never read."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    fd = os.open(path, flags)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(
+                f"{os.fspath(path)!r} is not a regular file (a FIFO, a device or a socket)"
+            )
+        if info.st_size > max_bytes:
+            raise OSError(
+                f"{os.fspath(path)!r} is {info.st_size} bytes, over the limit of {max_bytes}"
+            )
+        chunks, total = [], 0
+        while True:  # the file may grow after the check: read no more than the limit and one byte
+            chunk = os.read(fd, min(1 << 20, max_bytes + 1 - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > max_bytes:
+                raise OSError(f"{os.fspath(path)!r} grew past the limit of {max_bytes} bytes")
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
