@@ -27,7 +27,7 @@ import numpy as np
 from torch.utils.data import Dataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from illume_core import ImageLimits, ImageLoadError, load_image
+from illume_core import ImageLimits, ImageLoadError, UnsafePathError, load_image, resolve_inside
 
 from .data import ManifestError, make_loader
 
@@ -132,8 +132,12 @@ def _entries(path: Path) -> list[tuple[int, object]]:
     return [(i + 1, entry) for i, entry in enumerate(data)]
 
 
-def read_conversations(path: str | os.PathLike) -> list[Conversation]:
-    """Conversations of a LLaVA-style file; image paths resolved against the file's folder."""
+def read_conversations(
+    path: str | os.PathLike, allow_absolute_paths: bool = False
+) -> list[Conversation]:
+    """Conversations of a LLaVA-style file; image paths resolved inside the file's folder
+    (`illume_core.resolve_inside`: a path that leaves it is an error naming the entry; an
+    absolute one only with `allow_absolute_paths`)."""
     path = Path(path)
     if not path.is_file():
         raise ManifestError(f"{path}: no such conversation file")
@@ -159,13 +163,14 @@ def read_conversations(path: str | os.PathLike) -> list[Conversation]:
             raise ManifestError(
                 f"{where}: {placeholders} <image> placeholders but {len(images)} images"
             )
-        out.append(
-            Conversation(
-                str(entry.get("id", number)),
-                tuple(turns),
-                tuple(str(path.parent / p) for p in images),
+        try:
+            resolved = tuple(
+                str(resolve_inside(path.parent, p, allow_absolute=allow_absolute_paths))
+                for p in images
             )
-        )
+        except (UnsafePathError, TypeError) as err:
+            raise ManifestError(f"{where}: {err}") from None
+        out.append(Conversation(str(entry.get("id", number)), tuple(turns), resolved))
     return out
 
 
@@ -253,6 +258,8 @@ class ConversationDataModule(L.LightningDataModule):
         long multi-turn ones do not pad short ones; the order stays a function of the seed.
     pack_by_image: one flag per train file: pack its conversations about the same images (see
         the module docstring), at most `max_pack` to a sequence.
+    allow_absolute_paths: accept absolute image paths in the files (by default a path is relative
+        to its file and must stay inside the file's folder).
     """
 
     def __init__(
@@ -266,6 +273,7 @@ class ConversationDataModule(L.LightningDataModule):
         group_by_length: bool = False,
         pack_by_image: list[bool] | None = None,
         max_pack: int = 16,
+        allow_absolute_paths: bool = False,
     ):
         super().__init__()
         if weights is not None and len(weights) != len(train):
@@ -286,16 +294,19 @@ class ConversationDataModule(L.LightningDataModule):
         if self.train_set:
             return
         packing = self.hparams.pack_by_image or [False] * len(self.hparams.train)
+        absolute = self.hparams.allow_absolute_paths
         sources = [
-            pack_by_image(read_conversations(p), self.hparams.max_pack)
+            pack_by_image(read_conversations(p, absolute), self.hparams.max_pack)
             if pack
-            else read_conversations(p)
+            else read_conversations(p, absolute)
             for p, pack in zip(self.hparams.train, packing, strict=True)
         ]
         weights = self.hparams.weights or [1.0] * len(sources)
         order = mix([len(s) for s in sources], list(weights), self.hparams.seed)
         self.train_set = [sources[s][i] for s, i in order]
-        self.val_set = [c for p in (self.hparams.val or []) for c in read_conversations(p)]
+        self.val_set = [
+            c for p in (self.hparams.val or []) for c in read_conversations(p, absolute)
+        ]
 
     def texts(self) -> list[str]:
         """Every turn's text (placeholders removed): what a ShapesWorld word tokenizer learns from."""

@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 from torchdata.stateful_dataloader.sampler import StatefulDistributedSampler
 
-from illume_core import ImageLimits, ImageLoadError, load_image
+from illume_core import ImageLimits, ImageLoadError, UnsafePathError, load_image, resolve_inside
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
@@ -39,8 +39,10 @@ class Record:
     meta: dict | None = None  # the manifest line's other keys (ShapesWorld: "scene", "spec")
 
 
-def read_captions(path: str | os.PathLike) -> list[Record]:
-    """Records of a captions JSONL manifest; image paths resolved against the manifest's folder."""
+def read_captions(path: str | os.PathLike, allow_absolute_paths: bool = False) -> list[Record]:
+    """Records of a captions JSONL manifest; image paths resolved inside the manifest's folder
+    (`illume_core.resolve_inside`: a path that leaves it is an error naming the line; an absolute
+    one only with `allow_absolute_paths`)."""
     path = Path(path)
     if not path.is_file():
         raise ManifestError(f"{path}: no such manifest file")
@@ -63,11 +65,17 @@ def read_captions(path: str | os.PathLike) -> list[Record]:
             if not isinstance(text, str):
                 raise ManifestError(f'{path}, line {number}: "text" must be a string')
             meta = {k: v for k, v in row.items() if k not in ("image", "text")} or None
-            records.append(Record(str(path.parent / row["image"]), text, meta))
+            try:
+                image = resolve_inside(
+                    path.parent, row["image"], allow_absolute=allow_absolute_paths
+                )
+            except UnsafePathError as err:
+                raise ManifestError(f"{path}, line {number}: {err}") from None
+            records.append(Record(str(image), text, meta))
     return records
 
 
-def read_source(source: str | os.PathLike) -> list[Record]:
+def read_source(source: str | os.PathLike, allow_absolute_paths: bool = False) -> list[Record]:
     path = Path(source)
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
@@ -75,7 +83,7 @@ def read_source(source: str | os.PathLike) -> list[Record]:
             raise ManifestError(f"{path}: the folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
         return [Record(str(p)) for p in files]
     if path.suffix == ".jsonl":
-        return read_captions(path)
+        return read_captions(path, allow_absolute_paths)
     raise ManifestError(f"{path}: expected a captions .jsonl manifest or a folder of images")
 
 
@@ -223,6 +231,8 @@ class ImageDataModule(L.LightningDataModule):
         batch_size: per process.
         num_workers: loader worker processes.
         seed: shuffling seed (the loader's state is checkpointed, so resume continues the epoch).
+        allow_absolute_paths: accept absolute image paths in the manifests (by default a path is
+            relative to its manifest and must stay inside the manifest's folder).
     """
 
     def __init__(
@@ -233,6 +243,7 @@ class ImageDataModule(L.LightningDataModule):
         batch_size: int = 64,
         num_workers: int = 0,
         seed: int = 0,
+        allow_absolute_paths: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -241,8 +252,11 @@ class ImageDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if not self.train_records:
-            self.train_records = [r for s in self.hparams.train for r in read_source(s)]
-            self.val_records = [r for s in (self.hparams.val or []) for r in read_source(s)]
+            absolute = self.hparams.allow_absolute_paths
+            self.train_records = [r for s in self.hparams.train for r in read_source(s, absolute)]
+            self.val_records = [
+                r for s in (self.hparams.val or []) for r in read_source(s, absolute)
+            ]
 
     def texts(self) -> list[str]:
         self.setup()

@@ -20,7 +20,7 @@ import json
 import os
 from pathlib import Path
 
-from illume_core import atomic_write_json
+from illume_core import atomic_write_bytes, atomic_write_json, read_bounded
 
 from .assessors import (
     ModelAssessor,
@@ -31,14 +31,20 @@ from .assessors import (
 )
 from .corpus import Drawer, draw_corpus, prompts_from_captions
 
+#: The largest ground-truth image copied into the SFT data.
+MAX_TRUTH_BYTES = 64 * 1024 * 1024
 FOLLOW_UP = "Based on the above analysis, carefully generate an image according to the text description: {prompt}"
 ASSESSORS = ("oracle", "model", "openai-compatible")
 
 
-def sft_conversations(items, judgements, corpus_dir: str | os.PathLike) -> list[dict]:
-    """LLaVA-style conversations of Fig. C from the accepted judgements (rejected ones are left out).
-    Image paths are absolute: a conversation file resolves relative paths from its own folder, and
-    this one is written away from the data (a relative ground truth went missing there)."""
+def sft_conversations(
+    items, judgements, corpus_dir: str | os.PathLike, out_dir: str | os.PathLike
+) -> list[dict]:
+    """LLaVA-style conversations of Fig. C from the accepted judgements (rejected ones are left
+    out), for a file in `out_dir`. Image paths are relative to `out_dir`, as a conversation file's
+    must be (they stay inside its folder): the drawings are in the corpus, under it, and each
+    ground truth a second turn needs is copied into `out_dir/truth/` (a few KB each)."""
+    out_dir = Path(out_dir).resolve()
     corpus_dir = Path(corpus_dir).resolve()
     out = []
     for item, judgement in zip(items, judgements, strict=True):
@@ -48,13 +54,16 @@ def sft_conversations(items, judgements, corpus_dir: str | os.PathLike) -> list[
             {"from": "human", "value": "<image>\n" + instruction(item.prompt)},
             {"from": "gpt", "value": json.dumps(judgement.assessment, ensure_ascii=False)},
         ]
-        images = [str(corpus_dir / item.image)]
+        images = [os.path.relpath(corpus_dir / item.image, out_dir)]
         if any(aspect["Score"] == 0 for aspect in judgement.assessment.values()):
             turns += [
                 {"from": "human", "value": FOLLOW_UP.format(prompt=item.prompt)},
                 {"from": "gpt", "value": "<image>"},
             ]
-            images.append(os.path.abspath(item.truth))
+            truth = Path("truth") / f"{item.id}{Path(item.truth).suffix}"
+            if not (out_dir / truth).is_file():
+                atomic_write_bytes(out_dir / truth, read_bounded(item.truth, MAX_TRUTH_BYTES))
+            images.append(str(truth))
         out.append({"id": f"self-enhance-{item.id}", "images": images, "conversations": turns})
     return out
 
@@ -151,7 +160,7 @@ def self_enhance(
     )
     judge = make_assessor(assessor, assessor_args, drawer)
     judgements = assess_corpus(judge, items, out_dir / "corpus", progress=progress)
-    conversations = sft_conversations(items, judgements, out_dir / "corpus")
+    conversations = sft_conversations(items, judgements, out_dir / "corpus", out_dir)
     sft_data = out_dir / "sft.json"
     atomic_write_json(sft_data, conversations)
     accepted = [j for j in judgements if j.accepted]
