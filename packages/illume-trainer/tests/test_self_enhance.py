@@ -173,19 +173,42 @@ def _corpus(tmp_path, n=3):
     return items
 
 
-def test_ground_truths_are_absolute_wherever_the_sft_data_is_written(
-    captions, tmp_path, monkeypatch
-):
-    # A conversation file resolves relative image paths from its own folder; the SFT data is
-    # written beside the corpus, not the data, so a relative ground truth would go missing there.
+def test_sft_data_holds_its_images_inside_its_own_folder(captions, tmp_path, monkeypatch):
+    """A conversation file's image paths must stay inside its folder (a data file naming
+    ../../etc/passwd is refused), so the ground truths a second turn needs are copied in beside
+    the SFT data, and the file reads back through the ordinary loader, wherever the data was."""
+    from illume_trainer.conversations import read_conversations
+
     monkeypatch.chdir(captions.parents[1])
     prompts = prompts_from_captions("train/captions.jsonl", 3, seed=0)
     assert all(os.path.isabs(p.truth) and os.path.isfile(p.truth) for p in prompts)
-    items = _corpus(tmp_path)
+    (tmp_path / "corpus").mkdir()
+    items = _corpus(tmp_path / "corpus")
     relative = [dataclasses.replace(i, truth=os.path.relpath(i.truth)) for i in items]
-    judgements = assess_corpus(OracleAssessor(), items, tmp_path, progress=False)
-    conversations = sft_conversations(relative, judgements, tmp_path)
-    assert all(os.path.isabs(p) and os.path.isfile(p) for c in conversations for p in c["images"])
+    judgements = assess_corpus(OracleAssessor(), items, tmp_path / "corpus", progress=False)
+    conversations = sft_conversations(relative, judgements, tmp_path / "corpus", tmp_path)
+    assert all(not os.path.isabs(p) for c in conversations for p in c["images"])
+    (tmp_path / "sft.json").write_text(json.dumps(conversations))
+    loaded = read_conversations(tmp_path / "sft.json")
+    assert all(os.path.isfile(p) for c in loaded for p in c.images)
+    second = [c for c in conversations if len(c["images"]) == 2]
+    assert second and all(c["images"][1].startswith("truth/") for c in second)
+
+
+def test_a_data_file_naming_a_path_outside_its_folder_is_refused(tmp_path):
+    from illume_trainer.conversations import read_conversations
+    from illume_trainer.data import ManifestError, read_captions
+
+    (tmp_path / "bad.json").write_text(json.dumps([{"image": "../../../../etc/passwd",
+        "conversations": [{"from": "human", "value": "<image>\nWhat?"}, {"from": "gpt", "value": "x"}]}]))  # fmt: skip
+    with pytest.raises(ManifestError, match="entry 1: .* outside its data set"):
+        read_conversations(tmp_path / "bad.json")
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"image": "/etc/passwd", "text": "x"}) + "\n")
+    with pytest.raises(ManifestError, match="line 1: .* absolute path"):
+        read_captions(tmp_path / "bad.jsonl")
+    assert (
+        read_captions(tmp_path / "bad.jsonl", allow_absolute_paths=True)[0].image == "/etc/passwd"
+    )
 
 
 def test_oracle_assessments_and_fig_c_sft_data(tmp_path):
@@ -196,7 +219,7 @@ def test_oracle_assessments_and_fig_c_sft_data(tmp_path):
         judgements[0].assessment["Object"]["Score"] == 0
         and judgements[1].assessment["Object"]["Score"] == 1
     )
-    conversations = sft_conversations(items, judgements, tmp_path)
+    conversations = sft_conversations(items, judgements, tmp_path, tmp_path)
     bad, good = conversations[0], conversations[1]
     assert [t["from"] for t in bad["conversations"]] == ["human", "gpt", "human", "gpt"]
     assert (
@@ -205,7 +228,8 @@ def test_oracle_assessments_and_fig_c_sft_data(tmp_path):
     )
     assert json.loads(bad["conversations"][1]["value"]) == judgements[0].assessment
     assert bad["conversations"][2]["value"] == FOLLOW_UP.format(prompt="a blue square")
-    assert bad["conversations"][3]["value"] == "<image>" and bad["images"][1] == items[0].truth
+    assert bad["conversations"][3]["value"] == "<image>"
+    assert (tmp_path / bad["images"][1]).read_bytes() == Path(items[0].truth).read_bytes()
     assert len(good["conversations"]) == 2 and len(good["images"]) == 1
     # a rerun judges nothing again
     assert assess_corpus(OracleAssessor(), items, tmp_path, progress=False) == judgements
@@ -258,6 +282,31 @@ class _Endpoint:
                         self.send_response(value)
                         self.end_headers()
                         self.wfile.write(b"busy")
+                        return
+                    if kind == "redirect":  # to another server, where the key must never go
+                        self.send_response(302)
+                        self.send_header("Location", value)
+                        self.send_header("Content-Length", "0")
+                        self.end_headers()
+                        return
+                    if kind == "disconnect":  # hang up without a word
+                        self.close_connection = True
+                        self.connection.shutdown(2)
+                        return
+                    if kind in ("huge", "drip", "badutf8"):
+                        self.send_response(200)
+                        self.send_header("Content-Type", "application/json")
+                        self.end_headers()
+                        if kind == "huge":
+                            for _ in range(value):
+                                self.wfile.write(b" " * 65536)
+                        elif kind == "drip":
+                            for _ in range(value):
+                                self.wfile.write(b" ")
+                                self.wfile.flush()
+                                time.sleep(0.2)
+                        else:
+                            self.wfile.write(b'{"choices": "\xff\xfe"}')
                         return
                     reply = {"choices": [{"message": {"role": "assistant", "content": value}}]}
                     data = json.dumps(reply).encode() if kind == "ok" else b"<html>not json"
@@ -353,6 +402,52 @@ def test_openai_compatible_respects_its_concurrency_limit(endpoint, tmp_path):
     # loaded machine, which only makes it slower).
     assert all(j.accepted for j in judgements) and 1 <= server.max_in_flight <= 2
     assert time.perf_counter() - start >= 1.45
+
+
+def test_openai_compatible_survives_hostile_servers(endpoint, tmp_path):
+    """A huge reply is abandoned at its cap, a server dripping a byte at a time is cut off at the
+    whole-request deadline, a hang-up or a reply that is not UTF-8 is retried: each item ends as
+    an accepted or a rejected judgement, and assess() itself never raises."""
+    server = endpoint([
+        ("huge", 80), ("huge", 80),          # 5 MB each, cap 100 KB
+        ("drip", 40), ("drip", 40),          # 8 s each, deadline 1 s
+        ("disconnect", None), ("ok", GOOD),  # hang-up, then fine
+        ("badutf8", None), ("badutf8", None),
+    ])  # fmt: skip
+    items = _corpus(tmp_path, 4)
+    assessor = _remote(
+        server.url, timeout=1.0, retries=1, concurrency=1, max_response_bytes=100_000
+    )
+    start = time.perf_counter()
+    judgements = assessor.assess(items, tmp_path)
+    assert time.perf_counter() - start < 8  # the drips were cut at about 1 s each
+    assert [j.accepted for j in judgements] == [False, False, True, False]
+    assert "over 100000 bytes" in judgements[0].error
+    assert "within 1.0 s" in judgements[1].error
+    assert judgements[2].attempts == 2
+    assert "not UTF-8" in judgements[3].error
+
+
+def test_openai_compatible_follows_no_redirect_and_sends_no_key_elsewhere(endpoint, tmp_path):
+    elsewhere = endpoint([])
+    server = endpoint([("redirect", elsewhere.url + "/chat/completions")])
+    (judgement,) = _remote(server.url, retries=2).assess(_corpus(tmp_path, 1), tmp_path)
+    assert not judgement.accepted and "redirects are not followed" in judgement.error
+    assert judgement.attempts == 1 and elsewhere.requests == []
+
+
+def test_openai_compatible_sends_only_images_inside_the_corpus(endpoint, tmp_path):
+    server = endpoint([])
+    secret = tmp_path / "secret.txt"
+    secret.write_text("password")
+    (tmp_path / "corpus").mkdir()
+    outside = CorpusItem("x", "a red circle", "../secret.txt", str(secret), 0)
+    not_an_image = CorpusItem("y", "a red circle", "notes.png", str(secret), 0)
+    (tmp_path / "corpus" / "notes.png").write_text("not an image")
+    judgements = _remote(server.url).assess([outside, not_an_image], tmp_path / "corpus")
+    assert not any(j.accepted for j in judgements) and server.requests == []
+    assert "outside its data set" in judgements[0].error
+    assert "cannot load image" in judgements[1].error
 
 
 def test_judgement_lines_round_trip(tmp_path):

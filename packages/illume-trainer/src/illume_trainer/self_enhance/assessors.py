@@ -5,8 +5,9 @@ Three assessors, one protocol (`assess(items, corpus_dir) -> list[Judgement]`):
 - `OracleAssessor`: illume-eval's exact ShapesWorld assessor (needs each prompt's spec);
 - `ModelAssessor`: the MLLM itself answers the assessment instruction (self-assessment);
 - `OpenAICompatibleAssessor`: any chat-completions endpoint that takes images (e.g. a local vLLM
-  serving Qwen2.5-VL, the paper's Table C), with a timeout per request, retries with exponential
-  backoff on timeouts, connection errors, 429 and 5xx, a limit on requests in flight, and strict
+  serving Qwen2.5-VL, the paper's Table C), on httpx, with a deadline per request, a cap on the
+  reply's size, no redirects, retries with exponential backoff on timeouts, transport errors,
+  429 and 5xx, a limit on requests and connections in flight, and strict
   validation: an answer that does not parse as assessment JSON is asked again, then recorded as
   rejected with the reason. Nothing malformed is ever kept.
 
@@ -20,17 +21,14 @@ import base64
 import json
 import os
 import random
-import socket
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
 
-from illume_core import load_image
+from illume_core import load_image, read_bounded, resolve_inside
 from illume_eval.assessment import (
     ASSESSMENT_INSTRUCTION,
     AssessmentError,
@@ -42,6 +40,8 @@ from illume_eval.shapes import PromptSpec
 from .corpus import CorpusItem, append_log
 
 ASSESSMENTS = "assessments.jsonl"
+#: The largest drawing sent to an assessor endpoint.
+MAX_IMAGE_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -162,29 +162,56 @@ class ModelAssessor:
 
 
 class OpenAICompatibleAssessor:
-    """A chat-completions endpoint as the assessor (see the module docstring).
+    """A chat-completions endpoint as the assessor (see the module docstring), on httpx.
+
+    Every request has a whole-request deadline (`timeout`, not per socket read: a server that
+    drips a byte at a time is cut off), a cap on the reply's size (`max_response_bytes`, read as
+    a stream and abandoned past it), no redirects (a 3xx is a rejection, so the API key never
+    travels to another host), and at most `concurrency` connections. Every transport failure
+    (refused, reset, cut short, timed out) and every garbled reply is retried, then recorded as a
+    rejection: `assess` never raises for one item.
 
     Args:
         base_url: e.g. "http://localhost:8000/v1" (the request goes to base_url + "/chat/completions").
         model: the served model's name.
         api_key: sent as a Bearer token when given (default: $OPENAI_API_KEY if set).
-        timeout: seconds per request.
+        timeout: seconds a request may take, from connecting to the reply's last byte.
         retries: further attempts after the first, for transport errors and malformed answers.
         backoff: first retry delay in seconds, doubled per retry (with jitter).
-        concurrency: requests in flight at once.
+        concurrency: requests in flight at once (and connections kept).
+        max_tokens: the assessment's length limit sent to the endpoint.
+        max_response_bytes: the largest reply read.
     """
 
     name = "openai-compatible"
 
     def __init__(self, base_url: str, model: str, api_key: str | None = None, timeout: float = 60.0,
-                 retries: int = 3, backoff: float = 1.0, concurrency: int = 4, max_tokens: int = 400):  # fmt: skip
+                 retries: int = 3, backoff: float = 1.0, concurrency: int = 4, max_tokens: int = 400,
+                 max_response_bytes: int = 1 << 20):  # fmt: skip
+        import httpx
+
+        if timeout <= 0 or retries < 0 or concurrency < 1 or max_response_bytes < 1:
+            raise ValueError(
+                f"timeout must be > 0, retries >= 0, concurrency >= 1 and max_response_bytes >= 1; "
+                f"got {timeout}, {retries}, {concurrency}, {max_response_bytes}"
+            )
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model, self.timeout, self.retries, self.backoff = model, timeout, retries, backoff
         self.api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
         self.concurrency, self.max_tokens = concurrency, max_tokens
+        self.max_response_bytes = max_response_bytes
+        self._client = httpx.Client(
+            timeout=httpx.Timeout(timeout),
+            follow_redirects=False,
+            limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
+            trust_env=False,  # no proxy from the environment: the endpoint named is the one used
+        )
 
     def _request(self, item: CorpusItem, corpus_dir: Path) -> bytes:
-        png = (Path(corpus_dir) / item.image).read_bytes()
+        # The drawing the corpus holds: inside the corpus, a regular file, bounded, and an image.
+        path = resolve_inside(corpus_dir, item.image)
+        png = read_bounded(path, MAX_IMAGE_BYTES)
+        load_image(png)  # raises ImageLoadError for anything that is not an image
         body = {
             "model": self.model,
             "temperature": 0,
@@ -198,32 +225,55 @@ class OpenAICompatibleAssessor:
 
     def _post(self, payload: bytes) -> str:
         """One request -> the answer's text; raises _Retry for what another attempt may fix."""
+        import httpx
+
         headers = {"Content-Type": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
-        request = urllib.request.Request(self.url, data=payload, headers=headers, method="POST")
+        deadline = time.monotonic() + self.timeout
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                data = json.loads(response.read().decode("utf-8"))
-        except urllib.error.HTTPError as err:
-            if err.code == 429 or err.code >= 500:
-                raise _Retry(f"HTTP {err.code} from {self.url}") from None
-            raise _Fatal(f"HTTP {err.code} from {self.url}: {err.read()[:200]!r}") from None
-        except TimeoutError:
+            with self._client.stream(
+                "POST", self.url, content=payload, headers=headers
+            ) as response:
+                body = bytearray()
+                for chunk in response.iter_bytes():
+                    body += chunk
+                    if len(body) > self.max_response_bytes:
+                        raise _Retry(
+                            f"the reply from {self.url} is over {self.max_response_bytes} bytes"
+                        )
+                    if time.monotonic() > deadline:
+                        raise _Retry(f"no whole answer from {self.url} within {self.timeout} s")
+                status = response.status_code
+        except httpx.TimeoutException:
             raise _Retry(f"no answer from {self.url} within {self.timeout} s") from None
-        except urllib.error.URLError as err:
-            if isinstance(err.reason, (TimeoutError, socket.timeout)):
-                raise _Retry(f"no answer from {self.url} within {self.timeout} s") from None
-            raise _Retry(f"cannot reach {self.url}: {err.reason}") from None
+        except httpx.HTTPError as err:  # refused, reset, cut short, a broken protocol
+            raise _Retry(f"cannot talk to {self.url}: {type(err).__name__}: {err}") from None
+        if 300 <= status < 400:
+            raise _Fatal(f"HTTP {status} from {self.url}: redirects are not followed")
+        if status == 429 or status >= 500:
+            raise _Retry(f"HTTP {status} from {self.url}")
+        if status >= 400:
+            raise _Fatal(f"HTTP {status} from {self.url}: {bytes(body[:200])!r}")
+        try:
+            data = json.loads(body.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise _Retry("the endpoint's reply is not UTF-8") from None
         except json.JSONDecodeError as err:
             raise _Retry(f"the endpoint's reply is not JSON: {err.msg}") from None
         try:
-            return data["choices"][0]["message"]["content"]
+            content = data["choices"][0]["message"]["content"]
         except (KeyError, IndexError, TypeError):
             raise _Retry("the reply has no choices[0].message.content") from None
+        if not isinstance(content, str):
+            raise _Retry("the reply's message content is not text")
+        return content
 
     def _assess_one(self, item: CorpusItem, corpus_dir: Path) -> Judgement:
-        payload = self._request(item, corpus_dir)
+        try:
+            payload = self._request(item, corpus_dir)
+        except (OSError, ValueError) as err:  # outside the corpus, not a file, not an image
+            return Judgement(item.id, self.name, None, f"cannot send the drawing: {err}", None, 0)
         error, raw = None, None
         for attempt in range(1 + self.retries):
             if attempt:
