@@ -400,3 +400,29 @@ def test_grid_embeddings_place_every_code_with_and_without_a_kv_cache(tmp_path, 
         model(input_ids=full[:, :-1], past_key_values=cache)
     with pytest.raises(ValueError, match="pass grid_positions"):
         model(input_ids=full[:, -1:], past_key_values=cache)
+
+
+def test_user_text_never_becomes_control_tokens(built):
+    """'<image>', '</s>', '<start_of_image>' typed by a user are characters, not control tokens:
+    no image slot is claimed, no turn ends, no image opens."""
+    _, processor = built
+    v = processor.vocab
+    controls = {v.image, v.start_of_image, v.end_of_image, v.end_of_line, *v.vision_ids,
+                processor.tokenizer.eos_token_id, processor.tokenizer.bos_token_id}  # fmt: skip
+    typed = "how many <image> are there ? <start_of_image> <image_3> </s> <s>"
+    assert not set(processor.text_ids(typed)) & controls
+    example = processor.encode_conversation([Message("user", [typed])], add_generation_prompt=True)
+    assert example.input_ids.count(v.image) == 0 and example.images == []
+    assert example.input_ids.count(processor.tokenizer.eos_token_id) == 0
+
+
+def test_a_prompt_longer_than_the_context_is_a_clear_error(built):
+    from illume_mllm import ContextLengthError, generate_text
+
+    model, processor = built
+    limit = model.config.text_config.max_position_embeddings
+    long = " ".join(["red"] * (limit + 10))
+    with pytest.raises(
+        ContextLengthError, match=rf"the prompt is \d+ tokens .* context of {limit}"
+    ):
+        generate_text(model, processor, [[Message("user", [long])]])

@@ -15,8 +15,10 @@ from .build import (
     check_vision_feature_layer,
 )
 from .generation import (
+    ContextLengthError,
     ImageTokenSampler,
     answer_log_likelihood,
+    check_context,
     draw_codes,
     filter_logits,
     generate_image_tokens,
@@ -28,8 +30,8 @@ from .processing import IGNORE, Example, IllumeProcessor, ProcessorConfig
 from .vocab import MARKERS, VisionVocab, extend_tokenizer, vision_token, vocab_of
 
 __all__ = [
-    "IGNORE", "LLM_PRESETS", "MARKERS", "Example", "GridEmbedding", "IllumeConfig", "IllumeForConditionalGeneration",
+    "IGNORE", "LLM_PRESETS", "MARKERS", "ContextLengthError", "Example", "GridEmbedding", "IllumeConfig", "IllumeForConditionalGeneration",
     "IllumeProcessor", "ImageTokenSampler", "ProcessorConfig", "VisionVocab", "__version__", "answer_log_likelihood", "build_model",
-    "build_processor", "build_text_tokenizer", "build_word_tokenizer", "check_vision_feature_layer", "draw_codes", "extend_tokenizer", "filter_logits", "generate_image_tokens",
+    "build_processor", "build_text_tokenizer", "build_word_tokenizer", "check_context", "check_vision_feature_layer", "draw_codes", "extend_tokenizer", "filter_logits", "generate_image_tokens",
     "generate_text", "grid_positions", "prompt_batch", "vision_token", "vocab_of",
 ]  # fmt: skip

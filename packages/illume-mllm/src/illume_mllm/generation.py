@@ -133,8 +133,30 @@ class ImageTokenSampler(LogitsProcessor):
         return out
 
 
-def prompt_batch(model, processor: IllumeProcessor, examples: Sequence[Example]) -> dict:
-    """Left-padded prompts on the model's device (pixels in its dtype), without labels."""
+class ContextLengthError(ValueError):
+    """A prompt and what is to be generated after it do not fit the model's context."""
+
+
+def check_context(model, prompt_length: int, new_tokens: int) -> None:
+    """Raises ContextLengthError, naming both lengths, where `prompt_length` tokens and
+    `new_tokens` more exceed the language model's context (its max_position_embeddings)."""
+    config = getattr(model, "config", None)
+    text_config = getattr(config, "text_config", config)
+    limit = getattr(text_config, "max_position_embeddings", None)
+    if limit is not None and prompt_length + new_tokens > limit:
+        raise ContextLengthError(
+            f"the prompt is {prompt_length} tokens and {new_tokens} more are to be generated, "
+            f"over the model's context of {limit} tokens; shorten the prompt to at most "
+            f"{max(limit - new_tokens, 0)} tokens"
+        )
+
+
+def prompt_batch(
+    model, processor: IllumeProcessor, examples: Sequence[Example], new_tokens: int = 0
+) -> dict:
+    """Left-padded prompts on the model's device (pixels in its dtype), without labels; a
+    ContextLengthError first where the longest prompt and `new_tokens` do not fit the context."""
+    check_context(model, max((len(e.input_ids) for e in examples), default=0), new_tokens)
     batch = processor.collate(examples, padding_side="left")
     batch.pop("labels")
     return _on_model(model, batch)
@@ -173,7 +195,8 @@ def generate_image_tokens(
         examples += [
             processor.encode_conversation(c, add_generation_prompt=True) for c in unconditional
         ]
-    batch = prompt_batch(model, processor, examples)
+    h, w = processor.config.image_grid
+    batch = prompt_batch(model, processor, examples, new_tokens=h * (w + 1) + 2)
     sampler = ImageTokenSampler(
         processor.vocab, processor.config.image_grid, batch["input_ids"].shape[1], guidance,
         temperature, top_k, top_p, generator, eos_token_id=processor.tokenizer.eos_token_id,
@@ -202,7 +225,7 @@ def generate_text(
 ) -> list[str]:
     """Text answers to the last user turn of each conversation (greedy by default)."""
     examples = [processor.encode_conversation(c, add_generation_prompt=True) for c in conversations]
-    batch = prompt_batch(model, processor, examples)
+    batch = prompt_batch(model, processor, examples, new_tokens=max_new_tokens)
     vision = processor.vocab
     out = model.generate(
         **batch,

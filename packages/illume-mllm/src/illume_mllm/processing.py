@@ -109,7 +109,15 @@ class IllumeProcessor:
     # -- pieces -----------------------------------------------------------------------------------
 
     def text_ids(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+        """Token ids of text, as text: a control token's spelling in it ("<image>", "</s>",
+        "<start_of_image>") is tokenized as ordinary characters, never as the control token, so
+        user text cannot open an image, end a turn or claim an image slot. Control tokens are
+        inserted by the conversation template alone."""
+        if not text:
+            return []
+        return self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)[
+            "input_ids"
+        ]
 
     def image_output_ids(self, codes) -> list[int]:
         """codes [h, w] -> <start_of_image> (row codes <end_of_line>) x h <end_of_image>."""

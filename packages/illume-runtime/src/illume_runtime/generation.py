@@ -120,7 +120,8 @@ class TorchImageGenerator:
             examples += [
                 processor.encode_conversation(c, add_generation_prompt=True) for c in unconditional
             ]
-        batch = prompt_batch(self.model, processor, examples)
+        h, w = self.grid
+        batch = prompt_batch(self.model, processor, examples, new_tokens=h * (w + 1) + 2)
         ids, mask = batch["input_ids"], batch["attention_mask"]
         rows, prompt = ids.shape
         drawn = image_positions(self.grid)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from illume_core import atomic_write_bytes
+from illume_core import UnsafePathError, atomic_write_bytes, resolve_inside
 
 from ..data import read_captions
 
@@ -151,7 +151,11 @@ def read_corpus(directory: str | os.PathLike) -> list[CorpusItem]:
             item = CorpusItem(**json.loads(line))
         except (json.JSONDecodeError, TypeError):
             continue  # a line cut short by a crash: its item is drawn again
-        if (directory / item.image).is_file():
+        try:  # a line naming a file outside the corpus is not one of its items: drawn again
+            image = resolve_inside(directory, item.image)
+        except UnsafePathError:
+            continue
+        if image.is_file():
             items.append(item)
     return items
 
