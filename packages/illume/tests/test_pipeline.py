@@ -116,7 +116,7 @@ def test_task_commands(pipeline_dir, tmp_path, capsys):
         )
         == 0
     )
-    assert sorted(p.name for p in (tmp_path / "gen").iterdir()) == ["0000.png", "0001.png"]
+    assert sorted(p.name for p in (tmp_path / "gen").glob("*.png")) == ["0000.png", "0001.png"]
     assert (
         main(["edit", *fast, str(image), "make it blue", "--out", str(tmp_path / "edited.png")])
         == 0
@@ -125,6 +125,64 @@ def test_task_commands(pipeline_dir, tmp_path, capsys):
     assert main(["answer", "--model", str(pipeline_dir), str(image), "how many circles ?"]) == 0
     with pytest.raises(FileNotFoundError, match="not an ILLUME pipeline directory"):
         IllumePipeline.from_pretrained(tmp_path)
+
+
+def _fails(argv, capsys) -> tuple[int, str]:
+    capsys.readouterr()  # what earlier commands printed
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("illume: error: "), err  # one line
+    return exit_info.value.code, err
+
+
+def test_bad_command_lines_are_one_line_errors_and_lose_nothing(pipeline_dir, tmp_path, capsys):
+    """Wrong values are refused before the model loads (exit 2); what fails later is one line
+    (exit 1); no user folder is touched; user text with control-token spellings just works."""
+    model = ["--model", str(pipeline_dir), "--steps", "2"]
+    for extra, expected in (
+        (["--temperature", "-1"], "--temperature must be >= 0"),
+        (["--temperature", "nan"], "--temperature must be a finite number"),
+        (["--top-k", "-5"], "--top-k must be None or an integer >= 1"),
+        (["--seed", str(2**70)], "--seed must be in"),
+        (["--num-images", "0"], "--num-images must be at least 1"),
+        (["--guidance", "inf"], "--guidance must be a finite number"),
+    ):
+        code, err = _fails(
+            ["generate", *model, "a red circle", *extra, "--out", str(tmp_path / "x")], capsys
+        )
+        assert code == 2 and expected in err, err
+    assert not (tmp_path / "x").exists()
+    mine = tmp_path / "thesis"
+    mine.mkdir()
+    (mine / "chapter1.txt").write_text("years of work")
+    code, err = _fails(["generate", *model, "a red circle", "--out", str(mine)], capsys)
+    assert code == 2 and "not empty" in err
+    code, err = _fails(
+        ["generate", *model, "a red circle", "--out", str(mine), "--overwrite"], capsys
+    )
+    assert code == 2 and "not written by illume" in err
+    code, err = _fails(["export", "--model", str(pipeline_dir), "--out", str(mine)], capsys)
+    assert code == 1 and "not written by illume" in err
+    assert [p.name for p in mine.iterdir()] == ["chapter1.txt"]
+    code, err = _fails(["edit", *model, str(tmp_path / "missing.png"), "make it blue",
+                        "--out", str(tmp_path / "e.png")], capsys)  # fmt: skip
+    assert code == 1 and "cannot load image" in err and "no such file" in err
+    # a second run into the same --out: refused, or replaces the first's whole with --overwrite
+    gen = ["generate", *model, "a red circle", "--out", str(tmp_path / "gen")]
+    assert main(gen) == 0
+    code, err = _fails(gen, capsys)
+    assert code == 2 and "not empty" in err
+    assert main([*gen, "--overwrite", "--num-images", "2"]) == 0
+    assert sorted(p.name for p in (tmp_path / "gen").glob("*.png")) == ["0000.png", "0001.png"]
+    image = tmp_path / "in.png"
+    Image.new("RGB", (32, 32), (16, 16, 16)).save(image)
+    assert (
+        main(
+            ["answer", "--model", str(pipeline_dir), str(image), "How many <image> are there </s>?"]
+        )
+        == 0
+    )
 
 
 def test_every_runtime_draws_the_same_codes_and_the_export_command(pipeline_dir, tmp_path, capsys):
@@ -156,7 +214,7 @@ def test_every_runtime_draws_the_same_codes_and_the_export_command(pipeline_dir,
         str(tmp_path / "onnx"),
     ]
     assert main([*args, "a red circle", "--out", str(out)]) == 0
-    assert [p.name for p in out.iterdir()] == ["0000.png"]
+    assert [p.name for p in out.glob("*.png")] == ["0000.png"]
 
 
 def test_reconstruct_and_the_editing_ceiling(pipeline_dir, tmp_path):

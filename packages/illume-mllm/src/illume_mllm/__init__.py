@@ -19,6 +19,7 @@ from .generation import (
     ImageTokenSampler,
     answer_log_likelihood,
     check_context,
+    check_sampling,
     draw_codes,
     filter_logits,
     generate_image_tokens,
@@ -32,6 +33,6 @@ from .vocab import MARKERS, VisionVocab, extend_tokenizer, vision_token, vocab_o
 __all__ = [
     "IGNORE", "LLM_PRESETS", "MARKERS", "ContextLengthError", "Example", "GridEmbedding", "IllumeConfig", "IllumeForConditionalGeneration",
     "IllumeProcessor", "ImageTokenSampler", "ProcessorConfig", "VisionVocab", "__version__", "answer_log_likelihood", "build_model",
-    "build_processor", "build_text_tokenizer", "build_word_tokenizer", "check_context", "check_vision_feature_layer", "draw_codes", "extend_tokenizer", "filter_logits", "generate_image_tokens",
+    "build_processor", "build_text_tokenizer", "build_word_tokenizer", "check_context", "check_sampling", "check_vision_feature_layer", "draw_codes", "extend_tokenizer", "filter_logits", "generate_image_tokens",
     "generate_text", "grid_positions", "prompt_batch", "vision_token", "vocab_of",
 ]  # fmt: skip

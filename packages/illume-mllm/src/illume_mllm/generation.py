@@ -12,6 +12,7 @@ unconditional twin.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -21,6 +22,33 @@ from illume_core import Message
 
 from .processing import IGNORE, Example, IllumeProcessor
 from .vocab import VisionVocab
+
+
+def _number(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def check_sampling(
+    guidance: float = 1.0,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+) -> None:
+    """The one check of sampling settings every loop, config file and command line goes through:
+    a ValueError naming the setting and the allowed range. guidance: finite, >= 0 (1: none);
+    temperature: finite, >= 0 (0: greedy); top_k: None or an integer >= 1; top_p: None or in (0, 1]."""
+    if _number("guidance", guidance) < 0:
+        raise ValueError(f"guidance must be >= 0 (1 means no guidance), got {guidance}")
+    if _number("temperature", temperature) < 0:
+        raise ValueError(f"temperature must be >= 0 (0 draws greedily), got {temperature}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"top_k must be None or an integer >= 1, got {top_k!r}")
+    if top_p is not None and not 0 < _number("top_p", top_p) <= 1:
+        raise ValueError(f"top_p must be None or in (0, 1], got {top_p}")
 
 
 def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
@@ -51,6 +79,7 @@ def draw_codes(
     Every image sampler (this module's and illume-runtime's fast loops) draws through here, so the
     same seed gives the same codes whatever computed the logits. The draw runs where the generator
     lives (a CPU generator: on the CPU, as transformers' own sampling would)."""
+    check_sampling(guidance, temperature, top_k, top_p)
     logits = cond.float()
     if guidance != 1.0:
         uncond = uncond.float()
@@ -86,8 +115,7 @@ class ImageTokenSampler(LogitsProcessor):
         generator: torch.Generator | None = None,
         eos_token_id: int | None = None,
     ):
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        check_sampling(guidance, temperature, top_k, top_p)
         self.vocab, self.grid, self.prompt_length = vocab, grid, prompt_length
         self.guidance, self.temperature, self.top_k, self.top_p = (
             guidance,

@@ -66,13 +66,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Runs a command. A wrong command-line value is one line `illume: error: ...` and exit 2;
+    any other failure one line and exit 1 (ILLUME_TRACEBACK=1 shows the traceback)."""
+    import os
+
+    from .commands.tasks import UsageError
+
     parser = build_parser()
     args = parser.parse_args(argv)
     handler: Command | None = getattr(args, "handler", None)
     if handler is None:
         parser.print_help()
         return 0
-    return handler(args)
+    try:
+        return handler(args)
+    except UsageError as err:
+        parser.exit(2, f"illume: error: {err}\n")
+    except KeyboardInterrupt:
+        parser.exit(130, "illume: interrupted\n")
+    except Exception as err:
+        if os.environ.get("ILLUME_TRACEBACK"):
+            raise
+        message = " ".join(str(err).split()) or type(err).__name__
+        parser.exit(1, f"illume: error: {message} (ILLUME_TRACEBACK=1 shows where)\n")
+    return 1  # not reached: parser.exit raises SystemExit
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from illume_mllm import (
     IllumeForConditionalGeneration,
     IllumeProcessor,
     answer_log_likelihood,
+    check_sampling,
     generate_image_tokens,
     generate_text,
 )
@@ -64,16 +65,34 @@ class SamplingConfig:
     judge_question: str = "Describe the image."
     """The captioning question the judge asks of each drawing; the prompt is scored as its answer."""
 
+    def __post_init__(self):
+        check_sampling(self.guidance, self.temperature, self.top_k, self.top_p)
+        if self.edit_temperature is not None:
+            check_sampling(temperature=self.edit_temperature)
+        check_sampling(guidance=self.detokenizer_guidance)
+        for name in ("steps", "best_of"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        for name in ("sampler", "judge_question"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"{name} must be a string, got {getattr(self, name)!r}")
+
     @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> SamplingConfig:
         values = json.loads(Path(path).read_text())
+        if not isinstance(values, dict):
+            raise ValueError(f"{path}: expected a JSON object of sampling settings")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(
                 f"{path}: unknown sampling settings {unknown}; known: {sorted(known)} (fix or delete the file)"
             )
-        return cls(**values)
+        try:
+            return cls(**values)
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from None
 
 
 #: ShapesWorld's small MLLM draws best cooler than the library default: text-to-image overall at
@@ -234,6 +253,10 @@ class IllumePipeline:
     def _generator(self, seed: int | None, generator: torch.Generator | None) -> torch.Generator:
         if generator is not None:
             return generator
+        if seed is not None and (
+            isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63
+        ):
+            raise ValueError(f"seed must be an integer in [0, 2**63), got {seed!r}")
         return torch.Generator().manual_seed(seed if seed is not None else torch.seed() % 2**31)
 
     def render(self, codes: torch.Tensor, generator: torch.Generator) -> list[Image.Image]:
@@ -289,7 +312,11 @@ class IllumePipeline:
         best_of = self.sampling.best_of if best_of is None else best_of
         if best_of < 1:
             raise ValueError(f"best_of must be at least 1, got {best_of}")
+        if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 1:
+            raise ValueError(f"num_images must be an integer >= 1, got {num_images!r}")
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if not prompts:
+            raise ValueError("no prompt given: pass a prompt or a list of prompts")
         generator = self._generator(seed, generator)
         drawn = [p for p in prompts for _ in range(num_images * best_of)]
         conversations = [self.processor.t2i_messages(p) for p in drawn]

@@ -35,7 +35,12 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="draw N candidates per image and keep the one the model judges best "
         "(default: the pipeline's sampling.json, else 1)",
     )  # fmt: skip
-    generate.add_argument("--out", default="generated", help="folder for the PNGs")
+    generate.add_argument(
+        "--out", default="generated", help="folder for the PNGs (new or empty; default ./generated)"
+    )
+    generate.add_argument(
+        "--overwrite", action="store_true", help="replace an earlier `illume generate` --out"
+    )
     generate.set_defaults(handler=_generate)
 
     answer = commands.add_parser("answer", help="answer a question about an image")
@@ -48,7 +53,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     _sampling(edit)
     edit.add_argument("image")
     edit.add_argument("instruction", help='e.g. "change the red circle to green"')
-    edit.add_argument("--out", default="edited.png")
+    edit.add_argument("--out", default="edited.png", help="the PNG to write (default edited.png)")
+    edit.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     edit.set_defaults(handler=_edit)
 
     export = commands.add_parser(
@@ -58,6 +64,60 @@ def register(commands: argparse._SubParsersAction) -> None:
     export.add_argument("--out", required=True, help="folder for the graphs and manifest.json")
     export.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime check")
     export.set_defaults(handler=_export)
+
+
+class UsageError(ValueError):
+    """A command line's value is wrong: `illume: error: ...`, exit 2, before anything loads."""
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    """Every number and path of the command line, before the model loads (seconds) or anything
+    is drawn (more): a wrong one is one line, not a traceback after the work."""
+    from illume_mllm import check_sampling
+
+    try:
+        check_sampling(
+            guidance=args.guidance if getattr(args, "guidance", None) is not None else 1.0,
+            temperature=args.temperature if getattr(args, "temperature", None) is not None else 1.0,
+            top_k=getattr(args, "top_k", None),
+        )
+    except ValueError as err:
+        raise UsageError(f"--{str(err).replace('_', '-')}") from None
+    if getattr(args, "seed", None) is not None and not 0 <= args.seed < 2**63:
+        raise UsageError(f"--seed must be in [0, 2**63), got {args.seed}")
+    for name in ("num_images", "steps", "best_of"):
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    if not Path(args.model).is_dir():
+        raise UsageError(f"--model {args.model}: no such pipeline directory")
+
+
+def _check_out_folder(out: Path, overwrite: bool) -> None:
+    from illume_core import check_replaceable
+
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file; name a folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise UsageError(f"--out {out} is not empty; name a new folder, or pass --overwrite")
+        try:
+            check_replaceable(out, GENERATED_KIND)
+        except FileExistsError as err:
+            raise UsageError(f"--out: {err}") from None
+
+
+def _check_out_file(out: Path, overwrite: bool) -> None:
+    if out.is_dir():
+        raise UsageError(f"--out {out} is a folder; name a .png file")
+    if out.exists() and not overwrite:
+        raise UsageError(f"--out {out} exists; name a new file, or pass --overwrite")
+    if not out.parent.is_dir():
+        raise UsageError(f"--out {out}: the folder {out.parent} does not exist")
+
+
+#: What `illume generate` records its output folder as (see illume_core.atomic_directory).
+GENERATED_KIND = "generated-images"
 
 
 def _load(args: argparse.Namespace):
@@ -74,16 +134,22 @@ def _load(args: argparse.Namespace):
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from illume_core import atomic_write_bytes
+    from illume_core import atomic_directory
 
-    pipe = _load(args)
+    _check_args(args)
     out = Path(args.out)
-    for i, image in enumerate(
-        pipe.generate_image(
-            args.prompt, num_images=args.num_images, seed=args.seed, best_of=args.best_of
-        )
-    ):
-        atomic_write_bytes(out / f"{i:04d}.png", _png(image))
+    _check_out_folder(out, args.overwrite)
+    pipe = _load(args)
+    images = pipe.generate_image(
+        args.prompt, num_images=args.num_images, seed=args.seed, best_of=args.best_of
+    )
+    # Written whole into a folder of their own, then swapped in: two runs into one --out never
+    # mix their images, and a crash leaves no half of a run behind.
+    with atomic_directory(out, GENERATED_KIND) as tmp:
+        for i, image in enumerate(images):
+            (tmp / f"{i:04d}.png").write_bytes(_png(image))
+        _check_out_folder(out, args.overwrite)  # another run may have filled it meanwhile
+    for i in range(len(images)):
         print(out / f"{i:04d}.png")
     return 0
 
@@ -91,14 +157,19 @@ def _generate(args: argparse.Namespace) -> int:
 def _answer(args: argparse.Namespace) -> int:
     from illume_core import load_image
 
-    print(_load(args).answer(load_image(args.image), args.question))
+    _check_args(args)
+    image = load_image(args.image)  # a bad image is refused before the model loads
+    print(_load(args).answer(image, args.question))
     return 0
 
 
 def _edit(args: argparse.Namespace) -> int:
     from illume_core import atomic_write_bytes, load_image
 
-    image = _load(args).edit(load_image(args.image), args.instruction, seed=args.seed)
+    _check_args(args)
+    _check_out_file(Path(args.out), args.overwrite)
+    source = load_image(args.image)
+    image = _load(args).edit(source, args.instruction, seed=args.seed)
     atomic_write_bytes(args.out, _png(image))
     print(args.out)
     return 0
@@ -114,6 +185,9 @@ def _png(image) -> bytes:
 
 def _export(args: argparse.Namespace) -> int:
     from illume_runtime import export_pipeline
+
+    if not Path(args.model).is_dir():
+        raise UsageError(f"--model {args.model}: no such pipeline directory")
 
     manifest = export_pipeline(args.model, args.out, verify=not args.no_verify)
     for name, spec in manifest["graphs"].items():
