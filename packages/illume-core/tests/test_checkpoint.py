@@ -178,3 +178,72 @@ def test_stale_temporaries_of_a_killed_save_are_swept_by_the_next(tmp_path):
         (tmp / "w.bin").write_bytes(b"y")
     atomic_write_text(tmp_path / "model.json", "{}")
     assert sorted(p.name for p in tmp_path.iterdir()) == [".model-notes", "model", "model.json"]
+
+
+_KILL_AT = """
+import os, signal, sys
+import numpy as np
+from illume_core import atomic_directory, save_checkpoint
+
+WRITES = {"open", "os.rename", "os.replace", "os.mkdir", "os.remove", "os.unlink", "shutil.rmtree"}
+kill_at, count = int(sys.argv[2]), 0
+
+def hook(event, args):
+    global count
+    if event not in WRITES or (event == "open" and not _writes(args)):
+        return
+    count += 1
+    if count == kill_at:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+def _writes(args):
+    mode, flags = (args[1] if len(args) > 1 else "r"), (args[2] if len(args) > 2 else 0)
+    return (isinstance(mode, str) and any(c in mode for c in "wax+")) or (
+        isinstance(flags, int) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT))
+
+sys.addaudithook(hook)
+version = float(sys.argv[3])
+with atomic_directory(sys.argv[1], "pipeline") as tmp:
+    for part in ("tokenizer", "mllm", "detokenizer"):
+        save_checkpoint(tmp / part, {"version": version}, {"w": np.full(1000, version, np.float32)})
+print("writes", count)
+"""
+
+
+def test_a_kill_at_any_write_of_a_save_leaves_the_previous_state_loadable(tmp_path):
+    """A save killed at each of its writes in turn (every open for writing, mkdir, rename and
+    removal): the folder then loads whole, as the previous version or the new one, never a mix;
+    the next save succeeds and leaves no temporary behind."""
+    import subprocess
+    import sys
+
+    from illume_core import load_checkpoint
+
+    target = tmp_path / "pipe"
+    script = tmp_path / "save.py"
+    script.write_text(_KILL_AT)
+
+    def save(version: float, kill_at: int = 0) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(script), str(target), str(kill_at), str(version)],
+                              capture_output=True, text=True)  # fmt: skip
+
+    def versions() -> set[float]:
+        found = set()
+        for part in ("tokenizer", "mllm", "detokenizer"):
+            config, tensors = load_checkpoint(target / part, framework="numpy")
+            assert (tensors["w"] == config["version"]).all()  # weights match their config
+            found.add(config["version"])
+        return found
+
+    first = save(1.0)
+    assert first.returncode == 0, first.stderr
+    total = int(first.stdout.split()[-1])
+    assert total >= 10
+    for kill_at in range(1, total + 1):
+        crashed = save(2.0, kill_at)
+        assert crashed.returncode == -9, (kill_at, crashed.stderr)
+        assert versions() in ({1.0}, {2.0}), kill_at  # one version, whole
+        again = save(1.0)  # the next save succeeds, and sweeps what the killed one left
+        assert again.returncode == 0, again.stderr
+        assert versions() == {1.0}
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe", "save.py"], kill_at

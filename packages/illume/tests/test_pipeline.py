@@ -495,3 +495,71 @@ def test_t2i_quality_draws_several_images_per_prompt(pipeline_dir, tmp_path):
     ]
     with pytest.raises(ValueError, match="images_per_prompt must be at least 1"):
         t2i_quality(pipe, split, n=1, images_per_prompt=0)
+
+
+_EXPORT_KILLED_AT = """
+import os, signal, sys
+from illume_runtime import export_pipeline
+
+WRITES = {"open", "os.rename", "os.replace", "os.mkdir", "os.remove", "os.unlink", "shutil.rmtree"}
+kill_at, count = int(sys.argv[3]), 0
+
+def hook(event, args):
+    global count
+    if event not in WRITES or not str(args[0] if args else "").startswith(sys.argv[4]):
+        return
+    if event == "open":
+        mode, flags = (args[1] if len(args) > 1 else "r"), (args[2] if len(args) > 2 else 0)
+        if not ((isinstance(mode, str) and any(c in mode for c in "wax+"))
+                or (isinstance(flags, int) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT))):
+            return
+    count += 1
+    if count == kill_at:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+sys.addaudithook(hook)
+export_pipeline(sys.argv[1], sys.argv[2], verify=False)
+print("writes", count)
+"""
+
+
+@pytest.mark.slow
+def test_an_export_killed_at_its_writes_leaves_the_previous_export_usable(pipeline_dir, tmp_path):
+    """`illume export` killed at the first, middle and last of its writes into the output's
+    folder: the previous export still opens in ONNX Runtime, whole; the next export succeeds and
+    leaves nothing of the killed one behind."""
+    import subprocess
+    import sys
+
+    from illume_runtime.engines import OnnxModels
+
+    out = tmp_path / "onnx"
+    script = tmp_path / "export.py"
+    script.write_text(_EXPORT_KILLED_AT)
+
+    def export(kill_at: int) -> subprocess.CompletedProcess:
+        argv = [
+            sys.executable,
+            str(script),
+            str(pipeline_dir),
+            str(out),
+            str(kill_at),
+            str(tmp_path),
+        ]
+        return subprocess.run(argv, capture_output=True, text=True)
+
+    def usable() -> dict:
+        models = OnnxModels(out)
+        for name in models.manifest["graphs"]:
+            models.session(name)  # every graph file there, and whole
+        return models.manifest["graphs"]
+
+    first = export(0)
+    assert first.returncode == 0, first.stderr
+    total, graphs = int(first.stdout.split()[-1]), usable()
+    for kill_at in sorted({1, total // 2, total}):
+        crashed = export(kill_at)
+        assert crashed.returncode == -9, (kill_at, crashed.stderr[-500:])
+        assert usable().keys() == graphs.keys(), kill_at
+        assert export(0).returncode == 0
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["export.py", "onnx"], kill_at
