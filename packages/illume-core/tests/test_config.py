@@ -46,3 +46,24 @@ def test_unknown_keys_and_wrong_class_are_errors(tmp_path):
         Outer.from_dict(Inner().to_dict())
     with pytest.raises(ConfigError, match="no config file"):
         Outer.load(tmp_path / "missing.json")
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"width": "lots"}, "Outer.width must be an integer, got 'lots'"),
+        ({"width": True}, "Outer.width must be an integer, got True"),
+        ({"width": 4.5}, "Outer.width must be an integer, got 4.5"),
+        ({"patch": [4, "x"]}, r"Outer.patch\[1\] must be an integer"),
+        ({"name": 3}, "Outer.name must be a string, got 3"),
+        ({"inner": {"depth": None}}, "Inner.depth must be an integer, got None"),
+    ],
+)
+def test_wrong_types_are_errors_naming_the_field(data, message):
+    with pytest.raises(ConfigError, match=message):
+        Outer.from_dict(data)
+
+
+def test_right_types_load_as_before():
+    config = Outer.from_dict({"width": 4, "patch": [2, 2], "name": None, "inner": {"depth": 3}})
+    assert config == Outer(width=4, patch=(2, 2), inner=Inner(depth=3))

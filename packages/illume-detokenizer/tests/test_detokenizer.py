@@ -190,3 +190,16 @@ def test_pixel_unshuffle_is_exactly_invertible_and_saved(tmp_path):
     assert out.pixels.shape == (1, 3, 16, 16)
     pipe.save_pretrained(tmp_path)
     assert DetokenizerPipeline.from_pretrained(tmp_path).config.pixel_unshuffle == 2
+
+
+def test_a_misspelt_unet_config_key_is_an_error_naming_it(tmp_path):
+    import json
+
+    pipe = _pipe()
+    pipe.save_pretrained(tmp_path / "d")
+    DetokenizerPipeline.from_pretrained(tmp_path / "d")
+    config = json.loads((tmp_path / "d" / "unet" / "config.json").read_text())
+    config["layers_per_blok"] = 3
+    (tmp_path / "d" / "unet" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="takes no layers_per_blok"):
+        DetokenizerPipeline.from_pretrained(tmp_path / "d")

@@ -426,3 +426,19 @@ def test_a_prompt_longer_than_the_context_is_a_clear_error(built):
         ContextLengthError, match=rf"the prompt is \d+ tokens .* context of {limit}"
     ):
         generate_text(model, processor, [[Message("user", [long])]])
+
+
+def test_a_misspelt_config_key_is_an_error_naming_it(built, tmp_path):
+    import json
+
+    from illume_mllm import IllumeForConditionalGeneration
+
+    model, _ = built
+    model.save_pretrained(tmp_path / "m")
+    IllumeForConditionalGeneration.from_pretrained(tmp_path / "m")  # as saved: loads
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    config["text_config"]["num_hidden_layerz"] = 8
+    config["codebook_sise"] = 3
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"codebook_sise, text_config\.num_hidden_layerz"):
+        IllumeForConditionalGeneration.from_pretrained(tmp_path / "m")

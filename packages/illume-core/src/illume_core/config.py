@@ -31,24 +31,52 @@ class ConfigError(ValueError):
     """A config file or dictionary does not fit its config class."""
 
 
-def _coerce(value: Any, annotation: Any) -> Any:
-    """Turns JSON values back into the annotated type: nested configs, tuples."""
+_SCALARS = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+
+
+def _scalar_ok(value: Any, annotation: type) -> bool:
+    if annotation is bool:
+        return isinstance(value, bool)
+    if isinstance(value, bool):  # JSON true is no count and no rate
+        return False
+    if annotation is float:
+        return isinstance(value, (int, float))
+    return isinstance(value, annotation)
+
+
+def _coerce(value: Any, annotation: Any, name: str = "value") -> Any:
+    """Turns JSON values back into the annotated type (nested configs, tuples), checking scalars:
+    a ConfigError names the field, the value and the type expected (`"codebook_size": "lots"`)."""
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
         if value is None:
-            return None
-        return _coerce(value, args[0]) if len(args) == 1 else value
+            if type(None) in typing.get_args(annotation):
+                return None
+            raise ConfigError(f"{name} must not be null")
+        return _coerce(value, args[0], name) if len(args) == 1 else value
+    if origin is typing.Literal:
+        if value not in typing.get_args(annotation):
+            raise ConfigError(
+                f"{name} must be one of {list(typing.get_args(annotation))}, got {value!r}"
+            )
+        return value
+    if annotation in _SCALARS:
+        if not _scalar_ok(value, annotation):
+            raise ConfigError(f"{name} must be {_SCALARS[annotation]}, got {value!r}")
+        return float(value) if annotation is float else value
     if isinstance(annotation, type) and issubclass(annotation, Config) and isinstance(value, dict):
         return annotation.from_dict(value)
     if origin is tuple and isinstance(value, list):
         args = typing.get_args(annotation)
         if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(v, args[0]) for v in value)
+            return tuple(_coerce(v, args[0], f"{name}[{i}]") for i, v in enumerate(value))
+        if len(args) == len(value):
+            return tuple(_coerce(v, a, f"{name}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
         return tuple(value)
     if origin is list and isinstance(value, list):
         (arg,) = typing.get_args(annotation) or (Any,)
-        return [_coerce(v, arg) for v in value]
+        return [_coerce(v, arg, f"{name}[{i}]") for i, v in enumerate(value)]
     return value
 
 
@@ -83,7 +111,9 @@ class Config:
                 f"{cls.__name__} has no field(s) {', '.join(unknown)}; valid fields: {', '.join(sorted(fields))}"
             )
         hints = typing.get_type_hints(cls)
-        return cls(**{k: _coerce(v, hints.get(k, Any)) for k, v in data.items()})
+        return cls(
+            **{k: _coerce(v, hints.get(k, Any), f"{cls.__name__}.{k}") for k, v in data.items()}
+        )
 
     @classmethod
     def from_name(cls: type[C], name: str, **overrides: Any) -> C:

@@ -12,6 +12,8 @@ read the usual diffusers folder (`model_index.json`, one subfolder per component
 from __future__ import annotations
 
 import inspect
+import json
+from pathlib import Path
 from typing import ClassVar
 
 import torch
@@ -46,6 +48,31 @@ def to_pil(pixels: torch.Tensor) -> list[Image.Image]:
     return [Image.fromarray(a) for a in array]
 
 
+def check_component_configs(directory: Path) -> None:
+    """ValueError naming every key of a component's config.json (conditioner, unet, vae) that
+    its class does not take; keys starting with "_" are diffusers' own bookkeeping."""
+    classes = {
+        "conditioner": FeatureConditioner,
+        "unet": UNet2DConditionModel,
+        "vae": AutoencoderKL,
+    }
+    for name, component in classes.items():
+        path = directory / name / "config.json"
+        if not path.is_file():
+            continue
+        try:
+            config = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} is not valid JSON ({err})") from None
+        _, unused, _ = component.extract_init_dict(config)
+        unknown = sorted(k for k in unused if not k.startswith("_"))
+        if unknown:
+            raise ValueError(
+                f"{path}: {component.__name__} takes no {', '.join(unknown)} (misspelt? "
+                "fix the key or delete it)"
+            )
+
+
 class DetokenizerPipeline(DiffusionPipeline):
     """Features [B, N, D] -> B images, by conditioned denoising with classifier-free guidance.
 
@@ -77,6 +104,15 @@ class DetokenizerPipeline(DiffusionPipeline):
         self.register_to_config(
             pixel_unshuffle=pixel_unshuffle, coordinate_channels=coordinate_channels
         )
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """diffusers' loader, strict: a component's config.json with a key its class does not
+        take (a misspelt `layers_per_blok`) is an error naming the key, not a silent default."""
+        path = Path(pretrained_model_name_or_path)
+        if path.is_dir():
+            check_component_configs(path)
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     # -- configuration ----------------------------------------------------------------------------
 

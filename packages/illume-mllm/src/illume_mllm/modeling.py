@@ -60,6 +60,28 @@ class IllumeConfig(LlavaConfig):
     vision_feature_layer: int | list[int] = -1
     grid_embeddings: bool = False  # row and column embeddings of output codes (module docstring)
 
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs):
+        """transformers' loader, strict: a key of config.json (or of its text_config or
+        vision_config) that the config class does not know, a misspelt `num_hidden_layerz`, is a
+        ValueError naming it instead of an attribute nobody reads."""
+        unknown = sorted(set(config_dict) - set(cls().to_dict()))
+        for part in ("text_config", "vision_config"):
+            nested = config_dict.get(part)
+            if not isinstance(nested, dict) or "model_type" not in nested:
+                continue
+            try:
+                known = AutoConfig.for_model(nested["model_type"]).to_dict()
+            except ValueError:  # a model type this transformers does not know: its own error
+                continue
+            unknown += sorted(f"{part}.{k}" for k in set(nested) - set(known))
+        if unknown:
+            raise ValueError(
+                f"the MLLM's config has unknown key(s) {', '.join(unknown)} (misspelt? fix or "
+                "delete them)"
+            )
+        return super().from_dict(config_dict, **kwargs)
+
     @property
     def vocab(self) -> VisionVocab:
         return VisionVocab(
