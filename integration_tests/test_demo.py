@@ -25,7 +25,10 @@ def test_demo_smoke_profile_runs_and_resumes(tmp_path, capsys):
     summary = json.loads((out / "runs/shapes/self_enhance/summary.json").read_text())
     assert summary["items"] == 4 and summary["accepted"] == 4
     sft = json.loads((out / "runs/shapes/self_enhance/sft.json").read_text())
-    assert len(sft) == 4 and all(Path(p).is_file() for c in sft for p in c["images"])
+    # its images named relative to its own folder, and there
+    assert len(sft) == 4 and all(
+        (out / "runs/shapes/self_enhance" / p).is_file() for c in sft for p in c["images"]
+    )
     assert (out / "runs/shapes/self_enhance/final/config.json").is_file()
     # Honest figures: the unseen prompts' and held-out compositions' lookup baseline is 0 by
     # construction (no training image was drawn for their specs), the seen prompts' is not; every

@@ -687,7 +687,7 @@ def test_bad_samples_past_the_ceiling_stop_the_run_and_lose_nothing(tmp_path, sh
 
     encoder = _tiny_tokenizer(tmp_path).parent / "enc"
     args = ["--config", "recipes/shapes/tokenizer.yaml", "--model.preset", "tiny", "--model.encoder", str(encoder),
-            "--model.output_dir", str(tmp_path / "tok"), *_common(tmp_path, shapes_data, steps=100)]  # fmt: skip
+            "--model.output_dir", str(tmp_path / "trained"), *_common(tmp_path, shapes_data, steps=100)]  # fmt: skip
     run_stage("tokenizer", args)
     last = Path(
         "runs/shapes/tokenizer/checkpoints/last.ckpt"
@@ -715,11 +715,13 @@ def test_bad_samples_past_the_ceiling_stop_the_run_and_lose_nothing(tmp_path, sh
                 "400",
                 "--data.train",
                 f"[{manifest}]",
+                "--data.allow_absolute_paths",  # the damaged manifest names files by absolute path
+                "true",
                 "--ckpt_path",
                 "last",
             ],
         )
     assert last.read_bytes() == before  # stopped before its next checkpoint: the last one stands
     assert (
-        SemanticTokenizer.from_pretrained(tmp_path / "tok").codebook_size == 64
+        SemanticTokenizer.from_pretrained(tmp_path / "trained").codebook_size == 64
     )  # the finished output too

@@ -1,0 +1,106 @@
+"""The codec ceiling of a demo profile's tokenizer and detokenizer, per evaluation split.
+
+Each split's real images go through the tokenizer's codes and the detokenizer (the pipeline's
+sampling: DPM-Solver++ 20 steps, guidance 3) and are scored by the exact scorer on their own
+prompts: what an MLLM that drew every code right would score. A drawing figure above it is
+impossible; one far below it is the MLLM's. Splits as the demo reports them: validation's unseen
+categories (the headline's), its seen ones, and the held-out compositions (illume_eval.shapes.splits).
+
+Trains the profile's encoder, tokenizer and detokenizer in --workdir (finished stages are reused,
+so pointing it at an `illume demo --out DIR` only evaluates). Prints a table, then one JSON line.
+Run: .venv/bin/python benchmarks/codec_ceiling.py --profile default|full --workdir DIR [--n 400]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import illume.demo as demo
+from illume_detokenizer import DetokenizerPipeline
+from illume_eval.metrics import macro_interval
+from illume_eval.shapes import SEEN_TAGS, UNSEEN_TAGS, ensure_dataset
+from illume_tokenizer import SemanticTokenizer
+from illume_trainer.evaluate import detokenizer_quality
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--profile", default="full", choices=sorted(demo.PROFILES))
+    parser.add_argument("--workdir", default=None)
+    parser.add_argument(
+        "--n", type=int, default=400, help="images scored per split (at most the split's)"
+    )
+    args = parser.parse_args()
+    profile = demo.PROFILES[args.profile]
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="illume-codec-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    os.chdir(workdir)
+    start = time.perf_counter()
+    ensure_dataset("data/shapes", profile.scenes, seed=0, n_eval=profile.n_eval, progress=False)
+    codec = {name for name, *_ in demo.STAGES[:3]}  # encoder, tokenizer, detokenizer
+    demo.STAGES = tuple(s for s in demo.STAGES if s[0] in codec)
+    seconds = demo.train(profile, progress=False)
+    tokenizer = SemanticTokenizer.from_pretrained("runs/shapes/tokenizer/final")
+    pipe = DetokenizerPipeline.from_pretrained("runs/shapes/detokenizer/final")
+    pipe.set_progress_bar_config(disable=True)
+
+    figures: dict = {}
+    groups = {
+        "validation": {"unseen": UNSEEN_TAGS, "seen": SEEN_TAGS},
+        "heldout": {"heldout_compositions": None},
+    }
+    for split, subsets in groups.items():
+        rows = (Path("data/shapes") / split / "scenes.jsonl").read_text().splitlines()
+        n = min(args.n, len(rows))
+        quality = detokenizer_quality(tokenizer, pipe, f"data/shapes/{split}", n=n)["by_sampler"][
+            "dpm++@20"
+        ]
+        for name, tags in subsets.items():
+            by_tag = {
+                k: v
+                for k, v in quality["t2i"].items()
+                if k != "overall" and (tags is None or k in tags)
+            }
+            counts = {k: sum(json.loads(r)["spec"]["tag"] == k for r in rows[:n]) for k in by_tag}
+            # per-tag accuracies back to verdict counts, for the interval of their mean
+            verdicts = {k: [True] * round(v * counts[k]) + [False] * (counts[k] - round(v * counts[k]))
+                        for k, v in by_tag.items()}  # fmt: skip
+            figures[name] = {
+                "codec_ceiling": sum(by_tag.values()) / len(by_tag),
+                "ci95": macro_interval(verdicts),
+                "images": sum(counts.values()),
+                "by_tag": by_tag,
+            }
+        figures[f"{split}_scene_recovery"] = quality["scene_recovery"]
+        figures[f"{split}_images"] = n
+    figures |= {
+        "profile": args.profile,
+        "train_seconds": seconds,
+        "seconds": round(time.perf_counter() - start, 1),
+        "workdir": str(workdir),
+        "machine": f"{platform.machine()} {platform.python_version()}",
+    }
+    print(f"{'split':<22}{'codec ceiling':>14}{'images':>8}{'95% interval':>16}   per category")
+    for name in ("unseen", "seen", "heldout_compositions"):
+        f = figures[name]
+        tags = " ".join(f"{k}={v:.3f}" for k, v in f["by_tag"].items())
+        print(
+            f"{name:<22}{f['codec_ceiling']:>14.3f}{f['images']:>8}{f['ci95'][0]:>9.3f}-{f['ci95'][1]:.3f}   {tags}"
+        )
+    print(
+        f"scenes recovered: validation {figures['validation_scene_recovery']:.3f}, "
+        f"held-out {figures['heldout_scene_recovery']:.3f}"
+    )
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()
