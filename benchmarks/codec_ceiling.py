@@ -14,6 +14,7 @@ Run: .venv/bin/python benchmarks/codec_ceiling.py --profile default|full --workd
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -39,7 +40,8 @@ def main() -> None:
         "--n", type=int, default=400, help="images scored per split (at most the split's)"
     )
     args = parser.parse_args()
-    profile = demo.PROFILES[args.profile]
+    # the codec's stages only: no MLLM, so no self-enhancement either
+    profile = dataclasses.replace(demo.PROFILES[args.profile], self_enhance=None)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="illume-codec-"))
     workdir.mkdir(parents=True, exist_ok=True)
     os.chdir(workdir)
