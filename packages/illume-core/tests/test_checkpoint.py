@@ -165,19 +165,24 @@ def test_stale_temporaries_of_a_killed_save_are_swept_by_the_next(tmp_path):
         "    os.kill(os.getpid(), signal.SIGKILL)\n"
         "with atomic_directory(sys.argv[1], 'pipeline') as tmp:\n"
         "    (tmp / 'w.bin').write_bytes(b'x' * 1000)\n"
-        "    atomic_write(sys.argv[1] + '.json', die)\n"
+        "    (tmp / 'part').mkdir()\n"
+        "    atomic_write(tmp / 'part' / 'model.safetensors', die)\n"
     )
     assert subprocess.run([sys.executable, "-c", child, str(target)]).returncode == -9
     left = sorted(p.name for p in tmp_path.iterdir())
     assert any(n.startswith(".model.tmp-") for n in left)
-    assert any(n.startswith(".model.json.tmp-") for n in left)
     (tmp_path / ".model-notes").write_text("not ours")  # a name we never make
-    from illume_core import atomic_directory, atomic_write_text
+    from illume_core import atomic_directory, save_checkpoint
 
     with atomic_directory(target, "pipeline") as tmp:
         (tmp / "w.bin").write_bytes(b"y")
-    atomic_write_text(tmp_path / "model.json", "{}")
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".model-notes", "model", "model.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".model-notes", "model"]
+    # a checkpoint folder's own leftovers are swept by its next save
+    part = tmp_path / "ckpt"
+    part.mkdir()
+    (part / ".model.safetensors.tmp-999999999-deadbeef").write_bytes(b"half")
+    save_checkpoint(part, {"v": 1}, {})
+    assert sorted(p.name for p in part.iterdir()) == ["config.json", "model.safetensors"]
 
 
 _KILL_AT = """

@@ -72,7 +72,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     """Calls `write(tmp_path)`, then renames the finished file to `path`; the old file survives a crash."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _sweep_stale(path)
+    # No sweep here: a data set writes thousands of files into one folder, and a listing per
+    # file would be quadratic. Checkpoint folders are swept by save_checkpoint and
+    # atomic_directory, whose folders are small.
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
         write(tmp)
@@ -218,6 +220,8 @@ def save_checkpoint(
     """Writes `config.json` and `model.safetensors` (torch tensors or numpy arrays) atomically."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    for name in (weights_name, CONFIG_NAME):
+        _sweep_stale(directory / name)
     atomic_write(directory / weights_name, lambda tmp: _save_safetensors(tmp, tensors, metadata))
     atomic_write_json(directory / CONFIG_NAME, dict(config))
     return directory
