@@ -46,6 +46,7 @@ def main() -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     os.chdir(workdir)
     start = time.perf_counter()
+    demo.refuse_stale_runs("data/shapes")
     ensure_dataset("data/shapes", profile.scenes, seed=0, n_eval=profile.n_eval, progress=False)
     codec = {name for name, *_ in demo.STAGES[:3]}  # encoder, tokenizer, detokenizer
     demo.STAGES = tuple(s for s in demo.STAGES if s[0] in codec)

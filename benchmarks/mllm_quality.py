@@ -51,7 +51,16 @@ import shlex
 import tempfile
 from pathlib import Path
 
-from illume.demo import HEADLINE, PROFILES, STAGES, evaluate, headline_table, train, with_steps
+from illume.demo import (
+    HEADLINE,
+    PROFILES,
+    STAGES,
+    evaluate,
+    headline_table,
+    refuse_stale_runs,
+    train,
+    with_steps,
+)
 from illume.evaluate import edit_ceiling, edit_codes, judge_probe, likelihood_probe, t2i_quality
 from illume.pipeline import SHAPES_SAMPLING, IllumePipeline
 from illume_eval.shapes import ASPECTS, UNSEEN_TAGS, ensure_dataset
@@ -131,6 +140,7 @@ def main() -> None:
     os.chdir(workdir)
     if source:
         _reuse(source, reuse)
+    refuse_stale_runs("data/shapes")
     ensure_dataset("data/shapes", profile.scenes, seed=0, n_eval=profile.n_eval, progress=False)
     # of every stage trained here, also by earlier runs; reused stages count where they were trained
     seconds = train(profile, progress=False, extra_args=extra)

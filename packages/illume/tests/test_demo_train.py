@@ -46,3 +46,23 @@ def test_extra_args_reach_the_stage_and_unknown_stages_are_refused(tmp_path, mon
     assert hparams["lr"] == pytest.approx(0.00123)
     assert hparams["weight_decay"] == pytest.approx(0.0321)
     assert (tmp_path / "runs/shapes/encoder/final").is_dir()
+
+
+def test_stages_trained_on_old_splits_are_not_resumed(tmp_path, monkeypatch):
+    """A work folder whose data predates splits by meaning: its stages drew what validation now
+    calls unseen, so the demo refuses to go on there rather than report memory as drawing."""
+    import json
+
+    import pytest
+
+    from illume.demo import refuse_stale_runs
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data/shapes").mkdir(parents=True)
+    (tmp_path / "data/shapes/info.json").write_text(json.dumps({"format_version": 4}))
+    refuse_stale_runs()  # no runs yet: the data is simply rewritten
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(ValueError, match="format 4, whose validation overlaps training"):
+        refuse_stale_runs()
+    (tmp_path / "data/shapes/info.json").write_text(json.dumps({"format_version": 5}))
+    refuse_stale_runs()

@@ -343,6 +343,26 @@ def headline_table(metrics: dict) -> str:
     return "\n".join(lines)
 
 
+#: The first ShapesWorld format whose splits are by meaning (illume_eval.shapes.splits): stages
+#: trained on an older one have drawn what its validation now calls unseen.
+SPLITS_BY_MEANING = 5
+
+
+def refuse_stale_runs(data: str = "data/shapes") -> None:
+    """A ValueError where trained stages (runs/) sit beside a dataset of a format before splits by
+    meaning: resuming them would score on prompts they were trained to draw."""
+    info = Path(data) / "info.json"
+    if not info.is_file() or not Path("runs").is_dir():
+        return
+    version = json.loads(info.read_text()).get("format_version", 0)
+    if version < SPLITS_BY_MEANING:
+        raise ValueError(
+            f"{Path.cwd()} holds stages trained on ShapesWorld format {version}, whose validation "
+            f"overlaps training; format {SPLITS_BY_MEANING} splits by meaning. Run in a new --out "
+            "folder (the old one stays as it is)."
+        )
+
+
 def run_demo(out: str | os.PathLike, profile: str = "default", progress: bool = True) -> dict:
     """The whole demo in `out`; returns metrics.json's content."""
     from illume_eval.shapes import ensure_dataset
@@ -356,6 +376,7 @@ def run_demo(out: str | os.PathLike, profile: str = "default", progress: bool = 
     os.chdir(out)
     try:
         start = time.perf_counter()
+        refuse_stale_runs("data/shapes")
         ensure_dataset(
             "data/shapes", chosen.scenes, seed=0, n_eval=chosen.n_eval, progress=progress
         )

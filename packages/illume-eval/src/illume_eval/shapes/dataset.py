@@ -309,8 +309,8 @@ def ensure_dataset(
     progress: bool = True,
 ) -> dict:
     """The dataset at `out`, written unless one of this format, seed, size and these counts is
-    already there (an older format is rewritten: items are pure functions of their index, so
-    every file it had comes out the same and the new ones are added)."""
+    already there. An older format is rewritten; from format 5 on (splits by meaning) its items
+    differ, so stages trained on the old one must not be resumed on it (`illume.demo` refuses)."""
     info_path = Path(out) / "info.json"
     if info_path.is_file():
         info = json.loads(info_path.read_text())
