@@ -11,7 +11,13 @@ from illume.cli import main
 from illume.pipeline import IllumePipeline
 from illume_core import Message
 from illume_detokenizer import DetokenizerConfig, build_pipeline
-from illume_mllm import LLM_PRESETS, build_model, build_processor, build_word_tokenizer
+from illume_mllm import (
+    LLM_PRESETS,
+    ContextLengthError,
+    build_model,
+    build_processor,
+    build_word_tokenizer,
+)
 from illume_tokenizer import (
     SemanticTokenizer,
     TokenizerConfig,
@@ -199,6 +205,13 @@ def test_every_runtime_draws_the_same_codes_and_the_export_command(pipeline_dir,
         )
     assert torch.equal(codes["torch"], codes["reference"])
     assert torch.equal(codes["onnx"], codes["reference"])
+    # a prompt longer than the context: the same clear error from every runtime
+    context = pipe.model.config.text_config.max_position_embeddings
+    long = [pipe.processor.t2i_messages("red " * (context + 10))]
+    for runtime in ("reference", "torch", "onnx"):
+        pipe.use_runtime(runtime, tmp_path / "onnx")
+        with pytest.raises(ContextLengthError, match=f"context of {context} tokens"):
+            pipe.draw_codes(long, [pipe.processor.t2i_messages("")], torch.Generator())
     with pytest.raises(ValueError, match="runtime must be one of"):
         pipe.use_runtime("tensorflow")
     out = tmp_path / "gen"

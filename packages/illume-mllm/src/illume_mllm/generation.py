@@ -165,12 +165,15 @@ class ContextLengthError(ValueError):
     """A prompt and what is to be generated after it do not fit the model's context."""
 
 
-def check_context(model, prompt_length: int, new_tokens: int) -> None:
-    """Raises ContextLengthError, naming both lengths, where `prompt_length` tokens and
-    `new_tokens` more exceed the language model's context (its max_position_embeddings)."""
+def context_length(model) -> int | None:
+    """The language model's context in tokens (its max_position_embeddings), where it says."""
     config = getattr(model, "config", None)
-    text_config = getattr(config, "text_config", config)
-    limit = getattr(text_config, "max_position_embeddings", None)
+    return getattr(getattr(config, "text_config", config), "max_position_embeddings", None)
+
+
+def check_context(limit: int | None, prompt_length: int, new_tokens: int) -> None:
+    """Raises ContextLengthError, naming both lengths, where `prompt_length` tokens and
+    `new_tokens` more exceed a context of `limit` tokens (None: no limit known)."""
     if limit is not None and prompt_length + new_tokens > limit:
         raise ContextLengthError(
             f"the prompt is {prompt_length} tokens and {new_tokens} more are to be generated, "
@@ -184,7 +187,8 @@ def prompt_batch(
 ) -> dict:
     """Left-padded prompts on the model's device (pixels in its dtype), without labels; a
     ContextLengthError first where the longest prompt and `new_tokens` do not fit the context."""
-    check_context(model, max((len(e.input_ids) for e in examples), default=0), new_tokens)
+    longest = max((len(e.input_ids) for e in examples), default=0)
+    check_context(context_length(model), longest, new_tokens)
     batch = processor.collate(examples, padding_side="left")
     batch.pop("labels")
     return _on_model(model, batch)

@@ -325,6 +325,8 @@ def export_models(tokenizer, model, processor, detokenizer, out: Path, verify: b
         "dtype": "float32",
         "graphs": {name: asdict(spec) for name, (_, _, spec) in graphs.items()},
         "decoder": asdict(s),
+        # the language model's context: prompt and drawing together must fit it
+        "context": int(model.config.text_config.max_position_embeddings),
         "grid_embeddings": grid,
         "vision": {"image_size": vision.image_size, "image_seq_length": model.config.image_seq_length},
         "tokenizer": {"image_size": size, "grid": [h, w], "codebook_size": tokenizer.codebook_size},

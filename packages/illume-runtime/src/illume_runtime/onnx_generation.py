@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from illume_core import Message
-from illume_mllm import IllumeProcessor, draw_codes, grid_positions
+from illume_mllm import IllumeProcessor, check_context, draw_codes, grid_positions
 
 from .engines import OnnxModels
 from .generation import image_cells, image_positions
@@ -50,6 +50,10 @@ class OnnxImageGenerator:
         examples = [
             self.processor.encode_conversation(c, add_generation_prompt=True) for c in conversations
         ]
+        h, w = self.grid
+        # exports made before the manifest recorded the context have no such key: unchecked
+        longest = max(len(e.input_ids) for e in examples)
+        check_context(self.models.manifest.get("context"), longest, h * (w + 1) + 2)
         batch = self.processor.collate(examples, padding_side="left")
         ids = batch["input_ids"].numpy()
         mask = batch["attention_mask"].numpy().astype(np.int64)
