@@ -1,7 +1,6 @@
 """`illume demo` end to end at the smoke profile: every stage, the evaluation, the report, resume."""
 
 import json
-from pathlib import Path
 
 import pytest
 

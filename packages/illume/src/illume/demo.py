@@ -56,29 +56,15 @@ class Profile:
 
 
 PROFILES: dict[str, Profile] = {
-    # Every stage trained, figures far below the benchmark's; never over 25 minutes on 2 CPU cores,
-    # with tools/illume's first-run set-up (about 2 minutes) on top. The same machine type runs
-    # 13-35% slower in some sessions than in others, so this aims under 18 minutes: it took 17.9 in
-    # session 13, (200, 250, 200, (120, 250, 120)) 21.1, and (250, 350, 300, (150, 300, 120)) 24.9
-    # in session 12. Seconds per step in session 13: encoder 0.55, tokenizer 0.52-0.59,
-    # detokenizer 1.27-1.39, MLLM stages 0.99-1.01 / 0.97-1.06 / 2.2-2.46; about 2 minutes of data,
-    # evaluation and saving. benchmarks/RESULTS.md, `illume demo`.
-    # Session 21 moved 20 of stage 3's steps into its annealing phase and gave that 40: 16.8 min.
+    # Every stage trained in the README's time (about 8 minutes on 2 CPU cores with the set-up);
+    # its figures are at the floor (benchmarks/RESULTS.md, "Where it stands").
     "default": Profile(2000, 200, 150, 200, 160, (100, 200, 80), 40, 60, 30, 40),
-    # The benchmark figures (benchmarks/*_quality.py): the project's best chain, about 4 hours on
-    # 2 CPU cores (sessions 44-46: 14,313 s of training in its ledger, 812 of them pauses, and about
-    # 12 minutes of data and evaluation; headline 0.827 / QA 0.920 / POPE 0.977 / edits 0.84 /
-    # 0.925, every target of the MLLM issue met). 48,000 scenes and 1,024 codes: binding
-    # needs scenes that do not repeat and codes that keep the shapes (sessions 26-29); stage 2 at
-    # 17,500 steps in one schedule, 0.849 on 400 prompts x 2 (session 44; in restarts 0.733 / 0.776 /
-    # 0.790 at 10,500 / 14,000 / 17,500, sessions 39-41); stage 3 with the LLM at 3e-4, clipped,
-    # which keeps the most of stage 2's drawing with understanding and editing at their targets
-    # (session 42's CL3; 0.831 after it in session 44).
-    # The annealing phase at 4,000 steps in one schedule copies what an edit leaves alone:
-    # object cells 0.97 (0.56 at 800); edits 0.88 / 0.94 before self-enhancement (800 steps: 0.58 /
-    # 0.805; five restarts of 800: 0.74 / 0.90), the headline drawing 0.827 (800: 0.830), session 46.
-    # Four drawings a prompt, as GenEval: with one, two chains that draw 0.760 and 0.752 on 400
-    # prompts x 2 read 0.822 and 0.755 on these 200 (benchmarks/RESULTS.md, session 41).
+    # The project's longest chain (benchmarks/*_quality.py): about 4 hours on 2 CPU cores. 48,000
+    # scenes and 1,024 codes, because binding needs scenes that do not repeat and codes that keep
+    # the shapes; stage 2 in one long schedule, which draws better than restarts; stage 3 with the
+    # LLM at 3e-4, clipped, which keeps the most of stage 2's drawing; the annealing phase long
+    # enough to copy what an edit leaves alone; four drawings a prompt, as GenEval, because one is
+    # too noisy to compare chains by. Its figures so far were on seen prompts (RESULTS.md).
     "full": Profile(
         scenes=48000,
         n_eval=400,
