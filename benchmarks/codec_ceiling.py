@@ -9,6 +9,8 @@ categories (the headline's), its seen ones, and the held-out compositions (illum
 Trains the profile's encoder, tokenizer and detokenizer in --workdir (finished stages are reused,
 so pointing it at an `illume demo --out DIR` only evaluates). Prints a table, then one JSON line.
 Run: .venv/bin/python benchmarks/codec_ceiling.py --profile default|full --workdir DIR [--n 400]
+     [--steps detokenizer=600]  (a stage's steps instead of the profile's; finished stages in
+     DIR are reused, so a new DIR with links to another's data and stages trains only the rest)
 """
 
 from __future__ import annotations
@@ -39,9 +41,18 @@ def main() -> None:
     parser.add_argument(
         "--n", type=int, default=400, help="images scored per split (at most the split's)"
     )
+    parser.add_argument(
+        "--steps", action="append", default=[], metavar="STAGE=N",
+        help="a codec stage's steps instead of the profile's, e.g. detokenizer=600 (repeatable)",
+    )  # fmt: skip
     args = parser.parse_args()
     # the codec's stages only: no MLLM, so no self-enhancement either
     profile = dataclasses.replace(demo.PROFILES[args.profile], self_enhance=None)
+    try:
+        steps = {k: int(v) for k, v in (item.split("=", 1) for item in args.steps)}
+        profile = demo.with_steps(profile, steps)
+    except ValueError as err:
+        parser.error(f"--steps: {err} (expected STAGE=N)")
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="illume-codec-"))
     workdir.mkdir(parents=True, exist_ok=True)
     os.chdir(workdir)
@@ -86,6 +97,7 @@ def main() -> None:
         figures[f"{split}_images"] = n
     figures |= {
         "profile": args.profile,
+        "steps": {name: demo._steps(profile, name) for name in codec},
         "train_seconds": seconds,
         "seconds": round(time.perf_counter() - start, 1),
         "workdir": str(workdir),
