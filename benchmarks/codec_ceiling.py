@@ -26,7 +26,7 @@ from pathlib import Path
 
 import illume.demo as demo
 from illume_detokenizer import DetokenizerPipeline
-from illume_eval.metrics import macro_interval
+from illume_eval.metrics import grouped, macro_interval
 from illume_eval.shapes import SEEN_TAGS, UNSEEN_TAGS, ensure_dataset
 from illume_tokenizer import SemanticTokenizer
 from illume_trainer.evaluate import detokenizer_quality
@@ -72,25 +72,19 @@ def main() -> None:
         "heldout": {"heldout_compositions": None},
     }
     for split, subsets in groups.items():
-        rows = (Path("data/shapes") / split / "scenes.jsonl").read_text().splitlines()
-        n = min(args.n, len(rows))
+        n = min(
+            args.n, len((Path("data/shapes") / split / "scenes.jsonl").read_text().splitlines())
+        )
         quality = detokenizer_quality(tokenizer, pipe, f"data/shapes/{split}", n=n)["by_sampler"][
             "dpm++@20"
         ]
         for name, tags in subsets.items():
-            by_tag = {
-                k: v
-                for k, v in quality["t2i"].items()
-                if k != "overall" and (tags is None or k in tags)
-            }
-            counts = {k: sum(json.loads(r)["spec"]["tag"] == k for r in rows[:n]) for k in by_tag}
-            # per-tag accuracies back to verdict counts, for the interval of their mean
-            verdicts = {k: [True] * round(v * counts[k]) + [False] * (counts[k] - round(v * counts[k]))
-                        for k, v in by_tag.items()}  # fmt: skip
+            verdicts = grouped(v for v in quality["t2i_verdicts"] if tags is None or v[0] in tags)
+            by_tag = {k: sum(v) / len(v) for k, v in verdicts.items()}
             figures[name] = {
                 "codec_ceiling": sum(by_tag.values()) / len(by_tag),
                 "ci95": macro_interval(verdicts),
-                "images": sum(counts.values()),
+                "images": sum(len(v) for v in verdicts.values()),
                 "by_tag": by_tag,
             }
         figures[f"{split}_scene_recovery"] = quality["scene_recovery"]

@@ -141,10 +141,13 @@ def code_locality(
     }
 
 
-def read_drawings(images, rows: list[dict]) -> tuple[list[list[tuple]], list[bool], dict]:
+def read_drawings(
+    images, rows: list[dict]
+) -> tuple[list[list[tuple]], list[bool], dict, list[tuple[str, bool]]]:
     """The exact scorer on drawings of a split's scenes (`rows` of scenes.jsonl), one detection per
-    image: what it drew (`summary` per image), whether each whole scene was recovered, and each
-    image scored on its own caption by the GenEval-style rules (per category and overall)."""
+    image: what it drew (`summary` per image), whether each whole scene was recovered, each image
+    scored on its own caption by the GenEval-style rules (per category and overall), and those
+    verdicts one by one as (category, correct)."""
     from illume_eval.metrics import geneval_summary
     from illume_eval.shapes.detection import detect, summary
 
@@ -153,13 +156,13 @@ def read_drawings(images, rows: list[dict]) -> tuple[list[list[tuple]], list[boo
     recovered = [
         d == Scene.from_dict(r["scene"]).summary() for d, r in zip(drawn, rows, strict=True)
     ]
-    t2i = geneval_summary(
+    verdicts = [
         (spec.tag, check_spec(spec, objects).correct)
         for spec, objects in zip(
             (PromptSpec.from_geneval(r["spec"]) for r in rows), detected, strict=True
         )
-    )
-    return drawn, recovered, t2i
+    ]
+    return drawn, recovered, geneval_summary(verdicts), verdicts
 
 
 def to_patches(pixels: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -224,7 +227,7 @@ def mean_patch_decode(
     codes, patches = codes_and_patches(Path(split_dir), rows)
     decoded = table[codes]  # [n, h * w, 3 * p * p]
     images = (from_patches(decoded, grid) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    _, recovered, t2i = read_drawings(images, rows)
+    _, recovered, t2i, _ = read_drawings(images, rows)
     return {
         "scene_recovery": float(np.mean(recovered)),
         "t2i": t2i,
@@ -313,7 +316,7 @@ def detokenizer_quality(
         pixels = torch.cat(pixels)
         images = (pixels * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
         # scene_recovered's rule, on detections kept for the error breakdown
-        drawn, recovered, t2i = read_drawings(images, rows)
+        drawn, recovered, t2i, verdicts = read_drawings(images, rows)
         mse = ((pixels - originals.float() / 255) ** 2).flatten(1).mean(1).clamp_min(1e-10)
         results[f"{sampler}@{steps}"] = {
             "scene_recovery": float(np.mean(recovered)),
@@ -321,6 +324,7 @@ def detokenizer_quality(
             "seconds_per_image": round(seconds, 4),
             "errors": object_errors(drawn, scenes),
             "t2i": t2i,
+            "t2i_verdicts": verdicts,
         }
     best = max(results.values(), key=lambda r: r["scene_recovery"])
     return {"scene_recovery": best["scene_recovery"], "psnr": best["psnr"], "by_sampler": results}

@@ -131,19 +131,18 @@ def t2i_baselines(
     split's image) through the tokenizer's codes and the detokenizer, scored on the prompt: a
     drawing figure above it is impossible, one far below it is the MLLM's. Each with its
     GenEval summary and interval; "codec_scene_recovery": the share of those images whose whole
-    scene the scorer recovers; "images": the reconstructions, in prompt order."""
+    scene the scorer recovers; "originals", "images", "codec_correct": the prompts' images, their
+    reconstructions and the reconstructions' verdicts, in prompt order."""
     split_dir = Path(split_dir)
     prompts = t2i_prompts(split_dir, n, tags)
     specs = [s for _, s in prompts]
     lookup = list(zip((s.tag for s in specs), lookup_scores(overlap, specs), strict=True))
     rows = _jsonl(split_dir / "scenes.jsonl", None)
     generator = torch.Generator().manual_seed(seed)
+    originals = [load_image(split_dir / rows[i]["image"]) for i, _ in prompts]
     images = []
     for start in range(0, len(prompts), batch_size):
-        chunk = [
-            load_image(split_dir / rows[i]["image"]) for i, _ in prompts[start : start + batch_size]
-        ]
-        images += pipe.reconstruct(chunk, generator=generator)
+        images += pipe.reconstruct(originals[start : start + batch_size], generator=generator)
     detected = [detect(image) for image in images]
     codec = [
         (s.tag, check_spec(s, objects).correct) for s, objects in zip(specs, detected, strict=True)
@@ -158,7 +157,9 @@ def t2i_baselines(
         "codec_ceiling": geneval_summary(codec),
         "codec_ci95": macro_interval(grouped(codec)),
         "codec_scene_recovery": sum(recovered) / max(len(recovered), 1),
+        "originals": originals,
         "images": images,
+        "codec_correct": [correct for _, correct in codec],
     }
 
 
