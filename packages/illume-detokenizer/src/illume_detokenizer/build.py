@@ -43,6 +43,9 @@ class DetokenizerConfig(Config):
     recovery 0.82 against 0.885 with f = 1 and a cheap full-resolution level, RESULTS.md)."""
     coordinate_channels: bool = True
     """Feed (y, x) coordinates as two extra input channels (see DetokenizerPipeline)."""
+    patch_coordinates: bool = False
+    """Feed each pixel's position inside its feature-grid patch as two more channels (see
+    DetokenizerPipeline); needs spatial_channels."""
     spatial_channels: int = 32
     """Feed the feature grid, projected to this many channels, as extra input channels too
     (see FeatureConditioner); 0 for cross-attention only."""
@@ -86,6 +89,12 @@ class DetokenizerConfig(Config):
                  "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"), "attention_head_dim": 8,
                  "cross_attention_dim": 32, "norm_num_groups": 8, "image_size": 16, "pixel_unshuffle": 1},
         "shapes": {},
+        # For a tokenizer with one token per ShapesWorld cell (36 px, a 3x3 grid): each pixel
+        # knows its place in its cell, and the U-Net works on 2x2 pixel blocks (18, 9 and 5
+        # positions a side), 3.4 times cheaper a step than on pixels.
+        "shapes-cells": {"image_size": 36, "pixel_unshuffle": 2, "patch_coordinates": True, "block_out_channels": (32, 64, 128),
+                         "down_block_types": ("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
+                         "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D")},
         # SDXL-shaped in miniature: text_time additional embeddings, as in tests of the SDXL path.
         "tiny-sdxl": {"block_out_channels": (32, 32), "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
                       "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"), "attention_head_dim": 8,
@@ -107,6 +116,7 @@ def build_pipeline(
         side = math.isqrt(num_tokens)
         grid = (side, side) if side * side == num_tokens else None
     spatial = config.spatial_channels if grid is not None else 0
+    patch_coordinates = config.patch_coordinates and bool(spatial)
     text_time = config.addition_embed_type == "text_time"
     if text_time and (config.pooled_dim is None or config.addition_time_embed_dim is None):
         raise ValueError(
@@ -117,7 +127,10 @@ def build_pipeline(
         raise ValueError(f"image_size {config.image_size} is not a multiple of pixel_unshuffle {f}")
     unet = UNet2DConditionModel(
         sample_size=config.image_size // f,
-        in_channels=3 * f * f + (2 if config.coordinate_channels else 0) + spatial,
+        in_channels=3 * f * f
+        + (2 if config.coordinate_channels else 0)
+        + (2 if patch_coordinates else 0)
+        + spatial,
         out_channels=3 * f * f,
         block_out_channels=config.block_out_channels,
         down_block_types=config.down_block_types,
@@ -153,6 +166,7 @@ def build_pipeline(
     return DetokenizerPipeline(
         conditioner=conditioner, unet=unet, scheduler=scheduler, pixel_unshuffle=f,
         coordinate_channels=config.coordinate_channels,
+        patch_coordinates=patch_coordinates,
     )  # fmt: skip
 
 

@@ -83,6 +83,10 @@ class DetokenizerPipeline(DiffusionPipeline):
     `coordinate_channels`: two input channels of fixed (y, x) coordinates (CoordConv). Convolutions
     alone hardly know where they are, so a U-Net trained from scratch is slow to learn which
     condition token (a place in the image) its cross-attention queries should read.
+    `patch_coordinates`: two more channels, each pixel's (y, x) inside the patch of the spatial
+    feature grid it lies in (-1..1). From a coarse grid (one token per ShapesWorld cell) the U-Net
+    then knows where a pixel sits relative to what its token describes, which convolutions would
+    otherwise have to work out from the global coordinates.
     """
 
     model_cpu_offload_seq = "conditioner->unet->vae"
@@ -96,14 +100,18 @@ class DetokenizerPipeline(DiffusionPipeline):
         vae: AutoencoderKL | None = None,
         pixel_unshuffle: int = 1,
         coordinate_channels: bool = False,
+        patch_coordinates: bool = False,
     ):
         super().__init__()
         if pixel_unshuffle < 1 or (vae is not None and pixel_unshuffle != 1):
             raise ValueError("pixel_unshuffle must be >= 1, and 1 for latent-space (VAE) pipelines")
         self.register_modules(conditioner=conditioner, unet=unet, scheduler=scheduler, vae=vae)
+        if patch_coordinates and not conditioner.config.spatial_channels:
+            raise ValueError("patch_coordinates needs a conditioner with spatial_channels > 0")
         self.register_to_config(
-            pixel_unshuffle=pixel_unshuffle, coordinate_channels=coordinate_channels
-        )
+            pixel_unshuffle=pixel_unshuffle, coordinate_channels=coordinate_channels,
+            patch_coordinates=patch_coordinates,
+        )  # fmt: skip
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
@@ -142,6 +150,20 @@ class DetokenizerPipeline(DiffusionPipeline):
             batch, -1
         )
 
+    def _patch_coordinates(self, sample: torch.Tensor) -> torch.Tensor:
+        """[B, 2, h, w]: each position's (y, x) inside its feature-grid patch, in -1..1."""
+        b, _, h, w = sample.shape
+        grid_h, grid_w = self.conditioner.config.grid
+
+        def within(n: int, cells: int) -> torch.Tensor:
+            position = (
+                (torch.arange(n, device=sample.device, dtype=torch.float32) + 0.5) * cells / n
+            )
+            return (position.frac() * 2 - 1).to(sample.dtype)
+
+        coords = torch.stack(torch.meshgrid(within(h, grid_h), within(w, grid_w), indexing="ij"))
+        return coords.expand(b, -1, -1, -1)
+
     def predict(
         self, sample: torch.Tensor, t: torch.Tensor, conditions: Conditions
     ) -> torch.Tensor:
@@ -157,6 +179,8 @@ class DetokenizerPipeline(DiffusionPipeline):
             xs = torch.linspace(-1, 1, w, device=sample.device, dtype=sample.dtype)
             coords = torch.stack(torch.meshgrid(ys, xs, indexing="ij"))  # [2, h, w]
             sample = torch.cat([sample, coords.expand(b, -1, -1, -1)], dim=1)
+        if self.config.get("patch_coordinates", False):
+            sample = torch.cat([sample, self._patch_coordinates(sample)], dim=1)
         added = None
         if self.unet.config.addition_embed_type == "text_time":
             if conditions.pooled is None:

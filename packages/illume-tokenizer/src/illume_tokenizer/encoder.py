@@ -27,6 +27,12 @@ SIGLIP_PRESETS: dict[str, dict[str, Any]] = {
         "vision": {"hidden_size": 96, "intermediate_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4, "image_size": 32, "patch_size": 4},
         "text": {"hidden_size": 96, "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4, "max_position_embeddings": 24},
     },
+    # One patch per ShapesWorld cell (36 px images, 12 px patches: a 3x3 grid of tokens), so that a
+    # token says what one cell holds: the foundation the default demo starts from.
+    "shapes-cells": {
+        "vision": {"hidden_size": 128, "intermediate_size": 384, "num_hidden_layers": 4, "num_attention_heads": 4, "image_size": 36, "patch_size": 12},
+        "text": {"hidden_size": 128, "intermediate_size": 384, "num_hidden_layers": 2, "num_attention_heads": 4, "max_position_embeddings": 24},
+    },
 }  # fmt: skip
 
 #: The vision tower of SigLIP-so400m-patch14-384, the paper-scale encoder (weights from a local path).

@@ -77,6 +77,11 @@ class TokenizerConfig(Config):
         # with 1,024), so two-object scenes lose a shape. 96% of the codes used at 800 steps
         # (benchmarks/RESULTS.md, session 26).
         "shapes-local-1024": {"codebook_size": 1024, "code_dim": 32, "decoder_width": 192, "decoder_depth": 4, "decoder_heads": 4, "feature_layer": 0, "dead_code_restart": "error"},
+        # On the `shapes-cells` encoder (one token per cell of the 3x3 grid): a code says what a
+        # cell holds. 64 codes for ShapesWorld's 19 cell contents (18 objects and empty) and how
+        # they sit in the cell; the penultimate layer, where the encoder's dense loss made each
+        # token name its cell's content.
+        "shapes-cells": {"codebook_size": 64, "code_dim": 16, "decoder_width": 128, "decoder_depth": 2, "decoder_heads": 4, "feature_layer": -2, "dead_code_restart": "error"},
         # Paper scale on SigLIP-so400m (1152-d features, 27x27 patches at 384 px).
         "illume-7b": {"codebook_size": 16384, "code_dim": 32, "decoder_width": 1152, "decoder_depth": 12, "decoder_heads": 16, "feature_layer": -2},
     }  # fmt: skip
