@@ -45,7 +45,7 @@ def _train(work: Path, name: str, kill_at: int | None, resume: bool) -> subproce
         sys.executable, "-m", "illume_trainer.cli", "tokenizer", "--config", "recipes/shapes/tokenizer.yaml",
         "--config", str(run / "extra.yaml"), "--model.preset", "tiny", "--model.encoder", str(work / "enc"),
         "--model.output_dir", str(run / "out"), "--data.train", f"[{work}/data/train/captions.jsonl]",
-        "--data.val", "null", "--data.batch_size", "8", "--trainer.max_steps", str(STEPS + 1),
+        "--data.val", "null", "--data.batch_size", "8", "--data.image_size", "32", "--trainer.max_steps", str(STEPS + 1),
         "--trainer.enable_progress_bar", "false", "--trainer.logger", "false", "--trainer.default_root_dir", str(run),
         "--trainer.num_sanity_val_steps", "0",
     ]  # fmt: skip

@@ -48,6 +48,11 @@ def test_encoder_then_tokenizer_stage_through_the_cli(tmp_path, shapes_data):
             str(encoder_dir),
             "--model.patch_loss_weight",
             "0.5",
+            # the tiny preset's 32 px, not the recipe's 36
+            "--model.image_size",
+            "32",
+            "--data.image_size",
+            "32",
             *_common(tmp_path, shapes_data),
         ],
     )
@@ -77,6 +82,8 @@ def test_encoder_then_tokenizer_stage_through_the_cli(tmp_path, shapes_data):
             str(encoder_dir),
             "--model.output_dir",
             str(tokenizer_dir),
+            "--data.image_size",
+            "32",
             *_common(tmp_path, shapes_data),
         ],
     )
@@ -251,7 +258,7 @@ def test_precision_is_bf16_mixed_by_default_only_for_measured_stages_on_native_b
     assert explicit.trainer.precision == other  # the recipe or command line wins
     tokenizer = run_stage(
         "tokenizer", ["--config", "recipes/shapes/tokenizer.yaml", "--model.encoder",
-                      str(_tiny_encoder(tmp_path)), *_common(tmp_path, shapes_data)], run=False
+                      str(_tiny_encoder(tmp_path)), "--data.image_size", "32", *_common(tmp_path, shapes_data)], run=False
     )  # fmt: skip
     assert tokenizer.trainer.precision == "32-true"  # not measured in bf16: float32
     assert precision.fast_precision("cuda") == (
@@ -271,7 +278,7 @@ def test_detokenizer_stage_through_the_cli_and_its_quality_figures(tmp_path, sha
         [
             "--config", "recipes/shapes/detokenizer.yaml", "--model.tokenizer", str(tokenizer_dir),
             "--model.output_dir", str(out), "--model.preset", "tiny",
-            "--model.overrides", '{"image_size": 32}', *_common(tmp_path, shapes_data),
+            "--model.overrides", '{"image_size": 32}', "--data.image_size", "32", *_common(tmp_path, shapes_data),
         ],
     )  # fmt: skip
     pipe = DetokenizerPipeline.from_pretrained(out)
@@ -687,7 +694,8 @@ def test_bad_samples_past_the_ceiling_stop_the_run_and_lose_nothing(tmp_path, sh
 
     encoder = _tiny_tokenizer(tmp_path).parent / "enc"
     args = ["--config", "recipes/shapes/tokenizer.yaml", "--model.preset", "tiny", "--model.encoder", str(encoder),
-            "--model.output_dir", str(tmp_path / "trained"), *_common(tmp_path, shapes_data, steps=100)]  # fmt: skip
+            "--model.output_dir", str(tmp_path / "trained"), "--data.image_size", "32",
+            *_common(tmp_path, shapes_data, steps=100)]  # fmt: skip
     run_stage("tokenizer", args)
     last = Path(
         "runs/shapes/tokenizer/checkpoints/last.ckpt"

@@ -72,6 +72,8 @@ class EncoderStage(GuardedStage):
         outside its cell), which no model can copy from; dense objectives are how SigLIP 2 makes
         its patch features local.
     patch_layer: the hidden_states index the dense loss reads: the tokenizer's feature_layer.
+    patch_min_coverage: the share of a patch an object must cover to be what the patch shows
+        (lower it for patches as large as a cell, which a small circle covers a fifth of).
     """
 
     def __init__(
@@ -88,6 +90,7 @@ class EncoderStage(GuardedStage):
         positives: str = "same_caption",
         patch_loss_weight: float = 0.0,
         patch_layer: int = -2,
+        patch_min_coverage: float = 0.25,
         max_skipped_fraction: float = 0.01,
         max_skipped_in_a_row: int = 50,
     ):
@@ -173,7 +176,12 @@ class EncoderStage(GuardedStage):
             )
         vision = self.model.config.vision_config
         maps = [
-            patch_labels(Scene.from_dict(m["scene"]), vision.image_size, vision.patch_size)
+            patch_labels(
+                Scene.from_dict(m["scene"]),
+                vision.image_size,
+                vision.patch_size,
+                min_coverage=self.hparams.patch_min_coverage,
+            )
             for m in metas
         ]
         return torch.from_numpy(np.stack(maps)).flatten(1)

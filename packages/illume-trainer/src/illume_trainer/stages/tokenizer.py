@@ -50,7 +50,14 @@ class TokenizerStage(FrozenPartsStage):
         self.normalize = Normalizer.for_processor(vision.image_processor)
 
     def _step(self, batch, prefix: str):
-        out = self.tokenizer(self.normalize(batch["pixels"]))
+        pixels = batch["pixels"]
+        side = self.tokenizer.config.image_size
+        if pixels.shape[-1] != side:
+            raise ValueError(
+                f"the data gives {pixels.shape[-1]} px images and the encoder takes {side} px: set "
+                f"data.image_size to {side}"
+            )
+        out = self.tokenizer(self.normalize(pixels))
         self.log_dict(
             {f"{prefix}/loss": out.loss, f"{prefix}/cosine": out.cosine, f"{prefix}/code_usage": out.usage, f"{prefix}/perplexity": out.perplexity},
             prog_bar=True, batch_size=len(batch["pixels"]),
