@@ -53,6 +53,15 @@ def test_wheel_and_sdist_declare_exactly_the_dependencies(built_dists, dist):
         assert _normalise(meta.get_all("Requires-Dist") or []) == declared
 
 
+def test_the_eval_wheel_ships_the_shapes_foundations(built_dists):
+    (wheel,) = built_dists.glob("illume_eval-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+    encoder = "illume_eval/shapes/foundations/encoder/"
+    for name in ("config.json", "model.safetensors", "preprocessor_config.json", "tokenizer.json"):
+        assert encoder + name in names
+
+
 @pytest.mark.parametrize("dist", PACKAGES)
 def test_layout_of_each_package(dist):
     folder = ROOT / "packages" / dist

@@ -1,0 +1,36 @@
+"""The shipped ShapesWorld foundations load as real weights do and know what each cell holds."""
+
+import numpy as np
+import torch
+
+from illume_eval.shapes import sample_prompt
+from illume_eval.shapes.foundations import FOUNDATIONS_DIR, foundation
+from illume_eval.shapes.world import CELLS, render_pil
+from illume_tokenizer import VisionEncoder
+
+
+def _cells(encoder, scenes):
+    with torch.no_grad():
+        tokens = encoder(encoder.preprocess([render_pil(s, 36) for s in scenes]))  # [B, 9, D]
+    labels = [[(o.shape, o.color) if (o := s.at(cell)) else None for cell in CELLS] for s in scenes]
+    return tokens.flatten(0, 1), [label for row in labels for label in row]
+
+
+def test_the_shipped_encoder_is_small_and_its_tokens_name_their_cells():
+    size = sum(p.stat().st_size for p in FOUNDATIONS_DIR.rglob("*") if p.is_file())
+    assert size < 20 * 2**20  # the issue's bound on shipped weights
+    encoder = VisionEncoder.from_pretrained(foundation("encoder"), feature_layer=-2).eval()
+    assert encoder.grid == (3, 3) and encoder.image_size == 36
+    rng = np.random.default_rng(0)
+    train = [sample_prompt(rng, "train")[0] for _ in range(200)]
+    held = [sample_prompt(rng, "validation")[0] for _ in range(100)]
+    # nearest class mean of the training cells' tokens, on validation scenes' cells
+    tokens, labels = _cells(encoder, train)
+    classes = sorted(set(labels), key=str)
+    means = torch.stack(
+        [tokens[[i for i, x in enumerate(labels) if x == c]].mean(0) for c in classes]
+    )
+    tokens, labels = _cells(encoder, held)
+    nearest = torch.cdist(tokens, means).argmin(-1)
+    accuracy = np.mean([classes[int(k)] == x for k, x in zip(nearest, labels, strict=True)])
+    assert accuracy >= 0.99, accuracy

@@ -1,0 +1,38 @@
+"""ShapesWorld's pretrained foundations: the stand-ins for what the paper starts from.
+
+ILLUME does not train its vision encoder (SigLIP) or its language model (Vicuna); it starts from
+them. ShapesWorld's stand-in for SigLIP, the `shapes-cells` encoder (36 px images, one token per
+cell of the 3x3 grid), ships here as a small Hugging Face directory (`encoder/`: a `SiglipModel`,
+its word-level text tokenizer and image processor, about 5 MB), so that the default demo trains
+only what ILLUME itself trains. It was made by `tools/train_foundations.py` with the recipe
+`recipes/shapes/encoder.yaml` (figures in benchmarks/RESULTS.md); `illume demo --profile scratch`
+trains it from nothing instead.
+
+    from illume_eval.shapes.foundations import foundation
+    encoder_dir = foundation("encoder")       # a directory SemanticTokenizer / MLLM stages load
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+#: Where the shipped foundations live (inside the installed package).
+FOUNDATIONS_DIR = Path(__file__).parent
+
+#: Name -> what it stands in for.
+FOUNDATIONS = {"encoder": "SigLIP (the paper's pretrained vision encoder)"}
+
+
+def foundation(name: str) -> Path:
+    """The directory of a shipped foundation, checked to be complete."""
+    if name not in FOUNDATIONS:
+        raise ValueError(
+            f"no ShapesWorld foundation {name!r}; foundations: {', '.join(FOUNDATIONS)}"
+        )
+    path = FOUNDATIONS_DIR / name
+    if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
+        raise FileNotFoundError(
+            f"{path} is missing or incomplete; reinstall illume-eval, or remake it with "
+            "tools/train_foundations.py"
+        )
+    return path
