@@ -1,6 +1,7 @@
 """`illume.demo.train`'s knobs: steps by stage name; LightningCLI arguments of the profile and of
 ablations."""
 
+import json
 import os
 from dataclasses import replace
 
@@ -36,6 +37,7 @@ def test_extra_args_reach_the_stage_and_unknown_stages_are_refused(tmp_path, mon
     profile = replace(
         with_steps(PROFILES["smoke"], {"encoder": 1}),
         self_enhance=None,
+        train_encoder=True,
         # the profile's own departures from the recipe; the caller's extra_args come after them
         stage_args={"encoder": ("--model.weight_decay", "0.0321", "--model.lr", "0.5")},
     )
@@ -64,5 +66,35 @@ def test_stages_trained_on_old_splits_are_not_resumed(tmp_path, monkeypatch):
     (tmp_path / "runs").mkdir()
     with pytest.raises(ValueError, match="format 4, whose validation overlaps training"):
         refuse_stale_runs()
-    (tmp_path / "data/shapes/info.json").write_text(json.dumps({"format_version": 5}))
+    (tmp_path / "data/shapes/info.json").write_text(
+        json.dumps({"format_version": 5, "image_size": 32})
+    )
     refuse_stale_runs()
+    # stages trained on other images than the profile draws are not resumed either
+    with pytest.raises(
+        ValueError, match="trained on 32 px ShapesWorld images; this profile draws 36 px"
+    ):
+        refuse_stale_runs(image_size=36)
+    refuse_stale_runs(image_size=32)
+
+
+def test_profiles_start_from_the_shipped_encoder_unless_told_to_train_it(tmp_path, monkeypatch):
+    """The default demo starts from the shipped encoder, as the paper starts from SigLIP: the
+    encoder stage's output is a copy of it, loadable, its place in the ledger near zero."""
+    from illume.demo import SECONDS, STAGES
+    from illume_eval.shapes.foundations import foundation
+    from illume_tokenizer import VisionEncoder
+
+    assert not PROFILES["default"].train_encoder and PROFILES["scratch"].train_encoder
+    monkeypatch.chdir(tmp_path)
+    for *_, output in STAGES[1:]:
+        os.makedirs(output)
+    seconds = train(replace(PROFILES["smoke"], self_enhance=None), progress=False)
+    encoder = tmp_path / STAGES[0][3]
+    shipped = foundation("encoder")
+    assert (encoder / "model.safetensors").read_bytes() == (
+        shipped / "model.safetensors"
+    ).read_bytes()
+    assert set(seconds) == {"encoder"} and seconds["encoder"] < 5
+    assert "encoder" in json.loads((tmp_path / SECONDS).read_text())
+    assert VisionEncoder.from_pretrained(encoder).grid == (3, 3)

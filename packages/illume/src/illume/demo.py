@@ -1,7 +1,9 @@
 """`illume demo`: the whole system from nothing on ShapesWorld, in one command.
 
-Make data; train the shapes encoder, the tokenizer, the detokenizer and the MLLM's three stages
-(stage 3 ending in its annealing phase) with the shipped recipes (`recipes/shapes/...`, steps
+Make data; start from the shipped ShapesWorld encoder (the paper's pretrained SigLIP, stood in
+for by illume_eval.shapes.foundations; `--profile scratch` trains it too); train the tokenizer, the
+detokenizer and the MLLM's three stages (stage 3 ending in its annealing phase) with the shipped
+recipes (`recipes/shapes/...`, steps
 scaled by the profile), then (profiles that have it) self-enhancement: the model draws, the oracle
 judges, and it learns from that; evaluate with illume-eval's exact scorers; write `report.html`,
 `metrics.json` and a `pipeline/` directory that `illume generate / answer / edit --model
@@ -44,6 +46,11 @@ class Profile:
     that were, reported apart."""
     eval_edit: int
     """Edits of validation not asked of the same layout in training."""
+    train_encoder: bool = False
+    """Train the vision encoder (stage 0) here; False starts from the shipped foundation, as the
+    paper starts from a pretrained SigLIP."""
+    image_size: int = 36
+    """Side of ShapesWorld's images: 36 px, one 12 px encoder patch per cell of the 3x3 grid."""
     self_enhance: tuple[int, int] | None = None
     """(prompts drawn and assessed, SFT steps) of the self-enhancement step, or None to skip it."""
     eval_t2i_images: int = 1
@@ -56,23 +63,44 @@ class Profile:
 
 
 PROFILES: dict[str, Profile] = {
-    # Every stage trained in the README's time (about 8 minutes on 2 CPU cores with the set-up);
-    # its figures are at the floor (benchmarks/RESULTS.md, "Where it stands").
-    "default": Profile(2000, 200, 150, 200, 160, (100, 200, 80), 40, 60, 30, 40),
-    # The project's longest chain (benchmarks/*_quality.py): about 4 hours on 2 CPU cores. 48,000
-    # scenes and 1,024 codes, because binding needs scenes that do not repeat and codes that keep
-    # the shapes; stage 2 in one long schedule, which draws better than restarts; stage 3 with the
-    # LLM at 3e-4, clipped, which keeps the most of stage 2's drawing; the annealing phase long
-    # enough to copy what an edit leaves alone; four drawings a prompt, as GenEval, because one is
-    # too noisy to compare chains by. Its figures so far were on seen prompts (RESULTS.md).
+    # What ILLUME trains (tokenizer, detokenizer, MLLM stages 1-3), from the shipped encoder, in
+    # the README's time; figures and seconds per stage in benchmarks/RESULTS.md, "Where it stands".
+    "default": Profile(
+        scenes=20000,
+        n_eval=200,
+        encoder_steps=0,
+        tokenizer_steps=600,
+        detokenizer_steps=1000,
+        mllm_steps=(200, 800, 300),
+        mllm_anneal_steps=100,
+        eval_t2i=60,
+        eval_qa=30,
+        eval_edit=40,
+    ),
+    # The same, the encoder trained here too (the recipe that made the shipped one).
+    "scratch": Profile(
+        scenes=20000,
+        n_eval=200,
+        encoder_steps=1500,
+        tokenizer_steps=600,
+        detokenizer_steps=1000,
+        mllm_steps=(200, 800, 300),
+        mllm_anneal_steps=100,
+        eval_t2i=60,
+        eval_qa=30,
+        eval_edit=40,
+        train_encoder=True,
+    ),
+    # The longest chain (benchmarks/*_quality.py): more scenes, longer stages, self-enhancement, and
+    # four drawings a prompt, as GenEval, because one is too noisy to compare chains by.
     "full": Profile(
         scenes=48000,
         n_eval=400,
-        encoder_steps=2000,
-        tokenizer_steps=800,
-        detokenizer_steps=1500,
-        mllm_steps=(600, 17500, 1000),
-        mllm_anneal_steps=4000,
+        encoder_steps=0,
+        tokenizer_steps=1000,
+        detokenizer_steps=4000,
+        mllm_steps=(600, 8000, 1500),
+        mllm_anneal_steps=500,
         eval_t2i=200,
         eval_qa=100,
         eval_edit=100,
@@ -80,12 +108,11 @@ PROFILES: dict[str, Profile] = {
         eval_t2i_images=4,
         eval_t2i_seen=100,
         stage_args={
-            "tokenizer": ("--model.preset", "shapes-local-1024"),
             "mllm_stage3": ("--model.groups", "{vision: 2.0e-5, adapter: 1.0e-3, llm: 3.0e-4}"),
         },
     ),
     # Seconds: the plumbing only (tests).
-    "smoke": Profile(300, 16, 2, 2, 2, (2, 2, 2), 2, 4, 2, 4, (4, 2), eval_t2i_seen=2),
+    "smoke": Profile(300, 16, 2, 2, 2, (2, 2, 2), 2, 4, 2, 4, self_enhance=(4, 2), eval_t2i_seen=2),
 }
 
 #: The headline figures, first in metrics.json, the report and benchmarks. Each is measured on
@@ -184,6 +211,11 @@ def train(
     for name, stage, recipe, output in STAGES:
         if Path(output).is_dir():  # written atomically: present means finished
             continue
+        if name == "encoder" and not profile.train_encoder:
+            start = time.perf_counter()
+            install_foundation_encoder(output)
+            record(name, start)
+            continue
         root = Path(output).parent
         args = [
             "--config", recipe, "--trainer.max_steps", str(_steps(profile, name)),
@@ -209,6 +241,21 @@ def train(
                     "--sft_steps", str(steps), "--progress", str(progress).lower()])  # fmt: skip
         record("self_enhance", start)
     return seconds
+
+
+def install_foundation_encoder(output: str | os.PathLike) -> None:
+    """Copies the shipped encoder (illume_eval.shapes.foundations) to `output`, the encoder stage's
+    result, as the paper starts from a pretrained SigLIP."""
+    import shutil
+
+    from illume_core import atomic_directory
+    from illume_eval.shapes.foundations import foundation
+
+    source = foundation("encoder")
+    with atomic_directory(output, "encoder") as tmp:
+        for item in source.iterdir():
+            if item.is_file() and not item.name.startswith((".", "_")):
+                shutil.copyfile(item, Path(tmp) / item.name)
 
 
 def final_mllm(profile: Profile) -> str:
@@ -334,13 +381,20 @@ def headline_table(metrics: dict) -> str:
 SPLITS_BY_MEANING = 5
 
 
-def refuse_stale_runs(data: str = "data/shapes") -> None:
+def refuse_stale_runs(data: str = "data/shapes", image_size: int | None = None) -> None:
     """A ValueError where trained stages (runs/) sit beside a dataset of a format before splits by
-    meaning: resuming them would score on prompts they were trained to draw."""
+    meaning (resuming them would score on prompts they were trained to draw), or of another image
+    size than the profile's (they were trained for other images)."""
     info = Path(data) / "info.json"
     if not info.is_file() or not Path("runs").is_dir():
         return
-    version = json.loads(info.read_text()).get("format_version", 0)
+    details = json.loads(info.read_text())
+    if image_size is not None and details.get("image_size") != image_size:
+        raise ValueError(
+            f"{Path.cwd()} holds stages trained on {details.get('image_size')} px ShapesWorld images; "
+            f"this profile draws {image_size} px. Run in a new --out folder (the old one stays as it is)."
+        )
+    version = details.get("format_version", 0)
     if version < SPLITS_BY_MEANING:
         raise ValueError(
             f"{Path.cwd()} holds stages trained on ShapesWorld format {version}, whose validation "
@@ -362,10 +416,11 @@ def run_demo(out: str | os.PathLike, profile: str = "default", progress: bool = 
     os.chdir(out)
     try:
         start = time.perf_counter()
-        refuse_stale_runs("data/shapes")
+        refuse_stale_runs("data/shapes", chosen.image_size)
         ensure_dataset(
-            "data/shapes", chosen.scenes, seed=0, n_eval=chosen.n_eval, progress=progress
-        )
+            "data/shapes", chosen.scenes, seed=0, size=chosen.image_size, n_eval=chosen.n_eval,
+            progress=progress,
+        )  # fmt: skip
         seconds = train(chosen, progress=progress)
         pipe = IllumePipeline.from_stages(
             "runs/shapes/tokenizer/final", final_mllm(chosen), "runs/shapes/detokenizer/final",

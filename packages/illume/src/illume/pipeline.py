@@ -95,16 +95,14 @@ class SamplingConfig:
             raise ValueError(f"{path}: {err}") from None
 
 
-#: ShapesWorld's small MLLM draws best cooler than the library default: text-to-image overall at
-#: guidance 3 on 200 validation prompts, temperature 1.0 / 0.7 / 0.5 / 0.3: 0.358 / 0.449 (session
-#: 10); 0.501 at 0.7, 0.551 at 0.5, 0.527 at 0.3 (session 13). And with less guidance: on the
-#: recipe's patch-local codes guidance 3 paints extra objects (each position raises the prompt's
-#: codes on its own); guidance 3 / 2 / 1.5 / 1: 0.398 / 0.567 / 0.626 / 0.527 (session 15;
-#: benchmarks/RESULTS.md). The demo saves it with its pipeline.
-#: Edits sample cooler still: the self-enhanced full-profile model on validation edits 100-367 (apart
-#: from the headline's first 100), guidance 1.5, temperature 0.5 / 0.3 / 0.1: target reached
-#: 0.679 / 0.728 / 0.750, untouched objects preserved 0.819 / 0.856 / 0.856 (session 46).
-SHAPES_SAMPLING = SamplingConfig(guidance=1.5, temperature=0.5, edit_temperature=0.1)
+#: ShapesWorld's sampling, saved with the demo's pipeline: the small MLLM draws best cooler and
+#: less guided than the library default (stronger guidance paints extra objects, each position
+#: raising the prompt's codes on its own), edits cooler still (they mostly copy), and the cell
+#: detokenizer drew validation scenes back from their codes best at guidance 1.5 (scene recovery
+#: 0.78 on 200, against 0.55 at 3.0 and 0.75 at 1.0). Figures in benchmarks/RESULTS.md.
+SHAPES_SAMPLING = SamplingConfig(
+    guidance=1.5, temperature=0.5, edit_temperature=0.1, detokenizer_guidance=1.5
+)
 
 
 #: The pipeline directory's file of sampling settings (SamplingConfig's fields).
