@@ -45,9 +45,29 @@ def resolve_recipe(path: str) -> str:
     raise FileNotFoundError(f"no recipe {path!r}; shipped recipes: {', '.join(shipped)}")
 
 
+#: Third-party notices that tell a user of a stage nothing they can act on: deprecations inside
+#: torchdata and Lightning, frozen parts (kept in eval mode on purpose), and LightningCLI's caution
+#: about arguments given from Python (the demo's way of running a stage).
+QUIET_WARNINGS = (
+    r"'set_vital' is deprecated",
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+    r"Found \d+ module\(s\) in eval mode at the start of training",
+    r"LightningCLI's args parameter is intended to run from within Python",
+)
+
+
+def quiet_known_warnings() -> None:
+    import warnings
+
+    for message in QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=message)
+
+
 def run_stage(stage: str, args: Sequence[str] = (), run: bool = True):
     """Runs (or, with run=False, only builds) a stage with LightningCLI arguments; returns the CLI."""
     from lightning.pytorch.cli import LightningCLI
+
+    quiet_known_warnings()
 
     from .precision import STAGES_IN_BF16, fast_precision
 
