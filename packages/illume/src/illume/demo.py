@@ -62,35 +62,25 @@ class Profile:
     from the shipped recipes (a caller's `extra_args` come after these and win)."""
 
 
+#: What ILLUME trains (tokenizer, detokenizer, MLLM stages 1-3), from the shipped encoder, in the
+#: README's time; figures and seconds per stage in benchmarks/RESULTS.md, "Where it stands".
+_DEFAULT = Profile(
+    scenes=20000,
+    n_eval=200,
+    encoder_steps=0,
+    tokenizer_steps=600,
+    detokenizer_steps=1000,
+    mllm_steps=(200, 800, 300),
+    mllm_anneal_steps=100,
+    eval_t2i=60,
+    eval_qa=30,
+    eval_edit=40,
+)
+
 PROFILES: dict[str, Profile] = {
-    # What ILLUME trains (tokenizer, detokenizer, MLLM stages 1-3), from the shipped encoder, in
-    # the README's time; figures and seconds per stage in benchmarks/RESULTS.md, "Where it stands".
-    "default": Profile(
-        scenes=20000,
-        n_eval=200,
-        encoder_steps=0,
-        tokenizer_steps=600,
-        detokenizer_steps=1000,
-        mllm_steps=(200, 800, 300),
-        mllm_anneal_steps=100,
-        eval_t2i=60,
-        eval_qa=30,
-        eval_edit=40,
-    ),
+    "default": _DEFAULT,
     # The same, the encoder trained here too (the recipe that made the shipped one).
-    "scratch": Profile(
-        scenes=20000,
-        n_eval=200,
-        encoder_steps=1500,
-        tokenizer_steps=600,
-        detokenizer_steps=1000,
-        mllm_steps=(200, 800, 300),
-        mllm_anneal_steps=100,
-        eval_t2i=60,
-        eval_qa=30,
-        eval_edit=40,
-        train_encoder=True,
-    ),
+    "scratch": replace(_DEFAULT, encoder_steps=1500, train_encoder=True),
     # The longest chain (benchmarks/*_quality.py): more scenes, longer stages, self-enhancement, and
     # four drawings a prompt, as GenEval, because one is too noisy to compare chains by.
     "full": Profile(
