@@ -15,7 +15,7 @@ classes, so `AutoModelForImageTextToText.from_pretrained(dir)` loads it.
 to the input embedding of every output vision-code token. In 1-D order a code's column is its
 distance from the last `<end_of_line>`, which the LLM must infer from RoPE distances. On
 ShapesWorld they did not help relations (left of, above) over two seeds and a full chain, so its
-recipes leave them off (benchmarks/RESULTS.md, sessions 22-23). The row and column are counted
+recipes leave them off (benchmarks/RESULTS.md). The row and column are counted
 from the sequence's own `<start_of_image>` and `<end_of_line>` markers (`grid_positions`), so
 teacher forcing needs no extra input; a forward over a KV cache gets them from
 `prepare_inputs_for_generation`, which sees the whole sequence, or from the caller

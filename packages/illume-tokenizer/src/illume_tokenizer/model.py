@@ -70,12 +70,12 @@ class TokenizerConfig(Config):
         # ones re-seeded where the error is: 81% used at 600 steps (1,024 codes: 38%; random
         # restarts: 72%), all 256 at the recipe's 2,500 (cosine 0.995).
         # The ShapesWorld recipe's tokenizer; understanding then reads a deeper layer too
-        # (benchmarks/RESULTS.md, sessions 14, 18 and 19).
+        # (benchmarks/RESULTS.md).
         "shapes-local": {"codebook_size": 256, "code_dim": 32, "decoder_width": 192, "decoder_depth": 4, "decoder_heads": 4, "feature_layer": 0, "dead_code_restart": "error"},
         # The same with 1,024 codes: 256 cannot tell a 4x4-pixel corner of a circle from one of a
         # square (drawn from their codes, 93 of 676 validation objects take the wrong shape; 50
         # with 1,024), so two-object scenes lose a shape. 96% of the codes used at 800 steps
-        # (benchmarks/RESULTS.md, session 26).
+        # (benchmarks/RESULTS.md).
         "shapes-local-1024": {"codebook_size": 1024, "code_dim": 32, "decoder_width": 192, "decoder_depth": 4, "decoder_heads": 4, "feature_layer": 0, "dead_code_restart": "error"},
         # On the `shapes-cells` encoder (one token per cell of the 3x3 grid): a code says what a
         # cell holds. 64 codes for ShapesWorld's 19 cell contents (18 objects and empty) and how

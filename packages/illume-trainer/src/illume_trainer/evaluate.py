@@ -202,8 +202,8 @@ def mean_patch_decode(
 
     Meant for patch-local tokenizers (`feature_layer` 0), whose code at a place is a function of
     that patch's pixels; seconds instead of a detokenizer's training. ShapesWorld's 4x4-pixel
-    patches need about 1,000 codes to keep circles apart from squares (benchmarks/RESULTS.md,
-    session 26). {"scene_recovery", "t2i" (each image scored on its own caption, by category),
+    patches need about 1,000 codes to keep circles apart from squares (benchmarks/RESULTS.md).
+    {"scene_recovery", "t2i" (each image scored on its own caption, by category),
     "patch_mse" (validation pixels in [0, 1])}."""
     normalize = Normalizer.for_processor(tokenizer.encoder.image_processor)
     size, grid = tokenizer.config.image_size, tokenizer.grid

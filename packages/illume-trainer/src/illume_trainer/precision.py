@@ -6,7 +6,7 @@ AVX512-BF16 or AMX-BF16. Elsewhere bf16 products have no hardware support, so fl
 On the 2-core EPYC (AVX512-BF16) that runs the ShapesWorld recipes, `benchmarks/training_speed.py`
 measures 411-841 GFLOP/s in bf16 against 134-177 in float32 for a product of the MLLM's size
 (two runs), and a ShapesWorld MLLM step in 0.24-0.25 s against 0.48-0.49; stage 2 trained so draws
-the same (paired difference -0.002 +- 0.010; benchmarks/RESULTS.md, session 38).
+the same (paired difference -0.002 +- 0.010; benchmarks/RESULTS.md).
 
 Only stages measured to gain take it by default (`STAGES_IN_BF16`): on that CPU the encoder's and
 the detokenizer's steps are slower in bf16 (small convolutions and matrices), and the tokenizer's,

@@ -168,7 +168,7 @@ def object_layout(records: list[dict], split_dir: str | os.PathLike) -> dict:
     (left to right): in `t2i_quality`'s drawings ("drawn") and in the split's own scenes of the
     prompts drawn ("scenes", each once; a record without a "prompt" index is the split's next
     prompt). A raster-order sampler cooled too far puts the drawings' objects off to the last
-    rows, where position prompts fail (benchmarks/RESULTS.md, session 36)."""
+    rows, where position prompts fail (benchmarks/RESULTS.md)."""
     drawn = {r.get("prompt", i) for i, r in enumerate(records)}
     rows = _jsonl(Path(split_dir) / "scenes.jsonl", max(drawn, default=-1) + 1)
     scenes = [Scene.from_dict(rows[i]["scene"]) for i in sorted(drawn)]

@@ -73,7 +73,7 @@ class MLLMStage(FrozenPartsStage):
         training ("sdpa", "eager", ...); None keeps what the model loads with (sdpa). Training only:
         the saved model does not keep it. On CPU, sdpa's backward for short sequences is slow: the
         shapes stage 2 (about 110 tokens a conversation) trains 1.2x faster with "eager", while
-        stage 3's packed QA (longer sequences) is faster with sdpa (benchmarks/RESULTS.md, session 43).
+        stage 3's packed QA (longer sequences) is faster with sdpa (benchmarks/RESULTS.md).
     loss_weighting: "token" averages the cross-entropy over every answer token of the batch (LLaVA's
         rule); "example" averages each conversation's answer tokens first, then the conversations,
         so a one-word answer weighs as much as a 64-token image. With "token", QA answers (about 20
@@ -309,7 +309,7 @@ class MLLMStage(FrozenPartsStage):
         labels = inputs.pop("labels")[:, 1:]
         # All positions' logits, though the loss reads the answers' only: transformers' boolean
         # `logits_to_keep` was 5% faster a shapes stage-3 step, but its variable-sized [N, V]
-        # tensors grew the CPU process by about 3 MB a step (benchmarks/RESULTS.md, session 43).
+        # tensors grew the CPU process by about 3 MB a step (benchmarks/RESULTS.md).
         logits = self.model(**inputs, use_cache=False).logits[:, :-1]  # training keeps no KV cache
         losses = torch.nn.functional.cross_entropy(
             logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE, reduction="none"
