@@ -37,6 +37,7 @@ def main() -> None:
         "--install", action="store_true", help="copy into illume_eval.shapes.foundations"
     )
     args = parser.parse_args()
+    from illume_core import atomic_write
     from illume_eval.shapes import ensure_dataset
     from illume_eval.shapes.foundations import FOUNDATIONS_DIR
     from illume_trainer.cli import run_stage
@@ -65,8 +66,7 @@ def main() -> None:
         target = FOUNDATIONS_DIR / "encoder"
         target.mkdir(exist_ok=True)
         for name in SHIPPED:
-            shutil.copyfile(encoder / name, target / f".{name}.tmp")
-            os.replace(target / f".{name}.tmp", target / name)
+            atomic_write(target / name, lambda tmp, name=name: shutil.copyfile(encoder / name, tmp))
         figures["installed"] = str(target)
     for key, value in figures.items():
         print(f"{key:<24}{value}")

@@ -243,9 +243,7 @@ def install_foundation_encoder(output: str | os.PathLike) -> None:
 
     source = foundation("encoder")
     with atomic_directory(output, "encoder") as tmp:
-        for item in source.iterdir():
-            if item.is_file() and not item.name.startswith((".", "_")):
-                shutil.copyfile(item, Path(tmp) / item.name)
+        shutil.copytree(source, tmp, dirs_exist_ok=True)
 
 
 def final_mllm(profile: Profile) -> str:
