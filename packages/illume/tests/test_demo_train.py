@@ -80,7 +80,8 @@ def test_stages_trained_on_old_splits_are_not_resumed(tmp_path, monkeypatch):
 
 def test_profiles_start_from_the_shipped_encoder_unless_told_to_train_it(tmp_path, monkeypatch):
     """The default demo starts from the shipped encoder, as the paper starts from SigLIP: the
-    encoder stage's output is a copy of it, loadable, its place in the ledger near zero."""
+    encoder stage's output is a copy of it, loadable, and nothing trained it (no run logs); the
+    ledger still names the stage."""
     from illume.demo import SECONDS, STAGES
     from illume_eval.shapes.foundations import foundation
     from illume_tokenizer import VisionEncoder
@@ -95,6 +96,7 @@ def test_profiles_start_from_the_shipped_encoder_unless_told_to_train_it(tmp_pat
     assert (encoder / "model.safetensors").read_bytes() == (
         shipped / "model.safetensors"
     ).read_bytes()
-    assert set(seconds) == {"encoder"} and seconds["encoder"] < 5
+    assert set(seconds) == {"encoder"}
+    assert not (tmp_path / "runs/shapes/encoder/lightning_logs").exists()
     assert "encoder" in json.loads((tmp_path / SECONDS).read_text())
     assert VisionEncoder.from_pretrained(encoder).grid == (3, 3)
