@@ -1,4 +1,4 @@
-"""The codec ceiling of a demo profile's tokenizer and detokenizer, per evaluation split.
+"""The codec ceiling of a demo chain's tokenizer and detokenizer, per evaluation split.
 
 Each split's real images go through the tokenizer's codes and the detokenizer (the pipeline's
 sampling: DPM-Solver++ 20 steps, guidance 3) and are scored by the exact scorer on their own
@@ -6,17 +6,16 @@ prompts: what an MLLM that drew every code right would score. A drawing figure a
 impossible; one far below it is the MLLM's. Splits as the demo reports them: validation's unseen
 categories (the headline's), its seen ones, and the held-out compositions (illume_eval.shapes.splits).
 
-Trains the profile's encoder, tokenizer and detokenizer in --workdir (finished stages are reused,
+Trains the chain's encoder, tokenizer and detokenizer in --workdir (finished stages are reused,
 so pointing it at an `illume demo --out DIR` only evaluates). Prints a table, then one JSON line.
-Run: .venv/bin/python benchmarks/codec_ceiling.py --profile default|full --workdir DIR [--n 400]
-     [--steps detokenizer=600]  (a stage's steps instead of the profile's; finished stages in
+Run: .venv/bin/python benchmarks/codec_ceiling.py --chain default|full|FILE --workdir DIR [--n 400]
+     [--steps detokenizer=600]  (a stage's steps instead of the chain's; finished stages in
      DIR are reused, so a new DIR with links to another's data and stages trains only the rest)
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import platform
@@ -25,6 +24,7 @@ import time
 from pathlib import Path
 
 import illume.demo as demo
+from illume.chain import Chain
 from illume_detokenizer import DetokenizerPipeline
 from illume_eval.metrics import grouped, macro_interval
 from illume_eval.shapes import SEEN_TAGS, UNSEEN_TAGS, ensure_dataset
@@ -36,34 +36,41 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--profile", default="full", choices=sorted(demo.PROFILES))
+    parser.add_argument("--chain", default="full", help="a shipped chain or a chain file")
     parser.add_argument("--workdir", default=None)
     parser.add_argument(
         "--n", type=int, default=400, help="images scored per split (at most the split's)"
     )
     parser.add_argument(
         "--steps", action="append", default=[], metavar="STAGE=N",
-        help="a codec stage's steps instead of the profile's, e.g. detokenizer=600 (repeatable)",
+        help="a codec stage's steps instead of the chain's, e.g. detokenizer=600 (repeatable)",
     )  # fmt: skip
     args = parser.parse_args()
+    try:
+        chain = Chain.load(args.chain)
+    except ValueError as err:
+        parser.error(f"--chain: {err}")
     # the codec's stages only: no MLLM, so no self-enhancement either
-    profile = dataclasses.replace(demo.PROFILES[args.profile], self_enhance=None)
+    codec = ("encoder", "tokenizer", "detokenizer")
+    chain = chain.only(*codec)
     try:
         steps = {k: int(v) for k, v in (item.split("=", 1) for item in args.steps)}
-        profile = demo.with_steps(profile, steps)
+        chain = chain.with_steps(steps)
     except ValueError as err:
         parser.error(f"--steps: {err} (expected STAGE=N)")
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="illume-codec-"))
     workdir.mkdir(parents=True, exist_ok=True)
     os.chdir(workdir)
     start = time.perf_counter()
-    demo.refuse_stale_runs("data/shapes")
-    ensure_dataset("data/shapes", profile.scenes, seed=0, n_eval=profile.n_eval, progress=False)
-    codec = {name for name, *_ in demo.STAGES[:3]}  # encoder, tokenizer, detokenizer
-    demo.STAGES = tuple(s for s in demo.STAGES if s[0] in codec)
-    seconds = demo.train(profile, progress=False)
-    tokenizer = SemanticTokenizer.from_pretrained("runs/shapes/tokenizer/final")
-    pipe = DetokenizerPipeline.from_pretrained("runs/shapes/detokenizer/final")
+    data = chain.data
+    demo.refuse_stale_runs("data/shapes", data.image_size)
+    ensure_dataset(
+        "data/shapes", data.scenes, seed=data.seed, size=data.image_size, n_eval=data.n_eval,
+        progress=False,
+    )  # fmt: skip
+    seconds = demo.train(chain, progress=False)
+    tokenizer = SemanticTokenizer.from_pretrained(chain.output("tokenizer"))
+    pipe = DetokenizerPipeline.from_pretrained(chain.output("detokenizer"))
     pipe.set_progress_bar_config(disable=True)
 
     figures: dict = {}
@@ -90,8 +97,8 @@ def main() -> None:
         figures[f"{split}_scene_recovery"] = quality["scene_recovery"]
         figures[f"{split}_images"] = n
     figures |= {
-        "profile": args.profile,
-        "steps": {name: demo._steps(profile, name) for name in codec},
+        "chain": chain.settings(),
+        "steps": {name: chain.steps(name) for name in codec},
         "train_seconds": seconds,
         "seconds": round(time.perf_counter() - start, 1),
         "workdir": str(workdir),

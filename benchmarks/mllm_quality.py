@@ -1,6 +1,6 @@
 """Trains the ShapesWorld MLLM's three stages and measures it (issue: unified MLLM).
 
-Runs the demo's `full` profile (data, encoder, tokenizer, detokenizer, MLLM stages 1-3, stage 3
+Runs a demo chain, `full` by default (data, encoder, tokenizer, detokenizer, MLLM stages 1-3, stage 3
 ending in its annealing phase; finished stages in --workdir are reused), then scores with
 illume-eval's exact scorers on what the model never trained on (illume.demo.evaluate): text to
 image on validation's unseen prompts beside the lookup baseline and the codec ceiling, the seen
@@ -22,12 +22,13 @@ t2i_unseen, t2i_lookup_baseline, codec_ceiling, t2i_heldout_compositions, qa_mac
 edit_target, edit_preserve), t2i_seen, intervals, train_seconds. Every text-to-image figure below
 (sweep, stages, best of) is on the unseen prompts.
 
-Run: .venv/bin/python benchmarks/mllm_quality.py [--workdir DIR] [--profile full|default]
-     [--scenes N] [--sweep-prompts N]  (N training scenes instead of the profile's; 0 prompts: no sweep)
+Run: .venv/bin/python benchmarks/mllm_quality.py [--workdir DIR] [--chain full|default|FILE]
+     [--scenes N] [--sweep-prompts N]  (N training scenes instead of the chain's; 0 prompts: no sweep)
 Ablations (benchmarks/RESULTS.md), each option repeatable:
-     --steps mllm_stage3=1500                  a stage's steps instead of the profile's
+     --steps mllm_stage3=1500                  a stage's steps instead of the chain's
      --stage-args mllm_stage3='--data.weights "[1, 1, 3, 0.25, 0.5]"'   LightningCLI arguments
-                                               after the stage's recipe (shell-quoted)
+                                               after the stage's recipe (shell-quoted; to explore:
+                                               a setting a published figure rests on is a chain file)
      --reuse DIR --reuse-stages encoder,tokenizer,detokenizer   those stages' finished outputs
                                                linked from another work directory, not retrained
      --guidance G                              the headline figures' guidance (default: the demo's)
@@ -44,25 +45,16 @@ The guidance / temperature table draws once a prompt (--sweep-prompts prompts a 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import shlex
 import tempfile
 from pathlib import Path
 
-from illume.demo import (
-    HEADLINE,
-    PROFILES,
-    STAGES,
-    evaluate,
-    headline_table,
-    refuse_stale_runs,
-    train,
-    with_steps,
-)
+from illume.chain import Chain
+from illume.demo import HEADLINE, evaluate, headline_table, refuse_stale_runs, train
 from illume.evaluate import edit_ceiling, edit_codes, judge_probe, likelihood_probe, t2i_quality
-from illume.pipeline import SHAPES_SAMPLING, IllumePipeline
+from illume.pipeline import IllumePipeline, SamplingConfig
 from illume_eval.shapes import ASPECTS, UNSEEN_TAGS, ensure_dataset
 
 SWEEP = [
@@ -87,9 +79,9 @@ def _pairs(values: list[str], option: str) -> dict[str, str]:
     return pairs
 
 
-def _reuse(source: Path, names: list[str]) -> None:
+def _reuse(source: Path, names: list[str], chain: Chain) -> None:
     """Links each named stage's `final` output of `source` into the current work directory."""
-    outputs = {name: output for name, _, _, output in STAGES}
+    outputs = {name: chain.output(name) for name in chain.stage_names}
     for name in names:
         if name not in outputs:
             raise SystemExit(f"--reuse-stages {name!r}: stages are {', '.join(outputs)}")
@@ -109,7 +101,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--workdir", default=None)
-    parser.add_argument("--profile", default="full", choices=sorted(PROFILES))
+    parser.add_argument("--chain", default="full", help="a shipped chain or a chain file")
     parser.add_argument("--sweep-prompts", type=int, default=100)
     parser.add_argument("--scenes", type=int, default=None)
     parser.add_argument("--steps", action="append", default=[], metavar="STAGE=N")
@@ -120,16 +112,20 @@ def main() -> None:
     parser.add_argument("--stage-prompts", type=int, default=0)
     parser.add_argument("--best-of", type=int, default=0)
     args = parser.parse_args()
-    profile = dataclasses.replace(
-        PROFILES[args.profile],
-        self_enhance=None,  # the three stages' figures
-        scenes=args.scenes or PROFILES[args.profile].scenes,
-    )
+    try:
+        chain = Chain.load(args.chain).without_self_enhance()  # the three stages' figures
+    except ValueError as err:
+        raise SystemExit(f"--chain: {err}") from None
+    if args.scenes:
+        chain = chain.model_copy(
+            update={"data": chain.data.model_copy(update={"scenes": args.scenes})}
+        )
     try:
         steps = {k: int(v) for k, v in _pairs(args.steps, "--steps").items()}
-        profile = with_steps(profile, steps)
+        chain = chain.with_steps(steps)
     except ValueError as err:
         raise SystemExit(f"--steps: {err}") from None
+    sizes = chain.evaluation
     extra = {k: shlex.split(v) for k, v in _pairs(args.stage_args, "--stage-args").items()}
     reuse = [s for s in args.reuse_stages.split(",") if s]
     if bool(reuse) != (args.reuse is not None):
@@ -139,39 +135,40 @@ def main() -> None:
     source = args.reuse.resolve() if args.reuse else None
     os.chdir(workdir)
     if source:
-        _reuse(source, reuse)
-    refuse_stale_runs("data/shapes")
-    ensure_dataset("data/shapes", profile.scenes, seed=0, n_eval=profile.n_eval, progress=False)
+        _reuse(source, reuse, chain)
+    data = chain.data
+    refuse_stale_runs("data/shapes", data.image_size)
+    ensure_dataset(
+        "data/shapes", data.scenes, seed=data.seed, size=data.image_size, n_eval=data.n_eval,
+        progress=False,
+    )  # fmt: skip
     # of every stage trained here, also by earlier runs; reused stages count where they were trained
-    seconds = train(profile, progress=False, extra_args=extra)
+    seconds = train(chain, progress=False, extra_args=extra)
     train_seconds = round(sum(v for k, v in seconds.items() if k != "self_enhance"), 1)
-    # the demo's sampling, or its guidance replaced by --guidance; the sweep sets its own
-    headline = dataclasses.replace(
-        SHAPES_SAMPLING,
-        guidance=SHAPES_SAMPLING.guidance if args.guidance is None else args.guidance,
-    )
+    # the chain's sampling, or its guidance replaced by --guidance; the sweep sets its own
+    guidance = {} if args.guidance is None else {"guidance": args.guidance}
+    headline = SamplingConfig(**(chain.sampling | guidance))
+    tokenizer, detokenizer = chain.output_of("tokenizer"), chain.output_of("detokenizer")
     pipe = IllumePipeline.from_stages(
-        "runs/shapes/tokenizer/final",
-        STAGES[-1][3],  # the last MLLM stage's output
-        "runs/shapes/detokenizer/final",
-        sampling=dataclasses.replace(headline),  # a copy: the sweep changes it
-    )
-    metrics, _ = evaluate(pipe, profile)
+        tokenizer, chain.final_mllm(), detokenizer,
+        sampling=SamplingConfig(**(chain.sampling | guidance)),  # its own: the sweep changes it
+    )  # fmt: skip
+    metrics, _ = evaluate(pipe, sizes)
     # the same edits' targets through tokenizer and detokenizer: what a perfect MLLM would reach
-    ceiling = edit_ceiling(pipe, "data/shapes/validation", n=profile.eval_edit)
+    ceiling = edit_ceiling(pipe, "data/shapes/validation", n=sizes.edit)
     # where its edits miss, code by code: cells it should copy, cells it should change
-    codes = edit_codes(pipe, "data/shapes/validation", n=profile.eval_edit)
+    codes = edit_codes(pipe, "data/shapes/validation", n=sizes.edit)
     # does the model prefer each prompt's scene to a counterfactual one, apart from sampling?
-    probe = likelihood_probe(pipe, "data/shapes/validation", n=2 * profile.eval_t2i)["summary"]
+    probe = likelihood_probe(pipe, "data/shapes/validation", n=2 * sizes.t2i)["summary"]
     # the same on scenes it trained on: binding known there and not on validation is memorised
-    probe_train = likelihood_probe(pipe, "data/shapes/train", n=2 * profile.eval_t2i)["summary"]
+    probe_train = likelihood_probe(pipe, "data/shapes/train", n=2 * sizes.t2i)["summary"]
     # can its understanding tell them apart? (the judge of best_of)
-    judged = judge_probe(pipe, "data/shapes/validation", n=2 * profile.eval_t2i)["summary"]
+    judged = judge_probe(pipe, "data/shapes/validation", n=2 * sizes.t2i)["summary"]
     best_of = {}
     if args.best_of > 1:  # the model choosing among its own drawings
         best_of = t2i_quality(
-            pipe, "data/shapes/validation", n=profile.eval_t2i, best_of=args.best_of,
-            images_per_prompt=profile.eval_t2i_images, tags=UNSEEN_TAGS,
+            pipe, "data/shapes/validation", n=sizes.t2i, best_of=args.best_of,
+            images_per_prompt=sizes.t2i_images, tags=UNSEEN_TAGS,
         )["summary"]  # fmt: skip
 
     print(f"{'guidance':>9}{'temperature':>13}{'top-k':>7}{'t2i unseen':>13}")
@@ -196,18 +193,15 @@ def main() -> None:
         print(f"{guidance:>9}{temperature:>13}{top_k or '-':>7}{overall:>13.3f}")
 
     # what each MLLM stage keeps of the drawing (stage 1 trains no drawing)
-    drawing = [(n, out) for n, _, _, out in STAGES if n.startswith("mllm_") and n != "mllm_stage1"]
+    drawing = [(s.name, chain.output(s.name)) for s in chain.stages if s.stage == "mllm"][1:]
     by_stage = {}
     for name, output in drawing if args.stage_prompts else []:
         staged = IllumePipeline.from_stages(
-            "runs/shapes/tokenizer/final",
-            output,
-            "runs/shapes/detokenizer/final",
-            sampling=dataclasses.replace(headline),
+            tokenizer, output, detokenizer, sampling=SamplingConfig(**(chain.sampling | guidance))
         )
         by_stage[name] = t2i_quality(
             staged, "data/shapes/validation", n=args.stage_prompts,
-            images_per_prompt=profile.eval_t2i_images, tags=UNSEEN_TAGS,
+            images_per_prompt=sizes.t2i_images, tags=UNSEEN_TAGS,
         )["summary"]  # fmt: skip
     if by_stage:
         tags = list(next(iter(by_stage.values())))
@@ -265,7 +259,7 @@ def main() -> None:
             "likelihood_probe_train": probe_train, "judge_probe": judged,
             "t2i_best_of": {"n": args.best_of, **best_of} if best_of else {}, "edit_ceiling": ceil, "edit_copy": copy,
             "edit_codes": codes, "t2i_by_stage": by_stage,
-            "steps": steps,
+            "steps": steps, "chain": chain.settings(),
             "stage_args": {k: shlex.join(v) for k, v in extra.items()},
             "reused": {name: str(source) for name in reuse}}  # fmt: skip
     print(json.dumps(out))

@@ -1,6 +1,6 @@
 """ILLUME's Table 7 at ShapesWorld scale: does self-enhancement help, against a fair control?
 
-From a trained stage-3 model (the demo's `full` profile without its own self-enhancement step;
+From a trained stage-3 model (the demo's `full` chain without its own self-enhancement step;
 stages already in --workdir are reused):
 
 1. the stage-3 model draws images for --prompts training prompts, the oracle assesses them, and
@@ -23,7 +23,6 @@ Run: .venv/bin/python benchmarks/self_enhance_ablation.py --workdir DIR [--seeds
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import statistics
@@ -33,7 +32,8 @@ from pathlib import Path
 
 import yaml
 
-from illume.demo import PROFILES, STAGES, train
+from illume.chain import Chain
+from illume.demo import train
 from illume.evaluate import qa_quality, t2i_quality
 from illume.pipeline import IllumePipeline
 from illume_core import atomic_write_json
@@ -52,8 +52,9 @@ from illume_trainer.self_enhance.loop import continue_training
 
 # STAGE3 and RECIPE: stage 3 as the demo ends it (its annealing phase), and the recipe both arms
 # continue, as recipes/shapes/self_enhance.yaml does
-TOKENIZER, DETOKENIZER = "runs/shapes/tokenizer/final", "runs/shapes/detokenizer/final"
-_, _, RECIPE, STAGE3 = STAGES[-1]
+CHAIN = Chain.load("full").without_self_enhance()
+TOKENIZER, DETOKENIZER = CHAIN.output("tokenizer"), CHAIN.output("detokenizer")
+RECIPE, STAGE3 = CHAIN.stage("mllm_anneal").recipe, CHAIN.output("mllm_anneal")
 
 
 def score(mllm: str, n_t2i: int, n_qa: int, eval_seeds: list[int]) -> dict:
@@ -146,13 +147,16 @@ def main() -> None:
         help="both arms' learning rates as this multiple of stage 3's (its peak: the arms re-warm)",
     )
     args = parser.parse_args()
-    profile = dataclasses.replace(PROFILES["full"], self_enhance=None)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="illume-self-enhance-"))
     workdir.mkdir(parents=True, exist_ok=True)
     os.chdir(workdir)
-    ensure_dataset("data/shapes", profile.scenes, seed=0, n_eval=profile.n_eval, progress=False)
+    data = CHAIN.data
+    ensure_dataset(
+        "data/shapes", data.scenes, seed=data.seed, size=data.image_size, n_eval=data.n_eval,
+        progress=False,
+    )  # fmt: skip
     start = time.perf_counter()
-    train(profile, progress=False)
+    train(CHAIN, progress=False)
 
     root = Path("runs/shapes/ablation")
     corpus = root / "corpus"

@@ -1,4 +1,4 @@
-"""`illume demo` end to end at the smoke profile: every stage, the evaluation, the report, resume."""
+"""`illume demo` end to end on the smoke chain: every stage, the evaluation, the report, resume."""
 
 import json
 
@@ -10,9 +10,9 @@ from illume.pipeline import IllumePipeline
 from illume_eval.shapes import UNSEEN_TAGS
 
 
-def test_demo_smoke_profile_runs_and_resumes(tmp_path, capsys):
+def test_demo_smoke_chain_runs_and_resumes(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--profile", "smoke"]) == 0
+    assert main(["demo", "--out", str(out), "--chain", "smoke"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     for key in HEADLINE:
         assert 0.0 <= metrics[key] <= 1.0
@@ -45,8 +45,11 @@ def test_demo_smoke_profile_runs_and_resumes(tmp_path, capsys):
     assert all(
         0.0 <= v <= 1.0 for row in failed.values() for k, v in row.items() if k != "drawings"
     )
-    settings = metrics["profile_settings"]
-    drawn = settings["eval_t2i"] * settings["eval_t2i_images"]
+    # the chain that produced the figures: its file, hash and settings as run
+    chain = metrics["chain_settings"]
+    assert metrics["chain"] == "smoke" and chain["file"].endswith("chains/smoke.yaml")
+    assert len(chain["sha256"]) == 64 and chain["stages"][1]["steps"] == 2
+    drawn = chain["evaluation"]["t2i"] * chain["evaluation"]["t2i_images"]
     assert sum(row["drawings"] for row in failed.values()) == drawn
     # Where the drawings put their objects, beside where the prompts' scenes have them.
     layout = metrics["t2i_layout"]
@@ -58,7 +61,17 @@ def test_demo_smoke_profile_runs_and_resumes(tmp_path, capsys):
     IllumePipeline.from_pretrained(out / "pipeline")
     # A second run finds every stage finished and trains nothing: the seconds it reports are
     # the first run's, kept in the directory.
-    assert main(["demo", "--out", str(out), "--profile", "smoke"]) == 0
+    # (the same chain, named by its file)
+    assert main(["demo", "--out", str(out), "--chain", chain["file"]]) == 0
     assert (
         json.loads((out / "metrics.json").read_text())["train_seconds"] == metrics["train_seconds"]
     )
+
+
+def test_demo_refuses_an_unknown_chain_in_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo", "--out", str(tmp_path / "demo"), "--chain", "nope"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "no chain 'nope'" in err and "smoke" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "demo").exists()  # nothing made before the chain is read

@@ -1,47 +1,87 @@
-"""`illume.demo.train`'s knobs: steps by stage name; LightningCLI arguments of the profile and of
-ablations."""
+"""`illume.demo.train` over a chain (illume.chain): steps by stage name, the chain's recipe
+overrides and a caller's extra arguments, foundations copied instead of trained."""
 
 import json
 import os
-from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import yaml
 
-from illume.demo import PROFILES, STAGES, train, with_steps
+from illume.chain import Chain, shipped_chains
+from illume.demo import train
 from illume_eval.shapes import ensure_dataset
 
 
+def test_shipped_chains_load_and_name_their_outputs():
+    assert {"default", "scratch", "full", "smoke"} <= set(shipped_chains())
+    default = Chain.load("default")
+    assert default.name == "default" and len(default.sha256) == 64
+    assert default.output("detokenizer") == "runs/shapes/detokenizer/final"
+    assert default.final_mllm() == "runs/shapes/mllm/anneal/final"
+    assert default.steps("encoder") == 1500  # no steps in the chain: the recipe's
+    full = Chain.load("full")
+    assert full.final_mllm() == "runs/shapes/self_enhance/final"
+    assert full.recipe("mllm_stage3")["model"]["groups"]["llm"] == pytest.approx(3e-4)
+    assert full.recipe("mllm_stage3")["model"]["warmup_steps"] == 50  # the rest is the recipe's
+    assert default.stage("encoder").foundation == "encoder"
+    assert Chain.load("scratch").stage("encoder").foundation is None
+
+
 def test_with_steps_replaces_only_the_named_stages():
-    full = PROFILES["full"]
-    changed = with_steps(full, {"mllm_stage3": 1500, "detokenizer": 3000, "mllm_anneal": 200})
-    assert changed.mllm_steps == (full.mllm_steps[0], full.mllm_steps[1], 1500)
-    assert changed.detokenizer_steps == 3000 and changed.encoder_steps == full.encoder_steps
-    assert changed.mllm_anneal_steps == 200
+    full = Chain.load("full")
+    changed = full.with_steps({"mllm_stage3": 1500, "detokenizer": 3000, "mllm_anneal": 200})
+    assert [changed.steps(n) for n in ("mllm_stage2", "mllm_stage3", "detokenizer")] == [
+        full.steps("mllm_stage2"), 1500, 3000,
+    ]  # fmt: skip
+    assert changed.steps("mllm_anneal") == 200 and changed.sha256 == full.sha256
     with pytest.raises(ValueError, match="unknown stage 'mllm_stage4'"):
-        with_steps(full, {"mllm_stage4": 1})
+        full.with_steps({"mllm_stage4": 1})
+    with pytest.raises(ValueError, match="steps must be an integer >= 1"):
+        full.with_steps({"mllm_stage3": 0})
 
 
-def test_extra_args_reach_the_stage_and_unknown_stages_are_refused(tmp_path, monkeypatch):
+def test_bad_chain_files_are_one_line_errors_naming_file_and_field(tmp_path):
+    chain = yaml.safe_load(Path(Chain.load("smoke").source).read_text())
+    with pytest.raises(ValueError, match="no chain 'nope'.*default"):
+        Chain.load("nope")
+    bad = tmp_path / "bad.yaml"
+    chain["stages"][1]["steps"] = -3
+    bad.write_text(yaml.safe_dump(chain))
+    with pytest.raises(
+        ValueError, match=r"bad.yaml: stages.1.steps: Input should be greater than 0"
+    ):
+        Chain.load(bad)
+    chain["stages"][1]["steps"] = 3
+    chain["stages"][1]["step"] = 3  # a typo is refused, not ignored
+    bad.write_text(yaml.safe_dump(chain))
+    with pytest.raises(ValueError, match=r"stages.1.step: Extra inputs are not permitted"):
+        Chain.load(bad)
+    del chain["stages"][1]["step"]
+    chain["stages"][2]["name"] = "tokenizer"
+    bad.write_text(yaml.safe_dump(chain))
+    with pytest.raises(ValueError, match=r"repeated: \['tokenizer'\]"):
+        Chain.load(bad)
+
+
+def test_overrides_and_extra_args_reach_the_stage_and_unknown_stages_are_refused(
+    tmp_path, monkeypatch
+):
     monkeypatch.chdir(tmp_path)
+    smoke = Chain.load("smoke")
     with pytest.raises(ValueError, match="unknown stage"):
-        train(PROFILES["smoke"], progress=False, extra_args={"stage9": ["--model.lr", "1"]})
-    with pytest.raises(ValueError, match="unknown stage"):
-        train(
-            replace(PROFILES["smoke"], stage_args={"stage9": ("--model.lr", "1")}), progress=False
-        )
+        train(smoke, progress=False, extra_args={"stage9": ["--model.lr", "1"]})
     ensure_dataset("data/shapes", 300, seed=0, n_eval=16, progress=False)
     # finished (present) stages are skipped: only the encoder trains
-    for *_, output in STAGES[1:]:
-        os.makedirs(output)
-    profile = replace(
-        with_steps(PROFILES["smoke"], {"encoder": 1}),
-        self_enhance=None,
-        train_encoder=True,
-        # the profile's own departures from the recipe; the caller's extra_args come after them
-        stage_args={"encoder": ("--model.weight_decay", "0.0321", "--model.lr", "0.5")},
+    for name in smoke.stage_names[1:]:
+        os.makedirs(smoke.output(name))
+    encoder = smoke.stage("encoder").model_copy(
+        # the chain's own departures from the recipe; the caller's extra_args come after them
+        update={"foundation": None, "overrides": {"model": {"weight_decay": 0.0321, "lr": 0.5}}}
     )
-    seconds = train(profile, progress=False, extra_args={"encoder": ["--model.lr", "0.00123"]})
+    chain = smoke.model_copy(update={"stages": (encoder, *smoke.stages[1:]), "self_enhance": None})
+    chain = chain.with_steps({"encoder": 1})
+    seconds = train(chain, progress=False, extra_args={"encoder": ["--model.lr", "0.00123"]})
     assert set(seconds) == {"encoder"}
     [hparams] = (tmp_path / "runs/shapes/encoder/lightning_logs").glob("*/hparams.yaml")
     hparams = yaml.safe_load(hparams.read_text())
@@ -53,10 +93,6 @@ def test_extra_args_reach_the_stage_and_unknown_stages_are_refused(tmp_path, mon
 def test_stages_trained_on_old_splits_are_not_resumed(tmp_path, monkeypatch):
     """A work folder whose data predates splits by meaning: its stages drew what validation now
     calls unseen, so the demo refuses to go on there rather than report memory as drawing."""
-    import json
-
-    import pytest
-
     from illume.demo import refuse_stale_runs
 
     monkeypatch.chdir(tmp_path)
@@ -72,26 +108,26 @@ def test_stages_trained_on_old_splits_are_not_resumed(tmp_path, monkeypatch):
     refuse_stale_runs()
     # stages trained on other images than the profile draws are not resumed either
     with pytest.raises(
-        ValueError, match="trained on 32 px ShapesWorld images; this profile draws 36 px"
+        ValueError, match="trained on 32 px ShapesWorld images; this chain draws 36 px"
     ):
         refuse_stale_runs(image_size=36)
     refuse_stale_runs(image_size=32)
 
 
-def test_profiles_start_from_the_shipped_encoder_unless_told_to_train_it(tmp_path, monkeypatch):
+def test_chains_start_from_the_shipped_encoder_unless_told_to_train_it(tmp_path, monkeypatch):
     """The default demo starts from the shipped encoder, as the paper starts from SigLIP: the
     encoder stage's output is a copy of it, loadable, and nothing trained it (no run logs); the
     ledger still names the stage."""
-    from illume.demo import SECONDS, STAGES
+    from illume.demo import SECONDS
     from illume_eval.shapes.foundations import foundation
     from illume_tokenizer import VisionEncoder
 
-    assert not PROFILES["default"].train_encoder and PROFILES["scratch"].train_encoder
     monkeypatch.chdir(tmp_path)
-    for *_, output in STAGES[1:]:
-        os.makedirs(output)
-    seconds = train(replace(PROFILES["smoke"], self_enhance=None), progress=False)
-    encoder = tmp_path / STAGES[0][3]
+    smoke = Chain.load("smoke").without_self_enhance()
+    for name in smoke.stage_names[1:]:
+        os.makedirs(smoke.output(name))
+    seconds = train(smoke, progress=False)
+    encoder = tmp_path / smoke.output("encoder")
     shipped = foundation("encoder")
     assert (encoder / "model.safetensors").read_bytes() == (
         shipped / "model.safetensors"

@@ -32,8 +32,9 @@ def _stages() -> dict[str, tuple[type, type]]:
 
 
 def resolve_recipe(path: str) -> str:
-    """The recipe path as given if it exists, else the shipped recipe of that name."""
-    if Path(path).exists():
+    """The recipe path as given if it exists, else the shipped recipe of that name; an inline
+    mapping (`{"model": {"lr": 0.5}}`, which jsonargparse takes as a config) as it is."""
+    if path.lstrip().startswith("{") or Path(path).exists():
         return path
     for candidate in (
         RECIPES / path,
@@ -41,7 +42,11 @@ def resolve_recipe(path: str) -> str:
     ):
         if candidate is not None and candidate.exists():
             return str(candidate)
-    shipped = sorted(str(p.relative_to(RECIPES.parent)) for p in RECIPES.rglob("*.yaml"))
+    shipped = sorted(
+        str(p.relative_to(RECIPES.parent))
+        for p in RECIPES.rglob("*.yaml")
+        if "chains" not in p.parts
+    )
     raise FileNotFoundError(f"no recipe {path!r}; shipped recipes: {', '.join(shipped)}")
 
 

@@ -1,14 +1,14 @@
 """`illume demo`: the whole system from nothing on ShapesWorld, in one command.
 
-Make data; start from the shipped ShapesWorld encoder (the paper's pretrained SigLIP, stood in
-for by illume_eval.shapes.foundations; `--profile scratch` trains it too); train the tokenizer, the
-detokenizer and the MLLM's three stages (stage 3 ending in its annealing phase) with the shipped
-recipes (`recipes/shapes/...`, steps
-scaled by the profile), then (profiles that have it) self-enhancement: the model draws, the oracle
-judges, and it learns from that; evaluate with illume-eval's exact scorers; write `report.html`,
-`metrics.json` and a `pipeline/` directory that `illume generate / answer / edit --model
-OUT/pipeline` use. Every stage writes its result atomically to `runs/.../final`; a second run
-skips finished stages and resumes an interrupted one from its last checkpoint.
+A run follows a chain (illume.chain, `recipes/shapes/chains/*.yaml`): make data; copy the shipped
+ShapesWorld encoder (the paper's pretrained SigLIP, stood in for by illume_eval.shapes.foundations;
+the `scratch` chain trains it); train the tokenizer, the detokenizer and the MLLM's three stages
+(stage 3 ending in its annealing phase) with the shipped recipes, then (chains that have it)
+self-enhancement: the model draws, the oracle judges, and it learns from that; evaluate with
+illume-eval's exact scorers; write `report.html`, `metrics.json` and a `pipeline/` directory that
+`illume generate / answer / edit --model OUT/pipeline` use. Every stage writes its result
+atomically to its `final` folder; a second run skips finished stages and resumes an interrupted one
+from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -17,93 +17,12 @@ import json
 import os
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from illume_core import atomic_write_json
 
-from .pipeline import SHAPES_SAMPLING, IllumePipeline
-
-
-@dataclass(frozen=True)
-class Profile:
-    """How much data and training a demo run uses."""
-
-    scenes: int
-    n_eval: int
-    encoder_steps: int
-    tokenizer_steps: int
-    detokenizer_steps: int
-    mllm_steps: tuple[int, int, int]
-    mllm_anneal_steps: int
-    """Stage 3's last phase (recipes/shapes/mllm_anneal.yaml): a lower rate, edits weighted up."""
-    eval_t2i: int
-    """Text-to-image prompts drawn of validation's unseen categories (the headline) and of the
-    held-out compositions, each."""
-    eval_qa: int
-    """Questions of each type asked (three times as many existence probes, for POPE's three
-    negative types), of those not asked of the same layout in training; a third as many of those
-    that were, reported apart."""
-    eval_edit: int
-    """Edits of validation not asked of the same layout in training."""
-    train_encoder: bool = False
-    """Train the vision encoder (stage 0) here; False starts from the shipped foundation, as the
-    paper starts from a pretrained SigLIP."""
-    image_size: int = 36
-    """Side of ShapesWorld's images: 36 px, one 12 px encoder patch per cell of the 3x3 grid."""
-    self_enhance: tuple[int, int] | None = None
-    """(prompts drawn and assessed, SFT steps) of the self-enhancement step, or None to skip it."""
-    eval_t2i_images: int = 1
-    """Drawings per text-to-image prompt; GenEval draws 4."""
-    eval_t2i_seen: int = 30
-    """Text-to-image prompts drawn of validation's seen categories (reported apart)."""
-    stage_args: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
-    """LightningCLI arguments after a stage's recipe, by stage name: where the profile departs
-    from the shipped recipes (a caller's `extra_args` come after these and win)."""
-
-
-#: What ILLUME trains (tokenizer, detokenizer, MLLM stages 1-3), from the shipped encoder, in the
-#: README's time; figures and seconds per stage in benchmarks/RESULTS.md, "Where it stands".
-_DEFAULT = Profile(
-    scenes=20000,
-    n_eval=200,
-    encoder_steps=0,
-    tokenizer_steps=600,
-    detokenizer_steps=1000,
-    mllm_steps=(200, 800, 300),
-    mllm_anneal_steps=100,
-    eval_t2i=60,
-    eval_qa=30,
-    eval_edit=40,
-)
-
-PROFILES: dict[str, Profile] = {
-    "default": _DEFAULT,
-    # The same, the encoder trained here too (the recipe that made the shipped one).
-    "scratch": replace(_DEFAULT, encoder_steps=1500, train_encoder=True),
-    # The longest chain (benchmarks/*_quality.py): more scenes, longer stages, self-enhancement, and
-    # four drawings a prompt, as GenEval, because one is too noisy to compare chains by.
-    "full": Profile(
-        scenes=48000,
-        n_eval=400,
-        encoder_steps=0,
-        tokenizer_steps=1000,
-        detokenizer_steps=4000,
-        mllm_steps=(600, 8000, 1500),
-        mllm_anneal_steps=500,
-        eval_t2i=200,
-        eval_qa=100,
-        eval_edit=100,
-        self_enhance=(1000, 300),
-        eval_t2i_images=4,
-        eval_t2i_seen=100,
-        stage_args={
-            "mllm_stage3": ("--model.groups", "{vision: 2.0e-5, adapter: 1.0e-3, llm: 3.0e-4}"),
-        },
-    ),
-    # Seconds: the plumbing only (tests).
-    "smoke": Profile(300, 16, 2, 2, 2, (2, 2, 2), 2, 4, 2, 4, self_enhance=(4, 2), eval_t2i_seen=2),
-}
+from .chain import Chain, ChainEvaluation
+from .pipeline import IllumePipeline, SamplingConfig
 
 #: The headline figures, first in metrics.json, the report and benchmarks. Each is measured on
 #: what the model was never trained on (illume_eval.shapes.splits): text to image on validation's
@@ -122,71 +41,28 @@ HEADLINE = (
     "edit_preserve",
 )
 
-#: (name, trainer stage, recipe, output of the stage) in training order.
-STAGES = (
-    ("encoder", "encoder", "recipes/shapes/encoder.yaml", "runs/shapes/encoder/final"),
-    ("tokenizer", "tokenizer", "recipes/shapes/tokenizer.yaml", "runs/shapes/tokenizer/final"),
-    (
-        "detokenizer",
-        "detokenizer",
-        "recipes/shapes/detokenizer.yaml",
-        "runs/shapes/detokenizer/final",
-    ),
-    ("mllm_stage1", "mllm", "recipes/shapes/mllm_stage1.yaml", "runs/shapes/mllm/stage1/final"),
-    ("mllm_stage2", "mllm", "recipes/shapes/mllm_stage2.yaml", "runs/shapes/mllm/stage2/final"),
-    ("mllm_stage3", "mllm", "recipes/shapes/mllm_stage3.yaml", "runs/shapes/mllm/stage3/final"),
-    ("mllm_anneal", "mllm", "recipes/shapes/mllm_anneal.yaml", "runs/shapes/mllm/anneal/final"),
-)
-
-_STAGE_NAMES = tuple(name for name, *_ in STAGES)
-
-#: Output of the self-enhancement step (recipes/shapes/self_enhance.yaml).
-SELF_ENHANCED = "runs/shapes/self_enhance/final"
 #: Seconds each stage took, over every run in this directory (`train` keeps it).
 SECONDS = "runs/train_seconds.json"
 
 
-_MLLM_STAGES = ("mllm_stage1", "mllm_stage2", "mllm_stage3")  # steps in Profile.mllm_steps
-
-
-def _steps(profile: Profile, name: str) -> int:
-    if name in _MLLM_STAGES:
-        return profile.mllm_steps[int(name[-1]) - 1]
-    return getattr(profile, f"{name}_steps")
-
-
-def with_steps(profile: Profile, steps: Mapping[str, int]) -> Profile:
-    """The profile with some stages' steps replaced, by stage name (`{"mllm_stage3": 1500}`)."""
-    for name, n in steps.items():
-        if name in _MLLM_STAGES:
-            mllm = list(profile.mllm_steps)
-            mllm[int(name[-1]) - 1] = n
-            profile = replace(profile, mllm_steps=(mllm[0], mllm[1], mllm[2]))
-        elif name in _STAGE_NAMES:  # the others have a field of their own
-            profile = replace(profile, **{f"{name}_steps": n})
-        else:
-            raise ValueError(f"unknown stage {name!r}; stages: {', '.join(_STAGE_NAMES)}")
-    return profile
-
-
 def train(
-    profile: Profile,
+    chain: Chain,
     progress: bool = True,
     extra_args: Mapping[str, Sequence[str]] | None = None,
 ) -> dict:
-    """Runs every unfinished stage in the current directory; returns seconds per stage, of this
-    run and of earlier ones (kept in `runs/train_seconds.json`: a resumed or skipped stage still
-    reports what it took; an interrupted stage adds up its parts).
+    """Runs every unfinished stage of the chain in the current directory; returns seconds per
+    stage, of this run and of earlier ones (kept in `runs/train_seconds.json`: a resumed or skipped
+    stage still reports what it took; an interrupted stage adds up its parts).
 
-    extra_args: more LightningCLI arguments for a stage, by name, after the recipe's (they win):
-    the benchmarks' ablations, e.g. `{"mllm_stage3": ["--data.weights", "[1, 1, 3, 0.25, 0.5]"]}`.
+    extra_args: more LightningCLI arguments for a stage, by name, after the recipe and the chain's
+    overrides (they win): quick explorations, e.g. `{"mllm_stage3": ["--model.lr", "5e-4"]}`; a
+    setting that produces a published figure belongs in a chain file.
     """
     extra_args = dict(extra_args or {})
-    unknown = (set(extra_args) | set(profile.stage_args)) - set(_STAGE_NAMES)
+    unknown = set(extra_args) - set(chain.stage_names)
     if unknown:
         raise ValueError(
-            f"arguments (extra_args or the profile's stage_args) for unknown stage(s) "
-            f"{sorted(unknown)}; stages: {', '.join(_STAGE_NAMES)}"
+            f"extra_args for unknown stage(s) {sorted(unknown)}; stages: {', '.join(chain.stage_names)}"
         )
     from illume_trainer.cli import run_stage
 
@@ -198,65 +74,61 @@ def train(
         ledger.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(ledger, seconds)
 
-    for name, stage, recipe, output in STAGES:
-        if Path(output).is_dir():  # written atomically: present means finished
+    for stage in chain.stages:
+        output = Path(chain.output(stage.name))
+        if output.is_dir():  # written atomically: present means finished
             continue
-        if name == "encoder" and not profile.train_encoder:
-            start = time.perf_counter()
-            install_foundation_encoder(output)
-            record(name, start)
+        start = time.perf_counter()
+        if stage.foundation is not None:
+            install_foundation(stage.foundation, output)
+            record(stage.name, start)
             continue
-        root = Path(output).parent
+        steps = chain.steps(stage.name)
         args = [
-            "--config", recipe, "--trainer.max_steps", str(_steps(profile, name)),
+            "--config", stage.recipe, "--trainer.max_steps", str(steps),
             "--trainer.enable_progress_bar", str(progress).lower(),
-            "--trainer.val_check_interval", str(max(1, _steps(profile, name) // 2)),
-            "--trainer.log_every_n_steps", str(max(1, min(20, _steps(profile, name) // 10))),
+            "--trainer.val_check_interval", str(max(1, steps // 2)),
+            "--trainer.log_every_n_steps", str(max(1, min(20, steps // 10))),
         ]  # fmt: skip
-        last = root / "checkpoints" / "last.ckpt"
+        if stage.overrides:  # a second config: jsonargparse merges it over the recipe
+            args += ["--config", json.dumps(stage.overrides)]
+        last = output.parent / "checkpoints" / "last.ckpt"
         if last.is_file():
             args += ["--ckpt_path", str(last)]
-        args += [*profile.stage_args.get(name, ()), *extra_args.get(name, ())]
-        start = time.perf_counter()
+        args += list(extra_args.get(stage.name, ()))
         try:
-            run_stage(stage, args)
+            run_stage(stage.stage, args)
         finally:
-            record(name, start)
-    if profile.self_enhance and not Path(SELF_ENHANCED).is_dir():
+            record(stage.name, start)
+    enhance = chain.self_enhance
+    if enhance is not None and not Path(chain.final_mllm()).is_dir():
         from illume_trainer.cli import main as train_main
 
-        prompts, steps = profile.self_enhance
         start = time.perf_counter()
-        train_main(["self-enhance", "--config", "recipes/shapes/self_enhance.yaml", "--num_prompts", str(prompts),
-                    "--sft_steps", str(steps), "--progress", str(progress).lower()])  # fmt: skip
+        train_main(["self-enhance", "--config", enhance.recipe, "--num_prompts", str(enhance.prompts),
+                    "--sft_steps", str(enhance.sft_steps), "--progress", str(progress).lower()])  # fmt: skip
         record("self_enhance", start)
     return seconds
 
 
-def install_foundation_encoder(output: str | os.PathLike) -> None:
-    """Copies the shipped encoder (illume_eval.shapes.foundations) to `output`, the encoder stage's
-    result, as the paper starts from a pretrained SigLIP."""
+def install_foundation(name: str, output: str | os.PathLike) -> None:
+    """Copies a shipped foundation (illume_eval.shapes.foundations: the encoder) to `output`, a
+    stage's result, as the paper starts from a pretrained SigLIP."""
     import shutil
 
     from illume_core import atomic_directory
     from illume_eval.shapes.foundations import foundation
 
-    source = foundation("encoder")
-    with atomic_directory(output, "encoder") as tmp:
+    source = foundation(name)
+    with atomic_directory(output, name) as tmp:
         shutil.copytree(source, tmp, dirs_exist_ok=True)
 
 
-def final_mllm(profile: Profile) -> str:
-    """The MLLM the demo ships: self-enhanced when the profile runs that step, else the last
-    stage's (stage 3's annealing phase)."""
-    return SELF_ENHANCED if profile.self_enhance else STAGES[-1][3]
-
-
 def evaluate(
-    pipe: IllumePipeline, profile: Profile, data: str = "data/shapes"
+    pipe: IllumePipeline, sizes: ChainEvaluation, data: str = "data/shapes"
 ) -> tuple[dict, dict]:
-    """(metrics, records) on the validation and held-out splits; see HEADLINE. Every figure comes
-    with its sample size and 95% interval (metrics["intervals"])."""
+    """(metrics, records) on the validation and held-out splits, of the chain's sample sizes; see
+    HEADLINE. Every figure comes with its sample size and 95% interval (metrics["intervals"])."""
     from illume_eval import aspect_failures
     from illume_eval.shapes import SEEN_TAGS, UNSEEN_TAGS
     from illume_eval.shapes.audit import TrainingOverlap, split_scenes
@@ -265,11 +137,11 @@ def evaluate(
 
     overlap = TrainingOverlap(f"{data}/train")
     validation, heldout = f"{data}/validation", f"{data}/heldout"
-    images = profile.eval_t2i_images
+    images = sizes.t2i_images
     subsets = {  # name: (split, categories, prompts)
-        "unseen": (validation, UNSEEN_TAGS, profile.eval_t2i),
-        "seen": (validation, SEEN_TAGS, profile.eval_t2i_seen),
-        "heldout_compositions": (heldout, None, profile.eval_t2i),
+        "unseen": (validation, UNSEEN_TAGS, sizes.t2i),
+        "seen": (validation, SEEN_TAGS, sizes.t2i_seen),
+        "heldout_compositions": (heldout, None, sizes.t2i),
     }
     t2i, baselines = {}, {}
     for name, (split, tags, n) in subsets.items():
@@ -280,13 +152,9 @@ def evaluate(
     def question_seen(row: dict) -> bool:
         return overlap.question_seen(scenes[row["image"]], row)
 
-    qa = qa_quality(pipe, validation, keep=lambda r: not question_seen(r), per_type=profile.eval_qa)
-    qa_seen = qa_quality(
-        pipe, validation, keep=question_seen, per_type=max(1, profile.eval_qa // 3)
-    )
-    edits = edit_quality(
-        pipe, validation, n=profile.eval_edit, keep=lambda r: not overlap.edit_seen(r)
-    )
+    qa = qa_quality(pipe, validation, keep=lambda r: not question_seen(r), per_type=sizes.qa)
+    qa_seen = qa_quality(pipe, validation, keep=question_seen, per_type=max(1, sizes.qa // 3))
+    edits = edit_quality(pipe, validation, n=sizes.edit, keep=lambda r: not overlap.edit_seen(r))
     pope = qa["pope"]
     worst = min(pope, key=lambda k: pope[k]["f1"]) if pope else None
 
@@ -372,7 +240,7 @@ SPLITS_BY_MEANING = 5
 def refuse_stale_runs(data: str = "data/shapes", image_size: int | None = None) -> None:
     """A ValueError where trained stages (runs/) sit beside a dataset of a format before splits by
     meaning (resuming them would score on prompts they were trained to draw), or of another image
-    size than the profile's (they were trained for other images)."""
+    size than the chain's (they were trained for other images)."""
     info = Path(data) / "info.json"
     if not info.is_file() or not Path("runs").is_dir():
         return
@@ -380,7 +248,7 @@ def refuse_stale_runs(data: str = "data/shapes", image_size: int | None = None) 
     if image_size is not None and details.get("image_size") != image_size:
         raise ValueError(
             f"{Path.cwd()} holds stages trained on {details.get('image_size')} px ShapesWorld images; "
-            f"this profile draws {image_size} px. Run in a new --out folder (the old one stays as it is)."
+            f"this chain draws {image_size} px. Run in a new --out folder (the old one stays as it is)."
         )
     version = details.get("format_version", 0)
     if version < SPLITS_BY_MEANING:
@@ -391,35 +259,37 @@ def refuse_stale_runs(data: str = "data/shapes", image_size: int | None = None) 
         )
 
 
-def run_demo(out: str | os.PathLike, profile: str = "default", progress: bool = True) -> dict:
-    """The whole demo in `out`; returns metrics.json's content."""
+def run_demo(
+    out: str | os.PathLike, chain: str | os.PathLike | Chain = "default", progress: bool = True
+) -> dict:
+    """The whole demo in `out` for a chain (a shipped name, a chain file or a Chain); returns
+    metrics.json's content, which records the chain file, its SHA-256 and its settings."""
     from illume_eval.shapes import ensure_dataset
 
-    if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; profiles: {', '.join(PROFILES)}")
-    chosen = PROFILES[profile]
+    chosen = chain if isinstance(chain, Chain) else Chain.load(chain)
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     here = Path.cwd()
     os.chdir(out)
     try:
         start = time.perf_counter()
-        refuse_stale_runs("data/shapes", chosen.image_size)
+        data = chosen.data
+        refuse_stale_runs("data/shapes", data.image_size)
         ensure_dataset(
-            "data/shapes", chosen.scenes, seed=0, size=chosen.image_size, n_eval=chosen.n_eval,
+            "data/shapes", data.scenes, seed=data.seed, size=data.image_size, n_eval=data.n_eval,
             progress=progress,
         )  # fmt: skip
         seconds = train(chosen, progress=progress)
         pipe = IllumePipeline.from_stages(
-            "runs/shapes/tokenizer/final", final_mllm(chosen), "runs/shapes/detokenizer/final",
-            sampling=replace(SHAPES_SAMPLING),
+            chosen.output_of("tokenizer"), chosen.final_mllm(), chosen.output_of("detokenizer"),
+            sampling=SamplingConfig(**chosen.sampling),
         )  # fmt: skip
         if not Path("pipeline").is_dir():
             pipe.save_pretrained("pipeline")
-        metrics, records = evaluate(pipe, chosen)
+        metrics, records = evaluate(pipe, chosen.evaluation)
         metrics |= {
-            "profile": profile,
-            "profile_settings": asdict(chosen),
+            "chain": chosen.name,
+            "chain_settings": chosen.settings(),
             "train_seconds": seconds,
         }
         metrics["total_seconds"] = round(time.perf_counter() - start, 1)

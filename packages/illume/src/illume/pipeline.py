@@ -95,16 +95,6 @@ class SamplingConfig:
             raise ValueError(f"{path}: {err}") from None
 
 
-#: ShapesWorld's sampling, saved with the demo's pipeline: the small MLLM draws best cooler and
-#: less guided than the library default (stronger guidance paints extra objects, each position
-#: raising the prompt's codes on its own), edits cooler still (they mostly copy), and the cell
-#: detokenizer drew validation scenes back from their codes best at guidance 1.5 (scene recovery
-#: 0.78 on 200, against 0.55 at 3.0 and 0.75 at 1.0). Figures in benchmarks/RESULTS.md.
-SHAPES_SAMPLING = SamplingConfig(
-    guidance=1.5, temperature=0.5, edit_temperature=0.1, detokenizer_guidance=1.5
-)
-
-
 #: The pipeline directory's file of sampling settings (SamplingConfig's fields).
 SAMPLING_FILE = "sampling.json"
 

@@ -76,7 +76,7 @@ _T2I_SECTIONS = (
 def write_report(path: str, metrics: dict, records: dict, pipe) -> None:
     report = HtmlReport("ILLUME on ShapesWorld")
     report.paragraph(
-        f"Profile {metrics['profile']}: trained and evaluated in {metrics['total_seconds']:.0f} s. "
+        f"Chain {metrics['chain']}: trained and evaluated in {metrics['total_seconds']:.0f} s. "
         "Every verdict is illume-eval's exact scorer (green: the image shows exactly what was asked; "
         "a malformed shape or an off-palette colour is wrong). Every figure is measured on what the "
         "model was never trained on; beside each drawing figure, the lookup baseline (a training "
@@ -87,7 +87,7 @@ def write_report(path: str, metrics: dict, records: dict, pipe) -> None:
     report.table(_headline_rows(metrics))
     codec = records["baselines"]["unseen"]
     # one record a prompt (a prompt's drawings are together), in the baselines' prompt order
-    step = max(1, metrics["profile_settings"]["eval_t2i_images"])
+    step = max(1, metrics["chain_settings"]["evaluation"]["t2i_images"])
     prompts = records["t2i"]["unseen"]["records"][::step]
     report.heading("Codec ceiling: the unseen prompts' own images through codes and detokenizer")
     report.grid([

@@ -5,7 +5,7 @@ them. ShapesWorld's stand-in for SigLIP, the `shapes-cells` encoder (36 px image
 cell of the 3x3 grid), ships here as a small Hugging Face directory (`encoder/`: a `SiglipModel`,
 its word-level text tokenizer and image processor, about 5 MB), so that the default demo trains
 only what ILLUME itself trains. It was made by `tools/train_foundations.py` with the recipe
-`recipes/shapes/encoder.yaml` (figures in benchmarks/RESULTS.md); `illume demo --profile scratch`
+`recipes/shapes/encoder.yaml` (figures in benchmarks/RESULTS.md); `illume demo --chain scratch`
 trains it from nothing instead.
 
     from illume_eval.shapes.foundations import foundation
