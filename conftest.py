@@ -1,6 +1,28 @@
-"""Shared pytest hooks for every package's tests and the integration tests."""
+"""Shared pytest hooks and fixtures for every package's tests and the integration tests.
+
+The tiny ILLUME MLLM (SigLIP tower, Llama with grouped-query attention) and a tiny pipeline
+directory are built, saved and loaded by path, as real weights would be, once a session.
+"""
 
 import pytest
+import torch
+from PIL import Image
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    SiglipVisionConfig,
+    SiglipVisionModel,
+)
+from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
+
+from illume_core import Message
+from illume_mllm import (
+    IllumeForConditionalGeneration,
+    IllumeProcessor,
+    build_model,
+    build_processor,
+    build_word_tokenizer,
+)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -8,13 +30,152 @@ def pytest_collection_modifyitems(config, items):
     gpu_tests = [item for item in items if "gpu" in item.keywords]
     if not gpu_tests:
         return
-    try:
-        import torch
-
-        has_cuda = torch.cuda.is_available()
-    except ImportError:
-        has_cuda = False
-    if not has_cuda:
+    if not torch.cuda.is_available():
         skip = pytest.mark.skip(reason="needs a CUDA GPU")
         for item in gpu_tests:
             item.add_marker(skip)
+
+
+# -- tiny models ------------------------------------------------------------------------------
+K, GRID = 24, (3, 4)
+TEXTS = [
+    "a red circle above a blue square",
+    "make it green",
+    "generate an image of .",
+    "what is it ?",
+]
+
+
+@pytest.fixture(scope="session")
+def mllm_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mllm")
+    torch.manual_seed(0)
+    tokenizer = build_word_tokenizer(TEXTS)
+    vision = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                num_attention_heads=2, image_size=32, patch_size=8)  # fmt: skip
+    SiglipVisionModel(vision).save_pretrained(root / "vision")
+    SiglipImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(root / "vision")
+    llm = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)  # fmt: skip
+    LlamaForCausalLM(llm).save_pretrained(root / "llm")
+    processor = build_processor(tokenizer, root / "vision", K, GRID, preset="shapes")
+    model = build_model(processor, root / "vision", root / "llm", vision_feature_layer=-2)
+    with torch.no_grad():  # spread the fresh rows so that draws are not near-uniform
+        model.lm_head.weight.normal_(0, 0.5)
+        model.get_input_embeddings().weight.normal_(0, 0.5)
+    model.save_pretrained(root / "model")
+    processor.save_pretrained(root / "model")
+    return root / "model"
+
+
+@pytest.fixture(scope="session")
+def mllm(mllm_dir):
+    return IllumeForConditionalGeneration.from_pretrained(
+        mllm_dir
+    ).eval(), IllumeProcessor.from_pretrained(mllm_dir)
+
+
+def with_grid_embeddings(directory):
+    """The model in `directory` with grid embeddings added, spread so that they change its draws."""
+    model = IllumeForConditionalGeneration.from_pretrained(directory, grid_embeddings=True).eval()
+    torch.manual_seed(1)
+    with torch.no_grad():
+        model.grid_embedding.rows.normal_(0, 0.5)
+        model.grid_embedding.columns.normal_(0, 0.5)
+    return model
+
+
+@pytest.fixture(scope="session")
+def grid_mllm(mllm_dir):
+    """The tiny MLLM with row and column embeddings of its output codes (IllumeConfig)."""
+    return with_grid_embeddings(mllm_dir), IllumeProcessor.from_pretrained(mllm_dir)
+
+
+def image(color=(200, 30, 30)):
+    return Image.new("RGB", (32, 32), color)
+
+
+def _t2i(processor, prompts):
+    return [processor.t2i_messages(p) for p in prompts], [processor.t2i_messages("")] * len(prompts)
+
+
+def _edits(colors, instruction="make it green"):
+    return ([[Message("user", [image(c), instruction])] for c in colors],
+            [[Message("user", [image(c)])] for c in colors])  # fmt: skip
+
+
+@pytest.fixture
+def t2i():
+    """(processor, prompts) -> (conversations, unconditional conversations) for text-to-image."""
+    return _t2i
+
+
+@pytest.fixture
+def edits():
+    """(colours of the input images) -> (edit conversations, the same without the instruction)."""
+    return _edits
+
+
+@pytest.fixture(scope="session")
+def pipeline_dir(tmp_path_factory):
+    """A tiny pipeline directory (tokenizer/, mllm/, detokenizer/) in the layout IllumePipeline saves."""
+    from illume_detokenizer import DetokenizerConfig, build_pipeline
+    from illume_mllm import LLM_PRESETS
+    from illume_tokenizer import (
+        SemanticTokenizer,
+        TokenizerConfig,
+        VisionEncoder,
+        build_siglip,
+        siglip_image_processor,
+    )
+
+    root = tmp_path_factory.mktemp("pipeline")
+    torch.manual_seed(0)
+    build_siglip("tiny", vocab_size=40).save_pretrained(root / "enc")
+    siglip_image_processor(32).save_pretrained(root / "enc")
+    tokenizer = SemanticTokenizer(
+        TokenizerConfig.from_name("tiny"),
+        VisionEncoder.from_pretrained(root / "enc", feature_layer=-2),
+    )
+    words = build_word_tokenizer(TEXTS)
+    processor = build_processor(
+        words, root / "enc", tokenizer.codebook_size, tokenizer.grid, preset="shapes"
+    )
+    model = build_model(processor, root / "enc", LLM_PRESETS["tiny"], vision_feature_layer=-2)
+    detok = build_pipeline(DetokenizerConfig.from_name("tiny", image_size=32, spatial_channels=4),
+                           tokenizer.config.feature_dim, tokenizer.grid[0] * tokenizer.grid[1], tokenizer.grid)  # fmt: skip
+    tokenizer.save_pretrained(root / "pipe" / "tokenizer")
+    model.save_pretrained(root / "pipe" / "mllm")
+    processor.save_pretrained(root / "pipe" / "mllm")
+    detok.save_pretrained(root / "pipe" / "detokenizer")
+    return root / "pipe"
+
+
+@pytest.fixture(scope="session")
+def grid_pipeline_dir(pipeline_dir, tmp_path_factory):
+    """pipeline_dir with an MLLM that has grid embeddings."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("grid_pipeline") / "pipe"
+    shutil.copytree(pipeline_dir, root)
+    with_grid_embeddings(root / "mllm").save_pretrained(root / "mllm")
+    return root
+
+
+def _draws_the_reference(fast, model, processor, conversations, unconditional, settings, seed=7):
+    """`fast` (a fast loop) draws `generate_image_tokens`' codes for the same seed, under each of
+    the sampling `settings`; returns the last codes."""
+    from illume_mllm import generate_image_tokens
+
+    for kwargs in settings:
+        want = generate_image_tokens(model, processor, conversations, unconditional,
+                                     generator=torch.Generator().manual_seed(seed), **kwargs)  # fmt: skip
+        got = fast(conversations, unconditional, generator=torch.Generator().manual_seed(seed),
+                   **kwargs)  # fmt: skip
+        assert torch.equal(got, want), kwargs
+    return got
+
+
+@pytest.fixture
+def draws_the_reference():
+    return _draws_the_reference

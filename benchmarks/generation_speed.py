@@ -113,7 +113,7 @@ def decode_roofline(model, processor, device: str, repeats: int, reference: bool
     DynamicCache, against bytes-read / bandwidth at a KV length of prompt + one image."""
     from transformers import DynamicCache
 
-    from illume_runtime import FlatDecoder
+    from illume_mllm import FlatDecoder
 
     decoder = FlatDecoder(model)
     s, dtype = decoder.shape, decoder.dtype
@@ -201,8 +201,8 @@ def main() -> None:
     parser.add_argument("--skip-onnx", action="store_true")
     args = parser.parse_args()
 
-    from illume_mllm import generate_image_tokens
-    from illume_runtime import OnnxImageGenerator, OnnxModels, TorchImageGenerator, export_models
+    from illume_mllm import TorchImageGenerator, generate_image_tokens
+    from illume_runtime import OnnxImageGenerator, OnnxModels, export_models
     from illume_runtime.export import unet_sample_shape
 
     workdir = Path(tempfile.mkdtemp(prefix="illume-speed-"))

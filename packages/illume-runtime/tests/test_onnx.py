@@ -73,7 +73,7 @@ def test_each_sub_model_matches_pytorch_at_other_batch_sizes(exported, reference
         )
         features = tokenizer.decode_features(codes)
         _close(models.run("tokenizer_decoder", codes=codes.numpy())[0], features)
-        from illume_runtime.decoder import vision_features
+        from illume_mllm.decoder import vision_features
 
         _close(
             models.run("vision_adapter", pixel_values=pixels.numpy())[0],

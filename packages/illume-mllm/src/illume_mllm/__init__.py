@@ -1,6 +1,6 @@
 """illume-mllm: ILLUME's unified MLLM (sees with continuous features, draws with vision tokens).
 
-from illume_mllm import IllumeForConditionalGeneration, IllumeProcessor, generate_image_tokens
+from illume_mllm import IllumeForConditionalGeneration, IllumeProcessor, TorchImageGenerator
 model = IllumeForConditionalGeneration.from_pretrained("runs/shapes/mllm/final")
 processor = IllumeProcessor.from_pretrained("runs/shapes/mllm/final")
 """
@@ -14,6 +14,7 @@ from .build import (
     build_word_tokenizer,
     check_vision_feature_layer,
 )
+from .decoder import FlatDecoder
 from .generation import (
     ContextLengthError,
     ImageTokenSampler,
@@ -24,15 +25,48 @@ from .generation import (
     filter_logits,
     generate_image_tokens,
     generate_text,
+    guided_conversations,
     prompt_batch,
 )
 from .modeling import GridEmbedding, IllumeConfig, IllumeForConditionalGeneration, grid_positions
 from .processing import IGNORE, Example, IllumeProcessor, ProcessorConfig
+from .sampling import TorchImageGenerator, image_cells, image_positions
 from .vocab import MARKERS, VisionVocab, extend_tokenizer, vision_token, vocab_of
 
 __all__ = [
-    "IGNORE", "LLM_PRESETS", "MARKERS", "ContextLengthError", "Example", "GridEmbedding", "IllumeConfig", "IllumeForConditionalGeneration",
-    "IllumeProcessor", "ImageTokenSampler", "ProcessorConfig", "VisionVocab", "__version__", "answer_log_likelihood", "build_model",
-    "build_processor", "build_text_tokenizer", "build_word_tokenizer", "check_context", "check_sampling", "check_vision_feature_layer", "draw_codes", "extend_tokenizer", "filter_logits", "generate_image_tokens",
-    "generate_text", "grid_positions", "prompt_batch", "vision_token", "vocab_of",
+    "IGNORE",
+    "LLM_PRESETS",
+    "MARKERS",
+    "ContextLengthError",
+    "Example",
+    "FlatDecoder",
+    "GridEmbedding",
+    "IllumeConfig",
+    "IllumeForConditionalGeneration",
+    "IllumeProcessor",
+    "ImageTokenSampler",
+    "ProcessorConfig",
+    "TorchImageGenerator",
+    "VisionVocab",
+    "__version__",
+    "answer_log_likelihood",
+    "build_model",
+    "build_processor",
+    "build_text_tokenizer",
+    "build_word_tokenizer",
+    "check_context",
+    "check_sampling",
+    "check_vision_feature_layer",
+    "draw_codes",
+    "extend_tokenizer",
+    "filter_logits",
+    "generate_image_tokens",
+    "generate_text",
+    "grid_positions",
+    "guided_conversations",
+    "image_cells",
+    "image_positions",
+    "prompt_batch",
+    "vision_token",
+    "vocab_of",
 ]  # fmt: skip

@@ -76,8 +76,8 @@ def draw_codes(
     """Codes [R] drawn from vision-token logits [R, K] of conditional rows (and their unconditional
     twins [R, K] when guidance != 1): CFG, temperature, top-k, top-p, then one seeded draw per row.
 
-    Every image sampler (this module's and illume-runtime's fast loops) draws through here, so the
-    same seed gives the same codes whatever computed the logits. The draw runs where the generator
+    Every image sampler (this module's, `TorchImageGenerator` and illume-runtime's ONNX loop) draws
+    through here, so the same seed gives the same codes whatever computed the logits. The draw runs where the generator
     lives (a CPU generator: on the CPU, as transformers' own sampling would)."""
     check_sampling(guidance, temperature, top_k, top_p)
     logits = cond.float()
@@ -182,6 +182,21 @@ def check_context(limit: int | None, prompt_length: int, new_tokens: int) -> Non
         )
 
 
+def guided_conversations(
+    conversations: Sequence[Sequence[Message]],
+    unconditional: Sequence[Sequence[Message]] | None,
+    guidance: float,
+) -> list[Sequence[Message]]:
+    """The rows of a classifier-free-guided batch: the conditional conversations, then (when
+    guidance != 1) their unconditional twins, in the same order; every image-token loop (the
+    reference, `TorchImageGenerator`, illume-runtime's ONNX loop) builds its batch from this."""
+    if guidance == 1.0:
+        return list(conversations)
+    if unconditional is None or len(unconditional) != len(conversations):
+        raise ValueError("classifier-free guidance needs one unconditional conversation per prompt")
+    return [*conversations, *unconditional]
+
+
 def prompt_batch(
     model, processor: IllumeProcessor, examples: Sequence[Example], new_tokens: int = 0
 ) -> dict:
@@ -220,13 +235,10 @@ def generate_image_tokens(
 
     `unconditional`: the matching conversations without the condition (needed when guidance != 1).
     """
-    if guidance != 1.0 and (unconditional is None or len(unconditional) != len(conversations)):
-        raise ValueError("classifier-free guidance needs one unconditional conversation per prompt")
-    examples = [processor.encode_conversation(c, add_generation_prompt=True) for c in conversations]
-    if guidance != 1.0:
-        examples += [
-            processor.encode_conversation(c, add_generation_prompt=True) for c in unconditional
-        ]
+    examples = [
+        processor.encode_conversation(c, add_generation_prompt=True)
+        for c in guided_conversations(conversations, unconditional, guidance)
+    ]
     h, w = processor.config.image_grid
     batch = prompt_batch(model, processor, examples, new_tokens=h * (w + 1) + 2)
     sampler = ImageTokenSampler(

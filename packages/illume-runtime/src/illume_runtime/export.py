@@ -40,8 +40,7 @@ import torch
 from torch import nn
 
 from illume_core import atomic_directory, check_replaceable
-
-from .decoder import FlatDecoder, vision_features
+from illume_mllm.decoder import FlatDecoder, vision_features
 
 MANIFEST = "manifest.json"
 #: What `atomic_directory` records an export folder as: an export replaces only an export.

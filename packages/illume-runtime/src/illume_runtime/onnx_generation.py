@@ -18,10 +18,17 @@ import numpy as np
 import torch
 
 from illume_core import Message
-from illume_mllm import IllumeProcessor, check_context, draw_codes, grid_positions
+from illume_mllm import (
+    IllumeProcessor,
+    check_context,
+    draw_codes,
+    grid_positions,
+    guided_conversations,
+    image_cells,
+    image_positions,
+)
 
 from .engines import OnnxModels
-from .generation import image_cells, image_positions
 
 
 class OnnxImageGenerator:
@@ -108,11 +115,7 @@ class OnnxImageGenerator:
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """One image per conversation -> codes [B, h, w] (arguments as generate_image_tokens)."""
-        if guidance != 1.0 and (unconditional is None or len(unconditional) != len(conversations)):
-            raise ValueError(
-                "classifier-free guidance needs one unconditional conversation per prompt"
-            )
-        rows = list(conversations) + (list(unconditional) if guidance != 1.0 else [])
+        rows = guided_conversations(conversations, unconditional, guidance)
         logits, presents, mask, position = self._prefill(rows)
         half = len(conversations)
         vision = self.vocab.vision_ids

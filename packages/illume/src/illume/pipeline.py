@@ -190,7 +190,7 @@ class IllumePipeline:
             raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
         impl = None
         if runtime == "torch":
-            from illume_runtime import TorchImageGenerator
+            from illume_mllm import TorchImageGenerator
 
             impl = TorchImageGenerator(self.model, self.processor)
         elif runtime in ("onnx", "tensorrt"):

@@ -76,8 +76,8 @@ def prompts_from_captions(
 
 
 class Drawer:
-    """Prompts -> images with a trained tokenizer, MLLM and detokenizer (the fast PyTorch loop
-    from illume-runtime when it is installed, transformers' generate otherwise)."""
+    """Prompts -> images with a trained tokenizer, MLLM and detokenizer (illume-mllm's fast
+    PyTorch loop)."""
 
     def __init__(self, tokenizer, model, processor, detokenizer, guidance: float = 3.0, temperature: float = 1.0,
                  top_k: int | None = None, steps: int = 20, detokenizer_guidance: float = 3.0, sampler: str = "dpm++"):  # fmt: skip
@@ -90,16 +90,9 @@ class Drawer:
         self.sampling = {"guidance": guidance, "temperature": temperature, "top_k": top_k, "steps": steps,
                          "detokenizer_guidance": detokenizer_guidance, "sampler": sampler}  # fmt: skip
         detokenizer.set_progress_bar_config(disable=True)
-        try:
-            from illume_runtime import TorchImageGenerator
+        from illume_mllm import TorchImageGenerator
 
-            self._codes = TorchImageGenerator(model, processor)
-        except ImportError:
-            from functools import partial
-
-            from illume_mllm import generate_image_tokens
-
-            self._codes = partial(generate_image_tokens, model, processor)
+        self._codes = TorchImageGenerator(model, processor)
 
     @classmethod
     def from_stages(cls, tokenizer: str, mllm: str, detokenizer: str, **sampling) -> Drawer:

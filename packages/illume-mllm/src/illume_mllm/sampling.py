@@ -12,6 +12,8 @@ Same inputs and outputs as `illume_mllm.generate_image_tokens` (the reference: t
   shape and reused, and a decode step has the same shapes at every position (so it can be
   compiled, or captured as a CUDA graph on a GPU with `compile=True`).
 
+    from illume_mllm import TorchImageGenerator
+
     fast = TorchImageGenerator(model, processor)
     codes = fast(conversations, unconditional, guidance=3.0, generator=torch.Generator().manual_seed(0))
 """
@@ -23,9 +25,9 @@ from collections.abc import Sequence
 import torch
 
 from illume_core import Message
-from illume_mllm import draw_codes, prompt_batch
 
 from .decoder import FlatDecoder, padding_causal_bias, positions_from_mask
+from .generation import draw_codes, guided_conversations, prompt_batch
 
 
 def image_positions(grid: tuple[int, int]) -> list[bool]:
@@ -108,18 +110,11 @@ class TorchImageGenerator:
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """One image per conversation -> codes [B, h, w] (arguments as generate_image_tokens)."""
-        if guidance != 1.0 and (unconditional is None or len(unconditional) != len(conversations)):
-            raise ValueError(
-                "classifier-free guidance needs one unconditional conversation per prompt"
-            )
         processor, vocab = self.processor, self.vocab
         examples = [
-            processor.encode_conversation(c, add_generation_prompt=True) for c in conversations
+            processor.encode_conversation(c, add_generation_prompt=True)
+            for c in guided_conversations(conversations, unconditional, guidance)
         ]
-        if guidance != 1.0:
-            examples += [
-                processor.encode_conversation(c, add_generation_prompt=True) for c in unconditional
-            ]
         h, w = self.grid
         batch = prompt_batch(self.model, processor, examples, new_tokens=h * (w + 1) + 2)
         ids, mask = batch["input_ids"], batch["attention_mask"]

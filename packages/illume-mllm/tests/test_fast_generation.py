@@ -3,9 +3,8 @@
 import pytest
 import torch
 
-from illume_mllm import generate_image_tokens, prompt_batch
-from illume_runtime import FlatDecoder, TorchImageGenerator
-from illume_runtime.decoder import positions_from_mask
+from illume_mllm import FlatDecoder, TorchImageGenerator, generate_image_tokens, prompt_batch
+from illume_mllm.decoder import positions_from_mask
 
 PROMPTS = ["a red circle", "a red circle above a blue square", "what is it"]
 
@@ -83,7 +82,7 @@ def test_vision_features_match_llava_for_one_layer_and_a_list(mllm, layers):
     """A list of layers is concatenated per patch (a tokenizer on the patch embeddings, understanding
     on a deeper layer beside them): the runtime's vision path must read what transformers reads."""
     from illume_mllm import IllumeForConditionalGeneration
-    from illume_runtime.decoder import vision_features
+    from illume_mllm.decoder import vision_features
 
     model, _ = mllm
     config = model.config.to_dict() | {"vision_feature_layer": layers}
