@@ -152,7 +152,8 @@ class VisionEncoder(nn.Module):
             )
         from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
-        config = AutoConfig.from_pretrained(path)
+        with quiet_transformers():  # a SigLIP config warns about its default text tower's token ids
+            config = AutoConfig.from_pretrained(path)
         kwargs = {"dtype": dtype} if dtype is not None else {}
         has_weights = any(path.glob("*.safetensors")) or any(path.glob("*.bin"))
         if not has_weights and torch.empty(0).device.type == "meta":
