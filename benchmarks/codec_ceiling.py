@@ -28,8 +28,8 @@ from illume.chain import Chain
 from illume_detokenizer import DetokenizerPipeline
 from illume_eval.metrics import grouped, macro_interval
 from illume_eval.shapes import SEEN_TAGS, UNSEEN_TAGS, ensure_dataset
+from illume_eval.shapes.codec import detokenizer_quality
 from illume_tokenizer import SemanticTokenizer
-from illume_trainer.evaluate import detokenizer_quality
 
 
 def main() -> None:

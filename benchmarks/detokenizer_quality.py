@@ -25,9 +25,9 @@ import time
 from tokenizer_quality import add_arguments, enter_workdir, train_tokenizer
 
 from illume_detokenizer import DetokenizerPipeline
+from illume_eval.shapes.codec import detokenizer_quality
 from illume_tokenizer import SemanticTokenizer
 from illume_trainer.cli import run_stage
-from illume_trainer.evaluate import detokenizer_quality
 
 SAMPLERS = (("dpm++", 10), ("dpm++", 20), ("dpm++", 50), ("ddim", 50))
 

@@ -53,9 +53,15 @@ from pathlib import Path
 
 from illume.chain import Chain
 from illume.demo import HEADLINE, evaluate, headline_table, refuse_stale_runs, train
-from illume.evaluate import edit_ceiling, edit_codes, judge_probe, likelihood_probe, t2i_quality
 from illume.pipeline import IllumePipeline, SamplingConfig
 from illume_eval.shapes import ASPECTS, UNSEEN_TAGS, ensure_dataset
+from illume_eval.shapes.evaluation import (
+    edit_ceiling,
+    edit_codes,
+    judge_probe,
+    likelihood_probe,
+    t2i_quality,
+)
 
 SWEEP = [
     (1.0, 1.0, None),

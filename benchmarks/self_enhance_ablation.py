@@ -34,13 +34,8 @@ import yaml
 
 from illume.chain import Chain
 from illume.demo import train
-from illume.evaluate import qa_quality, t2i_quality
 from illume.pipeline import IllumePipeline
-from illume_core import atomic_write_json
-from illume_eval.shapes import ASPECTS, UNSEEN_TAGS, ensure_dataset
-from illume_trainer.cli import resolve_recipe
-from illume_trainer.self_enhance import (
-    Drawer,
+from illume.self_enhance import (
     ModelAssessor,
     OracleAssessor,
     assess_corpus,
@@ -48,7 +43,11 @@ from illume_trainer.self_enhance import (
     prompts_from_captions,
     sft_conversations,
 )
-from illume_trainer.self_enhance.loop import continue_training
+from illume.self_enhance.loop import continue_training
+from illume_core import atomic_write_json
+from illume_eval.shapes import ASPECTS, UNSEEN_TAGS, ensure_dataset
+from illume_eval.shapes.evaluation import qa_quality, t2i_quality
+from illume_trainer.cli import resolve_recipe
 
 # STAGE3 and RECIPE: stage 3 as the demo ends it (its annealing phase), and the recipe both arms
 # continue, as recipes/shapes/self_enhance.yaml does
@@ -160,9 +159,9 @@ def main() -> None:
 
     root = Path("runs/shapes/ablation")
     corpus = root / "corpus"
-    drawer = Drawer.from_stages(TOKENIZER, STAGE3, DETOKENIZER)
+    stage3 = IllumePipeline.from_stages(TOKENIZER, STAGE3, DETOKENIZER)  # default sampling
     prompts = prompts_from_captions("data/shapes/train/captions.jsonl", args.prompts, seed=0)
-    items = draw_corpus(drawer, prompts, corpus, seed=0, progress=False)
+    items = draw_corpus(stage3, prompts, corpus, seed=0, progress=False)
     held, used = items[: args.held_back], items[args.held_back :]
     judgements = assess_corpus(OracleAssessor(), used, corpus, progress=False)
     sft = root / "sft.json"

@@ -27,14 +27,14 @@ import time
 from pathlib import Path
 
 from illume_eval.shapes import ensure_dataset
-from illume_tokenizer import SemanticTokenizer
-from illume_trainer.cli import run_stage
-from illume_trainer.evaluate import (
+from illume_eval.shapes.codec import (
     code_locality,
     encoder_retrieval,
     mean_patch_decode,
     tokenizer_quality,
 )
+from illume_tokenizer import SemanticTokenizer
+from illume_trainer.cli import run_stage
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

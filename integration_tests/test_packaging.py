@@ -120,7 +120,7 @@ def test_core_and_eval_install_and_import_without_torch(built_dists, tmp_path):
     )
     check = (
         "import importlib.util, sys\n"
-        "import illume_core, illume_eval\n"
+        "import illume_core, illume_eval, illume_eval.shapes.evaluation\n"
         "from illume_core import load_image, save_checkpoint, load_checkpoint\n"
         "import numpy as np, tempfile\n"
         "d = tempfile.mkdtemp()\n"

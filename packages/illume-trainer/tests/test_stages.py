@@ -160,8 +160,8 @@ def _tiny_encoder(root):
 
 
 def test_quality_figures_of_a_trained_tokenizer(tmp_path, shapes_data):
+    from illume_eval.shapes.codec import tokenizer_quality
     from illume_tokenizer import TokenizerConfig, VisionEncoder
-    from illume_trainer.evaluate import tokenizer_quality
 
     tokenizer = SemanticTokenizer(
         TokenizerConfig.from_name("tiny"), VisionEncoder.from_pretrained(_tiny_encoder(tmp_path))
@@ -178,8 +178,8 @@ def test_quality_figures_of_a_trained_tokenizer(tmp_path, shapes_data):
 def test_code_locality_of_a_patch_local_tokenizer_is_exact(tmp_path, shapes_data):
     """With no transformer layer (feature_layer 0: the patch embeddings), each code sees its own
     patch only, so a recolour changes no code outside the recoloured object's cell."""
+    from illume_eval.shapes.codec import code_locality
     from illume_tokenizer import TokenizerConfig, VisionEncoder
-    from illume_trainer.evaluate import code_locality
 
     encoder = _tiny_encoder(tmp_path)
     local = SemanticTokenizer(
@@ -196,8 +196,8 @@ def test_code_locality_of_a_patch_local_tokenizer_is_exact(tmp_path, shapes_data
 
 
 def test_mean_patch_decode_scores_what_the_codes_alone_keep(tmp_path, shapes_data):
+    from illume_eval.shapes.codec import mean_patch_decode
     from illume_tokenizer import TokenizerConfig, VisionEncoder
-    from illume_trainer.evaluate import mean_patch_decode
 
     local = SemanticTokenizer(
         TokenizerConfig.from_name("tiny", feature_layer=0),
@@ -268,7 +268,7 @@ def test_precision_is_bf16_mixed_by_default_only_for_measured_stages_on_native_b
 
 def test_detokenizer_stage_through_the_cli_and_its_quality_figures(tmp_path, shapes_data):
     from illume_detokenizer import DetokenizerPipeline
-    from illume_trainer.evaluate import detokenizer_quality
+    from illume_eval.shapes.codec import detokenizer_quality
     from illume_trainer.stages.detokenizer import DetokenizerStage
 
     tokenizer_dir = _tiny_tokenizer(tmp_path)

@@ -51,7 +51,11 @@ def pipeline_dir(tmp_path_factory):
 
 
 def test_pipeline_round_trip_and_tasks(pipeline_dir):
+    from illume_core import UnifiedPipeline
+
     pipe = IllumePipeline.from_pretrained(pipeline_dir)
+    # what illume-eval's evaluation measures (illume_eval.shapes.evaluation)
+    assert isinstance(pipe, UnifiedPipeline)
     pipe.sampling.steps = 2
     images = pipe.generate_image(["a red circle", "a blue square"], num_images=2, seed=0)
     assert len(images) == 4 and all(im.size == (32, 32) for im in images)
@@ -231,9 +235,9 @@ def test_every_runtime_draws_the_same_codes_and_the_export_command(pipeline_dir,
 
 
 def test_reconstruct_and_the_editing_ceiling(pipeline_dir, tmp_path):
-    from illume.evaluate import edit_ceiling
     from illume_core import load_image
     from illume_eval.shapes import ensure_dataset
+    from illume_eval.shapes.evaluation import edit_ceiling
 
     pipe = IllumePipeline.from_pretrained(pipeline_dir)
     pipe.sampling.steps = 2
@@ -254,7 +258,7 @@ def test_reconstruct_and_the_editing_ceiling(pipeline_dir, tmp_path):
 
 
 def test_code_agreement_counts_copied_and_changed_cells():
-    from illume.evaluate import code_agreement
+    from illume_eval.shapes.evaluation import code_agreement
 
     source = torch.zeros(2, 2, 3, dtype=torch.long)
     target = source.clone()
@@ -279,7 +283,7 @@ def test_code_agreement_counts_copied_and_changed_cells():
 
 
 def test_code_agreement_by_distance_on_a_wide_grid():
-    from illume.evaluate import code_agreement
+    from illume_eval.shapes.evaluation import code_agreement
 
     source = torch.zeros(1, 1, 7, dtype=torch.long)
     target = source.clone()
@@ -291,7 +295,7 @@ def test_code_agreement_by_distance_on_a_wide_grid():
 
 
 def test_code_agreement_by_content_and_object_cells():
-    from illume.evaluate import code_agreement, object_cells
+    from illume_eval.shapes.evaluation import code_agreement, object_cells
 
     image = np.full((8, 8, 3), 16, dtype=np.uint8)
     image[5, 6] = (200, 0, 0)  # one object pixel, in the 4x4 grid's cell (2, 3)
@@ -308,9 +312,9 @@ def test_code_agreement_by_content_and_object_cells():
 
 
 def test_edit_codes_are_what_edit_renders(pipeline_dir, tmp_path):
-    from illume.evaluate import edit_codes
     from illume_core import load_image
     from illume_eval.shapes import ensure_dataset
+    from illume_eval.shapes.evaluation import edit_codes
 
     pipe = IllumePipeline.from_pretrained(pipeline_dir)
     pipe.sampling.steps = 2
@@ -363,8 +367,8 @@ def test_edits_draw_at_the_edit_temperature(pipeline_dir):
 def test_object_layout_counts_objects_by_row_and_column(tmp_path):
     from types import SimpleNamespace as Obj
 
-    from illume.evaluate import object_layout
     from illume_eval.shapes import ensure_dataset
+    from illume_eval.shapes.evaluation import object_layout
 
     ensure_dataset(tmp_path / "shapes", 8, seed=0, n_eval=16, progress=False)
     split = tmp_path / "shapes" / "validation"
@@ -383,8 +387,8 @@ def test_object_layout_counts_objects_by_row_and_column(tmp_path):
 def test_likelihood_and_judge_probes_score_each_scene_against_its_counterfactual(
     pipeline_dir, tmp_path
 ):
-    from illume.evaluate import image_log_likelihood, judge_probe, likelihood_probe
     from illume_eval.shapes import ensure_dataset
+    from illume_eval.shapes.evaluation import judge_probe, likelihood_probe
     from illume_mllm.processing import IGNORE
 
     pipe = IllumePipeline.from_pretrained(pipeline_dir)
@@ -407,7 +411,7 @@ def test_likelihood_and_judge_probes_score_each_scene_against_its_counterfactual
     codes = torch.randint(
         0, processor.config.codebook_size, (2, h, w), generator=torch.Generator().manual_seed(0)
     )
-    scores = image_log_likelihood(pipe, ["a red circle", ""], codes)
+    scores = pipe.image_log_likelihood(["a red circle", ""], codes)
     for prompt, grid, score in zip(["a red circle", ""], codes, scores, strict=True):
         example = processor.encode_conversation(
             [*processor.t2i_messages(prompt), Message("assistant", [grid])]
@@ -476,8 +480,8 @@ def test_edit_source_codes_reach_the_model_in_edits_and_in_chat_history(
 
 
 def test_t2i_quality_draws_several_images_per_prompt(pipeline_dir, tmp_path):
-    from illume.evaluate import object_layout, t2i_quality
     from illume_eval.shapes import ensure_dataset
+    from illume_eval.shapes.evaluation import object_layout, t2i_quality
 
     ensure_dataset(tmp_path / "shapes", 8, seed=0, n_eval=16, progress=False)
     split = tmp_path / "shapes" / "validation"

@@ -24,16 +24,14 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .config import Config, ConfigError
-from .files import UnsafePathError, read_bounded, resolve_inside
+from .files import UnsafePathError, read_bounded, read_jsonl, resolve_inside
 from .image_io import ImageLimits, ImageLoadError, load_image, load_images, to_rgb
 from .interfaces import (
     Detokenizer,
     DetokenizerOutput,
-    ImageGenerationOutput,
     Message,
     Pretrained,
-    TextGenerationOutput,
-    UnifiedModel,
+    UnifiedPipeline,
     VisionTokenizer,
     VisionTokens,
 )
@@ -48,13 +46,11 @@ __all__ = [
     "Detokenizer",
     "DetokenizerOutput",
     "DirectoryNotOursError",
-    "ImageGenerationOutput",
     "ImageLimits",
     "ImageLoadError",
     "Message",
     "Pretrained",
-    "TextGenerationOutput",
-    "UnifiedModel",
+    "UnifiedPipeline",
     "UnsafePathError",
     "VisionTokenizer",
     "VisionTokens",
@@ -72,6 +68,7 @@ __all__ = [
     "load_images",
     "load_weights",
     "read_bounded",
+    "read_jsonl",
     "resolve_inside",
     "save_checkpoint",
     "to_rgb",

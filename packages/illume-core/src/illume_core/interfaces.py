@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from PIL import Image
@@ -47,32 +47,6 @@ class DetokenizerOutput:
 
     images: list[Image.Image]
     pixels: Tensor | None = None
-
-
-@dataclass
-class ImageGenerationOutput:
-    """Images drawn by a unified model.
-
-    Attributes:
-        codes: `[B, h, w]` int64 vision-token codes the model sampled.
-        images: B PIL RGB images rendered from the codes by a detokenizer (empty if not rendered).
-    """
-
-    codes: Tensor
-    images: list[Image.Image] = field(default_factory=list)
-
-
-@dataclass
-class TextGenerationOutput:
-    """Text answers of a unified model.
-
-    Attributes:
-        texts: B decoded answers, special tokens removed.
-        token_ids: `[B, T]` the generated token ids, if kept.
-    """
-
-    texts: list[str]
-    token_ids: Tensor | None = None
 
 
 @dataclass
@@ -136,13 +110,53 @@ class Detokenizer(Protocol):
 
 
 @runtime_checkable
-class UnifiedModel(Protocol):
-    """An LLM that reads images as continuous features and writes them as vision tokens."""
+class UnifiedPipeline(Protocol):
+    """What sees, draws and edits: a tokenizer, a unified MLLM and a detokenizer behind one object
+    (`illume.IllumePipeline`). illume-eval's evaluation measures anything of this shape. `generator`
+    is a `torch.Generator`: one per evaluation run, so that its figures are reproducible."""
 
-    def generate_text(self, messages: Sequence[Message], **sampling: Any) -> TextGenerationOutput:
-        """Answers the last user turn of a conversation whose turns may hold images."""
+    def generate_image(
+        self, prompt: str | Sequence[str], num_images: int = 1, seed: int | None = None,
+        generator: Any | None = None, best_of: int | None = None,
+    ) -> list[Image.Image]:  # fmt: skip
+        """Text to image: `num_images` images per prompt, in prompt order."""
         ...
 
-    def generate_image_tokens(self, prompt: str, **sampling: Any) -> Tensor:
-        """A text prompt -> codes `[num_images, h, w]` sampled with classifier-free guidance."""
+    def answer(
+        self, image: Image.Image | Sequence[Image.Image], question: str | Sequence[str],
+        max_new_tokens: int = 16,
+    ) -> str | list[str]:  # fmt: skip
+        """Visual question answering; lists give lists."""
+        ...
+
+    def edit(
+        self, image: Image.Image | Sequence[Image.Image], instruction: str | Sequence[str],
+        seed: int | None = None, generator: Any | None = None,
+    ) -> Image.Image | list[Image.Image]:  # fmt: skip
+        """The image edited as its instruction says; lists give lists."""
+        ...
+
+    def reconstruct(
+        self, image: Image.Image | Sequence[Image.Image], seed: int | None = None,
+        generator: Any | None = None,
+    ) -> list[Image.Image]:  # fmt: skip
+        """Image -> the tokenizer's codes -> the detokenizer: the ceiling of drawing and editing."""
+        ...
+
+    def image_codes(self, images: Sequence[Image.Image]) -> Tensor:
+        """The tokenizer's codes `[B, h, w]` of images."""
+        ...
+
+    def edit_codes(
+        self, images: Sequence[Image.Image], instructions: Sequence[str], generator: Any
+    ) -> Tensor:
+        """The MLLM's codes `[B, h, w]` for edits, before the detokenizer."""
+        ...
+
+    def judge(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> Tensor:
+        """How well each image shows its prompt by the model's own understanding `[B]`."""
+        ...
+
+    def image_log_likelihood(self, prompts: Sequence[str], codes: Tensor) -> Tensor:
+        """log p(codes | text-to-image prompt) `[B]`; an empty prompt: unconditional."""
         ...

@@ -16,24 +16,11 @@ from pathlib import Path
 
 from PIL import Image
 
-from illume_core import atomic_write, atomic_write_text, load_image
+from illume_core import atomic_write, atomic_write_text, load_image, read_jsonl
 
 from .metrics import geneval_summary, pope_metrics, score_t2i
 from .shapes.prompts import PromptSpec
 from .shapes.qa import Question
-
-
-def _read_jsonl(path: str | os.PathLike) -> list[dict]:
-    rows = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}, line {number}: not valid JSON ({err.msg})") from None
-    return rows
 
 
 def write_geneval_metadata(specs: Sequence[PromptSpec], path: str | os.PathLike) -> Path:
@@ -42,7 +29,7 @@ def write_geneval_metadata(specs: Sequence[PromptSpec], path: str | os.PathLike)
 
 
 def read_geneval_metadata(path: str | os.PathLike) -> list[PromptSpec]:
-    return [PromptSpec.from_geneval(row) for row in _read_jsonl(path)]
+    return [PromptSpec.from_geneval(row) for row in read_jsonl(path)]
 
 
 def write_geneval_samples(
@@ -72,7 +59,7 @@ def read_geneval_samples(outdir: str | os.PathLike) -> list[tuple[PromptSpec, li
         meta = folder / "metadata.jsonl"
         if not meta.is_file():
             raise ValueError(f"{folder} has no metadata.jsonl; is this a GenEval sample folder?")
-        (row,) = _read_jsonl(meta)[:1]
+        (row,) = read_jsonl(meta)[:1]
         out.append((PromptSpec.from_geneval(row), sorted((folder / "samples").glob("*.png"))))
     return out
 
@@ -115,10 +102,10 @@ def score_pope_files(
     question_file: str | os.PathLike, answer_file: str | os.PathLike
 ) -> dict[str, float]:
     """POPE metrics of an answer file ({"question_id", "text"} lines) against a question file."""
-    questions = _read_jsonl(question_file)
+    questions = read_jsonl(question_file)
     answers = {
         row["question_id"]: row.get("text", row.get("answer", ""))
-        for row in _read_jsonl(answer_file)
+        for row in read_jsonl(answer_file)
     }
     missing = [q["question_id"] for q in questions if q["question_id"] not in answers]
     if missing:

@@ -109,20 +109,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
-        print(
-            "stages: "
-            + ", ".join(_stages())
-            + "; and self-enhance (the whole self-enhancement loop)"
-        )
+        print("stages: " + ", ".join(_stages()))
+        print("(self-enhancement, which draws through the whole pipeline: `illume self-enhance`)")
         return 0
     if argv[0] == "self-enhance":
-        from .self_enhance.loop import main as self_enhance_main
-
-        args = list(argv[1:])
-        for i, arg in enumerate(args):
-            if arg == "--config" and i + 1 < len(args):
-                args[i + 1] = resolve_recipe(args[i + 1])
-        return self_enhance_main(args)
+        raise SystemExit(
+            "illume-train: self-enhancement draws through the whole pipeline and is run by the "
+            "`illume` package: illume self-enhance " + " ".join(argv[1:])
+        )
     run_stage(argv[0], argv[1:])
     return 0
 

@@ -102,10 +102,10 @@ def train(
             record(stage.name, start)
     enhance = chain.self_enhance
     if enhance is not None and not Path(chain.final_mllm()).is_dir():
-        from illume_trainer.cli import main as train_main
+        from .self_enhance.loop import main as self_enhance_main
 
         start = time.perf_counter()
-        train_main(["self-enhance", "--config", enhance.recipe, "--num_prompts", str(enhance.prompts),
+        self_enhance_main(["--config", enhance.recipe, "--num_prompts", str(enhance.prompts),
                     "--sft_steps", str(enhance.sft_steps), "--progress", str(progress).lower()])  # fmt: skip
         record("self_enhance", start)
     return seconds
@@ -132,8 +132,13 @@ def evaluate(
     from illume_eval import aspect_failures
     from illume_eval.shapes import SEEN_TAGS, UNSEEN_TAGS
     from illume_eval.shapes.audit import TrainingOverlap, split_scenes
-
-    from .evaluate import edit_quality, object_layout, qa_quality, t2i_baselines, t2i_quality
+    from illume_eval.shapes.evaluation import (
+        edit_quality,
+        object_layout,
+        qa_quality,
+        t2i_baselines,
+        t2i_quality,
+    )
 
     overlap = TrainingOverlap(f"{data}/train")
     validation, heldout = f"{data}/validation", f"{data}/heldout"

@@ -325,6 +325,15 @@ class IllumePipeline:
             [[Message("user", [im, question]), Message("assistant", p)] for im, p in zip(images, prompts, strict=True)],
         )  # fmt: skip
 
+    def image_log_likelihood(self, prompts: Sequence[str], codes: torch.Tensor) -> torch.Tensor:
+        """log p(codes | text-to-image prompt) [B] under the MLLM, summed over the answer's tokens
+        (the image's codes and markers); an empty prompt gives the unconditional likelihood."""
+        processor = self.processor
+        return answer_log_likelihood(
+            self.model, processor,
+            [[*processor.t2i_messages(p), Message("assistant", [c])] for p, c in zip(prompts, codes, strict=True)],
+        )  # fmt: skip
+
     def answer(self, image: Image.Image | Sequence[Image.Image], question: str | Sequence[str], max_new_tokens: int = 16) -> str | list[str]:  # fmt: skip
         """Visual question answering (greedy); a list of images and questions gives a list of answers."""
         single = isinstance(question, str)

@@ -20,6 +20,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from illume_core import read_jsonl
+
 from ..metrics import geneval_summary
 from .detection import detect
 from .prompts import PromptSpec, check_spec
@@ -53,11 +55,6 @@ def content_words(text: str) -> tuple[str, ...]:
     words = re.findall(r"[a-z]+", text.lower())
     singular = [w[:-1] if w.endswith("s") and w[:-1] in SHAPES else w for w in words]
     return tuple(w for w in singular if w in _CONTENT)
-
-
-def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    with open(path, encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
 
 
 def split_scenes(split_dir: str | os.PathLike) -> dict[str, Scene]:

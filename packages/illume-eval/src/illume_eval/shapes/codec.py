@@ -1,55 +1,82 @@
-"""Quality figures of trained stages on ShapesWorld (used by the benchmarks and `illume demo`)."""
+"""Figures of the codec's stages on ShapesWorld: the encoder (retrieval), the tokenizer (feature
+reconstruction, code use, locality, mean-patch decoding) and the detokenizer (scenes drawn back
+from codes), typed by illume-core's `VisionTokenizer` and `Detokenizer`. Images reach a tokenizer
+through its encoder's own image processor (`preprocess`), as in serving; the stages train on the
+same pixels (integration_tests/test_preprocessing_parity.py). torch is imported inside the
+functions (`pip install illume-eval[torch]`).
+"""
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn.functional as F
+from PIL import Image
 
-from illume_core import load_image
-from illume_eval.shapes import PromptSpec, Scene, check_spec
-from illume_eval.shapes.world import cell_box
+from illume_core import VisionTokenizer, load_image, read_jsonl
 
-from .data import to_tensor
-from .stages.common import Normalizer
+from .prompts import PromptSpec, check_spec
+from .world import Scene, cell_box
+
+if TYPE_CHECKING:
+    import torch
 
 
 def _scenes(split_dir: Path, n: int | None) -> list[dict]:
     """The first n scenes of a split (all of them when n is None)."""
-    rows = [json.loads(line) for line in (split_dir / "scenes.jsonl").read_text().splitlines()]
+    rows = read_jsonl(split_dir / "scenes.jsonl")
     rows = rows if n is None else rows[:n]
     if n is not None and len(rows) < n:
         raise ValueError(f"{split_dir} has {len(rows)} scenes, fewer than the {n} asked for")
     return rows
 
 
-def _pixels(split_dir: Path, rows: list[dict], size: int, key: str = "image") -> torch.Tensor:
-    return torch.stack([to_tensor(load_image(split_dir / r[key]), size) for r in rows])
+def _images(split_dir: Path, rows: list[dict], key: str = "image") -> list[Image.Image]:
+    return [load_image(split_dir / r[key]) for r in rows]
 
 
-@torch.no_grad()
+def _uint8(images: list[Image.Image], size: int) -> torch.Tensor:
+    """[B, 3, size, size] uint8 pixels of images (bicubic resize where the size differs): the
+    originals figures such as PSNR compare with."""
+    import torch
+
+    resized = [
+        im if im.size == (size, size) else im.resize((size, size), Image.Resampling.BICUBIC)
+        for im in images
+    ]
+    return torch.from_numpy(np.stack([np.asarray(im, dtype=np.uint8) for im in resized])).permute(
+        0, 3, 1, 2
+    )
+
+
+def _eval(module) -> None:
+    if hasattr(module, "eval"):  # a torch module: no code-restarts or statistics updates here
+        module.eval()
+
+
 def encoder_retrieval(
     encoder_dir: str | os.PathLike, split_dir: str | os.PathLike, n: int = 100
 ) -> float:
     """Image-to-caption top-1 among the n captions of a split: right when the retrieved caption is
     true of the image's scene (paraphrases and less specific true captions count)."""
+    import torch
     from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
-
-    from illume_tokenizer.encoder import quiet_transformers
+    from transformers.utils import logging
 
     split_dir = Path(split_dir)
-    with quiet_transformers():
+    level = logging.get_verbosity()
+    logging.set_verbosity_error()  # the text tower's default token ids and skipped keys
+    try:
         model = AutoModel.from_pretrained(encoder_dir).eval()
         tokenizer = AutoTokenizer.from_pretrained(encoder_dir)
         processor = AutoImageProcessor.from_pretrained(encoder_dir)
+    finally:
+        logging.set_verbosity(level)
     rows = _scenes(split_dir, n)
-    size = model.config.vision_config.image_size
     tokenizer.padding_side = "left"
     ids = tokenizer(
         [r["caption"] for r in rows],
@@ -58,10 +85,9 @@ def encoder_retrieval(
         truncation=True,
         return_tensors="pt",
     )["input_ids"]
-    out = model(
-        input_ids=ids,
-        pixel_values=Normalizer.for_processor(processor)(_pixels(split_dir, rows, size)),
-    )
+    pixels = processor(images=_images(split_dir, rows), return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        out = model(input_ids=ids, pixel_values=pixels)
     best = out.logits_per_image.argmax(-1).tolist()
     correct = [
         check_spec(
@@ -72,23 +98,25 @@ def encoder_retrieval(
     return float(np.mean(correct))
 
 
-@torch.no_grad()
 def tokenizer_quality(
-    tokenizer, split_dir: str | os.PathLike, n: int | None = None, batch_size: int = 100
+    tokenizer: VisionTokenizer,
+    split_dir: str | os.PathLike,
+    n: int | None = None,
+    batch_size: int = 100,
 ) -> dict[str, float]:
     """Mean cos(x, x_rec), share of the codebook used, and code perplexity over n images of a split."""
+    import torch
+
     split_dir = Path(split_dir)
     rows = _scenes(split_dir, n)
-    normalize = Normalizer.for_processor(tokenizer.encoder.image_processor)
     cosines, codes = [], []
-    tokenizer.eval()
+    _eval(tokenizer)
     for start in range(0, len(rows), batch_size):
-        pixels = normalize(
-            _pixels(split_dir, rows[start : start + batch_size], tokenizer.config.image_size)
-        )
-        x = tokenizer.features(pixels)
-        c = tokenizer.encode(pixels).codes
-        x_rec = tokenizer.decode_features(c)
+        pixels = tokenizer.preprocess(_images(split_dir, rows[start : start + batch_size]))
+        with torch.no_grad():
+            x = tokenizer.features(pixels)
+            c = tokenizer.encode(pixels).codes
+            x_rec = tokenizer.decode_features(c)
         cosines.append(torch.nn.functional.cosine_similarity(x_rec, x, dim=-1).mean(-1))
         codes.append(c.reshape(-1))
     counts = torch.bincount(torch.cat(codes), minlength=tokenizer.codebook_size).float()
@@ -102,31 +130,29 @@ def tokenizer_quality(
 
 
 def code_locality(
-    tokenizer, split_dir: str | os.PathLike, n: int = 200, batch_size: int = 100
+    tokenizer: VisionTokenizer, split_dir: str | os.PathLike, n: int = 200, batch_size: int = 100
 ) -> dict[str, float]:
     """How local the codes are, over the recolour edits among the first n of a split's edits.jsonl:
     the share of code positions that change between source and target inside the recoloured
     object's cell (the code rows and columns that overlap it) and outside it. An edit can copy the
     untouched part of an image only when `code_change_outside` is small; a patch-local tokenizer
     has it 0."""
+    import torch
+
     split_dir = Path(split_dir)
-    rows = [
-        json.loads(line)
-        for line in (split_dir / "edits.jsonl").read_text().splitlines()[:n]
-        if line.strip()
-    ]
-    rows = [r for r in rows if r["kind"] == "recolor"]
+    rows = [r for r in read_jsonl(split_dir / "edits.jsonl")[:n] if r["kind"] == "recolor"]
     if not rows:
         raise ValueError(f"{split_dir / 'edits.jsonl'}: no recolour edits among the first {n}")
-    normalize = Normalizer.for_processor(tokenizer.encoder.image_processor)
-    size, (h, w) = tokenizer.config.image_size, tokenizer.grid
-    inside, outside = [], []
+    _eval(tokenizer)
+    (h, w), inside, outside = tokenizer.grid, [], []
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
-        source, target = (
-            tokenizer.encode(normalize(_pixels(split_dir, chunk, size, key))).codes
-            for key in ("source", "target")
-        )
+        with torch.no_grad():
+            source, target = (
+                tokenizer.encode(tokenizer.preprocess(_images(split_dir, chunk, key))).codes
+                for key in ("source", "target")
+            )
+        size = load_image(split_dir / chunk[0]["source"]).width  # the split's image size
         for r, change in zip(chunk, source != target, strict=True):  # change: [h, w]
             # the code positions whose patches overlap the cell's pixels
             x0, y0, x1, y1 = cell_box((r["edited"]["row"], r["edited"]["col"]), size)
@@ -148,8 +174,8 @@ def read_drawings(
     image: what it drew (`summary` per image), whether each whole scene was recovered, each image
     scored on its own caption by the GenEval-style rules (per category and overall), and those
     verdicts one by one as (category, correct)."""
-    from illume_eval.metrics import geneval_summary
-    from illume_eval.shapes.detection import detect, summary
+    from ..metrics import geneval_summary
+    from .detection import detect, summary
 
     detected = [detect(image) for image in images]
     drawn = [summary(objects) for objects in detected]
@@ -167,6 +193,8 @@ def read_drawings(
 
 def to_patches(pixels: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     """[B, 3, S, S] -> [B, h * w, 3 * p * p]: the image cut into the grid's patches, row by row."""
+    import torch.nn.functional as F
+
     size, (h, w) = pixels.shape[-1], grid
     if size % h or h != w:
         raise ValueError(
@@ -177,20 +205,23 @@ def to_patches(pixels: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
 
 def from_patches(patches: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     """Inverse of `to_patches`: [B, h * w, 3 * p * p] -> [B, 3, S, S]."""
+    import torch.nn.functional as F
+
     b, _, d = patches.shape
     return F.pixel_shuffle(patches.transpose(1, 2).reshape(b, d, *grid), math.isqrt(d // 3))
 
 
 def mean_patches(codes: torch.Tensor, patches: torch.Tensor, codebook_size: int) -> torch.Tensor:
     """codes [M], patches [M, D] -> [codebook_size, D]: each code's mean patch (zeros if unused)."""
+    import torch
+
     counts = torch.bincount(codes, minlength=codebook_size).to(patches.dtype)
     sums = torch.zeros(codebook_size, patches.shape[-1], dtype=patches.dtype)
     return sums.index_add_(0, codes, patches) / counts.clamp_min(1)[:, None]
 
 
-@torch.no_grad()
 def mean_patch_decode(
-    tokenizer,
+    tokenizer: VisionTokenizer,
     train_dir: str | os.PathLike,
     split_dir: str | os.PathLike,
     n_train: int | None = None,
@@ -205,15 +236,19 @@ def mean_patch_decode(
     patches need about 1,000 codes to keep circles apart from squares (benchmarks/RESULTS.md).
     {"scene_recovery", "t2i" (each image scored on its own caption, by category),
     "patch_mse" (validation pixels in [0, 1])}."""
-    normalize = Normalizer.for_processor(tokenizer.encoder.image_processor)
-    size, grid = tokenizer.config.image_size, tokenizer.grid
-    tokenizer.eval()
+    import torch
+
+    grid = tokenizer.grid
+    _eval(tokenizer)
 
     def codes_and_patches(split: Path, rows: list[dict]):
         codes, patches = [], []
         for start in range(0, len(rows), batch_size):
-            pixels = _pixels(split, rows[start : start + batch_size], size)
-            codes.append(tokenizer.encode(normalize(pixels)).codes.flatten(1))
+            images = _images(split, rows[start : start + batch_size])
+            normalized = tokenizer.preprocess(images)
+            with torch.no_grad():
+                codes.append(tokenizer.encode(normalized).codes.flatten(1))
+            pixels = _uint8(images, normalized.shape[-1])
             patches.append(to_patches(pixels.float() / 255, grid))
         return torch.cat(codes), torch.cat(patches)
 
@@ -254,9 +289,8 @@ def object_errors(drawn: list[list[tuple]], scenes: list[Scene]) -> dict[str, in
     return errors
 
 
-@torch.no_grad()
 def detokenizer_quality(
-    tokenizer,
+    tokenizer: VisionTokenizer,
     pipe,
     split_dir: str | os.PathLike,
     n: int = 200,
@@ -266,7 +300,8 @@ def detokenizer_quality(
     seed: int = 0,
     condition: str = "codes",
 ) -> dict:
-    """Image -> codes -> features -> detokenizer -> image on n images of a split.
+    """Image -> codes -> features -> detokenizer -> image on n images of a split; `pipe`: an
+    illume_detokenizer.DetokenizerPipeline.
 
     `condition="encoder"` conditions on the encoder's own features instead of their reconstruction
     from codes: a diagnostic that separates what quantization costs from what the U-Net costs.
@@ -280,20 +315,22 @@ def detokenizer_quality(
     """
     if condition not in ("codes", "encoder"):
         raise ValueError(f"condition must be 'codes' or 'encoder', got {condition!r}")
+    import torch
+
     split_dir = Path(split_dir)
     rows = _scenes(split_dir, n)
-    normalize = Normalizer.for_processor(tokenizer.encoder.image_processor)
-    size = tokenizer.config.image_size
-    originals = _pixels(split_dir, rows, size)
-    tokenizer.eval()
-    features = []
+    images = _images(split_dir, rows)
+    _eval(tokenizer)
+    features, originals = [], []
     for i in range(0, n, batch_size):
-        pixels = normalize(originals[i : i + batch_size])
-        if condition == "encoder":
-            features.append(tokenizer.features(pixels))
-        else:
-            features.append(tokenizer.decode_features(tokenizer.encode(pixels).codes))
-    features = torch.cat(features)
+        pixels = tokenizer.preprocess(images[i : i + batch_size])
+        originals.append(_uint8(images[i : i + batch_size], pixels.shape[-1]))
+        with torch.no_grad():
+            if condition == "encoder":
+                features.append(tokenizer.features(pixels))
+            else:
+                features.append(tokenizer.decode_features(tokenizer.encode(pixels).codes))
+    features, originals = torch.cat(features), torch.cat(originals)
     scenes = [Scene.from_dict(r["scene"]) for r in rows]
     results: dict = {}
     for sampler, steps in samplers:
@@ -304,19 +341,20 @@ def detokenizer_quality(
             generators = [
                 torch.Generator().manual_seed(seed + j) for j in range(i, min(n, i + batch_size))
             ]
-            out = pipe(
-                features[i : i + batch_size],
-                steps=steps,
-                guidance=guidance,
-                generator=generators,
-                output_type="pt",
-            )
+            with torch.no_grad():
+                out = pipe(
+                    features[i : i + batch_size],
+                    steps=steps,
+                    guidance=guidance,
+                    generator=generators,
+                    output_type="pt",
+                )
             pixels.append(out.pixels.cpu())
         seconds = (time.perf_counter() - start) / n
         pixels = torch.cat(pixels)
-        images = (pixels * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        drawings = (pixels * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
         # scene_recovered's rule, on detections kept for the error breakdown
-        drawn, recovered, t2i, verdicts = read_drawings(images, rows)
+        drawn, recovered, t2i, verdicts = read_drawings(drawings, rows)
         mse = ((pixels - originals.float() / 255) ** 2).flatten(1).mean(1).clamp_min(1e-10)
         results[f"{sampler}@{steps}"] = {
             "scene_recovery": float(np.mean(recovered)),

@@ -1,4 +1,6 @@
-"""Figures of a whole `IllumePipeline` on a ShapesWorld split, by illume-eval's exact scorers.
+"""Figures of a whole pipeline (`illume_core.UnifiedPipeline`: `illume.IllumePipeline` is one) on a
+ShapesWorld split, by illume-eval's exact scorers. The demo, the report and the benchmarks all
+measure through here.
 
 - text-to-image: GenEval-style accuracy per tag and overall (the split's geneval_metadata.jsonl),
   of a subset of categories (validation's unseen or seen prompts); beside it the lookup baseline
@@ -12,51 +14,54 @@
   counterfactual one that fails the prompt (scenes.jsonl), by likelihood;
 - what understanding sees: the same pairs judged by the model's own captioning (`judge_probe`,
   the judge of `IllumePipeline.generate_image(best_of=...)`).
-Each returns its figures and the per-item records a report shows.
+Each returns its figures and the per-item records a report shows. torch is imported inside the
+functions that need it (`pip install illume-eval[torch]`): the rest of illume-eval runs without.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image
 
-from illume_core import Message, load_image
-from illume_eval import edit_metrics, geneval_summary, pope_metrics, qa_accuracy
-from illume_eval.metrics import (
+from illume_core import UnifiedPipeline, load_image, read_jsonl
+
+from ..metrics import (
+    edit_metrics,
     edit_scores,
+    geneval_summary,
     grouped,
     macro_interval,
     mean_interval,
+    pope_metrics,
+    qa_accuracy,
     wilson_interval,
 )
-from illume_eval.shapes import (
-    BACKGROUND,
-    Edit,
-    PromptSpec,
-    Question,
-    Scene,
-    counterfactual,
-    detect,
-    normalize_answer,
-    render_pil,
-)
-from illume_eval.shapes.audit import TrainingOverlap, lookup_scores
-from illume_eval.shapes.detection import summary
-from illume_eval.shapes.prompts import check_spec
-from illume_eval.shapes.world import GRID
-from illume_mllm import answer_log_likelihood
+from .audit import TrainingOverlap, lookup_scores
+from .detection import detect, summary
+from .edits import Edit
+from .prompts import PromptSpec, check_spec, counterfactual
+from .qa import Question, normalize_answer
+from .world import BACKGROUND, GRID, Scene, render_pil
+
+if TYPE_CHECKING:
+    import torch
 
 
 def _jsonl(path: Path, n: int | None) -> list[dict]:
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = read_jsonl(path)
     return rows if n is None else rows[:n]
+
+
+def _generator(seed: int) -> torch.Generator:
+    import torch
+
+    return torch.Generator().manual_seed(seed)
 
 
 def t2i_prompts(
@@ -74,7 +79,7 @@ def t2i_prompts(
 
 
 def t2i_quality(
-    pipe,
+    pipe: UnifiedPipeline,
     split_dir: str | os.PathLike,
     n: int = 100,
     seed: int = 0,
@@ -94,7 +99,7 @@ def t2i_quality(
     if images_per_prompt < 1:
         raise ValueError(f"images_per_prompt must be at least 1, got {images_per_prompt}")
     prompts = t2i_prompts(split_dir, n, tags)
-    generator = torch.Generator().manual_seed(seed)
+    generator = _generator(seed)
     records = []
     prompts_a_batch = max(batch_size // images_per_prompt, 1)
     for start in range(0, len(prompts), prompts_a_batch):
@@ -122,7 +127,7 @@ def t2i_quality(
 
 
 def t2i_baselines(
-    pipe, overlap: TrainingOverlap, split_dir: str | os.PathLike, n: int, tags=None,
+    pipe: UnifiedPipeline, overlap: TrainingOverlap, split_dir: str | os.PathLike, n: int, tags=None,
     seed: int = 0, batch_size: int = 16,
 ) -> dict:  # fmt: skip
     """What the same prompts as `t2i_quality(pipe, split_dir, n, tags=tags)` score without the
@@ -138,7 +143,7 @@ def t2i_baselines(
     specs = [s for _, s in prompts]
     lookup = list(zip((s.tag for s in specs), lookup_scores(overlap, specs), strict=True))
     rows = _jsonl(split_dir / "scenes.jsonl", None)
-    generator = torch.Generator().manual_seed(seed)
+    generator = _generator(seed)
     originals = [load_image(split_dir / rows[i]["image"]) for i, _ in prompts]
     images = []
     for start in range(0, len(prompts), batch_size):
@@ -187,7 +192,7 @@ def object_layout(records: list[dict], split_dir: str | os.PathLike) -> dict:
 
 
 def qa_quality(
-    pipe, split_dir: str | os.PathLike, n: int = 300, batch_size: int = 32,
+    pipe: UnifiedPipeline, split_dir: str | os.PathLike, n: int = 300, batch_size: int = 32,
     keep: Callable[[dict], bool] | None = None, per_type: int | None = None,
 ) -> dict:  # fmt: skip
     """Answers questions of a split: the first n, or, with `per_type`, the first `per_type` of each
@@ -232,7 +237,7 @@ def qa_quality(
 
 
 def edit_quality(
-    pipe, split_dir: str | os.PathLike, n: int = 100, seed: int = 0, batch_size: int = 16,
+    pipe: UnifiedPipeline, split_dir: str | os.PathLike, n: int = 100, seed: int = 0, batch_size: int = 16,
     keep: Callable[[dict], bool] | None = None,
 ) -> dict:  # fmt: skip
     """Edits the first n source images of a split that `keep` accepts (an edits.jsonl row; all by
@@ -241,7 +246,7 @@ def edit_quality(
     split_dir = Path(split_dir)
     rows = [r for r in _jsonl(split_dir / "edits.jsonl", None) if keep is None or keep(r)][:n]
     edits = [Edit.from_dict(r) for r in rows]
-    generator = torch.Generator().manual_seed(seed)
+    generator = _generator(seed)
     images = []
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
@@ -261,7 +266,11 @@ def edit_quality(
 
 
 def edit_ceiling(
-    pipe, split_dir: str | os.PathLike, n: int = 100, seed: int = 0, batch_size: int = 16
+    pipe: UnifiedPipeline,
+    split_dir: str | os.PathLike,
+    n: int = 100,
+    seed: int = 0,
+    batch_size: int = 16,
 ) -> dict:
     """The editing figures of an MLLM that gets every code right: each edit's target image through
     the tokenizer and the detokenizer (`pipe.reconstruct`), scored as `edit_quality` scores an edit;
@@ -272,7 +281,7 @@ def edit_ceiling(
     edits = [Edit.from_dict(r) for r in rows]
     drawn: dict[str, list] = {}
     for which in ("target", "source"):
-        generator = torch.Generator().manual_seed(seed)
+        generator = _generator(seed)
         drawn[which] = []
         for start in range(0, len(rows), batch_size):
             chunk = [load_image(split_dir / r[which]) for r in rows[start : start + batch_size]]
@@ -300,6 +309,8 @@ def code_agreement(
     cluster at the edit's border or fall anywhere in the image. With `on_object` [B, h, w] (the
     cells whose source patch shows part of an object: `object_cells`), "copied_by_content":
     "copied" over the cells left alone that show an object and over those that show background."""
+    import torch
+
     same = source == target
     right = drawn == target
 
@@ -333,6 +344,8 @@ def code_agreement(
 def object_cells(images: Sequence[Image.Image], grid: tuple[int, int]) -> torch.Tensor:
     """[B, h, w]: the grid cells whose patch of each image holds a pixel other than ShapesWorld's
     plain `BACKGROUND`: the cells that show part of an object."""
+    import torch
+
     h, w = grid
     out = []
     for image in images:
@@ -345,23 +358,32 @@ def object_cells(images: Sequence[Image.Image], grid: tuple[int, int]) -> torch.
     return torch.from_numpy(np.stack(out))
 
 
-@torch.no_grad()
 def edit_codes(
-    pipe, split_dir: str | os.PathLike, n: int = 100, seed: int = 0, batch_size: int = 16
+    pipe: UnifiedPipeline,
+    split_dir: str | os.PathLike,
+    n: int = 100,
+    seed: int = 0,
+    batch_size: int = 16,
 ) -> dict:
     """Where edits miss, code by code: `code_agreement` of the MLLM's codes for n edits of a split
     (`pipe.edit_codes`, the pipeline's sampling), overall and per edit kind. An MLLM that redraws
     what it should copy loses preservation before the detokenizer does. {"summary", "by_kind"}."""
+    import torch
+
     split_dir = Path(split_dir)
     rows = _jsonl(split_dir / "edits.jsonl", n)
-    generator = torch.Generator().manual_seed(seed)
+    generator = _generator(seed)
     drawn, source, target, on_object = [], [], [], []
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
         sources = [load_image(split_dir / r["source"]) for r in chunk]
-        drawn.append(pipe.edit_codes(sources, [r["instruction"] for r in chunk], generator).cpu())
-        source.append(pipe.image_codes(sources).cpu())
-        target.append(pipe.image_codes([load_image(split_dir / r["target"]) for r in chunk]).cpu())
+        targets = [load_image(split_dir / r["target"]) for r in chunk]
+        with torch.no_grad():
+            drawn.append(
+                pipe.edit_codes(sources, [r["instruction"] for r in chunk], generator).cpu()
+            )
+            source.append(pipe.image_codes(sources).cpu())
+            target.append(pipe.image_codes(targets).cpu())
         on_object.append(object_cells(sources, tuple(source[-1].shape[1:])))
     grids = [torch.cat(t) for t in (drawn, source, target, on_object)]
     kinds = [r["kind"] for r in rows]
@@ -370,16 +392,6 @@ def edit_codes(
         for kind in sorted(set(kinds))
     }
     return {"summary": code_agreement(*grids), "by_kind": by_kind}
-
-
-def image_log_likelihood(pipe, prompts: list[str], codes: torch.Tensor) -> torch.Tensor:
-    """log p(codes | text-to-image prompt) [B] under the pipeline's MLLM, summed over the answer's
-    tokens (the image's codes and markers); an empty prompt gives the unconditional likelihood."""
-    processor = pipe.processor
-    return answer_log_likelihood(
-        pipe.model, processor,
-        [[*processor.t2i_messages(p), Message("assistant", [c])] for p, c in zip(prompts, codes, strict=True)],
-    )  # fmt: skip
 
 
 def _counterfactual_pairs(split_dir: Path, n: int) -> tuple[list, int]:
@@ -410,7 +422,7 @@ def _won_by_tag(wins: list[tuple[str, tuple[bool, ...]]], names: tuple[str, ...]
 
 
 def likelihood_probe(
-    pipe, split_dir: str | os.PathLike, n: int = 400, batch_size: int = 16
+    pipe: UnifiedPipeline, split_dir: str | os.PathLike, n: int = 400, batch_size: int = 16
 ) -> dict:
     """Does the MLLM know what its prompts ask, apart from how it samples? Each of the first n
     scenes of a split that has a counterfactual (illume-eval's `counterfactual`: the scene changed
@@ -426,8 +438,8 @@ def likelihood_probe(
         images = [render_pil(s, size) for _, scene, changed in chunk for s in (scene, changed)]
         codes = pipe.image_codes(images)
         prompts = [spec.prompt for spec, _, _ in chunk for _ in range(2)]
-        cond = image_log_likelihood(pipe, prompts, codes)
-        uncond = image_log_likelihood(pipe, [""] * len(prompts), codes)
+        cond = pipe.image_log_likelihood(prompts, codes)
+        uncond = pipe.image_log_likelihood([""] * len(prompts), codes)
         for k, (spec, _, _) in enumerate(chunk):
             own, other = 2 * k, 2 * k + 1
             records.append({
@@ -442,7 +454,9 @@ def likelihood_probe(
     return {"summary": _won_by_tag(wins, ("conditional", "guided")), "records": records}
 
 
-def judge_probe(pipe, split_dir: str | os.PathLike, n: int = 400, batch_size: int = 16) -> dict:
+def judge_probe(
+    pipe: UnifiedPipeline, split_dir: str | os.PathLike, n: int = 400, batch_size: int = 16
+) -> dict:
     """The likelihood probe's pairs, judged by understanding instead (`IllumePipeline.judge`: the
     prompt's likelihood as a caption of each image): can the model see what it cannot draw?
     Drawing with `best_of` gains only where it can. {"summary": per tag {"pairs", "judged"}, the

@@ -13,7 +13,6 @@ from .assessors import (
 from .corpus import (
     CORPUS,
     CorpusItem,
-    Drawer,
     Prompt,
     draw_corpus,
     prompts_from_captions,
@@ -22,7 +21,7 @@ from .corpus import (
 from .loop import FOLLOW_UP, self_enhance, sft_conversations
 
 __all__ = [
-    "ASSESSMENTS", "CORPUS", "FOLLOW_UP", "CorpusItem", "Drawer", "Judgement", "ModelAssessor",
+    "ASSESSMENTS", "CORPUS", "FOLLOW_UP", "CorpusItem", "Judgement", "ModelAssessor",
     "OpenAICompatibleAssessor", "OracleAssessor", "Prompt", "assess_corpus", "draw_corpus", "prompts_from_captions",
     "read_corpus", "read_judgements", "self_enhance", "sft_conversations",
 ]  # fmt: skip

@@ -1,5 +1,5 @@
 from illume_eval.shapes import Scene, ShapeObject
-from illume_trainer.evaluate import object_errors
+from illume_eval.shapes.codec import object_errors
 
 
 def test_object_errors_match_drawings_to_the_scene_by_cell():
@@ -30,7 +30,7 @@ def test_patches_round_trip_and_codes_that_name_their_patch_decode_exactly():
     import pytest
     import torch
 
-    from illume_trainer.evaluate import from_patches, mean_patches, to_patches
+    from illume_eval.shapes.codec import from_patches, mean_patches, to_patches
 
     pixels = torch.rand(2, 3, 8, 8)
     patches = to_patches(pixels, (2, 2))  # [2, 4, 3 * 4 * 4]

@@ -1,6 +1,7 @@
-"""Step 1 of self-enhancement (ILLUME Fig. 5): the current model draws an image for each prompt.
+"""Step 1 of self-enhancement (ILLUME Fig. 5): the current model draws an image for each prompt,
+through `IllumePipeline.generate_image` at the pipeline's sampling.
 
-    corpus = draw_corpus(drawer, prompts, "runs/self_enhance/corpus", batch_size=16, seed=0)
+    corpus = draw_corpus(pipe, prompts, "runs/self_enhance/corpus", batch_size=16, seed=0)
 
 Each item is saved as `images/<id>.png` (written atomically) and one line of `corpus.jsonl` with
 its prompt, seed and sampling settings, appended and flushed after its image. A rerun (after a
@@ -21,8 +22,7 @@ from pathlib import Path
 import torch
 
 from illume_core import UnsafePathError, atomic_write_bytes, resolve_inside
-
-from ..data import read_captions
+from illume_trainer.data import read_captions
 
 CORPUS = "corpus.jsonl"
 
@@ -75,50 +75,6 @@ def prompts_from_captions(
     ]
 
 
-class Drawer:
-    """Prompts -> images with a trained tokenizer, MLLM and detokenizer (illume-mllm's fast
-    PyTorch loop)."""
-
-    def __init__(self, tokenizer, model, processor, detokenizer, guidance: float = 3.0, temperature: float = 1.0,
-                 top_k: int | None = None, steps: int = 20, detokenizer_guidance: float = 3.0, sampler: str = "dpm++"):  # fmt: skip
-        self.tokenizer, self.model, self.processor, self.detokenizer = (
-            tokenizer,
-            model.eval(),
-            processor,
-            detokenizer,
-        )
-        self.sampling = {"guidance": guidance, "temperature": temperature, "top_k": top_k, "steps": steps,
-                         "detokenizer_guidance": detokenizer_guidance, "sampler": sampler}  # fmt: skip
-        detokenizer.set_progress_bar_config(disable=True)
-        from illume_mllm import TorchImageGenerator
-
-        self._codes = TorchImageGenerator(model, processor)
-
-    @classmethod
-    def from_stages(cls, tokenizer: str, mllm: str, detokenizer: str, **sampling) -> Drawer:
-        from illume_detokenizer import DetokenizerPipeline
-        from illume_mllm import IllumeForConditionalGeneration, IllumeProcessor
-        from illume_tokenizer import SemanticTokenizer
-
-        return cls(SemanticTokenizer.from_pretrained(tokenizer).eval(), IllumeForConditionalGeneration.from_pretrained(mllm),
-                   IllumeProcessor.from_pretrained(mllm), DetokenizerPipeline.from_pretrained(detokenizer), **sampling)  # fmt: skip
-
-    @torch.no_grad()
-    def __call__(self, texts: Sequence[str], seed: int) -> list:
-        s = self.sampling
-        generator = torch.Generator().manual_seed(seed)
-        conversations = [self.processor.t2i_messages(t) for t in texts]
-        unconditional = [self.processor.t2i_messages("")] * len(texts)
-        codes = self._codes(conversations, unconditional, guidance=s["guidance"], temperature=s["temperature"],
-                            top_k=s["top_k"], generator=generator)  # fmt: skip
-        self.detokenizer.use_scheduler(s["sampler"])
-        seeds = torch.randint(0, 2**31 - 1, (len(texts),), generator=generator).tolist()
-        return self.detokenizer(
-            codes=codes, tokenizer=self.tokenizer, steps=s["steps"], guidance=s["detokenizer_guidance"],
-            generator=[torch.Generator().manual_seed(x) for x in seeds],
-        ).images  # fmt: skip
-
-
 def append_log(path: Path):
     """`path` opened for appending lines; a line torn by a crash is ended first, so that the next
     line stands alone (readers skip the torn one)."""
@@ -154,7 +110,7 @@ def read_corpus(directory: str | os.PathLike) -> list[CorpusItem]:
 
 
 def draw_corpus(
-    drawer, prompts: Sequence[Prompt], directory: str | os.PathLike, batch_size: int = 16, seed: int = 0,
+    pipe, prompts: Sequence[Prompt], directory: str | os.PathLike, batch_size: int = 16, seed: int = 0,
     progress: bool = True,
 ) -> list[CorpusItem]:  # fmt: skip
     """Draws an image per prompt into `directory` (see the module docstring); returns all items."""
@@ -162,6 +118,7 @@ def draw_corpus(
 
     directory = Path(directory)
     (directory / "images").mkdir(parents=True, exist_ok=True)
+    sampling = asdict(pipe.sampling)  # recorded with each item
     done = {item.id: item for item in read_corpus(directory)}
     todo = [(i, p) for i, p in enumerate(prompts) if p.id not in done]
     with (
@@ -172,7 +129,7 @@ def draw_corpus(
         for start in range(0, len(todo), batch_size):
             batch = todo[start : start + batch_size]
             batch_seed = seed * 1_000_003 + batch[0][0]
-            images = drawer([p.text for _, p in batch], seed=batch_seed)
+            images = pipe.generate_image([p.text for _, p in batch], seed=batch_seed)
             for (_, prompt), image in zip(batch, images, strict=True):
                 relative = f"images/{prompt.id}.png"
                 buffer = io.BytesIO()
@@ -184,7 +141,7 @@ def draw_corpus(
                     relative,
                     prompt.truth,
                     batch_seed,
-                    dict(drawer.sampling),
+                    sampling,
                     prompt.spec,
                 )
                 log.write(json.dumps(asdict(item)) + "\n")

@@ -14,12 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from illume_eval.assessment import oracle_assessment
-from illume_eval.shapes import PromptSpec, Scene, render_pil, write_dataset
-from illume_trainer.self_enhance import (
+from illume.self_enhance import (
     FOLLOW_UP,
     CorpusItem,
-    Drawer,
     Judgement,
     ModelAssessor,
     OpenAICompatibleAssessor,
@@ -31,6 +28,8 @@ from illume_trainer.self_enhance import (
     read_corpus,
     sft_conversations,
 )
+from illume_eval.assessment import oracle_assessment
+from illume_eval.shapes import PromptSpec, Scene, render_pil, write_dataset
 
 GOOD = oracle_assessment(PromptSpec.from_geneval({"tag": "single_object", "include": [{"class": "circle", "count": 1}],
                                                   "prompt": "a circle"}), objects=[]).to_json()  # fmt: skip
@@ -76,9 +75,11 @@ def captions(tmp_path_factory):
     return root / "train" / "captions.jsonl"
 
 
-def _drawer(stages):
-    return Drawer.from_stages(
-        str(stages / "tok"), str(stages / "mllm"), str(stages / "detok"), steps=2
+def _pipe(stages):
+    from illume.pipeline import IllumePipeline, SamplingConfig
+
+    return IllumePipeline.from_stages(
+        stages / "tok", stages / "mllm", stages / "detok", sampling=SamplingConfig(steps=2)
     )
 
 
@@ -89,13 +90,13 @@ def test_corpus_is_drawn_saved_and_reproducible(stages, captions, tmp_path):
     prompts = prompts_from_captions(captions, limit=5, seed=1)
     assert len(prompts) == 5 and all(p.spec and os.path.isfile(p.truth) for p in prompts)
     items = draw_corpus(
-        _drawer(stages), prompts, tmp_path / "a", batch_size=2, seed=3, progress=False
+        _pipe(stages), prompts, tmp_path / "a", batch_size=2, seed=3, progress=False
     )
     assert [i.id for i in items] == [p.id for p in prompts]
     assert read_corpus(tmp_path / "a") == items
     assert items[0].sampling["guidance"] == 3.0 and items[0].seed == items[1].seed != items[2].seed
     again = draw_corpus(
-        _drawer(stages), prompts, tmp_path / "b", batch_size=2, seed=3, progress=False
+        _pipe(stages), prompts, tmp_path / "b", batch_size=2, seed=3, progress=False
     )
     for x, y in zip(items, again, strict=True):
         assert (tmp_path / "a" / x.image).read_bytes() == (tmp_path / "b" / y.image).read_bytes()
@@ -103,14 +104,16 @@ def test_corpus_is_drawn_saved_and_reproducible(stages, captions, tmp_path):
 
 CHILD = """
 import sys, time
-from illume_trainer.self_enhance import Drawer, draw_corpus, prompts_from_captions
+from illume.pipeline import IllumePipeline, SamplingConfig
+from illume.self_enhance import draw_corpus, prompts_from_captions
 stages, captions, out = sys.argv[1:4]
-drawer = Drawer.from_stages(stages + "/tok", stages + "/mllm", stages + "/detok", steps=2)
-class Slow:  # the real drawer, with time for the parent to kill us between batches
-    sampling = drawer.sampling
-    def __call__(self, texts, seed):
+pipe = IllumePipeline.from_stages(stages + "/tok", stages + "/mllm", stages + "/detok",
+                                  sampling=SamplingConfig(steps=2))
+class Slow:  # the real pipeline, with time for the parent to kill us between batches
+    sampling = pipe.sampling
+    def generate_image(self, texts, seed):
         time.sleep(0.4)
-        return drawer(texts, seed)
+        return pipe.generate_image(texts, seed=seed)
 draw_corpus(Slow(), prompts_from_captions(captions), out, batch_size=2, progress=False)
 """
 
@@ -132,15 +135,14 @@ def test_a_kill_during_self_generation_redraws_nothing_already_saved(stages, cap
     before = {item.id: (out / item.image).read_bytes() for item in saved}
     with open(out / "corpus.jsonl", "a") as log:
         log.write('{"id": "train-torn", "prompt": "a cut')  # a line torn by the kill
-    drawer, drawn = _drawer(stages), []
-    real = drawer.__call__
+    pipe, drawn = _pipe(stages), []
 
     class Counting:
-        sampling = drawer.sampling
+        sampling = pipe.sampling
 
-        def __call__(self, texts, seed):
+        def generate_image(self, texts, seed):
             drawn.extend(texts)
-            return real(texts, seed)
+            return pipe.generate_image(texts, seed=seed)
 
     prompts = prompts_from_captions(captions)
     items = draw_corpus(Counting(), prompts, out, batch_size=2, progress=False)
@@ -459,7 +461,7 @@ def test_judgement_lines_round_trip(tmp_path):
 def test_continue_training_runs_under_any_seed(stages, captions, tmp_path, monkeypatch):
     # Both arms of the ablation continue stage 3 under seeds 0, 1, 2: the model's and the data's
     # seeds move together (Lightning refuses hparams that disagree).
-    from illume_trainer.self_enhance.loop import continue_training
+    from illume.self_enhance.loop import continue_training
 
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "shapes").symlink_to(captions.parents[1])

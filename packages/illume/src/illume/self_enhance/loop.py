@@ -1,6 +1,6 @@
 """Self-enhancing multimodal alignment (ILLUME section 3.3, Fig. 5, Fig. C), the whole loop.
 
-    illume-train self-enhance --config recipes/shapes/self_enhance.yaml [--key value ...]
+    illume self-enhance --config recipes/shapes/self_enhance.yaml [--key value ...]
 
 1. corpus self-generation: the stage-3 model draws an image for `num_prompts` prompts (corpus.py);
 2. assessment generation: an assessor judges each image as the paper's JSON (assessors.py);
@@ -29,7 +29,7 @@ from .assessors import (
     assess_corpus,
     instruction,
 )
-from .corpus import Drawer, draw_corpus, prompts_from_captions
+from .corpus import draw_corpus, prompts_from_captions
 
 #: The largest ground-truth image copied into the SFT data.
 MAX_TRUTH_BYTES = 64 * 1024 * 1024
@@ -68,12 +68,12 @@ def sft_conversations(
     return out
 
 
-def make_assessor(name: str, args: dict | None, drawer: Drawer):
+def make_assessor(name: str, args: dict | None, pipe):
     args = dict(args or {})
     if name == "oracle":
         return OracleAssessor()
     if name == "model":
-        return ModelAssessor(drawer.model, drawer.processor, **args)
+        return ModelAssessor(pipe.model, pipe.processor, **args)
     if name == "openai-compatible":
         if "base_url" not in args or "model" not in args:
             raise ValueError(
@@ -93,7 +93,7 @@ def mixture_weight(
 ) -> float:
     """The weight of a source of `extra_size` conversations that makes it `ratio` of the mixture's
     items (a source packed by image counts its packs, as the data module does)."""
-    from ..conversations import pack_by_image, read_conversations
+    from illume_trainer.conversations import pack_by_image, read_conversations
 
     if not 0 < ratio < 1:
         raise ValueError(f"sft_ratio must lie in (0, 1), got {ratio}")
@@ -145,20 +145,15 @@ def self_enhance(
 
     out_dir = Path(out)
     final = out_dir / "final"
-    drawer = Drawer.from_stages(
-        tokenizer,
-        mllm,
-        detokenizer,
-        guidance=guidance,
-        temperature=temperature,
-        top_k=top_k,
-        steps=steps,
-    )
+    from ..pipeline import IllumePipeline, SamplingConfig
+
+    sampling = SamplingConfig(guidance=guidance, temperature=temperature, top_k=top_k, steps=steps)
+    pipe = IllumePipeline.from_stages(tokenizer, mllm, detokenizer, sampling=sampling)
     chosen = prompts_from_captions(prompts, num_prompts, seed)
     items = draw_corpus(
-        drawer, chosen, out_dir / "corpus", batch_size=batch_size, seed=seed, progress=progress
+        pipe, chosen, out_dir / "corpus", batch_size=batch_size, seed=seed, progress=progress
     )
-    judge = make_assessor(assessor, assessor_args, drawer)
+    judge = make_assessor(assessor, assessor_args, pipe)
     judgements = assess_corpus(judge, items, out_dir / "corpus", progress=progress)
     conversations = sft_conversations(items, judgements, out_dir / "corpus", out_dir)
     sft_data = out_dir / "sft.json"
@@ -199,8 +194,8 @@ def continue_training(
     Resumes from `out_dir/sft/checkpoints/last.ckpt`; a finished output is kept as it is."""
     import yaml
 
-    from ..cli import resolve_recipe, run_stage
-    from ..conversations import read_conversations
+    from illume_trainer.cli import resolve_recipe, run_stage
+    from illume_trainer.conversations import read_conversations
 
     out_dir = Path(out_dir)
     final = out_dir / "final"
@@ -216,28 +211,48 @@ def continue_training(
         )
         sources.append(str(extra))
         packing.append(False)
-    checkpoints = json.dumps([
-        {"class_path": "illume_trainer.checkpointing.ResumeState"},
-        {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-         "init_args": {"dirpath": str(out_dir / "sft" / "checkpoints"), "save_last": True, "save_top_k": 0,
-                       "every_n_train_steps": 100}},
-    ])  # fmt: skip
+    # one override over the recipe, merged by jsonargparse as a second config
+    override = {
+        "seed_everything": seed,
+        "trainer": {
+            "default_root_dir": str(out_dir / "sft"),
+            "max_steps": steps,
+            "enable_progress_bar": progress,
+            "callbacks": [
+                {"class_path": "illume_trainer.checkpointing.ResumeState"},
+                {
+                    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                    "init_args": {
+                        "dirpath": str(out_dir / "sft" / "checkpoints"),
+                        "save_last": True,
+                        "save_top_k": 0,
+                        "every_n_train_steps": 100,
+                    },
+                },
+            ],
+        },
+        "model": {"init": mllm, "tokenizer": tokenizer, "output_dir": str(final), "seed": seed},
+        "data": {"train": sources, "weights": weights, "pack_by_image": packing, "seed": seed},
+    }
     last = out_dir / "sft" / "checkpoints" / "last.ckpt"
-    run_stage("mllm", [
-        "--config", recipe, "--model.init", mllm, "--model.tokenizer", tokenizer,
-        "--model.output_dir", str(final), "--trainer.default_root_dir", str(out_dir / "sft"),
-        "--trainer.max_steps", str(steps), "--trainer.callbacks", checkpoints,
-        "--data.train", json.dumps(sources), "--data.weights", json.dumps(weights),
-        "--data.pack_by_image", json.dumps(packing),
-        "--seed_everything", str(seed), "--model.seed", str(seed), "--data.seed", str(seed), "--trainer.enable_progress_bar", str(progress).lower(),
-        *(["--ckpt_path", str(last)] if last.is_file() else []), *(args or []),
-    ])  # fmt: skip
+    resume = ["--ckpt_path", str(last)] if last.is_file() else []
+    run_stage(
+        "mllm", ["--config", recipe, "--config", json.dumps(override), *resume, *(args or [])]
+    )
     return final
 
 
 def main(argv: list[str]) -> int:
+    """`illume self-enhance --config RECIPE [--key value ...]`: a `--config` that is not a file is
+    looked up among illume-trainer's shipped recipes."""
     from jsonargparse import CLI
 
+    from illume_trainer.cli import resolve_recipe
+
+    argv = list(argv)
+    for i, arg in enumerate(argv):
+        if arg == "--config" and i + 1 < len(argv):
+            argv[i + 1] = resolve_recipe(argv[i + 1])
     summary = CLI(self_enhance, args=argv, as_positional=False)
     print(json.dumps(summary))
     return 0
