@@ -441,6 +441,9 @@ def test_mllm_stages_one_to_three_through_the_cli(tmp_path, shapes_data):
 
     with pytest.raises(ValueError, match="vision_feature_layer 0"):
         MLLMStage(str(tmp_path / "no"), str(tokenizer_dir), {"llm": 1e-4}, vision_feature_layer=0)
+    # no ShapesWorld default: a stage that builds the model names its LLM
+    with pytest.raises(ValueError, match="give model.llm, an LLM directory or a preset"):
+        MLLMStage(str(tmp_path / "no"), str(tokenizer_dir), {"llm": 1e-4})
     stage = MLLMStage(str(tmp_path / "next"), str(tokenizer_dir), {"llm": 1e-4}, init=str(previous))
     assert stage.model.training and all(m.training for m in stage.model.modules())
     assert stage.processor.config.edit_source_codes  # the ShapesWorld stage-3 recipe's, kept

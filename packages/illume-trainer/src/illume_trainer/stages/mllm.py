@@ -55,13 +55,15 @@ class MLLMStage(FrozenPartsStage):
         layer the tokenizer quantizes, the paper's one encoder for both; a tokenizer on an early,
         patch-local layer (for edits that copy what they leave alone) wants understanding on a
         deeper one, or on both.
-    llm: LLM directory, or a preset of illume_mllm.LLM_PRESETS trained from scratch (stage 1 only).
+    llm: LLM directory, or a preset of illume_mllm.LLM_PRESETS trained from scratch (stage 1 only,
+        where it is required).
     tokenizer_corpus: with a preset LLM, conversation files whose text the new text tokenizer also
         learns from, besides this stage's data: the text of later stages (questions, edit
         instructions, assessments). A tokenizer that never saw it spells it out byte by byte
         (an assessment answer took 244 tokens instead of about 70), which a small model cannot
         learn to write.
-    processor_preset: ProcessorConfig preset ("shapes": no system prompt).
+    processor_preset: ProcessorConfig preset (stage 1 only; None: the LLM's own chat template,
+        "shapes": ShapesWorld's, with no system prompt).
     weight_decay, warmup_steps: AdamW and its warm-up + cosine schedule (no decay on embeddings,
         so rows that do not train stay bit-identical).
     p_uncond: probability of dropping the text of a drawing request, a caption or an edit's
@@ -93,9 +95,9 @@ class MLLMStage(FrozenPartsStage):
         init: str | None = None,
         vision: str | None = None,
         vision_feature_layer: int | list[int] | None = None,
-        llm: str = "shapes",
+        llm: str | None = None,
         tokenizer_corpus: list[str] | None = None,
-        processor_preset: str | None = "shapes",
+        processor_preset: str | None = None,
         weight_decay: float = 0.0,
         warmup_steps: int = 100,
         p_uncond: float = 0.1,
@@ -128,8 +130,13 @@ class MLLMStage(FrozenPartsStage):
         self._rng = random.Random(seed)
         if init is not None:
             self._load(init)
-        else:  # a bad layer fails here, not when the trainer builds the model
+        else:  # a bad layer or a missing LLM fails here, not when the trainer builds the model
             check_vision_feature_layer(self._vision_feature_layer())
+            if llm is None:
+                raise ValueError(
+                    "stage 1 (no init) builds the model: give model.llm, an LLM directory or a "
+                    f"preset of illume_mllm.LLM_PRESETS ({', '.join(LLM_PRESETS)})"
+                )
 
     # -- building ---------------------------------------------------------------------------------
 
