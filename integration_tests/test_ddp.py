@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -47,6 +48,7 @@ def _stage(work: Path, name: str, devices: int, batch: int) -> Path:
     return out
 
 
+@pytest.mark.slow  # two processes training: ~13 s
 def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path):
     write_dataset(tmp_path / "data", 40, seed=0, n_eval=8, progress=False)
     torch.manual_seed(0)

@@ -10,6 +10,7 @@ from illume.pipeline import IllumePipeline
 from illume_eval.shapes import UNSEEN_TAGS
 
 
+@pytest.mark.slow  # every stage, twice: ~11 s
 def test_demo_smoke_chain_runs_and_resumes(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--chain", "smoke"]) == 0

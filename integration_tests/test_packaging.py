@@ -98,6 +98,7 @@ def test_illume_version_lists_the_eight_packages():
     assert all(line.split()[1] == "0.1.0" for line in lines[:8])
 
 
+@pytest.mark.slow  # a venv and two installs: ~6 s
 def test_core_and_eval_install_and_import_without_torch(built_dists, tmp_path):
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 
@@ -55,6 +56,7 @@ def _train(work: Path, name: str, kill_at: int | None, resume: bool) -> subproce
     return subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow  # two training runs and a kill: ~13 s
 def test_sigkill_mid_epoch_then_resume_matches_the_uninterrupted_run(tmp_path):
     write_dataset(tmp_path / "data", 48, seed=0, n_eval=8, progress=False)
     torch.manual_seed(0)

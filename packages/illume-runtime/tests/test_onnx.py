@@ -135,6 +135,7 @@ def test_onnx_loop_draws_the_reference_codes_with_the_same_seed(
                         settings, seed=11)  # fmt: skip
 
 
+@pytest.mark.slow  # a second ONNX export: ~20 s
 def test_grid_embeddings_export_and_draw_the_reference_codes(
     grid_pipeline_dir, tmp_path, draws_the_reference
 ):

@@ -195,6 +195,7 @@ def test_bad_command_lines_are_one_line_errors_and_lose_nothing(pipeline_dir, tm
     )
 
 
+@pytest.mark.slow  # an ONNX export: ~20 s
 def test_every_runtime_draws_the_same_codes_and_the_export_command(pipeline_dir, tmp_path, capsys):
     pipe = IllumePipeline.from_pretrained(pipeline_dir)
     conversations = [pipe.processor.t2i_messages(p) for p in ("a red circle", "make it blue")]
