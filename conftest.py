@@ -116,9 +116,19 @@ def edits():
     return _edits
 
 
+#: The words of the tiny pipeline's text tokenizer: what the tests ask of it.
+PIPELINE_TEXTS = [
+    *TEXTS,
+    "generate an image of a red circle .",
+    "how many circles ? one",
+    "make it blue",
+]
+
+
 @pytest.fixture(scope="session")
-def pipeline_dir(tmp_path_factory):
-    """A tiny pipeline directory (tokenizer/, mllm/, detokenizer/) in the layout IllumePipeline saves."""
+def tiny_stages(tmp_path_factory):
+    """A tiny tokenizer, MLLM and detokenizer, each in its own directory as the training stages
+    save them (tok/, mllm/, detok/; enc/ is the tokenizer's encoder)."""
     from illume_detokenizer import DetokenizerConfig, build_pipeline
     from illume_mllm import LLM_PRESETS
     from illume_tokenizer import (
@@ -129,7 +139,7 @@ def pipeline_dir(tmp_path_factory):
         siglip_image_processor,
     )
 
-    root = tmp_path_factory.mktemp("pipeline")
+    root = tmp_path_factory.mktemp("stages")
     torch.manual_seed(0)
     build_siglip("tiny", vocab_size=40).save_pretrained(root / "enc")
     siglip_image_processor(32).save_pretrained(root / "enc")
@@ -137,18 +147,30 @@ def pipeline_dir(tmp_path_factory):
         TokenizerConfig.from_name("tiny"),
         VisionEncoder.from_pretrained(root / "enc", feature_layer=-2),
     )
-    words = build_word_tokenizer(TEXTS)
+    words = build_word_tokenizer(PIPELINE_TEXTS)
     processor = build_processor(
         words, root / "enc", tokenizer.codebook_size, tokenizer.grid, preset="shapes"
     )
     model = build_model(processor, root / "enc", LLM_PRESETS["tiny"], vision_feature_layer=-2)
     detok = build_pipeline(DetokenizerConfig.from_name("tiny", image_size=32, spatial_channels=4),
                            tokenizer.config.feature_dim, tokenizer.grid[0] * tokenizer.grid[1], tokenizer.grid)  # fmt: skip
-    tokenizer.save_pretrained(root / "pipe" / "tokenizer")
-    model.save_pretrained(root / "pipe" / "mllm")
-    processor.save_pretrained(root / "pipe" / "mllm")
-    detok.save_pretrained(root / "pipe" / "detokenizer")
-    return root / "pipe"
+    tokenizer.save_pretrained(root / "tok")
+    model.save_pretrained(root / "mllm")
+    processor.save_pretrained(root / "mllm")
+    detok.save_pretrained(root / "detok")
+    return root
+
+
+@pytest.fixture(scope="session")
+def pipeline_dir(tiny_stages, tmp_path_factory):
+    """The tiny stages as one pipeline directory (tokenizer/, mllm/, detokenizer/), the layout
+    IllumePipeline saves and loads."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("pipeline") / "pipe"
+    for stage, name in (("tok", "tokenizer"), ("mllm", "mllm"), ("detok", "detokenizer")):
+        shutil.copytree(tiny_stages / stage, root / name)
+    return root
 
 
 @pytest.fixture(scope="session")

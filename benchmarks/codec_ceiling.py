@@ -27,7 +27,7 @@ import illume.demo as demo
 from illume.chain import Chain
 from illume_detokenizer import DetokenizerPipeline
 from illume_eval.metrics import grouped, macro_interval
-from illume_eval.shapes import SEEN_TAGS, UNSEEN_TAGS, ensure_dataset
+from illume_eval.shapes import SEEN_TAGS, UNSEEN_TAGS
 from illume_eval.shapes.codec import detokenizer_quality
 from illume_tokenizer import SemanticTokenizer
 
@@ -62,12 +62,7 @@ def main() -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     os.chdir(workdir)
     start = time.perf_counter()
-    data = chain.data
-    demo.refuse_stale_runs("data/shapes", data.image_size)
-    ensure_dataset(
-        "data/shapes", data.scenes, seed=data.seed, size=data.image_size, n_eval=data.n_eval,
-        progress=False,
-    )  # fmt: skip
+    chain.data.ensure("data/shapes", progress=False)
     seconds = demo.train(chain, progress=False)
     tokenizer = SemanticTokenizer.from_pretrained(chain.output("tokenizer"))
     pipe = DetokenizerPipeline.from_pretrained(chain.output("detokenizer"))

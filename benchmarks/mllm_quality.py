@@ -52,9 +52,9 @@ import tempfile
 from pathlib import Path
 
 from illume.chain import Chain
-from illume.demo import HEADLINE, evaluate, headline_table, refuse_stale_runs, train
+from illume.demo import HEADLINE, evaluate, headline_table, train
 from illume.pipeline import IllumePipeline, SamplingConfig
-from illume_eval.shapes import ASPECTS, UNSEEN_TAGS, ensure_dataset
+from illume_eval.shapes import ASPECTS, UNSEEN_TAGS
 from illume_eval.shapes.evaluation import (
     edit_ceiling,
     edit_codes,
@@ -142,12 +142,7 @@ def main() -> None:
     os.chdir(workdir)
     if source:
         _reuse(source, reuse, chain)
-    data = chain.data
-    refuse_stale_runs("data/shapes", data.image_size)
-    ensure_dataset(
-        "data/shapes", data.scenes, seed=data.seed, size=data.image_size, n_eval=data.n_eval,
-        progress=False,
-    )  # fmt: skip
+    chain.data.ensure("data/shapes", progress=False)
     # of every stage trained here, also by earlier runs; reused stages count where they were trained
     seconds = train(chain, progress=False, extra_args=extra)
     train_seconds = round(sum(v for k, v in seconds.items() if k != "self_enhance"), 1)

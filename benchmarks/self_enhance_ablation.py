@@ -45,7 +45,7 @@ from illume.self_enhance import (
 )
 from illume.self_enhance.loop import continue_training
 from illume_core import atomic_write_json
-from illume_eval.shapes import ASPECTS, UNSEEN_TAGS, ensure_dataset
+from illume_eval.shapes import ASPECTS, UNSEEN_TAGS
 from illume_eval.shapes.evaluation import qa_quality, t2i_quality
 from illume_trainer.cli import resolve_recipe
 
@@ -149,11 +149,7 @@ def main() -> None:
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="illume-self-enhance-"))
     workdir.mkdir(parents=True, exist_ok=True)
     os.chdir(workdir)
-    data = CHAIN.data
-    ensure_dataset(
-        "data/shapes", data.scenes, seed=data.seed, size=data.image_size, n_eval=data.n_eval,
-        progress=False,
-    )  # fmt: skip
+    CHAIN.data.ensure("data/shapes", progress=False)
     start = time.perf_counter()
     train(CHAIN, progress=False)
 

@@ -10,44 +10,9 @@ from PIL import Image
 from illume.cli import main
 from illume.pipeline import IllumePipeline
 from illume_core import Message
-from illume_detokenizer import DetokenizerConfig, build_pipeline
 from illume_mllm import (
-    LLM_PRESETS,
     ContextLengthError,
-    build_model,
-    build_processor,
-    build_word_tokenizer,
 )
-from illume_tokenizer import (
-    SemanticTokenizer,
-    TokenizerConfig,
-    VisionEncoder,
-    build_siglip,
-    siglip_image_processor,
-)
-
-
-@pytest.fixture(scope="module")
-def pipeline_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pipeline")
-    torch.manual_seed(0)
-    build_siglip("tiny", vocab_size=40).save_pretrained(root / "enc")
-    siglip_image_processor(32).save_pretrained(root / "enc")
-    tokenizer = SemanticTokenizer(
-        TokenizerConfig.from_name("tiny"), VisionEncoder.from_pretrained(root / "enc")
-    )
-    words = build_word_tokenizer(
-        ["generate an image of a red circle .", "how many circles ? one", "make it blue"]
-    )
-    processor = build_processor(
-        words, root / "enc", tokenizer.codebook_size, tokenizer.grid, preset="shapes"
-    )
-    model = build_model(processor, root / "enc", LLM_PRESETS["tiny"])
-    detok = build_pipeline(
-        DetokenizerConfig.from_name("tiny", image_size=32), tokenizer.config.feature_dim, 16
-    )
-    IllumePipeline(tokenizer, model, processor, detok).save_pretrained(root / "pipe")
-    return root / "pipe"
 
 
 def test_pipeline_round_trip_and_tasks(pipeline_dir):

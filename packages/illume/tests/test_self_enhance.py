@@ -12,7 +12,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-import torch
 
 from illume.self_enhance import (
     FOLLOW_UP,
@@ -36,36 +35,9 @@ GOOD = oracle_assessment(PromptSpec.from_geneval({"tag": "single_object", "inclu
 
 
 @pytest.fixture(scope="module")
-def stages(tmp_path_factory):
-    """Tiny tokenizer, MLLM and detokenizer directories, as the stages save them."""
-    from illume_detokenizer import DetokenizerConfig, build_pipeline
-    from illume_mllm import LLM_PRESETS, build_model, build_processor, build_text_tokenizer
-    from illume_tokenizer import (
-        SemanticTokenizer,
-        TokenizerConfig,
-        VisionEncoder,
-        build_siglip,
-        siglip_image_processor,
-    )
-
-    root = tmp_path_factory.mktemp("stages")
-    torch.manual_seed(0)
-    build_siglip("tiny", vocab_size=40).save_pretrained(root / "enc")
-    siglip_image_processor(32).save_pretrained(root / "enc")
-    tokenizer = SemanticTokenizer(
-        TokenizerConfig.from_name("tiny"), VisionEncoder.from_pretrained(root / "enc")
-    )
-    processor = build_processor(build_text_tokenizer(["a red circle", "generate an image of ."]), root / "enc",
-                                tokenizer.codebook_size, tokenizer.grid, preset="shapes")  # fmt: skip
-    model = build_model(processor, root / "enc", LLM_PRESETS["tiny"])
-    detok = build_pipeline(
-        DetokenizerConfig.from_name("tiny", image_size=32), tokenizer.config.feature_dim, 16
-    )
-    tokenizer.save_pretrained(root / "tok")
-    model.save_pretrained(root / "mllm")
-    processor.save_pretrained(root / "mllm")
-    detok.save_pretrained(root / "detok")
-    return root
+def stages(tiny_stages):
+    """The tiny tokenizer, MLLM and detokenizer directories (the shared fixture)."""
+    return tiny_stages
 
 
 @pytest.fixture(scope="module")

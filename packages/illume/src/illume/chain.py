@@ -51,6 +51,19 @@ class ChainData(_Strict):
     image_size: PositiveInt = 36
     seed: int = 0
 
+    def ensure(self, directory: str | os.PathLike = "data/shapes", progress: bool = True) -> None:
+        """Makes the dataset in `directory` unless it is there already, after refusing trained
+        stages (runs/) beside data of another format or image size (illume.demo.refuse_stale_runs)."""
+        from illume_eval.shapes import ensure_dataset
+
+        from .demo import refuse_stale_runs
+
+        refuse_stale_runs(str(directory), self.image_size)
+        ensure_dataset(
+            directory, self.scenes, seed=self.seed, size=self.image_size, n_eval=self.n_eval,
+            progress=progress,
+        )  # fmt: skip
+
 
 class ChainStage(_Strict):
     """One trained stage: an illume-train stage run with a recipe."""

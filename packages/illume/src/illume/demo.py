@@ -269,7 +269,6 @@ def run_demo(
 ) -> dict:
     """The whole demo in `out` for a chain (a shipped name, a chain file or a Chain); returns
     metrics.json's content, which records the chain file, its SHA-256 and its settings."""
-    from illume_eval.shapes import ensure_dataset
 
     chosen = chain if isinstance(chain, Chain) else Chain.load(chain)
     out = Path(out).resolve()
@@ -278,12 +277,7 @@ def run_demo(
     os.chdir(out)
     try:
         start = time.perf_counter()
-        data = chosen.data
-        refuse_stale_runs("data/shapes", data.image_size)
-        ensure_dataset(
-            "data/shapes", data.scenes, seed=data.seed, size=data.image_size, n_eval=data.n_eval,
-            progress=progress,
-        )  # fmt: skip
+        chosen.data.ensure("data/shapes", progress=progress)
         seconds = train(chosen, progress=progress)
         pipe = IllumePipeline.from_stages(
             chosen.output_of("tokenizer"), chosen.final_mllm(), chosen.output_of("detokenizer"),
