@@ -462,13 +462,18 @@ def test_mllm_stages_one_to_three_through_the_cli(tmp_path, shapes_data):
 def _check_attn_implementation(tmp_path, tokenizer_dir, init, data):
     """attn_implementation: the same loss with other attention kernels (packed QA's additive mask
     included), set for training only: the saved model loads with transformers' default."""
-    from illume_trainer.conversations import ConversationDataset, pack_by_image, read_conversations
+    from illume_trainer.conversations import (
+        ConversationDataset,
+        PackSample,
+        pack_by_image,
+        read_conversations,
+    )
     from illume_trainer.stages.mllm import MLLMStage
 
     conversations = [*read_conversations(data / "train" / "qa.json")[:3],
                      *read_conversations(data / "train" / "t2i.json")[:2]]  # fmt: skip
     items = [ConversationDataset([c])[0] for c in pack_by_image(conversations)]
-    assert "pack" in items[0]  # the three questions share their image
+    assert isinstance(items[0], PackSample)  # the three questions share their image
     losses = {}
     for kernels in ("sdpa", "eager"):
         stage = MLLMStage(str(tmp_path / kernels), str(tokenizer_dir), {"llm": 1e-4}, init=str(init),
@@ -522,7 +527,7 @@ def _check_loss_weighting(tmp_path, tokenizer_dir, init, data):
             losses[weighting] = stage._loss({"items": items}, training=False)[0]
         answered = [
             sum(label != IGNORE for label in stage.processor.encode_conversation(
-                stage.messages(item, training=False)).labels[1:])
+                stage.transform.messages(item, training=False)).labels[1:])
             for item in items
         ]  # fmt: skip
     assert torch.allclose(losses["example"], (alone[0] + alone[1]) / 2, atol=1e-5)
@@ -563,17 +568,17 @@ def _check_packing_by_image(tmp_path, tokenizer_dir, init, data):
     stage = MLLMStage(str(tmp_path / "p"), str(tokenizer_dir), {"llm": 1e-4}, init=str(init)).eval()
     with torch.no_grad():
         packed = stage._loss({"items": [item]}, training=False)[0]
-        alone = [stage._loss({"items": [one]}, training=False)[0] for one in item["pack"]]
+        alone = [stage._loss({"items": [one]}, training=False)[0] for one in item.samples]
     answered = [
-        sum(label != IGNORE for label in stage.encode(one, training=False).labels[1:])
-        for one in item["pack"]
+        sum(label != IGNORE for label in stage.transform(one, training=False).labels[1:])
+        for one in item.samples
     ]
     expected = sum(loss * n for loss, n in zip(alone, answered)) / sum(answered)
     assert torch.allclose(packed, expected, atol=1e-5)
     by_example = MLLMStage(str(tmp_path / "p"), str(tokenizer_dir), {"llm": 1e-4}, init=str(init),
                            loss_weighting="example")  # fmt: skip
     with pytest.raises(ValueError, match="loss_weighting: token"):
-        by_example.encode(item, training=False)
+        by_example.transform(item, training=False)
 
 
 def _check_unconditional_prompts(tmp_path, tokenizer_dir, init, data):
@@ -591,8 +596,12 @@ def _check_unconditional_prompts(tmp_path, tokenizer_dir, init, data):
     }
     always = MLLMStage(str(tmp_path / "u"), str(tokenizer_dir), {"llm": 1e-4}, init=str(init),
                        p_uncond=1.0, edit_source_codes=False)  # fmt: skip
-    kept = {name: always.messages(item, training=False)[0].parts for name, item in items.items()}
-    dropped = {name: always.messages(item, training=True)[0].parts for name, item in items.items()}
+    kept = {
+        n: always.transform.messages(item, training=False)[0].parts for n, item in items.items()
+    }
+    dropped = {
+        n: always.transform.messages(item, training=True)[0].parts for n, item in items.items()
+    }
     assert isinstance(kept["t2i"][0], str) and dropped["t2i"] == []
     # an edit asks instruction first, so that each output code sits a fixed distance after its
     # source patch
@@ -606,12 +615,12 @@ def _check_unconditional_prompts(tmp_path, tokenizer_dir, init, data):
     assert (
         codes.processor.config.edit_source_codes and not always.processor.config.edit_source_codes
     )
-    source = codes.codes_of([items["edits"]["input_paths"][0]])[0]
+    source = codes.transform.codes_of([items["edits"].input_paths[0]])[0]
     for training in (False, True):
-        parts = codes.messages(items["edits"], training=training)[0].parts
+        parts = codes.transform.messages(items["edits"], training=training)[0].parts
         assert [type(p) for p in parts] == [str, Image.Image, torch.Tensor][int(training) :]
         assert torch.equal(parts[-1], source)
-    assert [type(p) for p in codes.messages(items["qa"], training=False)[0].parts] == [
+    assert [type(p) for p in codes.transform.messages(items["qa"], training=False)[0].parts] == [
         Image.Image,
         str,
     ]

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
+from PIL import Image
 from torch.utils.data import Dataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 
@@ -174,11 +175,43 @@ def read_conversations(
     return out
 
 
+@dataclass  # not frozen: Lightning rebuilds dataclasses in a batch to move it
+class ConversationSample:
+    """One conversation as `ConversationDataset` yields it: its turns with `<image>` placeholders,
+    its input images (loaded) with their paths, and its output images' paths, each by the index of
+    its placeholder in the conversation."""
+
+    id: str
+    index: int
+    turns: tuple[tuple[str, str], ...]
+    inputs: dict[int, Image.Image]
+    input_paths: dict[int, str]
+    outputs: dict[int, str]
+
+
+@dataclass  # not frozen: Lightning rebuilds dataclasses in a batch to move it
+class PackSample:
+    """A `Pack`'s conversations, their shared images loaded once."""
+
+    id: str
+    index: int
+    samples: tuple[ConversationSample, ...]
+
+
+@dataclass  # not frozen: Lightning rebuilds dataclasses in a batch to move it
+class BadSample:
+    """An entry whose images cannot be loaded: skipped and counted (illume_trainer.guards)."""
+
+    index: int
+    error: str
+
+
+Sample = ConversationSample | PackSample | BadSample
+
+
 class ConversationDataset(Dataset):
-    """Items {"turns", "inputs": {placeholder index: PIL image}, "input_paths": {index: path},
-    "outputs": {index: path}, "index"},
-    {"pack": [such items], "index"} for a Pack, or {"error", "index"} when an image cannot be
-    loaded."""
+    """A ConversationSample per conversation, a PackSample per Pack, a BadSample where an image
+    cannot be loaded."""
 
     def __init__(self, conversations: list[Conversation | Pack], limits: ImageLimits | None = None):
         self.conversations = conversations
@@ -187,16 +220,18 @@ class ConversationDataset(Dataset):
     def __len__(self) -> int:
         return len(self.conversations)
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, index: int) -> Sample:
         entry = self.conversations[index]
         if isinstance(entry, Pack):
-            images: dict[str, object] = {}  # the shared images, loaded once
-            items = [self._item(c, index, images) for c in entry.conversations]
-            bad = next((item for item in items if "error" in item), None)
-            return bad or {"pack": items, "index": index, "id": entry.id}
-        return self._item(entry, index, {})
+            images: dict[str, Image.Image] = {}  # the shared images, loaded once
+            samples = [self._sample(c, index, images) for c in entry.conversations]
+            bad = next((s for s in samples if isinstance(s, BadSample)), None)
+            return bad or PackSample(entry.id, index, tuple(samples))  # type: ignore[arg-type]
+        return self._sample(entry, index, {})
 
-    def _item(self, conv: Conversation, index: int, loaded: dict) -> dict:
+    def _sample(
+        self, conv: Conversation, index: int, loaded: dict
+    ) -> ConversationSample | BadSample:
         inputs, input_paths, outputs, k = {}, {}, {}, 0
         for role, value in conv.turns:
             for _ in range(value.count(IMAGE)):
@@ -207,29 +242,22 @@ class ConversationDataset(Dataset):
                             loaded[path] = load_image(path, limits=self.limits)
                         inputs[k], input_paths[k] = loaded[path], path
                     except ImageLoadError as err:
-                        return {"error": str(err), "index": index}
+                        return BadSample(index, str(err))
                 else:
                     if not Path(conv.images[k]).is_file():
-                        return {"error": f"{conv.images[k]}: no such file", "index": index}
+                        return BadSample(index, f"{conv.images[k]}: no such file")
                     outputs[k] = conv.images[k]
                 k += 1
-        return {
-            "turns": conv.turns,
-            "inputs": inputs,
-            "input_paths": input_paths,
-            "outputs": outputs,
-            "index": index,
-            "id": conv.id,
-        }
+        return ConversationSample(conv.id, index, conv.turns, inputs, input_paths, outputs)
 
 
-def collate_conversations(items: list[dict]) -> dict:
-    good = [item for item in items if "error" not in item]
+def collate_conversations(samples: list[Sample]) -> dict:
+    good = [s for s in samples if not isinstance(s, BadSample)]
     return {
         "items": good,
-        "skipped": len(items) - len(good),
-        "errors": [item["error"] for item in items if "error" in item],
-        "ok": ["error" not in item for item in items],
+        "skipped": len(samples) - len(good),
+        "errors": [s.error for s in samples if isinstance(s, BadSample)],
+        "ok": [not isinstance(s, BadSample) for s in samples],
     }
 
 

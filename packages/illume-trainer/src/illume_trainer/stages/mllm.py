@@ -7,10 +7,10 @@
 `new_rows` trains only the added rows (vision tokens, markers) of the embedding and the LM head;
 `llm` trains all of the LLM. Stage 1 builds the model from parts (an LLM directory or a Llama
 preset, the vision encoder directory, the tokenizer's codebook size and grid); later stages start
-from the previous stage's output (`init`). Output images in answers are the vision tokenizer's
-codes of the target image; the text of a drawing request (text-to-image, or an edit's instruction)
-is dropped with probability `p_uncond`: the unconditional branch of CFG, which for an edit is its
-source image alone (`IllumePipeline.edit`).
+from the previous stage's output (`init`). The dataset's typed samples become model inputs in one
+place, `ConversationTransform` (mllm_inputs.py): output images as the vision tokenizer's codes,
+the text of a drawing request dropped with probability `p_uncond` (the unconditional branch of
+CFG, which for an edit is its source image alone, as `IllumePipeline.edit` contrasts).
 """
 
 from __future__ import annotations
@@ -19,13 +19,11 @@ import random
 from pathlib import Path
 
 import torch
-from PIL import Image
 
-from illume_core import Message, atomic_directory, check_replaceable
+from illume_core import atomic_directory, check_replaceable
 from illume_mllm import (
     IGNORE,
     LLM_PRESETS,
-    Example,
     IllumeConfig,
     IllumeForConditionalGeneration,
     IllumeProcessor,
@@ -36,9 +34,9 @@ from illume_mllm import (
 )
 from illume_tokenizer import SemanticTokenizer
 
-from ..data import to_tensor
 from ..guards import batch_is_empty
-from .common import FrozenPartsStage, Normalizer, adamw_warmup_cosine
+from .common import FrozenPartsStage, adamw_warmup_cosine
+from .mllm_inputs import ConversationTransform
 
 GROUPS = ("vision", "adapter", "llm", "new_rows")
 
@@ -122,10 +120,9 @@ class MLLMStage(FrozenPartsStage):
         self.vision_tokenizer = (
             SemanticTokenizer.from_pretrained(tokenizer).eval().requires_grad_(False)
         )
-        self.normalize = Normalizer.for_processor(self.vision_tokenizer.encoder.image_processor)
         self.model: IllumeForConditionalGeneration | None = None
         self.processor: IllumeProcessor | None = None
-        self._codes: dict[str, torch.Tensor] = {}
+        self._transform: ConversationTransform | None = None
         self._param_groups: list[dict] | None = None
         self._rng = random.Random(seed)
         if init is not None:
@@ -254,61 +251,23 @@ class MLLMStage(FrozenPartsStage):
 
     # -- batches ----------------------------------------------------------------------------------
 
-    @torch.no_grad()
-    def codes_of(self, paths: list[str]) -> list[torch.Tensor]:
-        """Vision-tokenizer codes [h, w] of target images (cached: the tokenizer is frozen)."""
-        from illume_core import load_image
-
-        todo = [p for p in dict.fromkeys(paths) if p not in self._codes]
-        if todo:
-            size = self.vision_tokenizer.config.image_size
-            pixels = torch.stack([to_tensor(load_image(p), size) for p in todo]).to(self.device)
-            codes = self.vision_tokenizer.encode(self.normalize(pixels)).codes.cpu()
-            self._codes.update(zip(todo, codes, strict=True))
-        return [self._codes[p] for p in paths]
-
-    def messages(self, item: dict, training: bool) -> list[Message]:
-        """A dataset item -> Messages with PIL input images and code-grid output images."""
-        turns = list(item["turns"])
-        draws = len(turns) == 2 and turns[1][1].strip() == "<image>"
-        if training and draws and self._rng.random() < self.hparams.p_uncond:
-            # the text dropped, the input images kept: the unconditional prompt of CFG
-            turns[0] = (turns[0][0], "<image>" * turns[0][1].count("<image>"))
-        outputs = dict(
-            zip(item["outputs"], self.codes_of(list(item["outputs"].values())), strict=True)
-        )
-        messages, k = [], 0
-        for role, value in turns:
-            parts: list[str | Image.Image | torch.Tensor] = []
-            for i, text in enumerate(value.split("<image>")):
-                if i > 0:
-                    parts.append(item["inputs"][k] if role == "user" else outputs[k])
-                    k += 1
-                if text.strip():
-                    parts.append(text.strip())
-            messages.append(Message(role, parts))
-        if draws and item["inputs"] and self.processor.config.edit_source_codes:  # an edit
-            paths = [item["input_paths"][k] for k in sorted(item["input_paths"])]
-            messages[0] = self.processor.with_source_codes(messages[0], self.codes_of(paths))
-        return messages
-
-    def encode(self, item: dict, training: bool) -> Example:
-        """A dataset item (a conversation, or a pack of them about the same images) -> Example."""
-        if "pack" in item:
-            if self.hparams.loss_weighting != "token":
-                raise ValueError(
-                    "packed conversations (pack_by_image) are weighted by their tokens: use "
-                    "loss_weighting: token, or do not pack"
-                )
-            return self.processor.pack([self.encode(i, training) for i in item["pack"]])
-        return self.processor.encode_conversation(self.messages(item, training))
+    @property
+    def transform(self) -> ConversationTransform:
+        """Dataset samples -> the model's inputs (illume_trainer.stages.mllm_inputs), for the
+        processor the stage trains with."""
+        if self._transform is None or self._transform.processor is not self.processor:
+            self._transform = ConversationTransform(
+                self.processor, self.vision_tokenizer, self.hparams.p_uncond, self._rng,
+                pack=self.hparams.loss_weighting == "token",
+            )  # fmt: skip
+        return self._transform
 
     def _loss(self, batch, training: bool):
         """Mean cross-entropy over the answer tokens (or, with loss_weighting="example", over the
         conversations) of the *global* batch: each process divides its sum by the count of all
         processes (times their number, as DDP averages), so 2 processes of B / 2 conversations
         train exactly like one process of B."""
-        examples = [self.encode(item, training) for item in batch["items"]]
+        examples = [self.transform(sample, training) for sample in batch["items"]]
         inputs = self.processor.collate(examples)
         inputs = {k: v.to(self.device) for k, v in inputs.items() if v is not None}
         if inputs["attention_mask"].is_floating_point():  # packed: additive, in the model's dtype
