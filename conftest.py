@@ -51,12 +51,25 @@ def mllm_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("mllm")
     torch.manual_seed(0)
     tokenizer = build_word_tokenizer(TEXTS)
-    vision = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                num_attention_heads=2, image_size=32, patch_size=8)  # fmt: skip
+    vision = SiglipVisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=32,
+        patch_size=8,
+    )
     SiglipVisionModel(vision).save_pretrained(root / "vision")
     SiglipImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(root / "vision")
-    llm = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)  # fmt: skip
+    llm = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=False,
+    )
     LlamaForCausalLM(llm).save_pretrained(root / "llm")
     processor = build_processor(tokenizer, root / "vision", K, GRID, preset="shapes")
     model = build_model(processor, root / "vision", root / "llm", vision_feature_layer=-2)
@@ -100,8 +113,10 @@ def _t2i(processor, prompts):
 
 
 def _edits(colors, instruction="make it green"):
-    return ([[Message("user", [image(c), instruction])] for c in colors],
-            [[Message("user", [image(c)])] for c in colors])  # fmt: skip
+    return (
+        [[Message("user", [image(c), instruction])] for c in colors],
+        [[Message("user", [image(c)])] for c in colors],
+    )
 
 
 @pytest.fixture
@@ -152,8 +167,12 @@ def tiny_stages(tmp_path_factory):
         words, root / "enc", tokenizer.codebook_size, tokenizer.grid, preset="shapes"
     )
     model = build_model(processor, root / "enc", LLM_PRESETS["tiny"], vision_feature_layer=-2)
-    detok = build_pipeline(DetokenizerConfig.from_name("tiny", image_size=32, spatial_channels=4),
-                           tokenizer.config.feature_dim, tokenizer.grid[0] * tokenizer.grid[1], tokenizer.grid)  # fmt: skip
+    detok = build_pipeline(
+        DetokenizerConfig.from_name("tiny", image_size=32, spatial_channels=4),
+        tokenizer.config.feature_dim,
+        tokenizer.grid[0] * tokenizer.grid[1],
+        tokenizer.grid,
+    )
     tokenizer.save_pretrained(root / "tok")
     model.save_pretrained(root / "mllm")
     processor.save_pretrained(root / "mllm")
@@ -190,10 +209,17 @@ def _draws_the_reference(fast, model, processor, conversations, unconditional, s
     from illume_mllm import generate_image_tokens
 
     for kwargs in settings:
-        want = generate_image_tokens(model, processor, conversations, unconditional,
-                                     generator=torch.Generator().manual_seed(seed), **kwargs)  # fmt: skip
-        got = fast(conversations, unconditional, generator=torch.Generator().manual_seed(seed),
-                   **kwargs)  # fmt: skip
+        want = generate_image_tokens(
+            model,
+            processor,
+            conversations,
+            unconditional,
+            generator=torch.Generator().manual_seed(seed),
+            **kwargs,
+        )
+        got = fast(
+            conversations, unconditional, generator=torch.Generator().manual_seed(seed), **kwargs
+        )
         assert torch.equal(got, want), kwargs
     return got
 

@@ -42,9 +42,12 @@ def main() -> None:
         "--n", type=int, default=400, help="images scored per split (at most the split's)"
     )
     parser.add_argument(
-        "--steps", action="append", default=[], metavar="STAGE=N",
+        "--steps",
+        action="append",
+        default=[],
+        metavar="STAGE=N",
         help="a codec stage's steps instead of the chain's, e.g. detokenizer=600 (repeatable)",
-    )  # fmt: skip
+    )
     args = parser.parse_args()
     try:
         chain = Chain.load(args.chain)

@@ -61,9 +61,13 @@ def main() -> None:
     pipe = DetokenizerPipeline.from_pretrained(detokenizer_dir)
     pipe.set_progress_bar_config(disable=True)
     evaluate = functools.partial(
-        detokenizer_quality, tokenizer, pipe, "data/shapes/validation", n=args.images,
+        detokenizer_quality,
+        tokenizer,
+        pipe,
+        "data/shapes/validation",
+        n=args.images,
         guidance=args.guidance,
-    )  # fmt: skip
+    )
     quality = evaluate(samplers=SAMPLERS)
     figures["scene_recovery"] = quality["scene_recovery"]
     figures["psnr"] = quality["psnr"]
@@ -105,14 +109,27 @@ def train_detokenizer(args, tokenizer_dir: str, figures: dict) -> str:
     run_stage(
         "detokenizer",
         [
-            "--config", "recipes/shapes/detokenizer.yaml", "--model.tokenizer", tokenizer_dir,
-            "--trainer.enable_progress_bar", "false", *extra,
+            "--config",
+            "recipes/shapes/detokenizer.yaml",
+            "--model.tokenizer",
+            tokenizer_dir,
+            "--trainer.enable_progress_bar",
+            "false",
+            *extra,
         ],
-    )  # fmt: skip
+    )
     figures["detokenizer_train_seconds"] = round(time.perf_counter() - start, 1)
     figures["train_seconds"] = round(
-        sum(figures.get(k, 0.0) for k in ("encoder_train_seconds", "tokenizer_train_seconds", "detokenizer_train_seconds")), 1
-    )  # fmt: skip
+        sum(
+            figures.get(k, 0.0)
+            for k in (
+                "encoder_train_seconds",
+                "tokenizer_train_seconds",
+                "detokenizer_train_seconds",
+            )
+        ),
+        1,
+    )
 
     return "runs/shapes/detokenizer/final"
 

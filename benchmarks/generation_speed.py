@@ -35,9 +35,12 @@ from pathlib import Path
 import torch
 
 PROMPTS = [
-    "a red circle", "two blue squares", "a green triangle to the left of a yellow circle",
-    "a purple square above a cyan triangle", "a yellow circle and a red square",
-]  # fmt: skip
+    "a red circle",
+    "two blue squares",
+    "a green triangle to the left of a yellow circle",
+    "a purple square above a cyan triangle",
+    "a yellow circle and a red square",
+]
 
 
 def shapes_pipeline(root: Path):
@@ -68,8 +71,12 @@ def shapes_pipeline(root: Path):
     model = build_model(
         processor, root / "encoder", LLM_PRESETS["shapes"], vision_feature_layer=-2
     ).eval()
-    detok = build_pipeline(DetokenizerConfig.from_name("shapes"), tokenizer.config.feature_dim,
-                           tokenizer.grid[0] * tokenizer.grid[1], tokenizer.grid)  # fmt: skip
+    detok = build_pipeline(
+        DetokenizerConfig.from_name("shapes"),
+        tokenizer.config.feature_dim,
+        tokenizer.grid[0] * tokenizer.grid[1],
+        tokenizer.grid,
+    )
     return tokenizer, model, processor, detok
 
 
@@ -141,8 +148,13 @@ def decode_roofline(model, processor, device: str, repeats: int, reference: bool
     )
     cache = 2 * k.numel() * k.element_size()
     bound = (weights + cache) / copy_bandwidth(device)
-    out = {"step_ms": step * 1e3, "bound_ms": bound * 1e3, "roofline_fraction": bound / step,
-           "weights_gb": weights / 1e9, "kv_gb": cache / 1e9}  # fmt: skip
+    out = {
+        "step_ms": step * 1e3,
+        "bound_ms": bound * 1e3,
+        "roofline_fraction": bound / step,
+        "weights_gb": weights / 1e9,
+        "kv_gb": cache / 1e9,
+    }
     if reference:
         past = DynamicCache()
         for i in range(s.layers):
@@ -153,8 +165,13 @@ def decode_roofline(model, processor, device: str, repeats: int, reference: bool
         def reference_step():
             if past.get_seq_length() == length:  # drop the previous call's token
                 past.crop(-1)
-            return model(input_ids=token, attention_mask=mask, position_ids=position,
-                         past_key_values=past, use_cache=True).logits  # fmt: skip
+            return model(
+                input_ids=token,
+                attention_mask=mask,
+                position_ids=position,
+                past_key_values=past,
+                use_cache=True,
+            ).logits
 
         out["reference_step_ms"] = best_seconds(reference_step, repeats) * 1e3
     return out
@@ -169,8 +186,13 @@ def gpu_model(processor_dir: Path):
     build_siglip("tiny", vocab_size=len(words)).save_pretrained(processor_dir)
     siglip_image_processor(32).save_pretrained(processor_dir)
     processor = build_processor(words, processor_dir, 16384, (24, 24), preset="shapes")
-    llm = {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
-           "num_attention_heads": 32, "num_key_value_heads": 32}  # fmt: skip
+    llm = {
+        "hidden_size": 4096,
+        "intermediate_size": 11008,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 32,
+    }
     with torch.device("meta"):
         model = build_model(processor, processor_dir, llm, load_weights=False)
     model = model.to_empty(device="cuda").to(torch.bfloat16)

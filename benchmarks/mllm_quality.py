@@ -151,9 +151,11 @@ def main() -> None:
     headline = SamplingConfig(**(chain.sampling | guidance))
     tokenizer, detokenizer = chain.output_of("tokenizer"), chain.output_of("detokenizer")
     pipe = IllumePipeline.from_stages(
-        tokenizer, chain.final_mllm(), detokenizer,
+        tokenizer,
+        chain.final_mllm(),
+        detokenizer,
         sampling=SamplingConfig(**(chain.sampling | guidance)),  # its own: the sweep changes it
-    )  # fmt: skip
+    )
     metrics, _ = evaluate(pipe, sizes)
     # the same edits' targets through tokenizer and detokenizer: what a perfect MLLM would reach
     ceiling = edit_ceiling(pipe, "data/shapes/validation", n=sizes.edit)
@@ -168,9 +170,13 @@ def main() -> None:
     best_of = {}
     if args.best_of > 1:  # the model choosing among its own drawings
         best_of = t2i_quality(
-            pipe, "data/shapes/validation", n=sizes.t2i, best_of=args.best_of,
-            images_per_prompt=sizes.t2i_images, tags=UNSEEN_TAGS,
-        )["summary"]  # fmt: skip
+            pipe,
+            "data/shapes/validation",
+            n=sizes.t2i,
+            best_of=args.best_of,
+            images_per_prompt=sizes.t2i_images,
+            tags=UNSEEN_TAGS,
+        )["summary"]
 
     print(f"{'guidance':>9}{'temperature':>13}{'top-k':>7}{'t2i unseen':>13}")
     sweep = []
@@ -201,9 +207,12 @@ def main() -> None:
             tokenizer, output, detokenizer, sampling=SamplingConfig(**(chain.sampling | guidance))
         )
         by_stage[name] = t2i_quality(
-            staged, "data/shapes/validation", n=args.stage_prompts,
-            images_per_prompt=sizes.t2i_images, tags=UNSEEN_TAGS,
-        )["summary"]  # fmt: skip
+            staged,
+            "data/shapes/validation",
+            n=args.stage_prompts,
+            images_per_prompt=sizes.t2i_images,
+            tags=UNSEEN_TAGS,
+        )["summary"]
     if by_stage:
         tags = list(next(iter(by_stage.values())))
         print(f"\n{'t2i by stage':<14}" + "".join(f"{t:>15}" for t in tags))
@@ -212,9 +221,11 @@ def main() -> None:
 
     print("\n" + headline_table(metrics))
     ceil, copy = ceiling["summary"], ceiling["copy"]
-    print(f"editing ceiling (targets through tokenizer + detokenizer): reached "
-          f"{ceil['target_reached']:.2f}, preserved {ceil['preserved']:.3f}; "
-          f"copying the source: preserved {copy['preserved']:.3f}")  # fmt: skip
+    print(
+        f"editing ceiling (targets through tokenizer + detokenizer): reached "
+        f"{ceil['target_reached']:.2f}, preserved {ceil['preserved']:.3f}; "
+        f"copying the source: preserved {copy['preserved']:.3f}"
+    )
     print(
         f"\n{'edit codes right':<16}{'copied cells':>14}{'changed cells':>15}{'edits copying all':>19}"
         f"{'copied, 1 / 2 / 3+ cells from a change':>40}{'copied, object / background':>30}"
@@ -236,14 +247,18 @@ def main() -> None:
             " / ".join(f"{v:.2f}" for v in layout[k][axis]) for k in ("drawn", "scenes")
         )
         print(f"{axis:<16}{drawn:>22}{scenes:>22}")
-    print(f"\n{'own scene > counterfactual':<28}{'pairs':>7}{'conditional':>13}{'guided':>9}"
-          f"{'trained-on: pairs':>19}{'conditional':>13}{'guided':>9}")  # fmt: skip
+    print(
+        f"\n{'own scene > counterfactual':<28}{'pairs':>7}{'conditional':>13}{'guided':>9}"
+        f"{'trained-on: pairs':>19}{'conditional':>13}{'guided':>9}"
+    )
     for tag, row in probe.items():
         seen = probe_train.get(
             tag, {"pairs": 0, "conditional": float("nan"), "guided": float("nan")}
         )
-        print(f"{tag:<28}{row['pairs']:>7}{row['conditional']:>13.3f}{row['guided']:>9.3f}"
-              f"{seen['pairs']:>19}{seen['conditional']:>13.3f}{seen['guided']:>9.3f}")  # fmt: skip
+        print(
+            f"{tag:<28}{row['pairs']:>7}{row['conditional']:>13.3f}{row['guided']:>9.3f}"
+            f"{seen['pairs']:>19}{seen['conditional']:>13.3f}{seen['guided']:>9.3f}"
+        )
     print(f"\n{'judged by understanding':<28}{'pairs':>7}{'own image wins':>16}")
     for tag, row in judged.items():
         print(f"{tag:<28}{row['pairs']:>7}{row['judged']:>16.3f}")
@@ -252,17 +267,33 @@ def main() -> None:
         print(f"{'':<16}" + "".join(f"{v:>15.3f}" for v in best_of.values()))
     print(f"stage seconds: {json.dumps(seconds)}")
     out = {k: metrics[k] for k in HEADLINE}
-    out |= {"t2i_seen": metrics["t2i_seen"], "intervals": metrics["intervals"],
-            "train_seconds": train_seconds, "stage_seconds": seconds, "t2i": metrics["t2i"],
-            "pope": metrics["pope"], "sweep": sweep, "workdir": str(workdir),
-            "guidance": headline.guidance, "qa_by_type": metrics["qa"], "edits": metrics["edits"],
-            "t2i_failed_aspects": metrics["t2i_failed_aspects"], "t2i_layout": metrics["t2i_layout"], "likelihood_probe": probe,
-            "likelihood_probe_train": probe_train, "judge_probe": judged,
-            "t2i_best_of": {"n": args.best_of, **best_of} if best_of else {}, "edit_ceiling": ceil, "edit_copy": copy,
-            "edit_codes": codes, "t2i_by_stage": by_stage,
-            "steps": steps, "chain": chain.settings(),
-            "stage_args": {k: shlex.join(v) for k, v in extra.items()},
-            "reused": {name: str(source) for name in reuse}}  # fmt: skip
+    out |= {
+        "t2i_seen": metrics["t2i_seen"],
+        "intervals": metrics["intervals"],
+        "train_seconds": train_seconds,
+        "stage_seconds": seconds,
+        "t2i": metrics["t2i"],
+        "pope": metrics["pope"],
+        "sweep": sweep,
+        "workdir": str(workdir),
+        "guidance": headline.guidance,
+        "qa_by_type": metrics["qa"],
+        "edits": metrics["edits"],
+        "t2i_failed_aspects": metrics["t2i_failed_aspects"],
+        "t2i_layout": metrics["t2i_layout"],
+        "likelihood_probe": probe,
+        "likelihood_probe_train": probe_train,
+        "judge_probe": judged,
+        "t2i_best_of": {"n": args.best_of, **best_of} if best_of else {},
+        "edit_ceiling": ceil,
+        "edit_copy": copy,
+        "edit_codes": codes,
+        "t2i_by_stage": by_stage,
+        "steps": steps,
+        "chain": chain.settings(),
+        "stage_args": {k: shlex.join(v) for k, v in extra.items()},
+        "reused": {name: str(source) for name in reuse},
+    }
     print(json.dumps(out))
 
 

@@ -80,10 +80,14 @@ def score(mllm: str, n_t2i: int, n_qa: int, eval_seeds: list[int]) -> dict:
         return cache[key]
 
     t2i = [
-        cached(f"t2i-unseen-{n_t2i}-seed{s}", lambda p, s=s: t2i_quality(
-            p, "data/shapes/validation", n=n_t2i, seed=s, tags=UNSEEN_TAGS)["summary"])
+        cached(
+            f"t2i-unseen-{n_t2i}-seed{s}",
+            lambda p, s=s: t2i_quality(
+                p, "data/shapes/validation", n=n_t2i, seed=s, tags=UNSEEN_TAGS
+            )["summary"],
+        )
         for s in eval_seeds
-    ]  # fmt: skip
+    ]
     qa = cached(
         f"qa-{n_qa}", lambda p: qa_quality(p, "data/shapes/validation", n=n_qa)
     )  # all questions
@@ -171,8 +175,18 @@ def main() -> None:
     results = {"stage3": score(STAGE3, args.eval_t2i, args.eval_qa, args.eval_seeds)}
     for seed in args.seeds:
         for arm, extra in (("self_enhanced", sft), ("control", None)):
-            out = continue_training(STAGE3, TOKENIZER, RECIPE, arms / f"{arm}-seed{seed}", args.steps, seed, extra,
-                                    args.ratio, args=lr_args, progress=False)  # fmt: skip
+            out = continue_training(
+                STAGE3,
+                TOKENIZER,
+                RECIPE,
+                arms / f"{arm}-seed{seed}",
+                args.steps,
+                seed,
+                extra,
+                args.ratio,
+                args=lr_args,
+                progress=False,
+            )
             results[f"{arm}-seed{seed}"] = score(
                 str(out), args.eval_t2i, args.eval_qa, args.eval_seeds
             )
@@ -207,13 +221,17 @@ def main() -> None:
         "control_qa_mean": round(mean("control", "qa_macro"), 4),
         "self_enhanced_pope_mean": round(mean("self_enhanced", "pope_f1_worst"), 4),
         "control_pope_mean": round(mean("control", "pope_f1_worst"), 4),
-        "oracle_passed_share": round(sum(j.accepted and all(a["Score"] for a in j.assessment.values()) for j in judgements) / len(judgements), 4),
+        "oracle_passed_share": round(
+            sum(j.accepted and all(a["Score"] for a in j.assessment.values()) for j in judgements)
+            / len(judgements),
+            4,
+        ),
         "self_assessment": self_assessment,
         "seeds": args.seeds,
         "eval_seeds": args.eval_seeds,
         "lr_scale": args.lr_scale,
         "seconds": round(time.perf_counter() - start, 1),
-    }  # fmt: skip
+    }
     print(json.dumps(figures))
 
 

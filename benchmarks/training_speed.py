@@ -49,12 +49,16 @@ def stage2_batch(processor, grid: tuple[int, int], codebook_size: int, batch: in
     for i in range(batch):
         if i % 3 == 2:
             image = Image.new("RGB", (32, 32), tuple(rng.randrange(256) for _ in range(3)))
-            messages = [Message("user", [image, "What does the image show?"]),
-                        Message("assistant", rng.choice(PROMPTS))]  # fmt: skip
+            messages = [
+                Message("user", [image, "What does the image show?"]),
+                Message("assistant", rng.choice(PROMPTS)),
+            ]
         else:
             codes = torch.randint(0, codebook_size, grid)
-            messages = [Message("user", f"Please create an image showing {rng.choice(PROMPTS)}."),
-                        Message("assistant", [codes])]  # fmt: skip
+            messages = [
+                Message("user", f"Please create an image showing {rng.choice(PROMPTS)}."),
+                Message("assistant", [codes]),
+            ]
         examples.append(processor.encode_conversation(messages))
     return processor.collate(examples)
 

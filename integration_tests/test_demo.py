@@ -18,9 +18,15 @@ def test_demo_smoke_chain_runs_and_resumes(tmp_path, capsys):
     for key in HEADLINE:
         assert 0.0 <= metrics[key] <= 1.0
     assert set(metrics["train_seconds"]) == {
-        "encoder", "tokenizer", "detokenizer", "mllm_stage1", "mllm_stage2", "mllm_stage3", "mllm_anneal",
+        "encoder",
+        "tokenizer",
+        "detokenizer",
+        "mllm_stage1",
+        "mllm_stage2",
+        "mllm_stage3",
+        "mllm_anneal",
         "self_enhance",
-    }  # fmt: skip
+    }
     # Self-enhancement drew, judged and learned: the corpus, the judgements, Fig. C's data, a model.
     summary = json.loads((out / "runs/shapes/self_enhance/summary.json").read_text())
     assert summary["items"] == 4 and summary["accepted"] == 4

@@ -23,10 +23,20 @@ def _train(work: Path, name: str, kill_at: int | None, resume: bool) -> subproce
     run = work / name
     callbacks = [
         {"class_path": "illume_trainer.checkpointing.ResumeState"},
-        {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-         "init_args": {"dirpath": str(run / "ckpt"), "save_last": True, "save_top_k": 0, "every_n_train_steps": 1}},
-        {"class_path": "integration_tests.resume_helpers.RecordBatches", "init_args": {"path": str(run / "batches.jsonl")}},
-    ]  # fmt: skip
+        {
+            "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+            "init_args": {
+                "dirpath": str(run / "ckpt"),
+                "save_last": True,
+                "save_top_k": 0,
+                "every_n_train_steps": 1,
+            },
+        },
+        {
+            "class_path": "integration_tests.resume_helpers.RecordBatches",
+            "init_args": {"path": str(run / "batches.jsonl")},
+        },
+    ]
     if kill_at is not None:
         callbacks.append(
             {
@@ -43,13 +53,39 @@ def _train(work: Path, name: str, kill_at: int | None, resume: bool) -> subproce
     run.mkdir(exist_ok=True)
     (run / "extra.yaml").write_text(yaml.safe_dump(extra))
     args = [
-        sys.executable, "-m", "illume_trainer.cli", "tokenizer", "--config", "recipes/shapes/tokenizer.yaml",
-        "--config", str(run / "extra.yaml"), "--model.preset", "tiny", "--model.encoder", str(work / "enc"),
-        "--model.output_dir", str(run / "out"), "--data.train", f"[{work}/data/train/captions.jsonl]",
-        "--data.val", "null", "--data.batch_size", "8", "--data.image_size", "32", "--trainer.max_steps", str(STEPS + 1),
-        "--trainer.enable_progress_bar", "false", "--trainer.logger", "false", "--trainer.default_root_dir", str(run),
-        "--trainer.num_sanity_val_steps", "0",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "illume_trainer.cli",
+        "tokenizer",
+        "--config",
+        "recipes/shapes/tokenizer.yaml",
+        "--config",
+        str(run / "extra.yaml"),
+        "--model.preset",
+        "tiny",
+        "--model.encoder",
+        str(work / "enc"),
+        "--model.output_dir",
+        str(run / "out"),
+        "--data.train",
+        f"[{work}/data/train/captions.jsonl]",
+        "--data.val",
+        "null",
+        "--data.batch_size",
+        "8",
+        "--data.image_size",
+        "32",
+        "--trainer.max_steps",
+        str(STEPS + 1),
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.logger",
+        "false",
+        "--trainer.default_root_dir",
+        str(run),
+        "--trainer.num_sanity_val_steps",
+        "0",
+    ]
     if resume:
         args += ["--ckpt_path", str(run / "ckpt" / "last.ckpt")]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

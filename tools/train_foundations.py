@@ -23,8 +23,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "packages/illume-trainer/src/illume_trainer/recipes/shapes/encoder.yaml"
-SHIPPED = ("config.json", "model.safetensors", "preprocessor_config.json", "tokenizer.json",
-           "tokenizer_config.json")  # fmt: skip
+SHIPPED = (
+    "config.json",
+    "model.safetensors",
+    "preprocessor_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+)
 
 
 def main() -> None:
@@ -59,9 +64,12 @@ def main() -> None:
     encoder = work / "runs/shapes/encoder/final"
     size = sum((encoder / name).stat().st_size for name in SHIPPED)
     figures = {
-        "machine": f"{platform.machine()} {platform.python_version()}", "scenes": args.scenes,
-        "seconds": round(seconds, 1), "bytes": size, **last,
-    }  # fmt: skip
+        "machine": f"{platform.machine()} {platform.python_version()}",
+        "scenes": args.scenes,
+        "seconds": round(seconds, 1),
+        "bytes": size,
+        **last,
+    }
     if args.install:
         target = FOUNDATIONS_DIR / "encoder"
         target.mkdir(exist_ok=True)

@@ -229,8 +229,11 @@ def test_a_kill_at_any_write_of_a_save_leaves_the_previous_state_loadable(tmp_pa
     script.write_text(_KILL_AT)
 
     def save(version: float, kill_at: int = 0) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, str(script), str(target), str(kill_at), str(version)],
-                              capture_output=True, text=True)  # fmt: skip
+        return subprocess.run(
+            [sys.executable, str(script), str(target), str(kill_at), str(version)],
+            capture_output=True,
+            text=True,
+        )
 
     def versions() -> set[float]:
         found = set()

@@ -27,8 +27,12 @@ def test_content_words_ignore_phrasing():
     )
     assert content_words("How many circles are there?") == ("circle",)
     assert content_words("Is the red circle to the left of the blue square?") == (
-        "red", "circle", "left", "blue", "square",
-    )  # fmt: skip
+        "red",
+        "circle",
+        "left",
+        "blue",
+        "square",
+    )
     assert content_words("What is at the top left?") != content_words("What is at the top right?")
 
 

@@ -22,8 +22,13 @@ def test_object_errors_match_drawings_to_the_scene_by_cell():
         ]
     )
     assert object_errors([drawn, scene.summary()], [scene, scene]) == {
-        "objects": 10, "right": 6, "shape": 2, "colour": 2, "missing": 1, "extra": 1,
-    }  # fmt: skip
+        "objects": 10,
+        "right": 6,
+        "shape": 2,
+        "colour": 2,
+        "missing": 1,
+        "extra": 1,
+    }
 
 
 def test_patches_round_trip_and_codes_that_name_their_patch_decode_exactly():

@@ -90,11 +90,21 @@ def test_aspect_failures_say_where_each_category_misses():
     two = PromptSpec("two_object", (Requirement("circle"), Requirement("triangle")))
     checks = [(s.tag, check_spec(s, objects)) for s in (swapped, right, two)]
     assert aspect_failures(checks) == {
-        "two_object": {"drawings": 1, "Object": 1.0, "Counting": 1.0, "Color": 0.0,
-                       "Spatial Relation": 0.0},
-        "color_attr": {"drawings": 2, "Object": 0.0, "Counting": 0.0, "Color": 0.5,
-                       "Spatial Relation": 0.0},
-    }  # fmt: skip
+        "two_object": {
+            "drawings": 1,
+            "Object": 1.0,
+            "Counting": 1.0,
+            "Color": 0.0,
+            "Spatial Relation": 0.0,
+        },
+        "color_attr": {
+            "drawings": 2,
+            "Object": 0.0,
+            "Counting": 0.0,
+            "Color": 0.5,
+            "Spatial Relation": 0.0,
+        },
+    }
 
 
 def test_bad_images_are_refused_clearly():

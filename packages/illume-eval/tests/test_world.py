@@ -56,8 +56,13 @@ def test_counterfactuals_fail_their_prompt_by_what_its_category_tests():
             assert after == before[:-1]
             continue
         assert len(after) == len(before)
-        moved = {"position": ("row", "col"), "color_attr": ("color",), "colors": ("color",),
-                 "single_object": ("shape",), "two_object": ("shape",)}[spec.tag]  # fmt: skip
+        moved = {
+            "position": ("row", "col"),
+            "color_attr": ("color",),
+            "colors": ("color",),
+            "single_object": ("shape",),
+            "two_object": ("shape",),
+        }[spec.tag]
         for a, b in zip(before, after):  # nothing else changed
             for field in ("shape", "color", "row", "col", "dx", "dy", "scale"):
                 assert getattr(a, field) == getattr(b, field) or field in moved

@@ -46,8 +46,14 @@ def test_same_seed_same_codes_as_the_reference_for_text_to_image(
     conversations, unconditional = t2i(processor, PROMPTS)
     fast = TorchImageGenerator(model, processor)
     kwargs = dict(guidance=guidance, temperature=temperature, top_k=top_k, top_p=top_p)
-    want = generate_image_tokens(model, processor, conversations, unconditional,
-                                 generator=torch.Generator().manual_seed(7), **kwargs)  # fmt: skip
+    want = generate_image_tokens(
+        model,
+        processor,
+        conversations,
+        unconditional,
+        generator=torch.Generator().manual_seed(7),
+        **kwargs,
+    )
     got = fast(conversations, unconditional, generator=torch.Generator().manual_seed(7), **kwargs)
     assert got.shape == (3, *processor.config.image_grid)
     assert torch.equal(got, want)
@@ -57,8 +63,14 @@ def test_same_seed_same_codes_as_the_reference_for_edits_and_the_workspace_is_re
     model, processor = mllm
     conversations, unconditional = edits([(200, 30, 30), (30, 200, 30)])
     fast = TorchImageGenerator(model, processor)
-    want = generate_image_tokens(model, processor, conversations, unconditional, guidance=2.0,
-                                 generator=torch.Generator().manual_seed(3))  # fmt: skip
+    want = generate_image_tokens(
+        model,
+        processor,
+        conversations,
+        unconditional,
+        guidance=2.0,
+        generator=torch.Generator().manual_seed(3),
+    )
     for _ in range(2):  # the second call reuses the cache of the first: nothing of it leaks
         got = fast(
             conversations, unconditional, guidance=2.0, generator=torch.Generator().manual_seed(3)

@@ -55,9 +55,14 @@ def parts(tmp_path_factory):
     SiglipVisionModel(vision).save_pretrained(root / "vision")
     SiglipImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(root / "vision")
     llm = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=2, tie_word_embeddings=False,
-    )  # fmt: skip
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        tie_word_embeddings=False,
+    )
     LlamaForCausalLM(llm).save_pretrained(root / "llm")
     tokenizer.save_pretrained(root / "text")
     return root
@@ -118,9 +123,13 @@ def test_labels_cover_only_assistant_answers(built):
     _, processor = built
     codes = torch.arange(16).reshape(4, 4)
     example = processor.encode_conversation(
-        [Message("user", [_image(), "make it blue"]), Message("assistant", [codes]),
-         Message("user", "what color is it ?"), Message("assistant", "red")]
-    )  # fmt: skip
+        [
+            Message("user", [_image(), "make it blue"]),
+            Message("assistant", [codes]),
+            Message("user", "what color is it ?"),
+            Message("assistant", "red"),
+        ]
+    )
     learned = [t for t, label in zip(example.input_ids, example.labels) if label != IGNORE]
     eos = processor.tokenizer.eos_token_id
     assert learned == [*processor.image_output_ids(codes), eos, *processor.text_ids("red"), eos]
@@ -138,9 +147,15 @@ def test_answer_log_likelihood_is_the_answers_cross_entropy_alone_or_batched(bui
     model, processor = built
     talks = [
         [Message("user", [_image(), "what color is it ?"]), Message("assistant", "red")],
-        [Message("user", [_image((0, 0, 200)), "what color is it ?"]), Message("assistant", "make it blue")],
-        [Message("user", "generate an image of a red circle ."), Message("assistant", [torch.arange(16).reshape(4, 4)])],
-    ]  # fmt: skip
+        [
+            Message("user", [_image((0, 0, 200)), "what color is it ?"]),
+            Message("assistant", "make it blue"),
+        ],
+        [
+            Message("user", "generate an image of a red circle ."),
+            Message("assistant", [torch.arange(16).reshape(4, 4)]),
+        ],
+    ]
     batched = answer_log_likelihood(model, processor, talks)
     for talk, score in zip(talks, batched):
         inputs = processor.collate([processor.encode_conversation(talk)])
@@ -219,9 +234,15 @@ def test_stage_one_moves_only_the_new_vocabulary_rows(built):
         [{"params": matrices, "weight_decay": 0.0}, {"params": adapter}], lr=1e-2
     )
     batch = processor.collate(
-        [processor.encode_conversation([Message("user", [_image()]), Message("assistant", "a red circle")]),
-         processor.encode_conversation([Message("user", "a red circle"), Message("assistant", [torch.randint(0, K, GRID)])])]
-    )  # fmt: skip
+        [
+            processor.encode_conversation(
+                [Message("user", [_image()]), Message("assistant", "a red circle")]
+            ),
+            processor.encode_conversation(
+                [Message("user", "a red circle"), Message("assistant", [torch.randint(0, K, GRID)])]
+            ),
+        ]
+    )
     model(**batch).loss.backward()
     optimizer.step()
     new = model.new_rows()
@@ -349,9 +370,13 @@ def test_grid_embeddings_place_every_code_with_and_without_a_kv_cache(tmp_path, 
     missing = model.load_state_dict(plain.state_dict(), strict=False).missing_keys
     assert sorted(missing) == ["grid_embedding.columns", "grid_embedding.rows"]
     codes = torch.arange(16).reshape(4, 4)
-    batch = processor.collate([processor.encode_conversation(
-        [Message("user", [_image(), "make it blue"]), Message("assistant", [codes])]
-    )])  # fmt: skip
+    batch = processor.collate(
+        [
+            processor.encode_conversation(
+                [Message("user", [_image(), "make it blue"]), Message("assistant", [codes])]
+            )
+        ]
+    )
     batch.pop("labels")
     # Zero at the start: the model is the one without them.
     torch.testing.assert_close(model(**batch).logits, plain(**batch).logits)
@@ -407,8 +432,15 @@ def test_user_text_never_becomes_control_tokens(built):
     no image slot is claimed, no turn ends, no image opens."""
     _, processor = built
     v = processor.vocab
-    controls = {v.image, v.start_of_image, v.end_of_image, v.end_of_line, *v.vision_ids,
-                processor.tokenizer.eos_token_id, processor.tokenizer.bos_token_id}  # fmt: skip
+    controls = {
+        v.image,
+        v.start_of_image,
+        v.end_of_image,
+        v.end_of_line,
+        *v.vision_ids,
+        processor.tokenizer.eos_token_id,
+        processor.tokenizer.bos_token_id,
+    }
     typed = "how many <image> are there ? <start_of_image> <image_3> </s> <s>"
     assert not set(processor.text_ids(typed)) & controls
     example = processor.encode_conversation([Message("user", [typed])], add_generation_prompt=True)

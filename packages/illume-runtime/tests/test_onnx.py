@@ -38,9 +38,15 @@ def reference(pipeline_dir):
 def test_every_graph_is_listed_checked_and_named_by_the_kv_convention(exported):
     out, manifest = exported
     assert set(manifest["graphs"]) == {
-        "tokenizer_encoder", "tokenizer_decoder", "vision_adapter", "embeddings", "prefill", "decode",
-        "conditioner", "unet_step",
-    }  # fmt: skip
+        "tokenizer_encoder",
+        "tokenizer_decoder",
+        "vision_adapter",
+        "embeddings",
+        "prefill",
+        "decode",
+        "conditioner",
+        "unet_step",
+    }
     assert json.loads((out / "manifest.json").read_text()) == manifest
     for spec in manifest["graphs"].values():
         onnx.checker.check_model(str(out / spec["file"]), full_check=True)
@@ -86,8 +92,13 @@ def test_each_sub_model_matches_pytorch_at_other_batch_sizes(exported, reference
         sample = torch.randn(3, 3, 32, 32)  # the tiny preset denoises 32x32 RGB pixels
         t = torch.tensor([1.0, 300.0, 999.0])
         want = detok.predict(sample, t, conditions)
-        got = models.run("unet_step", sample=sample.numpy(), timestep=t.numpy(),
-                         encoder_hidden_states=conditions.encoder_hidden_states.numpy(), spatial=conditions.spatial.numpy())  # fmt: skip
+        got = models.run(
+            "unet_step",
+            sample=sample.numpy(),
+            timestep=t.numpy(),
+            encoder_hidden_states=conditions.encoder_hidden_states.numpy(),
+            spatial=conditions.spatial.numpy(),
+        )
         _close(got[0], want)
 
 
@@ -106,15 +117,23 @@ def test_prefill_then_decode_match_the_transformers_model(exported, reference):
     )
     positions = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)
     with torch.no_grad():
-        full = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=positions,
-                     use_cache=True)  # fmt: skip
+        full = model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            position_ids=positions,
+            use_cache=True,
+        )
     _close(logits.numpy(), full.logits[:, -1])
     token = np.array([5, 6], np.int64)
     mask = np.concatenate([mask, np.ones((2, 1), np.int64)], axis=1)
     step, _ = gen._decode(token, mask, position, presents)
     with torch.no_grad():
-        want = model(input_ids=torch.from_numpy(token)[:, None], attention_mask=torch.from_numpy(mask),
-                     position_ids=torch.from_numpy(position)[:, None], past_key_values=full.past_key_values).logits[:, -1]  # fmt: skip
+        want = model(
+            input_ids=torch.from_numpy(token)[:, None],
+            attention_mask=torch.from_numpy(mask),
+            position_ids=torch.from_numpy(position)[:, None],
+            past_key_values=full.past_key_values,
+        ).logits[:, -1]
     _close(step.numpy(), want)
 
 
@@ -131,8 +150,9 @@ def test_onnx_loop_draws_the_reference_codes_with_the_same_seed(
         {"guidance": 2.0, "temperature": 0.7, "top_k": 5},
         {"guidance": 1.0, "temperature": 0.0},
     )
-    draws_the_reference(OnnxImageGenerator(out), model, processor, conversations, unconditional,
-                        settings, seed=11)  # fmt: skip
+    draws_the_reference(
+        OnnxImageGenerator(out), model, processor, conversations, unconditional, settings, seed=11
+    )
 
 
 @pytest.mark.slow  # a second ONNX export: ~20 s
@@ -144,8 +164,11 @@ def test_grid_embeddings_export_and_draw_the_reference_codes(
     assert manifest["grid_embeddings"] is True
     assert manifest["graphs"]["embeddings"]["inputs"] == ["input_ids", "grid_positions"]
     assert manifest["graphs"]["decode"]["inputs"][:4] == [
-        "input_ids", "attention_mask", "position_ids", "grid_positions",
-    ]  # fmt: skip
+        "input_ids",
+        "attention_mask",
+        "position_ids",
+        "grid_positions",
+    ]
     model = IllumeForConditionalGeneration.from_pretrained(grid_pipeline_dir / "mllm").eval()
     processor = IllumeProcessor.from_pretrained(grid_pipeline_dir / "mllm")
     gen = OnnxImageGenerator(tmp_path / "graphs")
@@ -163,8 +186,10 @@ def test_identical_greedy_text_on_a_fixed_prompt_set(exported, reference):
     _, model, processor, _ = reference
     from PIL import Image
 
-    conversations = [[Message("user", [Image.new("RGB", (32, 32), c), q])]
-                     for c, q in (((200, 0, 0), "what is it ?"), ((0, 0, 200), "a red circle"))]  # fmt: skip
+    conversations = [
+        [Message("user", [Image.new("RGB", (32, 32), c), q])]
+        for c, q in (((200, 0, 0), "what is it ?"), ((0, 0, 200), "a red circle"))
+    ]
     want = generate_text(model, processor, conversations, max_new_tokens=6)
     assert OnnxImageGenerator(out).greedy_text(conversations, max_new_tokens=6) == want
 

@@ -26,12 +26,25 @@ def shapes_data(tmp_path_factory):
 
 def _common(tmp_path, data, steps=3):
     return [
-        "--trainer.max_steps", str(steps), "--trainer.enable_progress_bar", "false", "--trainer.logger", "false",
-        "--trainer.default_root_dir", str(tmp_path),
-        "--trainer.val_check_interval", "null", "--trainer.check_val_every_n_epoch", "1",
-        "--data.train", f"[{data}/train/captions.jsonl]", "--data.val", f"[{data}/validation/captions.jsonl]",
-        "--data.batch_size", "8",
-    ]  # fmt: skip
+        "--trainer.max_steps",
+        str(steps),
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.logger",
+        "false",
+        "--trainer.default_root_dir",
+        str(tmp_path),
+        "--trainer.val_check_interval",
+        "null",
+        "--trainer.check_val_every_n_epoch",
+        "1",
+        "--data.train",
+        f"[{data}/train/captions.jsonl]",
+        "--data.val",
+        f"[{data}/validation/captions.jsonl]",
+        "--data.batch_size",
+        "8",
+    ]
 
 
 def test_encoder_then_tokenizer_stage_through_the_cli(tmp_path, shapes_data):
@@ -245,11 +258,23 @@ def test_precision_is_bf16_mixed_by_default_only_for_measured_stages_on_native_b
     monkeypatch.setattr(precision, "cpu_has_bf16_units", lambda: native_bf16)
     tokenizer_dir = _tiny_tokenizer(tmp_path)
     mllm = [
-        "--config", "recipes/shapes/mllm_stage1.yaml", "--model.llm", "tiny",
-        "--model.tokenizer", str(tokenizer_dir), "--model.output_dir", str(tmp_path / "out"),
-        "--data.train", f"[{shapes_data}/train/i2t.json]", "--data.weights", "null",
-        "--data.val", "null", "--trainer.logger", "false",
-    ]  # fmt: skip
+        "--config",
+        "recipes/shapes/mllm_stage1.yaml",
+        "--model.llm",
+        "tiny",
+        "--model.tokenizer",
+        str(tokenizer_dir),
+        "--model.output_dir",
+        str(tmp_path / "out"),
+        "--data.train",
+        f"[{shapes_data}/train/i2t.json]",
+        "--data.weights",
+        "null",
+        "--data.val",
+        "null",
+        "--trainer.logger",
+        "false",
+    ]
     assert run_stage("mllm", mllm, run=False).trainer.precision == (
         "bf16-mixed" if native_bf16 else "32-true"
     )
@@ -257,9 +282,18 @@ def test_precision_is_bf16_mixed_by_default_only_for_measured_stages_on_native_b
     explicit = run_stage("mllm", [*mllm, "--trainer.precision", other], run=False)
     assert explicit.trainer.precision == other  # the recipe or command line wins
     tokenizer = run_stage(
-        "tokenizer", ["--config", "recipes/shapes/tokenizer.yaml", "--model.encoder",
-                      str(_tiny_encoder(tmp_path)), "--data.image_size", "32", *_common(tmp_path, shapes_data)], run=False
-    )  # fmt: skip
+        "tokenizer",
+        [
+            "--config",
+            "recipes/shapes/tokenizer.yaml",
+            "--model.encoder",
+            str(_tiny_encoder(tmp_path)),
+            "--data.image_size",
+            "32",
+            *_common(tmp_path, shapes_data),
+        ],
+        run=False,
+    )
     assert tokenizer.trainer.precision == "32-true"  # not measured in bf16: float32
     assert precision.fast_precision("cuda") == (
         "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32-true"
@@ -276,11 +310,21 @@ def test_detokenizer_stage_through_the_cli_and_its_quality_figures(tmp_path, sha
     run_stage(
         "detokenizer",
         [
-            "--config", "recipes/shapes/detokenizer.yaml", "--model.tokenizer", str(tokenizer_dir),
-            "--model.output_dir", str(out), "--model.preset", "tiny",
-            "--model.overrides", '{"image_size": 32}', "--data.image_size", "32", *_common(tmp_path, shapes_data),
+            "--config",
+            "recipes/shapes/detokenizer.yaml",
+            "--model.tokenizer",
+            str(tokenizer_dir),
+            "--model.output_dir",
+            str(out),
+            "--model.preset",
+            "tiny",
+            "--model.overrides",
+            '{"image_size": 32}',
+            "--data.image_size",
+            "32",
+            *_common(tmp_path, shapes_data),
         ],
-    )  # fmt: skip
+    )
     pipe = DetokenizerPipeline.from_pretrained(out)
     pipe.set_progress_bar_config(disable=True)
     assert (out / "tokenizer.txt").read_text().strip() == str(tokenizer_dir.resolve())
@@ -304,9 +348,14 @@ def test_detokenizer_stage_through_the_cli_and_its_quality_figures(tmp_path, sha
     assert set(t2i) == tags | {"overall"} and all(0 <= v <= 1 for v in t2i.values())
     # The diagnostic conditions on the encoder's own features: other features, other pixels.
     unquantized = detokenizer_quality(
-        tokenizer, pipe, shapes_data / "validation", n=4, samplers=(("dpm++", 2),),
-        batch_size=3, condition="encoder",
-    )  # fmt: skip
+        tokenizer,
+        pipe,
+        shapes_data / "validation",
+        n=4,
+        samplers=(("dpm++", 2),),
+        batch_size=3,
+        condition="encoder",
+    )
     assert unquantized["psnr"] != figures["by_sampler"]["dpm++@2"]["psnr"]
     with pytest.raises(ValueError, match="'codes' or 'encoder'"):
         detokenizer_quality(tokenizer, pipe, shapes_data / "validation", n=4, condition="pixels")
@@ -356,15 +405,28 @@ def test_paper_scale_detokenizer_recipe_trains_sdxl_attention_only(tmp_path):
     # An SDXL-shaped model in miniature stands in for the user's local SDXL directory.
     sdxl = tmp_path / "sdxl"
     UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 32),
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        layers_per_block=1, attention_head_dim=8, cross_attention_dim=64, norm_num_groups=8,
-        addition_embed_type="text_time", addition_time_embed_dim=8, projection_class_embeddings_input_dim=32 + 6 * 8,
-    ).save_pretrained(sdxl / "unet")  # fmt: skip
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 32),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        layers_per_block=1,
+        attention_head_dim=8,
+        cross_attention_dim=64,
+        norm_num_groups=8,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=32 + 6 * 8,
+    ).save_pretrained(sdxl / "unet")
     AutoencoderKL(
-        block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=8, sample_size=16,
-    ).save_pretrained(sdxl / "vae")  # fmt: skip
+        block_out_channels=(8, 16),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=16,
+    ).save_pretrained(sdxl / "vae")
     EulerDiscreteScheduler(beta_schedule="scaled_linear").save_pretrained(sdxl / "scheduler")
     tokenizer_dir = _tiny_tokenizer(tmp_path)
     stage = DetokenizerStage(**(model | {"tokenizer": str(tokenizer_dir), "sdxl": str(sdxl)}))
@@ -388,11 +450,23 @@ def test_mllm_stages_one_to_three_through_the_cli(tmp_path, shapes_data):
     tokenizer_dir = _tiny_tokenizer(tmp_path)
     data = shapes_data
     common = [
-        "--trainer.max_steps", "2", "--trainer.enable_progress_bar", "false", "--trainer.logger", "false",
-        "--trainer.default_root_dir", str(tmp_path),
-        "--trainer.val_check_interval", "null", "--trainer.check_val_every_n_epoch", "1",
-        "--data.batch_size", "4", "--model.tokenizer", str(tokenizer_dir),
-    ]  # fmt: skip
+        "--trainer.max_steps",
+        "2",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.logger",
+        "false",
+        "--trainer.default_root_dir",
+        str(tmp_path),
+        "--trainer.val_check_interval",
+        "null",
+        "--trainer.check_val_every_n_epoch",
+        "1",
+        "--data.batch_size",
+        "4",
+        "--model.tokenizer",
+        str(tokenizer_dir),
+    ]
     previous = None
     for stage in ("stage1", "stage2", "stage3", "anneal"):
         out = tmp_path / stage
@@ -453,9 +527,13 @@ def test_mllm_stages_one_to_three_through_the_cli(tmp_path, shapes_data):
     _check_grid_embeddings(tmp_path, tokenizer_dir, previous)
     _check_attn_implementation(tmp_path, tokenizer_dir, previous, data)
     codes = generate_image_tokens(
-        model, processor, [processor.t2i_messages("a red circle")], [processor.t2i_messages("")], guidance=2.0,
+        model,
+        processor,
+        [processor.t2i_messages("a red circle")],
+        [processor.t2i_messages("")],
+        guidance=2.0,
         generator=torch.Generator().manual_seed(0),
-    )  # fmt: skip
+    )
     assert codes.shape == (1, 4, 4)
 
 
@@ -470,14 +548,21 @@ def _check_attn_implementation(tmp_path, tokenizer_dir, init, data):
     )
     from illume_trainer.stages.mllm import MLLMStage
 
-    conversations = [*read_conversations(data / "train" / "qa.json")[:3],
-                     *read_conversations(data / "train" / "t2i.json")[:2]]  # fmt: skip
+    conversations = [
+        *read_conversations(data / "train" / "qa.json")[:3],
+        *read_conversations(data / "train" / "t2i.json")[:2],
+    ]
     items = [ConversationDataset([c])[0] for c in pack_by_image(conversations)]
     assert isinstance(items[0], PackSample)  # the three questions share their image
     losses = {}
     for kernels in ("sdpa", "eager"):
-        stage = MLLMStage(str(tmp_path / kernels), str(tokenizer_dir), {"llm": 1e-4}, init=str(init),
-                          attn_implementation=kernels)  # fmt: skip
+        stage = MLLMStage(
+            str(tmp_path / kernels),
+            str(tokenizer_dir),
+            {"llm": 1e-4},
+            init=str(init),
+            attn_implementation=kernels,
+        )
         stage.configure_model()
         assert stage.model.config.text_config._attn_implementation == kernels
         with torch.no_grad():
@@ -494,8 +579,9 @@ def _check_grid_embeddings(tmp_path, tokenizer_dir, init):
     from illume_trainer.stages.mllm import MLLMStage
 
     for groups in ({"llm": 1e-4}, {"adapter": 1e-3, "new_rows": 2e-4}):
-        stage = MLLMStage(str(tmp_path / "g"), str(tokenizer_dir), groups, init=str(init),
-                          grid_embeddings=True)  # fmt: skip
+        stage = MLLMStage(
+            str(tmp_path / "g"), str(tokenizer_dir), groups, init=str(init), grid_embeddings=True
+        )
         stage.configure_model()
         grid = stage.model.grid_embedding
         assert not grid.rows.any() and grid.rows.requires_grad
@@ -504,8 +590,13 @@ def _check_grid_embeddings(tmp_path, tokenizer_dir, init):
     stage.model.save_pretrained(tmp_path / "with_grid")
     stage.processor.save_pretrained(tmp_path / "with_grid")
     with pytest.raises(ValueError, match="cannot remove them"):
-        MLLMStage(str(tmp_path / "g"), str(tokenizer_dir), {"llm": 1e-4},
-                  init=str(tmp_path / "with_grid"), grid_embeddings=False)  # fmt: skip
+        MLLMStage(
+            str(tmp_path / "g"),
+            str(tokenizer_dir),
+            {"llm": 1e-4},
+            init=str(tmp_path / "with_grid"),
+            grid_embeddings=False,
+        )
 
 
 def _check_loss_weighting(tmp_path, tokenizer_dir, init, data):
@@ -520,16 +611,25 @@ def _check_loss_weighting(tmp_path, tokenizer_dir, init, data):
     items = [ConversationDataset([c])[0] for c in (qa, t2i)]
     losses = {}
     for weighting in ("token", "example"):
-        stage = MLLMStage(str(tmp_path / "w"), str(tokenizer_dir), {"llm": 1e-4}, init=str(init),
-                          loss_weighting=weighting).eval()  # fmt: skip
+        stage = MLLMStage(
+            str(tmp_path / "w"),
+            str(tokenizer_dir),
+            {"llm": 1e-4},
+            init=str(init),
+            loss_weighting=weighting,
+        ).eval()
         with torch.no_grad():
             alone = [stage._loss({"items": [item]}, training=False)[0] for item in items]
             losses[weighting] = stage._loss({"items": items}, training=False)[0]
         answered = [
-            sum(label != IGNORE for label in stage.processor.encode_conversation(
-                stage.transform.messages(item, training=False)).labels[1:])
+            sum(
+                label != IGNORE
+                for label in stage.processor.encode_conversation(
+                    stage.transform.messages(item, training=False)
+                ).labels[1:]
+            )
             for item in items
-        ]  # fmt: skip
+        ]
     assert torch.allclose(losses["example"], (alone[0] + alone[1]) / 2, atol=1e-5)
     by_tokens = (alone[0] * answered[0] + alone[1] * answered[1]) / sum(answered)
     assert torch.allclose(losses["token"], by_tokens, atol=1e-5)
@@ -575,8 +675,13 @@ def _check_packing_by_image(tmp_path, tokenizer_dir, init, data):
     ]
     expected = sum(loss * n for loss, n in zip(alone, answered)) / sum(answered)
     assert torch.allclose(packed, expected, atol=1e-5)
-    by_example = MLLMStage(str(tmp_path / "p"), str(tokenizer_dir), {"llm": 1e-4}, init=str(init),
-                           loss_weighting="example")  # fmt: skip
+    by_example = MLLMStage(
+        str(tmp_path / "p"),
+        str(tokenizer_dir),
+        {"llm": 1e-4},
+        init=str(init),
+        loss_weighting="example",
+    )
     with pytest.raises(ValueError, match="loss_weighting: token"):
         by_example.transform(item, training=False)
 
@@ -594,8 +699,14 @@ def _check_unconditional_prompts(tmp_path, tokenizer_dir, init, data):
         name: ConversationDataset([read_conversations(data / "train" / f"{name}.json")[0]])[0]
         for name in ("t2i", "edits", "qa")
     }
-    always = MLLMStage(str(tmp_path / "u"), str(tokenizer_dir), {"llm": 1e-4}, init=str(init),
-                       p_uncond=1.0, edit_source_codes=False)  # fmt: skip
+    always = MLLMStage(
+        str(tmp_path / "u"),
+        str(tokenizer_dir),
+        {"llm": 1e-4},
+        init=str(init),
+        p_uncond=1.0,
+        edit_source_codes=False,
+    )
     kept = {
         n: always.transform.messages(item, training=False)[0].parts for n, item in items.items()
     }
@@ -610,8 +721,14 @@ def _check_unconditional_prompts(tmp_path, tokenizer_dir, init, data):
     assert [type(p) for p in dropped["qa"]] == [type(p) for p in kept["qa"]] == [Image.Image, str]
     # with edit_source_codes, an edit's source image also comes as its codes (dropped text or
     # not); questions about an image never carry them
-    codes = MLLMStage(str(tmp_path / "c"), str(tokenizer_dir), {"llm": 1e-4}, init=str(init),
-                      p_uncond=1.0, edit_source_codes=True)  # fmt: skip
+    codes = MLLMStage(
+        str(tmp_path / "c"),
+        str(tokenizer_dir),
+        {"llm": 1e-4},
+        init=str(init),
+        p_uncond=1.0,
+        edit_source_codes=True,
+    )
     assert (
         codes.processor.config.edit_source_codes and not always.processor.config.edit_source_codes
     )
@@ -650,8 +767,14 @@ def test_paper_scale_mllm_recipes_follow_table_5_and_instantiate_on_meta(tmp_pat
     assert trainer["max_steps"] == steps and model["groups"] == groups
     # Shape-only stand-ins for the user's local Vicuna-7B and SigLIP-so400m directories.
     vicuna, siglip = tmp_path / "vicuna", tmp_path / "siglip"
-    LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
-                num_key_value_heads=32, vocab_size=32000).save_pretrained(vicuna)  # fmt: skip
+    LlamaConfig(
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        vocab_size=32000,
+    ).save_pretrained(vicuna)
     build_word_tokenizer(["a red circle", "what is it ?"]).save_pretrained(vicuna)
     SiglipVisionConfig(**SIGLIP_SO400M_VISION).save_pretrained(siglip)
     siglip_image_processor(384).save_pretrained(siglip)
@@ -705,9 +828,19 @@ def test_bad_samples_past_the_ceiling_stop_the_run_and_lose_nothing(tmp_path, sh
     from illume_trainer.guards import TooManyBadSamples
 
     encoder = _tiny_tokenizer(tmp_path).parent / "enc"
-    args = ["--config", "recipes/shapes/tokenizer.yaml", "--model.preset", "tiny", "--model.encoder", str(encoder),
-            "--model.output_dir", str(tmp_path / "trained"), "--data.image_size", "32",
-            *_common(tmp_path, shapes_data, steps=100)]  # fmt: skip
+    args = [
+        "--config",
+        "recipes/shapes/tokenizer.yaml",
+        "--model.preset",
+        "tiny",
+        "--model.encoder",
+        str(encoder),
+        "--model.output_dir",
+        str(tmp_path / "trained"),
+        "--data.image_size",
+        "32",
+        *_common(tmp_path, shapes_data, steps=100),
+    ]
     run_stage("tokenizer", args)
     last = Path(
         "runs/shapes/tokenizer/checkpoints/last.ckpt"

@@ -32,8 +32,10 @@ def test_with_steps_replaces_only_the_named_stages():
     full = Chain.load("full")
     changed = full.with_steps({"mllm_stage3": 1500, "detokenizer": 3000, "mllm_anneal": 200})
     assert [changed.steps(n) for n in ("mllm_stage2", "mllm_stage3", "detokenizer")] == [
-        full.steps("mllm_stage2"), 1500, 3000,
-    ]  # fmt: skip
+        full.steps("mllm_stage2"),
+        1500,
+        3000,
+    ]
     assert changed.steps("mllm_anneal") == 200 and changed.sha256 == full.sha256
     with pytest.raises(ValueError, match="unknown stage 'mllm_stage4'"):
         full.with_steps({"mllm_stage4": 1})

@@ -140,8 +140,17 @@ def test_bad_command_lines_are_one_line_errors_and_lose_nothing(pipeline_dir, tm
     code, err = _fails(["export", "--model", str(pipeline_dir), "--out", str(mine)], capsys)
     assert code == 1 and "not written by illume" in err
     assert [p.name for p in mine.iterdir()] == ["chapter1.txt"]
-    code, err = _fails(["edit", *model, str(tmp_path / "missing.png"), "make it blue",
-                        "--out", str(tmp_path / "e.png")], capsys)  # fmt: skip
+    code, err = _fails(
+        [
+            "edit",
+            *model,
+            str(tmp_path / "missing.png"),
+            "make it blue",
+            "--out",
+            str(tmp_path / "e.png"),
+        ],
+        capsys,
+    )
     assert code == 1 and "cannot load image" in err and "no such file" in err
     # a second run into the same --out: refused, or replaces the first's whole with --overwrite
     gen = ["generate", *model, "a red circle", "--out", str(tmp_path / "gen")]
@@ -230,9 +239,12 @@ def test_code_agreement_counts_copied_and_changed_cells():
     target = source.clone()
     target[0, 0, 0] = 5  # edit 0 changes one cell, edit 1 none
     assert code_agreement(target, source, target) == {
-        "copied": 1.0, "changed": 1.0, "all_copied": 1.0, "cells": {"copied": 11, "changed": 1},
+        "copied": 1.0,
+        "changed": 1.0,
+        "all_copied": 1.0,
+        "cells": {"copied": 11, "changed": 1},
         "copied_by_distance": {"1": 1.0, "2": 1.0, "3+": 1.0},
-    }  # fmt: skip
+    }
     # returning the source copies every cell and changes none
     unedited = code_agreement(source, source, target)
     assert (unedited["copied"], unedited["changed"], unedited["all_copied"]) == (1.0, 0.0, 1.0)
@@ -432,8 +444,11 @@ def test_edit_source_codes_reach_the_model_in_edits_and_in_chat_history(
 
     encoded = []
     encode = pipe.processor.encode_conversation
-    monkeypatch.setattr(pipe.processor, "encode_conversation",
-                        lambda m, **k: encoded.append(list(m)) or encode(m, **k))  # fmt: skip
+    monkeypatch.setattr(
+        pipe.processor,
+        "encode_conversation",
+        lambda m, **k: encoded.append(list(m)) or encode(m, **k),
+    )
     history = [
         Message("user", ["make it blue", source]),
         Message("assistant", [codes]),
@@ -460,8 +475,10 @@ def test_t2i_quality_draws_several_images_per_prompt(pipeline_dir, tmp_path):
     assert [r["spec"].prompt for r in records] == [p for p in prompts for _ in range(3)]
     generator = torch.Generator().manual_seed(0)
     expected = [
-        im for start in (0, 2) for im in pipe.generate_image(prompts[start : start + 2], num_images=3, generator=generator)
-    ]  # fmt: skip
+        im
+        for start in (0, 2)
+        for im in pipe.generate_image(prompts[start : start + 2], num_images=3, generator=generator)
+    ]
     assert [r["image"].tobytes() for r in records] == [im.tobytes() for im in expected]
     assert len({r["image"].tobytes() for r in records[:3]}) > 1  # three draws, not one repeated
     by_tag: dict[str, list[bool]] = {}

@@ -30,8 +30,12 @@ from illume.self_enhance import (
 from illume_eval.assessment import oracle_assessment
 from illume_eval.shapes import PromptSpec, Scene, render_pil, write_dataset
 
-GOOD = oracle_assessment(PromptSpec.from_geneval({"tag": "single_object", "include": [{"class": "circle", "count": 1}],
-                                                  "prompt": "a circle"}), objects=[]).to_json()  # fmt: skip
+GOOD = oracle_assessment(
+    PromptSpec.from_geneval(
+        {"tag": "single_object", "include": [{"class": "circle", "count": 1}], "prompt": "a circle"}
+    ),
+    objects=[],
+).to_json()
 
 
 @pytest.fixture(scope="module")
@@ -140,10 +144,23 @@ def _corpus(tmp_path, n=3):
     items = []
     for i in range(n):
         render_pil(scene).save(tmp_path / "images" / f"{i}.png")
-        items.append(CorpusItem(f"p{i}", "a red circle" if i else "a blue square", f"images/{i}.png",
-                                str(tmp_path / "images" / f"{i}.png"), 0, {}, spec if i else
-                                {"tag": "colors", "include": [{"class": "square", "count": 1, "color": "blue"}],
-                                 "prompt": "a blue square"}))  # fmt: skip
+        items.append(
+            CorpusItem(
+                f"p{i}",
+                "a red circle" if i else "a blue square",
+                f"images/{i}.png",
+                str(tmp_path / "images" / f"{i}.png"),
+                0,
+                {},
+                spec
+                if i
+                else {
+                    "tag": "colors",
+                    "include": [{"class": "square", "count": 1, "color": "blue"}],
+                    "prompt": "a blue square",
+                },
+            )
+        )
     return items
 
 
@@ -173,8 +190,19 @@ def test_a_data_file_naming_a_path_outside_its_folder_is_refused(tmp_path):
     from illume_trainer.conversations import read_conversations
     from illume_trainer.data import ManifestError, read_captions
 
-    (tmp_path / "bad.json").write_text(json.dumps([{"image": "../../../../etc/passwd",
-        "conversations": [{"from": "human", "value": "<image>\nWhat?"}, {"from": "gpt", "value": "x"}]}]))  # fmt: skip
+    (tmp_path / "bad.json").write_text(
+        json.dumps(
+            [
+                {
+                    "image": "../../../../etc/passwd",
+                    "conversations": [
+                        {"from": "human", "value": "<image>\nWhat?"},
+                        {"from": "gpt", "value": "x"},
+                    ],
+                }
+            ]
+        )
+    )
     with pytest.raises(ManifestError, match="entry 1: .* outside its data set"):
         read_conversations(tmp_path / "bad.json")
     (tmp_path / "bad.jsonl").write_text(json.dumps({"image": "/etc/passwd", "text": "x"}) + "\n")
@@ -314,8 +342,9 @@ def endpoint():
 
 
 def _remote(url, **kwargs):
-    return OpenAICompatibleAssessor(url, "qwen2.5-vl", api_key="k", timeout=kwargs.pop("timeout", 2.0),
-                                    backoff=0.01, **kwargs)  # fmt: skip
+    return OpenAICompatibleAssessor(
+        url, "qwen2.5-vl", api_key="k", timeout=kwargs.pop("timeout", 2.0), backoff=0.01, **kwargs
+    )
 
 
 def test_openai_compatible_good_answers_and_the_request(endpoint, tmp_path):
@@ -382,12 +411,18 @@ def test_openai_compatible_survives_hostile_servers(endpoint, tmp_path):
     """A huge reply is abandoned at its cap, a server dripping a byte at a time is cut off at the
     whole-request deadline, a hang-up or a reply that is not UTF-8 is retried: each item ends as
     an accepted or a rejected judgement, and assess() itself never raises."""
-    server = endpoint([
-        ("huge", 80), ("huge", 80),          # 5 MB each, cap 100 KB
-        ("drip", 40), ("drip", 40),          # 8 s each, deadline 1 s
-        ("disconnect", None), ("ok", GOOD),  # hang-up, then fine
-        ("badutf8", None), ("badutf8", None),
-    ])  # fmt: skip
+    server = endpoint(
+        [
+            ("huge", 80),
+            ("huge", 80),  # 5 MB each, cap 100 KB
+            ("drip", 40),
+            ("drip", 40),  # 8 s each, deadline 1 s
+            ("disconnect", None),
+            ("ok", GOOD),  # hang-up, then fine
+            ("badutf8", None),
+            ("badutf8", None),
+        ]
+    )
     items = _corpus(tmp_path, 4)
     assessor = _remote(
         server.url, timeout=1.0, retries=1, concurrency=1, max_response_bytes=100_000
@@ -438,9 +473,16 @@ def test_continue_training_runs_under_any_seed(stages, captions, tmp_path, monke
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "shapes").symlink_to(captions.parents[1])
     monkeypatch.chdir(tmp_path)
-    out = continue_training(str(stages / "mllm"), str(stages / "tok"), "recipes/shapes/mllm_stage3.yaml",
-                            tmp_path / "run", steps=1, seed=1, progress=False,
-                            args=["--data.batch_size", "4", "--trainer.limit_val_batches", "0"])  # fmt: skip
+    out = continue_training(
+        str(stages / "mllm"),
+        str(stages / "tok"),
+        "recipes/shapes/mllm_stage3.yaml",
+        tmp_path / "run",
+        steps=1,
+        seed=1,
+        progress=False,
+        args=["--data.batch_size", "4", "--trainer.limit_val_batches", "0"],
+    )
     assert (out / "config.json").is_file()
 
 

@@ -116,30 +116,41 @@ class UnifiedPipeline(Protocol):
     is a `torch.Generator`: one per evaluation run, so that its figures are reproducible."""
 
     def generate_image(
-        self, prompt: str | Sequence[str], num_images: int = 1, seed: int | None = None,
-        generator: Any | None = None, best_of: int | None = None,
-    ) -> list[Image.Image]:  # fmt: skip
+        self,
+        prompt: str | Sequence[str],
+        num_images: int = 1,
+        seed: int | None = None,
+        generator: Any | None = None,
+        best_of: int | None = None,
+    ) -> list[Image.Image]:
         """Text to image: `num_images` images per prompt, in prompt order."""
         ...
 
     def answer(
-        self, image: Image.Image | Sequence[Image.Image], question: str | Sequence[str],
+        self,
+        image: Image.Image | Sequence[Image.Image],
+        question: str | Sequence[str],
         max_new_tokens: int = 16,
-    ) -> str | list[str]:  # fmt: skip
+    ) -> str | list[str]:
         """Visual question answering; lists give lists."""
         ...
 
     def edit(
-        self, image: Image.Image | Sequence[Image.Image], instruction: str | Sequence[str],
-        seed: int | None = None, generator: Any | None = None,
-    ) -> Image.Image | list[Image.Image]:  # fmt: skip
+        self,
+        image: Image.Image | Sequence[Image.Image],
+        instruction: str | Sequence[str],
+        seed: int | None = None,
+        generator: Any | None = None,
+    ) -> Image.Image | list[Image.Image]:
         """The image edited as its instruction says; lists give lists."""
         ...
 
     def reconstruct(
-        self, image: Image.Image | Sequence[Image.Image], seed: int | None = None,
+        self,
+        image: Image.Image | Sequence[Image.Image],
+        seed: int | None = None,
         generator: Any | None = None,
-    ) -> list[Image.Image]:  # fmt: skip
+    ) -> list[Image.Image]:
         """Image -> the tokenizer's codes -> the detokenizer: the ceiling of drawing and editing."""
         ...
 

@@ -18,6 +18,16 @@ from .conditioner import Conditions, FeatureConditioner
 from .pipeline import SCHEDULERS, DetokenizerPipeline, to_pil
 
 __all__ = [
-    "SCHEDULERS", "TRAINABLE", "Conditions", "DetokenizerConfig", "DetokenizerPipeline", "FeatureConditioner",
-    "__version__", "attention_parameters", "build_pipeline", "from_sdxl", "to_pil", "trainable_parameters",
-]  # fmt: skip
+    "SCHEDULERS",
+    "TRAINABLE",
+    "Conditions",
+    "DetokenizerConfig",
+    "DetokenizerPipeline",
+    "FeatureConditioner",
+    "__version__",
+    "attention_parameters",
+    "build_pipeline",
+    "from_sdxl",
+    "to_pil",
+    "trainable_parameters",
+]

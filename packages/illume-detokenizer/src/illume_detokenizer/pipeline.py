@@ -109,9 +109,10 @@ class DetokenizerPipeline(DiffusionPipeline):
         if patch_coordinates and not conditioner.config.spatial_channels:
             raise ValueError("patch_coordinates needs a conditioner with spatial_channels > 0")
         self.register_to_config(
-            pixel_unshuffle=pixel_unshuffle, coordinate_channels=coordinate_channels,
+            pixel_unshuffle=pixel_unshuffle,
+            coordinate_channels=coordinate_channels,
             patch_coordinates=patch_coordinates,
-        )  # fmt: skip
+        )
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
@@ -194,9 +195,12 @@ class DetokenizerPipeline(DiffusionPipeline):
                 "time_ids": self._time_ids(sample.shape[0], sample.device, sample.dtype),
             }
         return self.unet(
-            sample, t, encoder_hidden_states=conditions.encoder_hidden_states,
-            added_cond_kwargs=added, return_dict=False,
-        )[0]  # fmt: skip
+            sample,
+            t,
+            encoder_hidden_states=conditions.encoder_hidden_states,
+            added_cond_kwargs=added,
+            return_dict=False,
+        )[0]
 
     # -- pixels <-> the U-Net's space ------------------------------------------------------------
 

@@ -69,4 +69,4 @@ __all__ = [
     "prompt_batch",
     "vision_token",
     "vocab_of",
-]  # fmt: skip
+]

@@ -71,9 +71,13 @@ class FlatDecoder(nn.Module):
             getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         )
         self.shape = DecoderShape(
-            layers=len(lm.layers), hidden=config.hidden_size, heads=config.num_attention_heads,
-            kv_heads=config.num_key_value_heads, head_dim=head_dim, vocab=head.weight.shape[0],
-        )  # fmt: skip
+            layers=len(lm.layers),
+            hidden=config.hidden_size,
+            heads=config.num_attention_heads,
+            kv_heads=config.num_key_value_heads,
+            head_dim=head_dim,
+            vocab=head.weight.shape[0],
+        )
         self.embed_tokens, self.layers, self.norm, self.lm_head = (
             lm.embed_tokens,
             lm.layers,
@@ -112,11 +116,15 @@ class FlatDecoder(nn.Module):
 
         a, m = layer.self_attn, layer.mlp
         return {
-            "qkv": weight(a.q_proj, a.k_proj, a.v_proj), "qkv_bias": bias(a.q_proj, a.k_proj, a.v_proj),
-            "o": weight(a.o_proj), "o_bias": bias(a.o_proj),
-            "gate_up": weight(m.gate_proj, m.up_proj), "gate_up_bias": bias(m.gate_proj, m.up_proj),
-            "down": weight(m.down_proj), "down_bias": bias(m.down_proj),
-        }  # fmt: skip
+            "qkv": weight(a.q_proj, a.k_proj, a.v_proj),
+            "qkv_bias": bias(a.q_proj, a.k_proj, a.v_proj),
+            "o": weight(a.o_proj),
+            "o_bias": bias(a.o_proj),
+            "gate_up": weight(m.gate_proj, m.up_proj),
+            "gate_up_bias": bias(m.gate_proj, m.up_proj),
+            "down": weight(m.down_proj),
+            "down_bias": bias(m.down_proj),
+        }
 
     def embed(self, input_ids: torch.Tensor, cells: torch.Tensor | None = None) -> torch.Tensor:
         """input_ids [B, T] -> [B, T, D]; `cells` [B, T]: their grid positions (-1: not a code),

@@ -151,9 +151,14 @@ class ImageTokenSampler(LogitsProcessor):
             ids = self.vocab.vision_ids  # only vision tokens inside a row
             uncond = scores[rows : 2 * rows, ids.start : ids.stop] if self.guidance != 1.0 else None
             code = draw_codes(
-                scores[:rows, ids.start : ids.stop], uncond, self.guidance, self.temperature,
-                self.top_k, self.top_p, self.generator,
-            )  # fmt: skip
+                scores[:rows, ids.start : ids.stop],
+                uncond,
+                self.guidance,
+                self.temperature,
+                self.top_k,
+                self.top_p,
+                self.generator,
+            )
             token = code + ids.start
         token = token.repeat(len(scores) // rows)
         out = torch.full_like(scores, float("-inf"))
@@ -242,9 +247,16 @@ def generate_image_tokens(
     h, w = processor.config.image_grid
     batch = prompt_batch(model, processor, examples, new_tokens=h * (w + 1) + 2)
     sampler = ImageTokenSampler(
-        processor.vocab, processor.config.image_grid, batch["input_ids"].shape[1], guidance,
-        temperature, top_k, top_p, generator, eos_token_id=processor.tokenizer.eos_token_id,
-    )  # fmt: skip
+        processor.vocab,
+        processor.config.image_grid,
+        batch["input_ids"].shape[1],
+        guidance,
+        temperature,
+        top_k,
+        top_p,
+        generator,
+        eos_token_id=processor.tokenizer.eos_token_id,
+    )
     out = model.generate(
         **batch,
         logits_processor=LogitsProcessorList([sampler]),

@@ -207,10 +207,14 @@ class IllumeForConditionalGeneration(LlavaForConditionalGeneration):
             inputs_embeds = self.prompt_embeddings(input_ids, pixel_values, grid_positions)
             input_ids, pixel_values = None, None
         return super().forward(
-            input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask,
-            position_ids=position_ids, past_key_values=past_key_values,
-            inputs_embeds=inputs_embeds, **kwargs,
-        )  # fmt: skip
+            input_ids=input_ids,
+            pixel_values=pixel_values,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            **kwargs,
+        )
 
     def prepare_inputs_for_generation(self, input_ids, *args, **kwargs):
         inputs = super().prepare_inputs_for_generation(input_ids, *args, **kwargs)

@@ -75,13 +75,15 @@ class TorchImageGenerator:
         if key not in self._buffers:
             s, dtype, device = self.decoder.shape, self.decoder.dtype, self.device
             cache = (s.layers, rows, s.kv_heads, slots, s.head_dim)
-            self._buffers = {key: {  # keep one shape: a new batch shape frees the old cache
-                "k": torch.zeros(cache, dtype=dtype, device=device),
-                "v": torch.zeros(cache, dtype=dtype, device=device),
-                "bias": torch.empty(rows, 1, 1, slots, dtype=dtype, device=device),
-                "position": torch.empty(rows, dtype=torch.long, device=device),
-                "slot": torch.empty(1, dtype=torch.long, device=device),
-            }}  # fmt: skip
+            self._buffers = {
+                key: {  # keep one shape: a new batch shape frees the old cache
+                    "k": torch.zeros(cache, dtype=dtype, device=device),
+                    "v": torch.zeros(cache, dtype=dtype, device=device),
+                    "bias": torch.empty(rows, 1, 1, slots, dtype=dtype, device=device),
+                    "position": torch.empty(rows, dtype=torch.long, device=device),
+                    "slot": torch.empty(1, dtype=torch.long, device=device),
+                }
+            }
         return self._buffers[key]
 
     def _decode_step(
@@ -130,9 +132,13 @@ class TorchImageGenerator:
         slots = torch.arange(prompt, device=self.device)
         embeds = self.model.prompt_embeddings(ids, batch.get("pixel_values")).to(self.decoder.dtype)
         hidden = self.decoder.forward_static(
-            embeds, positions_from_mask(mask), padding_causal_bias(key_mask, slots, embeds.dtype),
-            ws["k"], ws["v"], slots,
-        )  # fmt: skip
+            embeds,
+            positions_from_mask(mask),
+            padding_causal_bias(key_mask, slots, embeds.dtype),
+            ws["k"],
+            ws["v"],
+            slots,
+        )
         ws["bias"].copy_(padding_causal_bias(key_mask, slots[-1:], embeds.dtype))
         ws["position"].copy_(mask.sum(-1))
         ws["slot"].fill_(prompt)

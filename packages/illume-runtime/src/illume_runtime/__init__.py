@@ -7,5 +7,9 @@ from .export import export_models, export_pipeline
 from .onnx_generation import OnnxImageGenerator
 
 __all__ = [
-    "OnnxImageGenerator", "OnnxModels", "__version__", "export_models", "export_pipeline",
-]  # fmt: skip
+    "OnnxImageGenerator",
+    "OnnxModels",
+    "__version__",
+    "export_models",
+    "export_pipeline",
+]

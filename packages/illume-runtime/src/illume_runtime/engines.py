@@ -51,10 +51,16 @@ def providers(device: str, directory: Path) -> list:
     if device == "tensorrt":
         cache = _trt_cache_dir(directory)
         cache.mkdir(parents=True, exist_ok=True)
-        trt = ("TensorrtExecutionProvider", {
-            "device_id": 0, "trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache),
-            "trt_timing_cache_enable": True, "trt_timing_cache_path": str(cache),
-        })  # fmt: skip
+        trt = (
+            "TensorrtExecutionProvider",
+            {
+                "device_id": 0,
+                "trt_engine_cache_enable": True,
+                "trt_engine_cache_path": str(cache),
+                "trt_timing_cache_enable": True,
+                "trt_timing_cache_path": str(cache),
+            },
+        )
         return [trt, cuda, "CPUExecutionProvider"]
     raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
 

@@ -192,9 +192,16 @@ def _export(module: nn.Module, args: tuple, path: Path, spec: GraphSpec) -> None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's own deprecation chatter
         program = torch.onnx.export(
-            module.eval(), args, dynamo=True, input_names=spec.inputs, output_names=spec.outputs,
-            dynamic_shapes=dynamic_shapes, opset_version=OPSET, external_data=False, verbose=False,
-        )  # fmt: skip
+            module.eval(),
+            args,
+            dynamo=True,
+            input_names=spec.inputs,
+            output_names=spec.outputs,
+            dynamic_shapes=dynamic_shapes,
+            opset_version=OPSET,
+            external_data=False,
+            verbose=False,
+        )
     registration.setLevel(level)
     program.save(str(path))
     onnx.checker.check_model(str(path), full_check=True)
@@ -251,13 +258,24 @@ def export_models(tokenizer, model, processor, detokenizer, out: Path, verify: b
         ),
     )
     codes = torch.randint(0, tokenizer.codebook_size, (2, h, w))
-    graphs["tokenizer_decoder"] = (_FeatureDecoder(tokenizer), (codes,), GraphSpec(
-        "tokenizer_decoder.onnx", ["codes"], ["features"], {"codes": {0: "batch"}}))  # fmt: skip
+    graphs["tokenizer_decoder"] = (
+        _FeatureDecoder(tokenizer),
+        (codes,),
+        GraphSpec("tokenizer_decoder.onnx", ["codes"], ["features"], {"codes": {0: "batch"}}),
+    )
 
     vision = model.config.vision_config
     image = torch.rand(2, 3, vision.image_size, vision.image_size)
-    graphs["vision_adapter"] = (_Adapter(model), (image,), GraphSpec(
-        "vision_adapter.onnx", ["pixel_values"], ["image_features"], {"pixel_values": {0: "images"}}))  # fmt: skip
+    graphs["vision_adapter"] = (
+        _Adapter(model),
+        (image,),
+        GraphSpec(
+            "vision_adapter.onnx",
+            ["pixel_values"],
+            ["image_features"],
+            {"pixel_values": {0: "images"}},
+        ),
+    )
 
     decoder = FlatDecoder(model)
     s = decoder.shape
@@ -266,26 +284,54 @@ def export_models(tokenizer, model, processor, detokenizer, out: Path, verify: b
     cells = (torch.tensor([[-1, 0, 1, h * w - 1, -1], [2, -1, 3, 4, 5]]),) if grid else ()
     cell_names = ["grid_positions"] if grid else []
     embeddings = (_GridEmbeddings if grid else _Embeddings)(decoder)
-    graphs["embeddings"] = (embeddings, (ids, *cells), GraphSpec(
-        "embeddings.onnx", ["input_ids", *cell_names], ["inputs_embeds"],
-        {n: {0: "batch", 1: "sequence"} for n in ["input_ids", *cell_names]}))  # fmt: skip
+    graphs["embeddings"] = (
+        embeddings,
+        (ids, *cells),
+        GraphSpec(
+            "embeddings.onnx",
+            ["input_ids", *cell_names],
+            ["inputs_embeds"],
+            {n: {0: "batch", 1: "sequence"} for n in ["input_ids", *cell_names]},
+        ),
+    )
     embeds = torch.randn(2, 5, s.hidden)
     mask = torch.tensor([[0, 1, 1, 1, 1], [1, 1, 1, 1, 1]])
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     presents = kv_names(s.layers, "present")
-    graphs["prefill"] = (_Prefill(decoder), (embeds, mask, positions), GraphSpec(
-        "prefill.onnx", ["inputs_embeds", "attention_mask", "position_ids"], ["logits", *presents],
-        {"inputs_embeds": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
-         "position_ids": {0: "batch", 1: "sequence"}}))  # fmt: skip
+    graphs["prefill"] = (
+        _Prefill(decoder),
+        (embeds, mask, positions),
+        GraphSpec(
+            "prefill.onnx",
+            ["inputs_embeds", "attention_mask", "position_ids"],
+            ["logits", *presents],
+            {
+                "inputs_embeds": {0: "batch", 1: "sequence"},
+                "attention_mask": {0: "batch", 1: "sequence"},
+                "position_ids": {0: "batch", 1: "sequence"},
+            },
+        ),
+    )
     past_names = kv_names(s.layers, "past_key_values")
     past = tuple(torch.randn(2, s.kv_heads, 5, s.head_dim) for _ in past_names)
     step_mask = torch.cat([mask, torch.ones(2, 1, dtype=mask.dtype)], dim=1)
     step_cells = tuple(c[:, 1:2] for c in cells)
-    graphs["decode"] = (_Decode(decoder), (ids[:, :1], step_mask, positions[:, -1:] + 1, *step_cells, *past), GraphSpec(
-        "decode.onnx", ["input_ids", "attention_mask", "position_ids", *cell_names, *past_names], ["logits", *presents],
-        {"input_ids": {0: "batch"}, "attention_mask": {0: "batch", 1: "past_sequence + 1"},
-         "position_ids": {0: "batch"}, **{n: {0: "batch"} for n in cell_names},
-         **{n: {0: "batch", 2: "past_sequence"} for n in past_names}}))  # fmt: skip
+    graphs["decode"] = (
+        _Decode(decoder),
+        (ids[:, :1], step_mask, positions[:, -1:] + 1, *step_cells, *past),
+        GraphSpec(
+            "decode.onnx",
+            ["input_ids", "attention_mask", "position_ids", *cell_names, *past_names],
+            ["logits", *presents],
+            {
+                "input_ids": {0: "batch"},
+                "attention_mask": {0: "batch", 1: "past_sequence + 1"},
+                "position_ids": {0: "batch"},
+                **{n: {0: "batch"} for n in cell_names},
+                **{n: {0: "batch", 2: "past_sequence"} for n in past_names},
+            },
+        ),
+    )
 
     conditioner = detokenizer.conditioner
     features = tokenizer.decode_features(codes)
@@ -293,8 +339,11 @@ def export_models(tokenizer, model, processor, detokenizer, out: Path, verify: b
     condition_names = ["encoder_hidden_states"]
     condition_names += ["spatial"] if conditions.spatial is not None else []
     condition_names += ["text_embeds"] if conditions.pooled is not None else []
-    graphs["conditioner"] = (_Conditioner(conditioner), (features,), GraphSpec(
-        "conditioner.onnx", ["features"], condition_names, {"features": {0: "batch"}}))  # fmt: skip
+    graphs["conditioner"] = (
+        _Conditioner(conditioner),
+        (features,),
+        GraphSpec("conditioner.onnx", ["features"], condition_names, {"features": {0: "batch"}}),
+    )
     sample = torch.randn(2, *unet_sample_shape(detokenizer))
     extra_names, extra = [], []
     if conditions.spatial is not None:
@@ -302,9 +351,19 @@ def export_models(tokenizer, model, processor, detokenizer, out: Path, verify: b
     if conditions.pooled is not None:
         extra_names.append("text_embeds"), extra.append(conditions.pooled)
     step = _UNetStep(detokenizer, conditions.spatial is not None, conditions.pooled is not None)
-    graphs["unet_step"] = (step, (sample, torch.tensor([10.0, 500.0]), conditions.encoder_hidden_states, *extra),
-        GraphSpec("unet_step.onnx", ["sample", "timestep", "encoder_hidden_states", *extra_names], ["prediction"],
-                  {n: {0: "batch"} for n in ["sample", "timestep", "encoder_hidden_states", *extra_names]}))  # fmt: skip
+    graphs["unet_step"] = (
+        step,
+        (sample, torch.tensor([10.0, 500.0]), conditions.encoder_hidden_states, *extra),
+        GraphSpec(
+            "unet_step.onnx",
+            ["sample", "timestep", "encoder_hidden_states", *extra_names],
+            ["prediction"],
+            {
+                n: {0: "batch"}
+                for n in ["sample", "timestep", "encoder_hidden_states", *extra_names]
+            },
+        ),
+    )
 
     from rich.progress import Progress
 
@@ -327,12 +386,21 @@ def export_models(tokenizer, model, processor, detokenizer, out: Path, verify: b
         # the language model's context: prompt and drawing together must fit it
         "context": int(model.config.text_config.max_position_embeddings),
         "grid_embeddings": grid,
-        "vision": {"image_size": vision.image_size, "image_seq_length": model.config.image_seq_length},
+        "vision": {
+            "image_size": vision.image_size,
+            "image_seq_length": model.config.image_seq_length,
+        },
         "tokenizer": {"image_size": size, "grid": [h, w], "codebook_size": tokenizer.codebook_size},
-        "vocab": {"image": vocab.image, "start_of_image": vocab.start_of_image, "end_of_image": vocab.end_of_image,
-                  "end_of_line": vocab.end_of_line, "offset": vocab.offset, "codebook_size": vocab.codebook_size},
+        "vocab": {
+            "image": vocab.image,
+            "start_of_image": vocab.start_of_image,
+            "end_of_image": vocab.end_of_image,
+            "end_of_line": vocab.end_of_line,
+            "offset": vocab.offset,
+            "codebook_size": vocab.codebook_size,
+        },
         "versions": {"torch": torch.__version__, "python": platform.python_version()},
-    }  # fmt: skip
+    }
     # What a deployer needs beside the graphs: the prompt processor, and the null condition that
     # the conditioner graph turns into the unconditional branch of the detokenizer's CFG.
     processor.save_pretrained(out / "processor")

@@ -151,8 +151,14 @@ class TensorRTSession:
         import torch
 
         trt = self._trt
-        table = {trt.float32: torch.float32, trt.float16: torch.float16, trt.bfloat16: torch.bfloat16,
-                 trt.int64: torch.int64, trt.int32: torch.int32, trt.bool: torch.bool}  # fmt: skip
+        table = {
+            trt.float32: torch.float32,
+            trt.float16: torch.float16,
+            trt.bfloat16: torch.bfloat16,
+            trt.int64: torch.int64,
+            trt.int32: torch.int32,
+            trt.bool: torch.bool,
+        }
         return table[self.engine.get_tensor_dtype(name)]
 
     def run(self, feeds: dict) -> dict:

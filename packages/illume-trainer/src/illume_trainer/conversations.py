@@ -343,10 +343,15 @@ class ConversationDataModule(L.LightningDataModule):
 
     def _loader(self, conversations, shuffle: bool) -> StatefulDataLoader:
         return make_loader(
-            ConversationDataset(conversations), collate_conversations, self.hparams.batch_size,
-            shuffle, self.hparams.num_workers, self.hparams.seed, self.trainer,
+            ConversationDataset(conversations),
+            collate_conversations,
+            self.hparams.batch_size,
+            shuffle,
+            self.hparams.num_workers,
+            self.hparams.seed,
+            self.trainer,
             [c.length() for c in conversations] if self.hparams.group_by_length else None,
-        )  # fmt: skip
+        )
 
     def train_dataloader(self) -> StatefulDataLoader:
         return self._loader(self.train_set, shuffle=True)

@@ -149,9 +149,15 @@ class LengthGroupedSampler(StatefulDistributedSampler):
     trains like one process. Resumes like its parent (the `yielded` count)."""
 
     def __init__(
-        self, dataset: Dataset, lengths: Sequence[int], batch_size: int, batches_per_group: int = 8,
-        num_replicas: int = 1, rank: int = 0, seed: int = 0,
-    ):  # fmt: skip
+        self,
+        dataset: Dataset,
+        lengths: Sequence[int],
+        batch_size: int,
+        batches_per_group: int = 8,
+        num_replicas: int = 1,
+        rank: int = 0,
+        seed: int = 0,
+    ):
         super().__init__(
             dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True
         )
@@ -186,9 +192,15 @@ class LengthGroupedSampler(StatefulDistributedSampler):
 
 
 def make_loader(
-    dataset: Dataset, collate_fn, batch_size: int, shuffle: bool, num_workers: int, seed: int,
-    trainer=None, lengths: Sequence[int] | None = None,
-) -> StatefulDataLoader:  # fmt: skip
+    dataset: Dataset,
+    collate_fn,
+    batch_size: int,
+    shuffle: bool,
+    num_workers: int,
+    seed: int,
+    trainer=None,
+    lengths: Sequence[int] | None = None,
+) -> StatefulDataLoader:
     """A StatefulDataLoader whose order is a function of (seed, epoch) and whose position is saved
     in checkpoints, so a resumed run sees exactly the batches the uninterrupted run would have.
     Under DDP each process reads its own shard (torchdata's StatefulDistributedSampler).
@@ -264,9 +276,14 @@ class ImageDataModule(L.LightningDataModule):
 
     def _loader(self, records: list[Record], shuffle: bool) -> StatefulDataLoader:
         return make_loader(
-            ImageTextDataset(records, self.hparams.image_size), collate, self.hparams.batch_size,
-            shuffle, self.hparams.num_workers, self.hparams.seed, self.trainer,
-        )  # fmt: skip
+            ImageTextDataset(records, self.hparams.image_size),
+            collate,
+            self.hparams.batch_size,
+            shuffle,
+            self.hparams.num_workers,
+            self.hparams.seed,
+            self.trainer,
+        )
 
     def train_dataloader(self) -> StatefulDataLoader:
         return self._loader(self.train_records, shuffle=True)

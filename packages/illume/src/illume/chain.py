@@ -60,9 +60,13 @@ class ChainData(_Strict):
 
         refuse_stale_runs(str(directory), self.image_size)
         ensure_dataset(
-            directory, self.scenes, seed=self.seed, size=self.image_size, n_eval=self.n_eval,
+            directory,
+            self.scenes,
+            seed=self.seed,
+            size=self.image_size,
+            n_eval=self.n_eval,
             progress=progress,
-        )  # fmt: skip
+        )
 
 
 class ChainStage(_Strict):
@@ -205,7 +209,7 @@ class Chain(_Strict):
 
         stage = self.stage(name)
         recipe = yaml.safe_load(Path(resolve_recipe(stage.recipe)).read_text())
-        return _merge(recipe, stage.overrides)
+        return merge(recipe, stage.overrides)
 
     def steps(self, name: str) -> int:
         stage = self.stage(name)
@@ -240,11 +244,12 @@ class Chain(_Strict):
         return {"file": self.source, "sha256": self.sha256, **self.model_dump()}
 
 
-def _merge(base: dict, overrides: dict) -> dict:
+def merge(base: dict, overrides: dict) -> dict:
+    """`base` with `overrides` merged in, mapping by mapping (a recipe with a chain's overrides)."""
     merged = dict(base)
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
+            merged[key] = merge(merged[key], value)
         else:
             merged[key] = value
     return merged

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from illume_core import atomic_write_json
 
-from .chain import Chain, ChainEvaluation
+from .chain import Chain, ChainEvaluation, merge
 from .pipeline import IllumePipeline, SamplingConfig
 
 #: The headline figures, first in metrics.json, the report and benchmarks. Each is measured on
@@ -84,14 +84,16 @@ def train(
             record(stage.name, start)
             continue
         steps = chain.steps(stage.name)
-        args = [
-            "--config", stage.recipe, "--trainer.max_steps", str(steps),
-            "--trainer.enable_progress_bar", str(progress).lower(),
-            "--trainer.val_check_interval", str(max(1, steps // 2)),
-            "--trainer.log_every_n_steps", str(max(1, min(20, steps // 10))),
-        ]  # fmt: skip
-        if stage.overrides:  # a second config: jsonargparse merges it over the recipe
-            args += ["--config", json.dumps(stage.overrides)]
+        run = {
+            "trainer": {
+                "max_steps": steps,
+                "enable_progress_bar": progress,
+                "val_check_interval": max(1, steps // 2),
+                "log_every_n_steps": max(1, min(20, steps // 10)),
+            }
+        }
+        # the chain's recipe overrides and this run's settings, one config merged over the recipe
+        args = ["--config", stage.recipe, "--config", json.dumps(merge(stage.overrides, run))]
         last = output.parent / "checkpoints" / "last.ckpt"
         if last.is_file():
             args += ["--ckpt_path", str(last)]
@@ -105,8 +107,12 @@ def train(
         from .self_enhance.loop import main as self_enhance_main
 
         start = time.perf_counter()
-        self_enhance_main(["--config", enhance.recipe, "--num_prompts", str(enhance.prompts),
-                    "--sft_steps", str(enhance.sft_steps), "--progress", str(progress).lower()])  # fmt: skip
+        settings = {
+            "num_prompts": enhance.prompts,
+            "sft_steps": enhance.sft_steps,
+            "progress": progress,
+        }
+        self_enhance_main(["--config", enhance.recipe, "--config", json.dumps(settings)])
         record("self_enhance", start)
     return seconds
 
@@ -166,12 +172,16 @@ def evaluate(
     def t2i_figures(name: str) -> dict:
         result, base = t2i[name], baselines[name]
         return {
-            "model": result["summary"], "model_ci95": result["ci95"],
-            "lookup_baseline": base["lookup_baseline"], "lookup_ci95": base["lookup_ci95"],
-            "codec_ceiling": base["codec_ceiling"], "codec_ci95": base["codec_ci95"],
+            "model": result["summary"],
+            "model_ci95": result["ci95"],
+            "lookup_baseline": base["lookup_baseline"],
+            "lookup_ci95": base["lookup_ci95"],
+            "codec_ceiling": base["codec_ceiling"],
+            "codec_ci95": base["codec_ci95"],
             "codec_scene_recovery": base["codec_scene_recovery"],
-            "prompts": result["prompts"], "drawings": result["drawings"],
-        }  # fmt: skip
+            "prompts": result["prompts"],
+            "drawings": result["drawings"],
+        }
 
     metrics = {
         "t2i_unseen": t2i["unseen"]["summary"]["overall"],
@@ -199,10 +209,14 @@ def evaluate(
     pope_n = int(pope[worst]["n"]) if worst else 0
     metrics["intervals"] = {
         "t2i_unseen": {"n": t2i["unseen"]["drawings"], "ci95": t2i["unseen"]["ci95"]},
-        "t2i_lookup_baseline": {"n": t2i["unseen"]["prompts"], "ci95": baselines["unseen"]["lookup_ci95"]},
+        "t2i_lookup_baseline": {
+            "n": t2i["unseen"]["prompts"],
+            "ci95": baselines["unseen"]["lookup_ci95"],
+        },
         "codec_ceiling": {"n": t2i["unseen"]["prompts"], "ci95": baselines["unseen"]["codec_ci95"]},
         "t2i_heldout_compositions": {
-            "n": t2i["heldout_compositions"]["drawings"], "ci95": t2i["heldout_compositions"]["ci95"],
+            "n": t2i["heldout_compositions"]["drawings"],
+            "ci95": t2i["heldout_compositions"]["ci95"],
         },
         "qa_macro": {"n": sum(qa["questions"].values()), "ci95": qa["ci95"]},
         "pope_f1_worst": {"n": pope_n, "ci95": None},  # an F1 has no closed-form interval here
@@ -210,7 +224,7 @@ def evaluate(
         "edit_preserve": {"n": edits["edits"], "ci95": edits["ci95"]["preserved"]},
         "t2i_seen": {"n": t2i["seen"]["drawings"], "ci95": t2i["seen"]["ci95"]},
         "qa_seen_macro": {"n": sum(qa_seen["questions"].values()), "ci95": qa_seen["ci95"]},
-    }  # fmt: skip
+    }
     records = {"t2i": t2i, "baselines": baselines, "qa": qa, "qa_seen": qa_seen, "edits": edits}
     return metrics, records
 
@@ -220,9 +234,10 @@ def headline_table(metrics: dict) -> str:
     to image the lookup baseline and codec ceiling on the same prompts."""
     lines = [f"{'figure':<26}{'value':>8}{'n':>6}{'95% interval':>16}{'lookup':>8}{'codec':>8}"]
     beside = {
-        "t2i_unseen": "unseen", "t2i_seen": "seen",
+        "t2i_unseen": "unseen",
+        "t2i_seen": "seen",
         "t2i_heldout_compositions": "heldout_compositions",
-    }  # fmt: skip
+    }
     for key in (*HEADLINE, "t2i_seen", "qa_seen_macro"):
         interval = metrics["intervals"].get(key, {})
         ci = interval.get("ci95")
@@ -280,9 +295,11 @@ def run_demo(
         chosen.data.ensure("data/shapes", progress=progress)
         seconds = train(chosen, progress=progress)
         pipe = IllumePipeline.from_stages(
-            chosen.output_of("tokenizer"), chosen.final_mllm(), chosen.output_of("detokenizer"),
+            chosen.output_of("tokenizer"),
+            chosen.final_mllm(),
+            chosen.output_of("detokenizer"),
             sampling=SamplingConfig(**chosen.sampling),
-        )  # fmt: skip
+        )
         if not Path("pipeline").is_dir():
             pipe.save_pretrained("pipeline")
         metrics, records = evaluate(pipe, chosen.evaluation)

@@ -160,7 +160,7 @@ class IllumePipeline:
         detokenizer: str | os.PathLike,
         sampling: SamplingConfig | None = None,
     ) -> IllumePipeline:
-        """The outputs of the training stages, each from its own directory."""  # fmt: skip
+        """The outputs of the training stages, each from its own directory."""
         return cls(
             SemanticTokenizer.from_pretrained(tokenizer),
             IllumeForConditionalGeneration.from_pretrained(mllm),
@@ -253,14 +253,19 @@ class IllumePipeline:
         self.detokenizer.use_scheduler(s.sampler)
         seeds = torch.randint(0, 2**31 - 1, (len(codes),), generator=generator).tolist()
         return self.detokenizer(
-            codes=codes, tokenizer=self.tokenizer, steps=s.steps, guidance=s.detokenizer_guidance,
+            codes=codes,
+            tokenizer=self.tokenizer,
+            steps=s.steps,
+            guidance=s.detokenizer_guidance,
             generator=[torch.Generator().manual_seed(x) for x in seeds],
-        ).images  # fmt: skip
+        ).images
 
     def reconstruct(
-        self, image: Image.Image | Sequence[Image.Image], seed: int | None = None,
+        self,
+        image: Image.Image | Sequence[Image.Image],
+        seed: int | None = None,
         generator: torch.Generator | None = None,
-    ) -> list[Image.Image]:  # fmt: skip
+    ) -> list[Image.Image]:
         """Image -> the tokenizer's codes -> the detokenizer: what this pipeline draws for an image
         when the MLLM gets every code right (the ceiling of its drawing and editing figures)."""
         images = [image] if isinstance(image, Image.Image) else list(image)
@@ -273,16 +278,24 @@ class IllumePipeline:
         return self.tokenizer.encode(self.tokenizer.preprocess(list(images))).codes
 
     def draw_codes(
-        self, conversations: Sequence[Sequence[Message]], unconditional, generator: torch.Generator,
+        self,
+        conversations: Sequence[Sequence[Message]],
+        unconditional,
+        generator: torch.Generator,
         edits: bool = False,
-    ) -> torch.Tensor:  # fmt: skip
+    ) -> torch.Tensor:
         """Vision tokens [B, h, w] for conversations ending in a drawing request, at the pipeline's
         sampling (`edits`: the requests show images to edit, drawn at its edit temperature)."""
         s = self.sampling
         return self._draw(
-            conversations, unconditional, generator, guidance=s.guidance,
-            temperature=self._temperature(edits), top_k=s.top_k, top_p=s.top_p,
-        )  # fmt: skip
+            conversations,
+            unconditional,
+            generator,
+            guidance=s.guidance,
+            temperature=self._temperature(edits),
+            top_k=s.top_k,
+            top_p=s.top_p,
+        )
 
     def _temperature(self, edits: bool) -> float:
         s = self.sampling
@@ -291,9 +304,13 @@ class IllumePipeline:
     # -- tasks ------------------------------------------------------------------------------------
 
     def generate_image(
-        self, prompt: str | Sequence[str], num_images: int = 1, seed: int | None = None,
-        generator: torch.Generator | None = None, best_of: int | None = None,
-    ) -> list[Image.Image]:  # fmt: skip
+        self,
+        prompt: str | Sequence[str],
+        num_images: int = 1,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+        best_of: int | None = None,
+    ) -> list[Image.Image]:
         """Text to image: `num_images` images per prompt, in prompt order. `best_of` (default: the
         sampling config's) draws that many candidates for each image and keeps the one `judge`
         rates best, the model's own understanding checking its drawing."""
@@ -321,35 +338,52 @@ class IllumePipeline:
         Comparable between images of the same prompt."""
         question = self.sampling.judge_question
         return answer_log_likelihood(
-            self.model, self.processor,
-            [[Message("user", [im, question]), Message("assistant", p)] for im, p in zip(images, prompts, strict=True)],
-        )  # fmt: skip
+            self.model,
+            self.processor,
+            [
+                [Message("user", [im, question]), Message("assistant", p)]
+                for im, p in zip(images, prompts, strict=True)
+            ],
+        )
 
     def image_log_likelihood(self, prompts: Sequence[str], codes: torch.Tensor) -> torch.Tensor:
         """log p(codes | text-to-image prompt) [B] under the MLLM, summed over the answer's tokens
         (the image's codes and markers); an empty prompt gives the unconditional likelihood."""
         processor = self.processor
         return answer_log_likelihood(
-            self.model, processor,
-            [[*processor.t2i_messages(p), Message("assistant", [c])] for p, c in zip(prompts, codes, strict=True)],
-        )  # fmt: skip
+            self.model,
+            processor,
+            [
+                [*processor.t2i_messages(p), Message("assistant", [c])]
+                for p, c in zip(prompts, codes, strict=True)
+            ],
+        )
 
-    def answer(self, image: Image.Image | Sequence[Image.Image], question: str | Sequence[str], max_new_tokens: int = 16) -> str | list[str]:  # fmt: skip
+    def answer(
+        self,
+        image: Image.Image | Sequence[Image.Image],
+        question: str | Sequence[str],
+        max_new_tokens: int = 16,
+    ) -> str | list[str]:
         """Visual question answering (greedy); a list of images and questions gives a list of answers."""
         single = isinstance(question, str)
         images = [image] if single else list(image)
         questions = [question] if single else list(question)
         answers = generate_text(
-            self.model, self.processor,
+            self.model,
+            self.processor,
             [[Message("user", [im, q])] for im, q in zip(images, questions, strict=True)],
             max_new_tokens=max_new_tokens,
-        )  # fmt: skip
+        )
         return answers[0] if single else answers
 
     def edit(
-        self, image: Image.Image | Sequence[Image.Image], instruction: str | Sequence[str], seed: int | None = None,
+        self,
+        image: Image.Image | Sequence[Image.Image],
+        instruction: str | Sequence[str],
+        seed: int | None = None,
         generator: torch.Generator | None = None,
-    ) -> Image.Image | list[Image.Image]:  # fmt: skip
+    ) -> Image.Image | list[Image.Image]:
         """Image + instruction -> the edited image (CFG against the image without the instruction)."""
         single = isinstance(instruction, str)
         images = [image] if single else list(image)
@@ -385,7 +419,7 @@ class IllumePipeline:
         self, messages: Sequence[Message], seed: int | None = None, max_new_tokens: int = 32
     ) -> str | Image.Image:
         """Answers the last user turn of a conversation with images in its history: text, or an
-        image when the model starts its answer with one."""  # fmt: skip
+        image when the model starts its answer with one."""
         messages = list(messages)
         if self.processor.config.edit_source_codes:  # earlier drawing requests, as trained
             messages = [
@@ -409,8 +443,14 @@ class IllumePipeline:
             edits = any(
                 _draws(m) or any(isinstance(p, Image.Image) for p in m.parts) for m in messages
             )
-            codes = self._draw([messages], None, generator, temperature=self._temperature(edits),
-                               top_k=self.sampling.top_k, top_p=self.sampling.top_p)  # fmt: skip
+            codes = self._draw(
+                [messages],
+                None,
+                generator,
+                temperature=self._temperature(edits),
+                top_k=self.sampling.top_k,
+                top_p=self.sampling.top_p,
+            )
             return self.render(codes, generator)[0]
         return generate_text(self.model, self.processor, [messages], max_new_tokens=max_new_tokens)[
             0

@@ -47,8 +47,12 @@ def _headline_rows(metrics: dict) -> list[dict]:
     for key in (*HEADLINE, "t2i_seen", "qa_seen_macro"):
         interval = metrics["intervals"].get(key, {})
         ci = interval.get("ci95")
-        row = {"figure": key, "value": round(metrics[key], 3), "n": interval.get("n", ""),
-               "95% interval": f"{ci[0]:.3f} - {ci[1]:.3f}" if ci else "-"}  # fmt: skip
+        row = {
+            "figure": key,
+            "value": round(metrics[key], 3),
+            "n": interval.get("n", ""),
+            "95% interval": f"{ci[0]:.3f} - {ci[1]:.3f}" if ci else "-",
+        }
         if key in beside:
             t2i = metrics["t2i"][beside[key]]
             row["lookup baseline"] = round(t2i["lookup_baseline"]["overall"], 3)
@@ -90,10 +94,19 @@ def write_report(path: str, metrics: dict, records: dict, pipe) -> None:
     step = max(1, metrics["chain_settings"]["evaluation"]["t2i_images"])
     prompts = records["t2i"]["unseen"]["records"][::step]
     report.heading("Codec ceiling: the unseen prompts' own images through codes and detokenizer")
-    report.grid([
-        Card([original, drawn], r["spec"].prompt, correct, "original, then image -> codes -> detokenizer")
-        for r, original, drawn, correct in zip(prompts, codec["originals"], codec["images"], codec["codec_correct"], strict=True)
-    ][:16])  # fmt: skip
+    report.grid(
+        [
+            Card(
+                [original, drawn],
+                r["spec"].prompt,
+                correct,
+                "original, then image -> codes -> detokenizer",
+            )
+            for r, original, drawn, correct in zip(
+                prompts, codec["originals"], codec["images"], codec["codec_correct"], strict=True
+            )
+        ][:16]
+    )
     for key, title in _T2I_SECTIONS:
         figures = metrics["t2i"][key]
         report.heading(title)
@@ -103,35 +116,65 @@ def write_report(path: str, metrics: dict, records: dict, pipe) -> None:
             f"codec ceiling {figures['codec_ceiling']['overall']:.3f} (scenes recovered "
             f"{figures['codec_scene_recovery']:.3f})."
         )
-        report.table([
-            {"category": tag, "model": round(v, 3),
-             "lookup baseline": round(figures["lookup_baseline"].get(tag, float("nan")), 3),
-             "codec ceiling": round(figures["codec_ceiling"].get(tag, float("nan")), 3)}
-            for tag, v in figures["model"].items()
-        ])  # fmt: skip
-        report.grid([
-            Card([r["image"]], r["spec"].prompt, r["correct"], _verdict_note(r))
-            for r in records["t2i"][key]["records"][:24]
-        ])  # fmt: skip
+        report.table(
+            [
+                {
+                    "category": tag,
+                    "model": round(v, 3),
+                    "lookup baseline": round(figures["lookup_baseline"].get(tag, float("nan")), 3),
+                    "codec ceiling": round(figures["codec_ceiling"].get(tag, float("nan")), 3),
+                }
+                for tag, v in figures["model"].items()
+            ]
+        )
+        report.grid(
+            [
+                Card([r["image"]], r["spec"].prompt, r["correct"], _verdict_note(r))
+                for r in records["t2i"][key]["records"][:24]
+            ]
+        )
         if key == "unseen":
-            report.paragraph("Where the misses come from: per category, the fraction of drawings "
-                             "that fail each aspect of the assessment (one drawing can fail several).")  # fmt: skip
-            report.table([{"category": tag} | {a: round(v, 3) if isinstance(v, float) else v for a, v in row.items()}
-                          for tag, row in metrics["t2i_failed_aspects"].items()])  # fmt: skip
+            report.paragraph(
+                "Where the misses come from: per category, the fraction of drawings "
+                "that fail each aspect of the assessment (one drawing can fail several)."
+            )
+            report.table(
+                [
+                    {"category": tag}
+                    | {a: round(v, 3) if isinstance(v, float) else v for a, v in row.items()}
+                    for tag, row in metrics["t2i_failed_aspects"].items()
+                ]
+            )
     report.heading(
         "Understanding: accuracy by question type (questions not asked of the same layout in training)"
     )
-    report.table([
-        {"question type": t, "unseen": round(metrics["qa"]["unseen"].get(t, float("nan")), 3),
-         "n": metrics["qa_questions"]["unseen"].get(t, 0),
-         "seen": round(metrics["qa"]["seen"].get(t, float("nan")), 3),
-         "n seen": metrics["qa_questions"]["seen"].get(t, 0)}
-        for t in metrics["qa_questions"]["unseen"]
-    ])  # fmt: skip
+    report.table(
+        [
+            {
+                "question type": t,
+                "unseen": round(metrics["qa"]["unseen"].get(t, float("nan")), 3),
+                "n": metrics["qa_questions"]["unseen"].get(t, 0),
+                "seen": round(metrics["qa"]["seen"].get(t, float("nan")), 3),
+                "n seen": metrics["qa_questions"]["seen"].get(t, 0),
+            }
+            for t in metrics["qa_questions"]["unseen"]
+        ]
+    )
     report.heading("Understanding: answers")
     qa = records["qa"]["records"][:40]
-    report.table([{"image": r["image"], "type": r["type"], "question": r["question"], "answer": r["answer"],
-                   "expected": r["expected"], "right": r["right"]} for r in qa])  # fmt: skip
+    report.table(
+        [
+            {
+                "image": r["image"],
+                "type": r["type"],
+                "question": r["question"],
+                "answer": r["answer"],
+                "expected": r["expected"],
+                "right": r["right"],
+            }
+            for r in qa
+        ]
+    )
     report.heading("Edits (not asked of the same layout in training)")
     cards = []
     for r in records["edits"]["records"][:16]:

@@ -84,4 +84,4 @@ __all__ = [
     "spec_holds",
     "write_dataset",
     "write_split",
-]  # fmt: skip
+]

@@ -105,17 +105,25 @@ def t2i_quality(
     for start in range(0, len(prompts), prompts_a_batch):
         chunk = prompts[start : start + prompts_a_batch]
         images = pipe.generate_image(
-            [s.prompt for _, s in chunk], num_images=images_per_prompt, generator=generator,
+            [s.prompt for _, s in chunk],
+            num_images=images_per_prompt,
+            generator=generator,
             best_of=best_of,
-        )  # fmt: skip
+        )
         drawn = [(i, s) for i, s in chunk for _ in range(images_per_prompt)]
         for (prompt, spec), image in zip(drawn, images, strict=True):
             objects = detect(image)
             check = check_spec(spec, objects)
             records.append(
-                {"prompt": prompt, "spec": spec, "image": image, "correct": check.correct,
-                 "check": check, "objects": objects}
-            )  # fmt: skip
+                {
+                    "prompt": prompt,
+                    "spec": spec,
+                    "image": image,
+                    "correct": check.correct,
+                    "check": check,
+                    "objects": objects,
+                }
+            )
     verdicts = [(r["spec"].tag, r["correct"]) for r in records]
     return {
         "summary": geneval_summary(verdicts),
@@ -127,9 +135,14 @@ def t2i_quality(
 
 
 def t2i_baselines(
-    pipe: UnifiedPipeline, overlap: TrainingOverlap, split_dir: str | os.PathLike, n: int, tags=None,
-    seed: int = 0, batch_size: int = 16,
-) -> dict:  # fmt: skip
+    pipe: UnifiedPipeline,
+    overlap: TrainingOverlap,
+    split_dir: str | os.PathLike,
+    n: int,
+    tags=None,
+    seed: int = 0,
+    batch_size: int = 16,
+) -> dict:
     """What the same prompts as `t2i_quality(pipe, split_dir, n, tags=tags)` score without the
     MLLM. "lookup_baseline": a training image drawn for the same spec, or nothing (0 on prompts
     never drawn in training, by construction). "codec_ceiling": each prompt's own scene (the
@@ -192,9 +205,13 @@ def object_layout(records: list[dict], split_dir: str | os.PathLike) -> dict:
 
 
 def qa_quality(
-    pipe: UnifiedPipeline, split_dir: str | os.PathLike, n: int = 300, batch_size: int = 32,
-    keep: Callable[[dict], bool] | None = None, per_type: int | None = None,
-) -> dict:  # fmt: skip
+    pipe: UnifiedPipeline,
+    split_dir: str | os.PathLike,
+    n: int = 300,
+    batch_size: int = 32,
+    keep: Callable[[dict], bool] | None = None,
+    per_type: int | None = None,
+) -> dict:
     """Answers questions of a split: the first n, or, with `per_type`, the first `per_type` of each
     question type and three times as many existence probes (POPE's three negative types); only
     rows `keep` accepts (a qa.jsonl row; e.g. not asked of the same layout in training).
@@ -222,10 +239,16 @@ def qa_quality(
         images = [load_image(split_dir / r["image"]) for r in chunk]
         answers += pipe.answer(images, [r["question"] for r in chunk])
     records = [
-        {"image": r["image"], "question": q.question, "answer": a, "expected": q.answer,
-         "type": q.type, "right": normalize_answer(a) == normalize_answer(q.answer)}
+        {
+            "image": r["image"],
+            "question": q.question,
+            "answer": a,
+            "expected": q.answer,
+            "type": q.type,
+            "right": normalize_answer(a) == normalize_answer(q.answer),
+        }
         for r, q, a in zip(rows, questions, answers, strict=True)
-    ]  # fmt: skip
+    ]
     verdicts = [(r["type"], r["right"]) for r in records]
     return {
         "accuracy": qa_accuracy(questions, answers),
@@ -237,9 +260,13 @@ def qa_quality(
 
 
 def edit_quality(
-    pipe: UnifiedPipeline, split_dir: str | os.PathLike, n: int = 100, seed: int = 0, batch_size: int = 16,
+    pipe: UnifiedPipeline,
+    split_dir: str | os.PathLike,
+    n: int = 100,
+    seed: int = 0,
+    batch_size: int = 16,
     keep: Callable[[dict], bool] | None = None,
-) -> dict:  # fmt: skip
+) -> dict:
     """Edits the first n source images of a split that `keep` accepts (an edits.jsonl row; all by
     default); {"summary": target reached / preserved, "ci95": their intervals, "edits": how many,
     "records"}."""
@@ -442,11 +469,14 @@ def likelihood_probe(
         uncond = pipe.image_log_likelihood([""] * len(prompts), codes)
         for k, (spec, _, _) in enumerate(chunk):
             own, other = 2 * k, 2 * k + 1
-            records.append({
-                "tag": spec.tag, "prompt": spec.prompt,
-                "conditional": (float(cond[own]), float(cond[other])),
-                "unconditional": (float(uncond[own]), float(uncond[other])),
-            })  # fmt: skip
+            records.append(
+                {
+                    "tag": spec.tag,
+                    "prompt": spec.prompt,
+                    "conditional": (float(cond[own]), float(cond[other])),
+                    "unconditional": (float(uncond[own]), float(uncond[other])),
+                }
+            )
     wins = []
     for r in records:
         (c_own, c_other), (u_own, u_other) = r["conditional"], r["unconditional"]

@@ -174,7 +174,9 @@ def malformed_render(
     cell = size / GRID
     ys, xs = np.mgrid[0:size, 0:size] + 0.5
     inside = (
-        (xs >= victim.col * cell) & (xs < (victim.col + 1) * cell)
-        & (ys >= victim.row * cell) & (ys < (victim.row + 1) * cell)
-    )  # fmt: skip
+        (xs >= victim.col * cell)
+        & (xs < (victim.col + 1) * cell)
+        & (ys >= victim.row * cell)
+        & (ys < (victim.row + 1) * cell)
+    )
     return paint(image, coverage * inside, COLORS[victim.color])

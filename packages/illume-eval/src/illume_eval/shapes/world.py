@@ -33,10 +33,16 @@ OFFSET_RANGE = 0.08
 
 #: Cell (row, col) -> its name in instructions and answers.
 CELL_NAMES: dict[tuple[int, int], str] = {
-    (0, 0): "top left", (0, 1): "top middle", (0, 2): "top right",
-    (1, 0): "middle left", (1, 1): "center", (1, 2): "middle right",
-    (2, 0): "bottom left", (2, 1): "bottom middle", (2, 2): "bottom right",
-}  # fmt: skip
+    (0, 0): "top left",
+    (0, 1): "top middle",
+    (0, 2): "top right",
+    (1, 0): "middle left",
+    (1, 1): "center",
+    (1, 2): "middle right",
+    (2, 0): "bottom left",
+    (2, 1): "bottom middle",
+    (2, 2): "bottom right",
+}
 CELLS: tuple[tuple[int, int], ...] = tuple(CELL_NAMES)
 
 #: Spatial relations between two objects, by grid cell: "A left of B" means A's column < B's.

@@ -115,9 +115,11 @@ class EncoderStage(GuardedStage):
         self.text_tokenizer = build_word_tokenizer(texts)
         self.text_tokenizer.padding_side = "left"
         self.model = build_siglip(
-            self.hparams.preset, vocab_size=len(self.text_tokenizer),
-            pad_token_id=self.text_tokenizer.pad_token_id, eos_token_id=self.text_tokenizer.eos_token_id,
-        )  # fmt: skip
+            self.hparams.preset,
+            vocab_size=len(self.text_tokenizer),
+            pad_token_id=self.text_tokenizer.pad_token_id,
+            eos_token_id=self.text_tokenizer.eos_token_id,
+        )
         if self.model.config.vision_config.image_size != self.hparams.image_size:
             raise ValueError(
                 f"preset {self.hparams.preset!r} takes {self.model.config.vision_config.image_size}px images, "

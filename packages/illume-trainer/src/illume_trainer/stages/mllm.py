@@ -198,13 +198,20 @@ class MLLMStage(FrozenPartsStage):
             llm = hp.llm
         tok = self.vision_tokenizer
         self.processor = build_processor(
-            text_tokenizer, vision, tok.codebook_size, tok.grid, preset=hp.processor_preset,
+            text_tokenizer,
+            vision,
+            tok.codebook_size,
+            tok.grid,
+            preset=hp.processor_preset,
             edit_source_codes=bool(hp.edit_source_codes),
-        )  # fmt: skip
+        )
         self.model = build_model(
-            self.processor, vision, llm, vision_feature_layer=self._vision_feature_layer(),
+            self.processor,
+            vision,
+            llm,
+            vision_feature_layer=self._vision_feature_layer(),
             grid_embeddings=bool(hp.grid_embeddings),
-        )  # fmt: skip
+        )
 
     def _select(self) -> list[dict]:
         """Freezes everything, then unfreezes the recipe's groups; returns optimizer groups."""
@@ -257,9 +264,12 @@ class MLLMStage(FrozenPartsStage):
         processor the stage trains with."""
         if self._transform is None or self._transform.processor is not self.processor:
             self._transform = ConversationTransform(
-                self.processor, self.vision_tokenizer, self.hparams.p_uncond, self._rng,
+                self.processor,
+                self.vision_tokenizer,
+                self.hparams.p_uncond,
+                self._rng,
                 pack=self.hparams.loss_weighting == "token",
-            )  # fmt: skip
+            )
         return self._transform
 
     def _loss(self, batch, training: bool):

@@ -59,9 +59,15 @@ class TokenizerStage(FrozenPartsStage):
             )
         out = self.tokenizer(self.normalize(pixels))
         self.log_dict(
-            {f"{prefix}/loss": out.loss, f"{prefix}/cosine": out.cosine, f"{prefix}/code_usage": out.usage, f"{prefix}/perplexity": out.perplexity},
-            prog_bar=True, batch_size=len(batch["pixels"]),
-        )  # fmt: skip
+            {
+                f"{prefix}/loss": out.loss,
+                f"{prefix}/cosine": out.cosine,
+                f"{prefix}/code_usage": out.usage,
+                f"{prefix}/perplexity": out.perplexity,
+            },
+            prog_bar=True,
+            batch_size=len(batch["pixels"]),
+        )
         if batch["skipped"]:
             self.log(f"{prefix}/skipped", float(batch["skipped"]), reduce_fx="sum", batch_size=1)
         return out.loss

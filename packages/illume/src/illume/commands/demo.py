@@ -13,11 +13,15 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--out", default="illume-demo", help="where everything goes (default ./illume-demo)"
     )
     demo.add_argument(
-        "--chain", "--profile", dest="chain", default="default", metavar="NAME_OR_FILE",
+        "--chain",
+        "--profile",
+        dest="chain",
+        default="default",
+        metavar="NAME_OR_FILE",
         help="the chain to run: a shipped one (default: about 12 min on 2 CPU cores, from the "
         "shipped encoder; scratch: the encoder trained too; full: the benchmark figures, hours; "
         "smoke: seconds, plumbing only) or a chain YAML file (recipes/shapes/chains/*.yaml)",
-    )  # fmt: skip
+    )
     demo.set_defaults(handler=_demo)
 
 

@@ -78,8 +78,10 @@ def _audit(args: argparse.Namespace) -> int:
     from illume_eval.shapes.audit import audit, audit_table
 
     if not (Path(args.data) / "train" / "t2i.json").is_file():
-        print(f"illume shapes audit: error: {args.data} holds no ShapesWorld dataset (no train/t2i.json); "
-              "make one with `illume shapes make --out DIR`")  # fmt: skip
+        print(
+            f"illume shapes audit: error: {args.data} holds no ShapesWorld dataset (no train/t2i.json); "
+            "make one with `illume shapes make --out DIR`"
+        )
         return 2
     report = audit(args.data)
     print(audit_table(report))

@@ -18,10 +18,12 @@ def _sampling(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-k", type=int, default=None)
     parser.add_argument("--steps", type=int, default=None, help="detokenizer denoising steps")
     parser.add_argument(
-        "--runtime", default="torch", choices=("torch", "reference", "onnx", "tensorrt"),
+        "--runtime",
+        default="torch",
+        choices=("torch", "reference", "onnx", "tensorrt"),
         help="what draws the vision tokens (same codes for the same seed on a CPU); onnx and "
         "tensorrt run the graphs of --onnx, exported into MODEL/onnx when not given",
-    )  # fmt: skip
+    )
     parser.add_argument("--onnx", default=None, help="an `illume export` directory")
 
 
@@ -31,10 +33,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     generate.add_argument("prompt", help='e.g. "a red circle above a blue square"')
     generate.add_argument("--num-images", type=int, default=1)
     generate.add_argument(
-        "--best-of", type=int, default=None,
+        "--best-of",
+        type=int,
+        default=None,
         help="draw N candidates per image and keep the one the model judges best "
         "(default: the pipeline's sampling.json, else 1)",
-    )  # fmt: skip
+    )
     generate.add_argument(
         "--out", default="generated", help="folder for the PNGs (new or empty; default ./generated)"
     )
@@ -124,8 +128,12 @@ def _load(args: argparse.Namespace):
     from illume.pipeline import IllumePipeline
 
     pipe = IllumePipeline.from_pretrained(args.model)
-    for field, value in (("guidance", getattr(args, "guidance", None)), ("temperature", getattr(args, "temperature", None)),
-                         ("top_k", getattr(args, "top_k", None)), ("steps", getattr(args, "steps", None))):  # fmt: skip
+    for field, value in (
+        ("guidance", getattr(args, "guidance", None)),
+        ("temperature", getattr(args, "temperature", None)),
+        ("top_k", getattr(args, "top_k", None)),
+        ("steps", getattr(args, "steps", None)),
+    ):
         if value is not None:
             setattr(pipe.sampling, field, value)
     if hasattr(args, "runtime"):

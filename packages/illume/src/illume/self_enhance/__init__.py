@@ -21,7 +21,20 @@ from .corpus import (
 from .loop import FOLLOW_UP, self_enhance, sft_conversations
 
 __all__ = [
-    "ASSESSMENTS", "CORPUS", "FOLLOW_UP", "CorpusItem", "Judgement", "ModelAssessor",
-    "OpenAICompatibleAssessor", "OracleAssessor", "Prompt", "assess_corpus", "draw_corpus", "prompts_from_captions",
-    "read_corpus", "read_judgements", "self_enhance", "sft_conversations",
-]  # fmt: skip
+    "ASSESSMENTS",
+    "CORPUS",
+    "FOLLOW_UP",
+    "CorpusItem",
+    "Judgement",
+    "ModelAssessor",
+    "OpenAICompatibleAssessor",
+    "OracleAssessor",
+    "Prompt",
+    "assess_corpus",
+    "draw_corpus",
+    "prompts_from_captions",
+    "read_corpus",
+    "read_judgements",
+    "self_enhance",
+    "sft_conversations",
+]

@@ -185,9 +185,18 @@ class OpenAICompatibleAssessor:
 
     name = "openai-compatible"
 
-    def __init__(self, base_url: str, model: str, api_key: str | None = None, timeout: float = 60.0,
-                 retries: int = 3, backoff: float = 1.0, concurrency: int = 4, max_tokens: int = 400,
-                 max_response_bytes: int = 1 << 20):  # fmt: skip
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        api_key: str | None = None,
+        timeout: float = 60.0,
+        retries: int = 3,
+        backoff: float = 1.0,
+        concurrency: int = 4,
+        max_tokens: int = 400,
+        max_response_bytes: int = 1 << 20,
+    ):
         import httpx
 
         if timeout <= 0 or retries < 0 or concurrency < 1 or max_response_bytes < 1:
@@ -216,11 +225,21 @@ class OpenAICompatibleAssessor:
             "model": self.model,
             "temperature": 0,
             "max_tokens": self.max_tokens,
-            "messages": [{"role": "user", "content": [
-                {"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(png).decode()}},
-                {"type": "text", "text": instruction(item.prompt)},
-            ]}],
-        }  # fmt: skip
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {
+                            "type": "image_url",
+                            "image_url": {
+                                "url": "data:image/png;base64," + base64.b64encode(png).decode()
+                            },
+                        },
+                        {"type": "text", "text": instruction(item.prompt)},
+                    ],
+                }
+            ],
+        }
         return json.dumps(body).encode()
 
     def _post(self, payload: bytes) -> str:
@@ -329,8 +348,13 @@ def read_judgements(directory: str | os.PathLike, assessor: str) -> dict[str, Ju
     return out
 
 
-def assess_corpus(assessor: Assessor, items: Sequence[CorpusItem], directory: str | os.PathLike, chunk: int = 32,
-                  progress: bool = True) -> list[Judgement]:  # fmt: skip
+def assess_corpus(
+    assessor: Assessor,
+    items: Sequence[CorpusItem],
+    directory: str | os.PathLike,
+    chunk: int = 32,
+    progress: bool = True,
+) -> list[Judgement]:
     """Judges every item not yet judged by this assessor, appending to `assessments.jsonl` as it
     goes; returns the judgements of all items, in order."""
     from rich.progress import Progress

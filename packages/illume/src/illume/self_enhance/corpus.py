@@ -110,9 +110,13 @@ def read_corpus(directory: str | os.PathLike) -> list[CorpusItem]:
 
 
 def draw_corpus(
-    pipe, prompts: Sequence[Prompt], directory: str | os.PathLike, batch_size: int = 16, seed: int = 0,
+    pipe,
+    prompts: Sequence[Prompt],
+    directory: str | os.PathLike,
+    batch_size: int = 16,
+    seed: int = 0,
     progress: bool = True,
-) -> list[CorpusItem]:  # fmt: skip
+) -> list[CorpusItem]:
     """Draws an image per prompt into `directory` (see the module docstring); returns all items."""
     from rich.progress import Progress
 

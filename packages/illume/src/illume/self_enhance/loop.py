@@ -185,9 +185,17 @@ def self_enhance(
 
 
 def continue_training(
-    mllm: str, tokenizer: str, recipe: str, out_dir: str | os.PathLike, steps: int, seed: int = 0,
-    extra: str | os.PathLike | None = None, ratio: float = 0.25, args: list[str] | None = None, progress: bool = True,
-) -> Path:  # fmt: skip
+    mllm: str,
+    tokenizer: str,
+    recipe: str,
+    out_dir: str | os.PathLike,
+    steps: int,
+    seed: int = 0,
+    extra: str | os.PathLike | None = None,
+    ratio: float = 0.25,
+    args: list[str] | None = None,
+    progress: bool = True,
+) -> Path:
     """`recipe` (an MLLM stage) continued from `mllm` for `steps` steps into `out_dir/final`, its
     data mixed with the conversations of `extra` as `ratio` of the mixture (no `extra`: the
     control of the self-enhancement ablation, the same training without assessment data).
