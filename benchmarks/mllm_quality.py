@@ -17,7 +17,7 @@ sampling; on validation scenes and on training scenes, whose gap is what the mod
 than learned), whether its understanding tells the same pairs apart (`judge_probe`: the prompt's
 likelihood as a caption of each image, the judge of `best_of`), and a table of text-to-image overall
 against guidance scale and temperature / top-k (the paper's Fig. B).
-Prints tables, then one JSON object on the last line with the headline keys (illume.demo.HEADLINE:
+Prints tables, then one JSON object on the last line with the headline keys (illume.report.HEADLINE:
 t2i_unseen, t2i_lookup_baseline, codec_ceiling, t2i_heldout_compositions, qa_macro, pope_f1_worst,
 edit_target, edit_preserve), t2i_seen, intervals, train_seconds. Every text-to-image figure below
 (sweep, stages, best of) is on the unseen prompts.

@@ -94,3 +94,64 @@ def test_the_checks_see_an_undeclared_import(tmp_path):
     module.write_text("def f():\n    import onnxruntime\n    from illume_runtime import x\n")
     assert _imports(module) == {"onnxruntime", "illume_runtime"}
     assert _distributions_of("illume_runtime") == {"illume-runtime"}
+
+
+def _module_graph() -> dict[str, set[str]]:
+    """Every module of every package -> the modules of ours it imports (at the top or inside a
+    function; a package's `__init__` re-exporting its own submodules is not an edge back)."""
+    paths = {}
+    for path in PACKAGES.glob("*/src/**/*.py"):
+        parts = list(path.with_suffix("").parts[path.parts.index("src") + 1 :])
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        paths[".".join(parts)] = path
+    graph: dict[str, set[str]] = {name: set() for name in paths}
+    for name, path in paths.items():
+        package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    base = ".".join(
+                        package[: len(package) - node.level + 1] + ([base] if base else [])
+                    )
+                targets = [base, *(f"{base}.{alias.name}" for alias in node.names)]
+            else:
+                continue
+            for target in targets:
+                while target and target not in paths:
+                    target = target.rpartition(".")[0]
+                # a module's own package (its __init__) and a package's own submodules: no edge
+                inside = name.startswith(target + ".") or target.startswith(name + ".")
+                if target and target != name and not inside:
+                    graph[name].add(target)
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    found, done = [], set()
+
+    def visit(node: str, path: list[str]) -> None:
+        for nxt in sorted(graph[node]):
+            if nxt in path:
+                found.append([*path[path.index(nxt) :], nxt])
+            elif nxt not in done:
+                visit(nxt, [*path, nxt])
+        done.add(node)
+
+    for start in sorted(graph):
+        if start not in done:
+            visit(start, [start])
+    return found
+
+
+def test_no_module_imports_one_that_imports_it_back():
+    """No import cycles between modules, lazy imports inside functions included: each module's
+    place in the layers is plain from what it imports."""
+    graph = _module_graph()
+    assert {"illume.demo", "illume.chain", "illume_mllm.sampling"} <= set(graph)
+    assert "illume_mllm.generation" in graph["illume_mllm.sampling"]
+    assert not _cycles(graph), _cycles(graph)
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == [["a", "b", "c", "a"]]

@@ -95,7 +95,7 @@ def test_overrides_and_extra_args_reach_the_stage_and_unknown_stages_are_refused
 def test_stages_trained_on_old_splits_are_not_resumed(tmp_path, monkeypatch):
     """A work folder whose data predates splits by meaning: its stages drew what validation now
     calls unseen, so the demo refuses to go on there rather than report memory as drawing."""
-    from illume.demo import refuse_stale_runs
+    from illume.chain import refuse_stale_runs
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "data/shapes").mkdir(parents=True)

@@ -14,6 +14,7 @@ Python override.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -53,10 +54,8 @@ class ChainData(_Strict):
 
     def ensure(self, directory: str | os.PathLike = "data/shapes", progress: bool = True) -> None:
         """Makes the dataset in `directory` unless it is there already, after refusing trained
-        stages (runs/) beside data of another format or image size (illume.demo.refuse_stale_runs)."""
+        stages (runs/) beside data of another format or image size (`refuse_stale_runs`)."""
         from illume_eval.shapes import ensure_dataset
-
-        from .demo import refuse_stale_runs
 
         refuse_stale_runs(str(directory), self.image_size)
         ensure_dataset(
@@ -253,3 +252,30 @@ def merge(base: dict, overrides: dict) -> dict:
         else:
             merged[key] = value
     return merged
+
+
+#: The first ShapesWorld format whose splits are by meaning (illume_eval.shapes.splits): stages
+#: trained on an older one have drawn what its validation now calls unseen.
+SPLITS_BY_MEANING = 5
+
+
+def refuse_stale_runs(data: str = "data/shapes", image_size: int | None = None) -> None:
+    """A ValueError where trained stages (runs/) sit beside a dataset of a format before splits by
+    meaning (resuming them would score on prompts they were trained to draw), or of another image
+    size than the chain's (they were trained for other images)."""
+    info = Path(data) / "info.json"
+    if not info.is_file() or not Path("runs").is_dir():
+        return
+    details = json.loads(info.read_text())
+    if image_size is not None and details.get("image_size") != image_size:
+        raise ValueError(
+            f"{Path.cwd()} holds stages trained on {details.get('image_size')} px ShapesWorld images; "
+            f"this chain draws {image_size} px. Run in a new --out folder (the old one stays as it is)."
+        )
+    version = details.get("format_version", 0)
+    if version < SPLITS_BY_MEANING:
+        raise ValueError(
+            f"{Path.cwd()} holds stages trained on ShapesWorld format {version}, whose validation "
+            f"overlaps training; format {SPLITS_BY_MEANING} splits by meaning. Run in a new --out "
+            "folder (the old one stays as it is)."
+        )

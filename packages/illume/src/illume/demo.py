@@ -23,23 +23,7 @@ from illume_core import atomic_write_json
 
 from .chain import Chain, ChainEvaluation, merge
 from .pipeline import IllumePipeline, SamplingConfig
-
-#: The headline figures, first in metrics.json, the report and benchmarks. Each is measured on
-#: what the model was never trained on (illume_eval.shapes.splits): text to image on validation's
-#: unseen prompts, beside the lookup baseline (a training image drawn for the same spec: 0 there by
-#: construction) and the codec ceiling (the prompts' own images through tokenizer and
-#: detokenizer); the held-out compositions; questions and edits not asked of the same layout in
-#: training, QA as the mean over question types, POPE's F1 of its worst negative type.
-HEADLINE = (
-    "t2i_unseen",
-    "t2i_lookup_baseline",
-    "codec_ceiling",
-    "t2i_heldout_compositions",
-    "qa_macro",
-    "pope_f1_worst",
-    "edit_target",
-    "edit_preserve",
-)
+from .report import HEADLINE
 
 #: Seconds each stage took, over every run in this directory (`train` keeps it).
 SECONDS = "runs/train_seconds.json"
@@ -250,33 +234,6 @@ def headline_table(metrics: dict) -> str:
             )
         lines.append(row)
     return "\n".join(lines)
-
-
-#: The first ShapesWorld format whose splits are by meaning (illume_eval.shapes.splits): stages
-#: trained on an older one have drawn what its validation now calls unseen.
-SPLITS_BY_MEANING = 5
-
-
-def refuse_stale_runs(data: str = "data/shapes", image_size: int | None = None) -> None:
-    """A ValueError where trained stages (runs/) sit beside a dataset of a format before splits by
-    meaning (resuming them would score on prompts they were trained to draw), or of another image
-    size than the chain's (they were trained for other images)."""
-    info = Path(data) / "info.json"
-    if not info.is_file() or not Path("runs").is_dir():
-        return
-    details = json.loads(info.read_text())
-    if image_size is not None and details.get("image_size") != image_size:
-        raise ValueError(
-            f"{Path.cwd()} holds stages trained on {details.get('image_size')} px ShapesWorld images; "
-            f"this chain draws {image_size} px. Run in a new --out folder (the old one stays as it is)."
-        )
-    version = details.get("format_version", 0)
-    if version < SPLITS_BY_MEANING:
-        raise ValueError(
-            f"{Path.cwd()} holds stages trained on ShapesWorld format {version}, whose validation "
-            f"overlaps training; format {SPLITS_BY_MEANING} splits by meaning. Run in a new --out "
-            "folder (the old one stays as it is)."
-        )
 
 
 def run_demo(
