@@ -496,3 +496,16 @@ def test_self_enhancement_never_draws_a_held_out_composition(captions):
     for p in prompts:
         assert p.id not in reading_only
         assert not PromptSpec.from_geneval(p.spec).heldout_combinations()
+
+
+def test_the_self_enhance_command_hands_its_arguments_to_the_loop(capsys):
+    from illume.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["self-enhance", "--help"])
+    assert exit_info.value.code == 0
+    assert "--num_prompts" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:  # other commands still refuse what they lack
+        main(["shapes", "audit", "somewhere", "--bogus"])
+    assert exit_info.value.code == 2
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err

@@ -74,7 +74,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .commands.tasks import UsageError
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # a passthrough command (self-enhance) hands everything after its name to its own parser
+    args, extra = parser.parse_known_args(argv)
+    if getattr(args, "passthrough", False):
+        args.extra = extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     handler: Command | None = getattr(args, "handler", None)
     if handler is None:
         parser.print_help()

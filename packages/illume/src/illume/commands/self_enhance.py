@@ -12,13 +12,12 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="the model draws, an assessor judges, the model learns from it (section 3.3)",
         description="Arguments go to illume.self_enhance.self_enhance, e.g. --config "
         "recipes/shapes/self_enhance.yaml --num_prompts 200 --assessor model",
-        add_help=False,
+        add_help=False,  # --help is the loop's own (jsonargparse), listing every argument
     )
-    parser.add_argument("args", nargs=argparse.REMAINDER)
-    parser.set_defaults(handler=_self_enhance)
+    parser.set_defaults(handler=_self_enhance, passthrough=True)
 
 
 def _self_enhance(args: argparse.Namespace) -> int:
     from illume.self_enhance.loop import main
 
-    return main(args.args)
+    return main(args.extra)
