@@ -293,3 +293,31 @@ def test_read_bounded_reads_at_most_its_limit(tmp_path):
     assert read_bounded(path, 1000) == b"x" * 1000
     with pytest.raises(OSError, match="over the limit of 999"):
         read_bounded(path, 999)
+
+
+def test_json_configs_manifests_and_data_are_read_bounded_and_named_when_bad(tmp_path):
+    """Every JSON, JSON-lines and text file the packages read goes through read_bounded: a FIFO
+    named as a config, a manifest or a conversation file is refused at once (no hang), an
+    oversized one is refused before it is read, bad JSON names the file and where."""
+    import os
+
+    from illume_core import Config, ConfigError, read_json, read_jsonl, read_text
+
+    good = tmp_path / "config.json"
+    good.write_text('{"a": 1}')
+    assert read_json(good) == {"a": 1} and read_text(good) == '{"a": 1}'
+    fifo = tmp_path / "config_fifo.json"
+    os.mkfifo(fifo)
+    for read in (read_json, read_jsonl, read_text):
+        with pytest.raises(OSError, match="not a regular file"):
+            read(fifo)
+    with pytest.raises(OSError, match="over the limit of 4"):
+        read_json(good, max_bytes=4)
+    (tmp_path / "bad.json").write_text('{"a": 1,\n "b": }')
+    with pytest.raises(ValueError, match=r"bad.json: not valid JSON \(.*line 2, column 7\)"):
+        read_json(tmp_path / "bad.json")
+    (tmp_path / "rows.jsonl").write_text('{"a": 1}\n\n{"a": \n')
+    with pytest.raises(ValueError, match=r"rows.jsonl, line 3: not valid JSON"):
+        read_jsonl(tmp_path / "rows.jsonl")
+    with pytest.raises(ConfigError, match="not a regular file"):  # a component's config.json too
+        Config.load(fifo)

@@ -21,10 +21,21 @@ from .checkpoint import (
     load_checkpoint,
     load_config,
     load_weights,
+    replace_with,
     save_checkpoint,
+    sweep_stale,
 )
 from .config import Config, ConfigError
-from .files import UnsafePathError, read_bounded, read_jsonl, resolve_inside
+from .files import (
+    MAX_CONFIG_BYTES,
+    MAX_DATA_BYTES,
+    UnsafePathError,
+    read_bounded,
+    read_json,
+    read_jsonl,
+    read_text,
+    resolve_inside,
+)
 from .image_io import ImageLimits, ImageLoadError, load_image, load_images, to_rgb
 from .interfaces import (
     Detokenizer,
@@ -38,6 +49,8 @@ from .interfaces import (
 
 __all__ = [
     "CONFIG_NAME",
+    "MAX_CONFIG_BYTES",
+    "MAX_DATA_BYTES",
     "OWNER_MARKER",
     "WEIGHTS_NAME",
     "CheckpointError",
@@ -68,8 +81,12 @@ __all__ = [
     "load_images",
     "load_weights",
     "read_bounded",
+    "read_json",
     "read_jsonl",
+    "read_text",
+    "replace_with",
     "resolve_inside",
     "save_checkpoint",
+    "sweep_stale",
     "to_rgb",
 ]

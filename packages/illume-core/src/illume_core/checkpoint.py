@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from .files import read_json
+
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
@@ -49,10 +51,11 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _sweep_stale(path: Path) -> None:
+def sweep_stale(path: str | os.PathLike) -> None:
     """Removes what crashed saves of `path` left beside it: `.NAME.tmp-PID-*` of writers no longer
     running, and `.NAME.old-*` (a previous version moved aside) once `path` itself is in place.
     Only names this module makes are touched."""
+    path = Path(path)
     prefix = f".{path.name}."
     for sibling in path.parent.glob(f"{glob.escape(prefix)}*"):
         rest = sibling.name[len(prefix) :]
@@ -100,7 +103,7 @@ class DirectoryNotOursError(FileExistsError):
 def directory_owner(path: str | os.PathLike) -> str | None:
     """The kind recorded in a folder's OWNER_MARKER, or None where there is none (or it is unreadable)."""
     try:
-        data = json.loads((Path(path) / OWNER_MARKER).read_text(encoding="utf-8"))
+        data = read_json(Path(path) / OWNER_MARKER)
     except (OSError, ValueError):
         return None
     return (
@@ -146,7 +149,7 @@ def atomic_directory(path: str | os.PathLike, kind: str = "checkpoint") -> Itera
     path = Path(path)
     check_replaceable(path, kind)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _sweep_stale(path)
+    sweep_stale(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     tmp.mkdir()
     try:
@@ -158,14 +161,26 @@ def atomic_directory(path: str | os.PathLike, kind: str = "checkpoint") -> Itera
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    replace_with(tmp, path)
+
+
+def replace_with(finished: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Puts the finished folder `finished` (a sibling of `path`) in `path`'s place in two renames:
+    the old `path` (a folder or a file) is moved aside, `finished` renamed in, the old removed.
+    A crash between the renames leaves the old one beside it (`.NAME.old-*`), which the next save
+    of `path` sweeps away (`sweep_stale`)."""
+    finished, path = Path(finished), Path(path)
     old = None
-    if path.exists():
+    if path.exists() or path.is_symlink():
         old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
         os.replace(path, old)
-    os.replace(tmp, path)
+    os.replace(finished, path)
     _fsync_dir(path.parent)
     if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -221,7 +236,7 @@ def save_checkpoint(
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     for name in (weights_name, CONFIG_NAME):
-        _sweep_stale(directory / name)
+        sweep_stale(directory / name)
     atomic_write(directory / weights_name, lambda tmp: _save_safetensors(tmp, tensors, metadata))
     atomic_write_json(directory / CONFIG_NAME, dict(config))
     return directory
@@ -240,9 +255,9 @@ def load_config(directory: str | os.PathLike) -> dict[str, Any]:
             f"{directory} has no {CONFIG_NAME}; was it written by save_pretrained?"
         )
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{path} is not valid JSON ({err})") from None
+        config = read_json(path)
+    except (OSError, ValueError) as err:
+        raise CheckpointError(str(err)) from None
     if not isinstance(config, dict):
         raise CheckpointError(f"{path} must hold a JSON object, found {type(config).__name__}")
     return config

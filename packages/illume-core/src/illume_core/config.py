@@ -15,7 +15,6 @@ A model's config holds every constructor argument, serialises to `config.json`, 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import types
 import typing
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 from .checkpoint import atomic_write_json
+from .files import read_json
 
 C = TypeVar("C", bound="Config")
 
@@ -133,9 +133,9 @@ class Config:
     @classmethod
     def load(cls: type[C], path: str | os.PathLike) -> C:
         try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
+            data = read_json(path)
         except FileNotFoundError:
             raise ConfigError(f"no config file at {path}") from None
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"{path} is not valid JSON ({err})") from None
+        except (OSError, ValueError) as err:
+            raise ConfigError(str(err)) from None
         return cls.from_dict(data)

@@ -73,16 +73,34 @@ def read_bounded(path: str | os.PathLike, max_bytes: int) -> bytes:
         os.close(fd)
 
 
-#: The largest JSON-lines file `read_jsonl` reads (a ShapesWorld split of 48,000 scenes is ~30 MB).
-MAX_JSONL_BYTES = 1 << 30
+#: The largest configuration file read (config.json, sampling.json, manifests, recipes, chains).
+MAX_CONFIG_BYTES = 64 << 20
+#: The largest data file read whole (conversation files, JSON-lines manifests, logs).
+MAX_DATA_BYTES = 4 << 30
 
 
-def read_jsonl(path: str | os.PathLike, max_bytes: int = MAX_JSONL_BYTES) -> list[dict]:
+def read_text(path: str | os.PathLike, max_bytes: int = MAX_CONFIG_BYTES) -> str:
+    """A regular file's UTF-8 text, read within `max_bytes` (`read_bounded`: a FIFO, a device or
+    a file over the limit is an OSError naming it, never read)."""
+    return read_bounded(path, max_bytes).decode("utf-8")
+
+
+def read_json(path: str | os.PathLike, max_bytes: int = MAX_CONFIG_BYTES):
+    """A JSON file's value, read within `max_bytes`; bad JSON is a ValueError naming the file,
+    the line and the column."""
+    try:
+        return json.loads(read_text(path, max_bytes))
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"{os.fspath(path)}: not valid JSON ({err.msg}, line {err.lineno}, column {err.colno})"
+        ) from None
+
+
+def read_jsonl(path: str | os.PathLike, max_bytes: int = MAX_DATA_BYTES) -> list[dict]:
     """The rows of a JSON-lines file (blank lines skipped), read within `max_bytes`
     (`read_bounded`); a bad line is a ValueError naming the file and the line."""
     rows = []
-    text = read_bounded(path, max_bytes).decode("utf-8")
-    for number, line in enumerate(text.splitlines(), 1):
+    for number, line in enumerate(read_text(path, max_bytes).splitlines(), 1):
         if not line.strip():
             continue
         try:

@@ -29,7 +29,7 @@ from diffusers import (
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
-from illume_core import DetokenizerOutput
+from illume_core import DetokenizerOutput, read_json
 
 from .conditioner import Conditions, FeatureConditioner
 
@@ -61,7 +61,7 @@ def check_component_configs(directory: Path) -> None:
         if not path.is_file():
             continue
         try:
-            config = json.loads(path.read_text(encoding="utf-8"))
+            config = read_json(path)
         except json.JSONDecodeError as err:
             raise ValueError(f"{path} is not valid JSON ({err})") from None
         _, unused, _ = component.extract_init_dict(config)

@@ -11,12 +11,13 @@ execution provider, whose engines are cached under `<export dir>/trt_cache/<gpu>
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
 
 import numpy as np
+
+from illume_core import read_json
 
 from .export import MANIFEST
 
@@ -79,7 +80,7 @@ class OnnxModels:
             raise FileNotFoundError(
                 f"{self.directory} has no {MANIFEST}: export a pipeline first (`illume export --model DIR --out DIR`)"
             )
-        self.manifest = json.loads(manifest.read_text())
+        self.manifest = read_json(manifest)
         self.device = device
         self.providers = providers(device, self.directory)
         available = set(ort.get_available_providers())

@@ -28,7 +28,15 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from illume_core import ImageLimits, ImageLoadError, UnsafePathError, load_image, resolve_inside
+from illume_core import (
+    MAX_DATA_BYTES,
+    ImageLimits,
+    ImageLoadError,
+    UnsafePathError,
+    load_image,
+    read_text,
+    resolve_inside,
+)
 
 from .data import ManifestError, make_loader
 
@@ -112,7 +120,7 @@ def pack_by_image(
 
 
 def _entries(path: Path) -> list[tuple[int, object]]:
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path, MAX_DATA_BYTES)
     if path.suffix == ".jsonl":
         out = []
         for number, line in enumerate(text.splitlines(), 1):

@@ -23,7 +23,15 @@ from torch.utils.data import Dataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 from torchdata.stateful_dataloader.sampler import StatefulDistributedSampler
 
-from illume_core import ImageLimits, ImageLoadError, UnsafePathError, load_image, resolve_inside
+from illume_core import (
+    MAX_DATA_BYTES,
+    ImageLimits,
+    ImageLoadError,
+    UnsafePathError,
+    load_image,
+    read_text,
+    resolve_inside,
+)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
@@ -47,31 +55,29 @@ def read_captions(path: str | os.PathLike, allow_absolute_paths: bool = False) -
     if not path.is_file():
         raise ManifestError(f"{path}: no such manifest file")
     records = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ManifestError(
-                    f"{path}, line {number}: not valid JSON ({err.msg}, column {err.colno})"
-                ) from None
-            if not isinstance(row, dict) or not isinstance(row.get("image"), str):
-                raise ManifestError(
-                    f'{path}, line {number}: expected an object with an "image" path, got {line.strip()[:80]}'
-                )
-            text = row.get("text", "")
-            if not isinstance(text, str):
-                raise ManifestError(f'{path}, line {number}: "text" must be a string')
-            meta = {k: v for k, v in row.items() if k not in ("image", "text")} or None
-            try:
-                image = resolve_inside(
-                    path.parent, row["image"], allow_absolute=allow_absolute_paths
-                )
-            except UnsafePathError as err:
-                raise ManifestError(f"{path}, line {number}: {err}") from None
-            records.append(Record(str(image), text, meta))
+    # one bounded read: a FIFO or a device named as a manifest is refused, never read
+    for number, line in enumerate(read_text(path, MAX_DATA_BYTES).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ManifestError(
+                f"{path}, line {number}: not valid JSON ({err.msg}, column {err.colno})"
+            ) from None
+        if not isinstance(row, dict) or not isinstance(row.get("image"), str):
+            raise ManifestError(
+                f'{path}, line {number}: expected an object with an "image" path, got {line.strip()[:80]}'
+            )
+        text = row.get("text", "")
+        if not isinstance(text, str):
+            raise ManifestError(f'{path}, line {number}: "text" must be a string')
+        meta = {k: v for k, v in row.items() if k not in ("image", "text")} or None
+        try:
+            image = resolve_inside(path.parent, row["image"], allow_absolute=allow_absolute_paths)
+        except UnsafePathError as err:
+            raise ManifestError(f"{path}, line {number}: {err}") from None
+        records.append(Record(str(image), text, meta))
     return records
 
 

@@ -47,6 +47,38 @@ class IllumeFSDPStrategy(FSDPStrategy):
             **kwargs,
         )
 
+    def save_checkpoint(self, checkpoint: dict, filepath, storage_options=None) -> None:
+        """A sharded checkpoint (a folder of every rank's shards and rank 0's metadata) is written
+        whole into a temporary sibling, then renamed over `filepath` by rank 0 after every rank
+        finished: a crash or a failing rank mid-save leaves the previous checkpoint as it was (and
+        the next save sweeps the leftovers). Lightning writes sharded checkpoints itself, past the
+        recipes' CheckpointIO (AtomicCheckpointIO), so this is where they become atomic."""
+        if self._state_dict_type != "sharded":
+            return super().save_checkpoint(checkpoint, filepath, storage_options)
+        import os
+        import uuid
+        from pathlib import Path
+
+        from illume_core import replace_with, sweep_stale
+
+        path = Path(self.broadcast(str(filepath)))
+        if self.global_rank == 0:
+            sweep_stale(path)
+        name = f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"  # rank 0's, for all
+        tmp = path.with_name(self.broadcast(name))
+        try:
+            super().save_checkpoint(checkpoint, tmp, storage_options)
+        except BaseException:
+            if self.global_rank == 0:  # the others may still be writing: sweep_stale ends it
+                import shutil
+
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        self.barrier("illume_sharded_checkpoint_written")
+        if self.global_rank == 0:
+            replace_with(tmp, path)
+        self.barrier("illume_sharded_checkpoint_in_place")
+
     @property
     def wrap_policy(self):
         """The torch ModuleWrapPolicy FSDP applies."""

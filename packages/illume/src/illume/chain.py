@@ -14,13 +14,14 @@ Python override.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
+
+from illume_core import MAX_CONFIG_BYTES, read_bounded, read_json, read_text
 
 
 def _recipes() -> Path:
@@ -151,7 +152,7 @@ class Chain(_Strict):
                     f"({', '.join(shipped_chains())})"
                 )
             path = shipped
-        raw = path.read_bytes()
+        raw = read_bounded(path, MAX_CONFIG_BYTES)
         try:
             values = yaml.safe_load(raw)
         except yaml.YAMLError as err:
@@ -207,7 +208,7 @@ class Chain(_Strict):
         from illume_trainer.cli import resolve_recipe
 
         stage = self.stage(name)
-        recipe = yaml.safe_load(Path(resolve_recipe(stage.recipe)).read_text())
+        recipe = yaml.safe_load(read_text(resolve_recipe(stage.recipe)))
         return merge(recipe, stage.overrides)
 
     def steps(self, name: str) -> int:
@@ -230,7 +231,7 @@ class Chain(_Strict):
             return None
         from illume_trainer.cli import resolve_recipe
 
-        recipe = yaml.safe_load(Path(resolve_recipe(self.self_enhance.recipe)).read_text())
+        recipe = yaml.safe_load(read_text(resolve_recipe(self.self_enhance.recipe)))
         return str(Path(recipe["out"]) / "final")
 
     def final_mllm(self) -> str:
@@ -266,7 +267,7 @@ def refuse_stale_runs(data: str = "data/shapes", image_size: int | None = None) 
     info = Path(data) / "info.json"
     if not info.is_file() or not Path("runs").is_dir():
         return
-    details = json.loads(info.read_text())
+    details = read_json(info)
     if image_size is not None and details.get("image_size") != image_size:
         raise ValueError(
             f"{Path.cwd()} holds stages trained on {details.get('image_size')} px ShapesWorld images; "

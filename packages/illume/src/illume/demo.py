@@ -19,7 +19,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from illume_core import atomic_write_json
+from illume_core import atomic_write_json, read_json
 
 from .chain import Chain, ChainEvaluation, merge
 from .pipeline import IllumePipeline, SamplingConfig
@@ -51,7 +51,7 @@ def train(
     from illume_trainer.cli import run_stage
 
     ledger = Path(SECONDS)
-    seconds = json.loads(ledger.read_text()) if ledger.is_file() else {}
+    seconds = read_json(ledger) if ledger.is_file() else {}
 
     def record(name: str, start: float) -> None:
         seconds[name] = round(seconds.get(name, 0.0) + time.perf_counter() - start, 1)

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from illume_core import Message, atomic_directory
+from illume_core import Message, atomic_directory, read_json
 from illume_detokenizer import DetokenizerPipeline
 from illume_mllm import (
     IllumeForConditionalGeneration,
@@ -80,7 +80,7 @@ class SamplingConfig:
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> SamplingConfig:
-        values = json.loads(Path(path).read_text())
+        values = read_json(path)
         if not isinstance(values, dict):
             raise ValueError(f"{path}: expected a JSON object of sampling settings")
         known = {f.name for f in dataclasses.fields(cls)}

@@ -11,7 +11,6 @@ all of it per split and category (`illume shapes audit DATA_DIR`).
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections import defaultdict
@@ -20,7 +19,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from illume_core import read_jsonl
+from illume_core import MAX_DATA_BYTES, read_json, read_jsonl
 
 from ..metrics import geneval_summary
 from .detection import detect
@@ -74,7 +73,7 @@ class TrainingOverlap:
         train_dir = Path(train_dir)
         self.train_dir = train_dir
         scenes = {r["image"]: r for r in read_jsonl(train_dir / "scenes.jsonl")}
-        conversations = json.loads((train_dir / "t2i.json").read_text(encoding="utf-8"))
+        conversations = read_json(train_dir / "t2i.json", MAX_DATA_BYTES)
         self.drawn_for: dict[str, list[str]] = defaultdict(list)  # spec key -> images
         self.texts: set[str] = set()
         self.prompts: set[str] = set()

@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from illume_core import atomic_write, atomic_write_json, atomic_write_text
+from illume_core import atomic_write, atomic_write_json, atomic_write_text, read_json
 
 from .edits import sample_edit
 from .prompts import sample_prompt
@@ -313,7 +313,7 @@ def ensure_dataset(
     differ, so stages trained on the old one must not be resumed on it (`illume.demo` refuses)."""
     info_path = Path(out) / "info.json"
     if info_path.is_file():
-        info = json.loads(info_path.read_text())
+        info = read_json(info_path)
         n_eval_ = max(100, n // 10) if n_eval is None else n_eval
         counts = {k: v.get("scenes") for k, v in info.get("counts", {}).items()}
         if (

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
 
-from illume_core import load_image, read_bounded, resolve_inside
+from illume_core import MAX_DATA_BYTES, load_image, read_bounded, read_text, resolve_inside
 from illume_eval.assessment import (
     ASSESSMENT_INSTRUCTION,
     AssessmentError,
@@ -338,7 +338,7 @@ def read_judgements(directory: str | os.PathLike, assessor: str) -> dict[str, Ju
     path = Path(directory) / ASSESSMENTS
     out = {}
     if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
+        for line in read_text(path, MAX_DATA_BYTES).splitlines():
             try:
                 judgement = Judgement(**json.loads(line))
             except (json.JSONDecodeError, TypeError):

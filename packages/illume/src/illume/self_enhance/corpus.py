@@ -21,7 +21,13 @@ from pathlib import Path
 
 import torch
 
-from illume_core import UnsafePathError, atomic_write_bytes, resolve_inside
+from illume_core import (
+    MAX_DATA_BYTES,
+    UnsafePathError,
+    atomic_write_bytes,
+    read_text,
+    resolve_inside,
+)
 from illume_trainer.data import read_captions
 
 CORPUS = "corpus.jsonl"
@@ -95,7 +101,7 @@ def read_corpus(directory: str | os.PathLike) -> list[CorpusItem]:
     if not path.is_file():
         return []
     items = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in read_text(path, MAX_DATA_BYTES).splitlines():
         try:
             item = CorpusItem(**json.loads(line))
         except (json.JSONDecodeError, TypeError):

@@ -20,7 +20,7 @@ import json
 import os
 from pathlib import Path
 
-from illume_core import atomic_write_bytes, atomic_write_json, read_bounded
+from illume_core import atomic_write_bytes, atomic_write_json, read_bounded, read_text
 
 from .assessors import (
     ModelAssessor,
@@ -209,7 +209,7 @@ def continue_training(
     final = out_dir / "final"
     if (final / "config.json").is_file():
         return final
-    data = yaml.safe_load(Path(resolve_recipe(recipe)).read_text())["data"]
+    data = yaml.safe_load(read_text(resolve_recipe(recipe)))["data"]
     sources, weights = list(data["train"]), list(data.get("weights") or [1.0] * len(data["train"]))
     packing = list(data.get("pack_by_image") or [False] * len(sources))
     if extra is not None:
