@@ -138,3 +138,28 @@ def test_chains_start_from_the_shipped_encoder_unless_told_to_train_it(tmp_path,
     assert not (tmp_path / "runs/shapes/encoder/lightning_logs").exists()
     assert "encoder" in json.loads((tmp_path / SECONDS).read_text())
     assert VisionEncoder.from_pretrained(encoder).grid == (3, 3)
+
+
+def test_each_headline_figure_is_printed_against_its_target_with_an_honest_verdict():
+    from illume.demo import headline_table
+    from illume.report import HEADLINE, target_verdict
+
+    # met only when the whole interval clears the target; an interval across it cannot tell
+    assert target_verdict(0.70, [0.62, 0.78], 0.60) == "met"
+    assert target_verdict(0.62, [0.50, 0.74], 0.60) == "inconclusive"
+    assert target_verdict(0.40, [0.30, 0.50], 0.60) == "missed"
+    assert target_verdict(0.86, None, 0.85) == "met"
+    default = Chain.load("default")
+    assert default.targets["t2i_unseen"] == 0.60 and set(default.targets) <= set(HEADLINE)
+    metrics = {key: 0.5 for key in (*HEADLINE, "t2i_seen", "qa_seen_macro")}
+    metrics["intervals"] = {key: {"n": 10, "ci95": [0.4, 0.6]} for key in metrics}
+    row = {"lookup_baseline": {"overall": 0.0}, "codec_ceiling": {"overall": 0.9}}
+    metrics["t2i"] = {k: row for k in ("unseen", "seen", "heldout_compositions")}
+    metrics["targets"] = {"t2i_unseen": 0.6, "qa_macro": 0.3}
+    lines = {line.split()[0]: line for line in headline_table(metrics).splitlines()}
+    assert lines["t2i_unseen"].endswith(">= 0.60  inconclusive")
+    assert lines["qa_macro"].endswith(">= 0.30  met")
+    assert "verdict" in lines["figure"] and "target" not in lines["pope_f1_worst"]
+    bad = yaml.safe_load(Path(default.source).read_text()) | {"targets": {"t2i_everything": 1.0}}
+    with pytest.raises(Exception, match="targets for unknown figures"):
+        Chain(**bad)

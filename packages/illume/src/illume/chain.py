@@ -126,6 +126,9 @@ class Chain(_Strict):
     evaluation: ChainEvaluation
     sampling: dict[str, Any] = Field(default_factory=dict)
     """illume.pipeline.SamplingConfig's fields, saved with the pipeline the chain makes."""
+    targets: dict[str, float] = Field(default_factory=dict)
+    """What each headline figure (illume.report.HEADLINE) should reach; `illume demo` prints each
+    figure against it."""
     source: str = Field(default="", exclude=True)
     """The file it was loaded from."""
     sha256: str = Field(default="", exclude=True)
@@ -137,6 +140,13 @@ class Chain(_Strict):
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
             raise ValueError(f"stage names must be unique; repeated: {repeated}")
+        from .report import HEADLINE
+
+        unknown = sorted(set(self.targets) - set(HEADLINE))
+        if unknown:
+            raise ValueError(
+                f"targets for unknown figures {unknown}; figures: {', '.join(HEADLINE)}"
+            )
         return self
 
     @classmethod

@@ -23,7 +23,7 @@ from illume_core import atomic_write_json, read_json
 
 from .chain import Chain, ChainEvaluation, merge
 from .pipeline import IllumePipeline, SamplingConfig
-from .report import HEADLINE
+from .report import HEADLINE, target_verdict
 
 #: Seconds each stage took, over every run in this directory (`train` keeps it).
 SECONDS = "runs/train_seconds.json"
@@ -214,9 +214,12 @@ def evaluate(
 
 
 def headline_table(metrics: dict) -> str:
-    """The headline figures as a plain-text table: value, sample size, 95% interval, and for text
-    to image the lookup baseline and codec ceiling on the same prompts."""
-    lines = [f"{'figure':<26}{'value':>8}{'n':>6}{'95% interval':>16}{'lookup':>8}{'codec':>8}"]
+    """The headline figures as a plain-text table: value, sample size, 95% interval, for text to
+    image the lookup baseline and codec ceiling on the same prompts, and each figure against the
+    chain's target (metrics["targets"]) with its verdict (`target_verdict`)."""
+    targets = metrics.get("targets") or {}
+    head = f"{'figure':<26}{'value':>8}{'n':>6}{'95% interval':>16}{'lookup':>8}{'codec':>8}"
+    lines = [head + (f"{'target':>9}  verdict" if targets else "")]
     beside = {
         "t2i_unseen": "unseen",
         "t2i_seen": "seen",
@@ -232,7 +235,12 @@ def headline_table(metrics: dict) -> str:
             row += (
                 f"{t2i['lookup_baseline']['overall']:>8.3f}{t2i['codec_ceiling']['overall']:>8.3f}"
             )
-        lines.append(row)
+        else:
+            row += " " * 16
+        if key in targets:
+            verdict = target_verdict(metrics[key], ci, targets[key])
+            row += f"{'>= ' + format(targets[key], '.2f'):>9}  {verdict}"
+        lines.append(row.rstrip())
     return "\n".join(lines)
 
 

@@ -52,6 +52,17 @@ def _verdict_note(record: dict) -> str:
     return "; ".join(f"{a}: {'ok' if ok else check.analyses[a]}" for a, ok in check.aspects.items())
 
 
+def target_verdict(value: float, ci: list[float] | None, target: float) -> str:
+    """ "met" when the whole 95% interval lies at or above the target, "missed" when it lies below,
+    else "inconclusive" (the sample cannot tell); a figure without an interval by its value."""
+    low, high = ci if ci else (value, value)
+    if low >= target:
+        return "met"
+    if high < target:
+        return "missed"
+    return "inconclusive"
+
+
 def _headline_rows(metrics: dict) -> list[dict]:
     beside = {
         "t2i_unseen": "unseen",
@@ -72,6 +83,10 @@ def _headline_rows(metrics: dict) -> list[dict]:
             t2i = metrics["t2i"][beside[key]]
             row["lookup baseline"] = round(t2i["lookup_baseline"]["overall"], 3)
             row["codec ceiling"] = round(t2i["codec_ceiling"]["overall"], 3)
+        target = (metrics.get("targets") or {}).get(key)
+        if target is not None:
+            row["target"] = f">= {target:.2f}"
+            row["verdict"] = target_verdict(metrics[key], ci, target)
         rows.append(row)
     return rows
 
@@ -103,7 +118,8 @@ def write_report(path: str, metrics: dict, records: dict, pipe) -> None:
         "through tokenizer and detokenizer) on the same prompts."
     )
     report.heading("Headline figures")
-    report.table(_headline_rows(metrics))
+    rows = _headline_rows(metrics)
+    report.table(rows, list(dict.fromkeys(k for row in rows for k in row)))
     codec = records["baselines"]["unseen"]
     # one record a prompt (a prompt's drawings are together), in the baselines' prompt order
     step = max(1, metrics["chain_settings"]["evaluation"]["t2i_images"])
