@@ -46,15 +46,23 @@ TEXTS = [
 ]
 
 
-@pytest.fixture(scope="session")
-def mllm_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("mllm")
+def build_tiny_parts(
+    root,
+    texts,
+    vision_layers: int = 2,
+    llm_hidden: int = 64,
+    llm_intermediate: int = 96,
+    llm_heads: int = 4,
+    kv_heads: int = 2,
+):
+    """Writes a tiny SigLIP tower (root/vision, 32 px, 8 px patches), a tiny Llama (root/llm) and
+    a word tokenizer of `texts` (root/text), seeded; returns the tokenizer."""
     torch.manual_seed(0)
-    tokenizer = build_word_tokenizer(TEXTS)
+    tokenizer = build_word_tokenizer(texts)
     vision = SiglipVisionConfig(
         hidden_size=32,
         intermediate_size=64,
-        num_hidden_layers=2,
+        num_hidden_layers=vision_layers,
         num_attention_heads=2,
         image_size=32,
         patch_size=8,
@@ -63,14 +71,28 @@ def mllm_dir(tmp_path_factory):
     SiglipImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(root / "vision")
     llm = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=96,
+        hidden_size=llm_hidden,
+        intermediate_size=llm_intermediate,
         num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        num_attention_heads=llm_heads,
+        num_key_value_heads=kv_heads,
         tie_word_embeddings=False,
     )
     LlamaForCausalLM(llm).save_pretrained(root / "llm")
+    tokenizer.save_pretrained(root / "text")
+    return tokenizer
+
+
+@pytest.fixture(scope="session")
+def tiny_parts():
+    """`build_tiny_parts`, for tests that build an MLLM of their own shape from parts."""
+    return build_tiny_parts
+
+
+@pytest.fixture(scope="session")
+def mllm_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mllm")
+    tokenizer = build_tiny_parts(root, TEXTS)
     processor = build_processor(tokenizer, root / "vision", K, GRID, preset="shapes")
     model = build_model(processor, root / "vision", root / "llm", vision_feature_layer=-2)
     with torch.no_grad():  # spread the fresh rows so that draws are not near-uniform

@@ -8,10 +8,8 @@ from transformers import (
     AutoModelForImageTextToText,
     LlamaConfig,
     LlamaForCausalLM,
-    SiglipVisionConfig,
     SiglipVisionModel,
 )
-from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
 
 from illume_core import Message
 from illume_mllm import (
@@ -40,31 +38,10 @@ TEXTS = [
 
 
 @pytest.fixture(scope="module")
-def parts(tmp_path_factory):
+def parts(tmp_path_factory, tiny_parts):
+    """A one-layer tower and a narrower Llama than the shared tiny MLLM's (root conftest)."""
     root = tmp_path_factory.mktemp("parts")
-    torch.manual_seed(0)
-    tokenizer = build_word_tokenizer(TEXTS)
-    vision = SiglipVisionConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        image_size=32,
-        patch_size=8,
-    )
-    SiglipVisionModel(vision).save_pretrained(root / "vision")
-    SiglipImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(root / "vision")
-    llm = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        tie_word_embeddings=False,
-    )
-    LlamaForCausalLM(llm).save_pretrained(root / "llm")
-    tokenizer.save_pretrained(root / "text")
+    tiny_parts(root, TEXTS, vision_layers=1, llm_hidden=32, llm_intermediate=64, llm_heads=2)
     return root
 
 
