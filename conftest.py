@@ -249,3 +249,42 @@ def _draws_the_reference(fast, model, processor, conversations, unconditional, s
 @pytest.fixture
 def draws_the_reference():
     return _draws_the_reference
+
+
+def save_tiny_sdxl(root):
+    """An SDXL-shaped model in miniature, in SDXL's diffusers layout (unet/, vae/, scheduler/)."""
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 32),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        layers_per_block=1,
+        attention_head_dim=8,
+        cross_attention_dim=64,
+        norm_num_groups=8,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=32 + 6 * 8,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(8, 16),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=16,
+    )
+    unet.save_pretrained(root / "unet")
+    vae.save_pretrained(root / "vae")
+    EulerDiscreteScheduler(beta_schedule="scaled_linear").save_pretrained(root / "scheduler")
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl():
+    """`save_tiny_sdxl`: an SDXL-shaped model in miniature where a user's local SDXL would be."""
+    return save_tiny_sdxl

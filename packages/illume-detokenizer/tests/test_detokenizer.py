@@ -1,6 +1,5 @@
 import pytest
 import torch
-from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
 
 from illume_core import Detokenizer, DetokenizerOutput
 from illume_detokenizer import (
@@ -104,39 +103,8 @@ def test_bad_inputs_are_named():
         _pipe(null_condition="random")
 
 
-def _save_tiny_sdxl(root):
-    """An SDXL-shaped model in miniature, in SDXL's diffusers layout (unet/, vae/, scheduler/)."""
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(32, 32),
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        layers_per_block=1,
-        attention_head_dim=8,
-        cross_attention_dim=64,
-        norm_num_groups=8,
-        addition_embed_type="text_time",
-        addition_time_embed_dim=8,
-        projection_class_embeddings_input_dim=32 + 6 * 8,
-    )
-    vae = AutoencoderKL(
-        block_out_channels=(8, 16),
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        latent_channels=4,
-        norm_num_groups=8,
-        sample_size=16,
-    )
-    unet.save_pretrained(root / "unet")
-    vae.save_pretrained(root / "vae")
-    EulerDiscreteScheduler(beta_schedule="scaled_linear").save_pretrained(root / "scheduler")
-
-
-def test_sdxl_shaped_unet_from_a_local_directory_trains_attention_only(tmp_path):
-    _save_tiny_sdxl(tmp_path / "sdxl")
+def test_sdxl_shaped_unet_from_a_local_directory_trains_attention_only(tmp_path, tiny_sdxl):
+    tiny_sdxl(tmp_path / "sdxl")
     pipe = from_sdxl(tmp_path / "sdxl", feature_dim=D, num_tokens=N)
     pipe.set_progress_bar_config(disable=True)
     assert (

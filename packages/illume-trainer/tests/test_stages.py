@@ -390,8 +390,7 @@ def test_encoder_positives_by_caption_or_by_scene(shapes_data):
         positive_pairs({"text": batch["text"], "meta": [None] * 24}, "scene")
 
 
-def test_paper_scale_detokenizer_recipe_trains_sdxl_attention_only(tmp_path):
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+def test_paper_scale_detokenizer_recipe_trains_sdxl_attention_only(tmp_path, tiny_sdxl):
 
     from illume_detokenizer import attention_parameters
     from illume_trainer.stages.detokenizer import DetokenizerStage
@@ -404,30 +403,7 @@ def test_paper_scale_detokenizer_recipe_trains_sdxl_attention_only(tmp_path):
     )
     # An SDXL-shaped model in miniature stands in for the user's local SDXL directory.
     sdxl = tmp_path / "sdxl"
-    UNet2DConditionModel(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(32, 32),
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        layers_per_block=1,
-        attention_head_dim=8,
-        cross_attention_dim=64,
-        norm_num_groups=8,
-        addition_embed_type="text_time",
-        addition_time_embed_dim=8,
-        projection_class_embeddings_input_dim=32 + 6 * 8,
-    ).save_pretrained(sdxl / "unet")
-    AutoencoderKL(
-        block_out_channels=(8, 16),
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        latent_channels=4,
-        norm_num_groups=8,
-        sample_size=16,
-    ).save_pretrained(sdxl / "vae")
-    EulerDiscreteScheduler(beta_schedule="scaled_linear").save_pretrained(sdxl / "scheduler")
+    tiny_sdxl(sdxl)
     tokenizer_dir = _tiny_tokenizer(tmp_path)
     stage = DetokenizerStage(**(model | {"tokenizer": str(tokenizer_dir), "sdxl": str(sdxl)}))
     unet_trainable = {id(p) for p in stage._trainable} & {id(p) for p in stage.unet.parameters()}
