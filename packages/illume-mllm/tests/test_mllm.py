@@ -271,7 +271,9 @@ def test_two_turn_editing_conversation(built):
     second = generate_image_tokens(model, processor, [history], generator=generator)[0]
     assert second.shape == GRID
     answer = generate_text(model, processor, [history[:1]], max_new_tokens=3)
-    assert isinstance(answer[0], str)
+    # greedy and batch-independent: alone or beside a longer conversation, the same answer
+    both = generate_text(model, processor, [history[:1], history], max_new_tokens=3)
+    assert isinstance(answer[0], str) and both[0] == answer[0]
 
 
 def test_edit_source_codes_show_the_source_image_as_unlabelled_vision_tokens(built):

@@ -27,10 +27,15 @@ def test_pipeline_round_trip_and_tasks(pipeline_dir):
     again = pipe.generate_image(["a red circle", "a blue square"], num_images=2, seed=0)
     assert all((a.tobytes() == b.tobytes()) for a, b in zip(images, again))
     source = Image.new("RGB", (32, 32), (16, 16, 16))
-    assert isinstance(pipe.answer(source, "how many circles ?"), str)
-    assert pipe.edit(source, "make it blue", seed=0).size == (32, 32)
-    reply = pipe.chat([Message("user", [source, "how many circles ?"])])
-    assert isinstance(reply, (str, Image.Image))
+    answer = pipe.answer(source, "how many circles ?")
+    # greedy: the same answer again, and a list of one question gives a list of that answer
+    assert isinstance(answer, str) and pipe.answer([source], ["how many circles ?"]) == [answer]
+    edited = pipe.edit(source, "make it blue", seed=0)
+    assert edited.size == (32, 32)
+    assert edited.tobytes() == pipe.edit(source, "make it blue", seed=0).tobytes()
+    reply = pipe.chat([Message("user", [source, "how many circles ?"])], max_new_tokens=16)
+    # a chat turn that does not draw is answered as `answer` answers it
+    assert reply == answer
 
 
 def test_best_of_keeps_the_candidate_the_model_judges_best(pipeline_dir):
