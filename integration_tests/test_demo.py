@@ -57,6 +57,11 @@ def test_demo_smoke_chain_runs_and_resumes(tmp_path, capsys):
     assert metrics["chain"] == "smoke" and chain["file"].endswith("chains/smoke.yaml")
     assert len(chain["sha256"]) == 64 and chain["stages"][1]["steps"] == 2
     drawn = chain["evaluation"]["t2i"] * chain["evaluation"]["t2i_images"]
+    # the demo ends with each headline figure against the chain's target, with a verdict
+    assert metrics["targets"] == chain["targets"] and metrics["targets"]["t2i_unseen"] == 0.60
+    printed = capsys.readouterr().out
+    t2i_row = next(line for line in printed.splitlines() if line.startswith("t2i_unseen"))
+    assert ">= 0.60" in t2i_row and t2i_row.split()[-1] in ("met", "missed", "inconclusive")
     assert sum(row["drawings"] for row in failed.values()) == drawn
     # Where the drawings put their objects, beside where the prompts' scenes have them.
     layout = metrics["t2i_layout"]

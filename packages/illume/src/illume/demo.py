@@ -271,6 +271,7 @@ def run_demo(
         metrics |= {
             "chain": chosen.name,
             "chain_settings": chosen.settings(),
+            "targets": dict(chosen.targets),
             "train_seconds": seconds,
         }
         metrics["total_seconds"] = round(time.perf_counter() - start, 1)
