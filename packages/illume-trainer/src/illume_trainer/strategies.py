@@ -9,8 +9,14 @@ same blocks are activation-checkpointed. Classes are given by import path so YAM
 from __future__ import annotations
 
 import importlib
+import os
+import shutil
+import uuid
+from pathlib import Path
 
 from lightning.pytorch.strategies import FSDPStrategy
+
+from illume_core import replace_with, sweep_stale
 
 #: The blocks of ILLUME at paper scale: Vicuna / Llama decoder layers and SigLIP encoder layers.
 ILLUME_BLOCKS = [
@@ -55,12 +61,6 @@ class IllumeFSDPStrategy(FSDPStrategy):
         recipes' CheckpointIO (AtomicCheckpointIO), so this is where they become atomic."""
         if self._state_dict_type != "sharded":
             return super().save_checkpoint(checkpoint, filepath, storage_options)
-        import os
-        import uuid
-        from pathlib import Path
-
-        from illume_core import replace_with, sweep_stale
-
         path = Path(self.broadcast(str(filepath)))
         if self.global_rank == 0:
             sweep_stale(path)
@@ -70,8 +70,6 @@ class IllumeFSDPStrategy(FSDPStrategy):
             super().save_checkpoint(checkpoint, tmp, storage_options)
         except BaseException:
             if self.global_rank == 0:  # the others may still be writing: sweep_stale ends it
-                import shutil
-
                 shutil.rmtree(tmp, ignore_errors=True)
             raise
         self.barrier("illume_sharded_checkpoint_written")

@@ -147,12 +147,10 @@ def code_locality(
     (h, w), inside, outside = tokenizer.grid, [], []
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
+        images = [_images(split_dir, chunk, key) for key in ("source", "target")]
+        size = images[0][0].width  # the split's image size
         with torch.no_grad():
-            source, target = (
-                tokenizer.encode(tokenizer.preprocess(_images(split_dir, chunk, key))).codes
-                for key in ("source", "target")
-            )
-        size = load_image(split_dir / chunk[0]["source"]).width  # the split's image size
+            source, target = (tokenizer.encode(tokenizer.preprocess(im)).codes for im in images)
         for r, change in zip(chunk, source != target, strict=True):  # change: [h, w]
             # the code positions whose patches overlap the cell's pixels
             x0, y0, x1, y1 = cell_box((r["edited"]["row"], r["edited"]["col"]), size)
