@@ -1,12 +1,16 @@
-"""Makes ShapesWorld's shipped foundations (illume_eval.shapes.foundations): the `shapes-cells`
-encoder, the stand-in for the paper's pretrained SigLIP, trained with recipes/shapes/encoder.yaml on
-its own ShapesWorld data (20,000 training scenes, seed 1; its validation split is the recipe's).
-Its training split holds no prompt that validation reserves as unseen (the splits are by meaning,
-the same for every seed), so the demo's headline stays on what nothing was trained on.
+"""Makes ShapesWorld's shipped foundations (illume_eval.shapes.foundations), the stand-ins for what
+the paper starts from: the `shapes-cells` encoder (SigLIP; recipes/shapes/encoder.yaml) and the
+`shapes` language model (Vicuna; recipes/shapes/language_model.yaml, text only: ShapesWorld's
+conversations with every image written as its layout in words), each trained on its own
+ShapesWorld data (20,000 training scenes, seed 1; the demo's data is seed 0). That training split
+holds no prompt that validation reserves as unseen and no drawing request for a held-out
+composition (the splits are by meaning, the same for every seed), so the demo's headline stays on
+what nothing was trained on.
 
-Prints the encoder's validation figures as a table, then one JSON object on the last line.
-Run: .venv/bin/python tools/train_foundations.py [--workdir DIR] [--install]
-(about 6 minutes on 2 CPU cores); --install copies the result into illume-eval.
+Prints each foundation's validation figures as a table, then one JSON object on the last line.
+Run: .venv/bin/python tools/train_foundations.py [--workdir DIR] [--only NAME] [--install]
+(about 6 minutes for the encoder and 20 for the language model on 2 CPU cores); --install copies
+the results into illume-eval.
 """
 
 from __future__ import annotations
@@ -22,14 +26,22 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPE = ROOT / "packages/illume-trainer/src/illume_trainer/recipes/shapes/encoder.yaml"
-SHIPPED = (
-    "config.json",
-    "model.safetensors",
-    "preprocessor_config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-)
+RECIPES = ROOT / "packages/illume-trainer/src/illume_trainer/recipes/shapes"
+#: foundation -> (illume-train stage, recipe, the files shipped)
+FOUNDATIONS = {
+    "encoder": (
+        "encoder",
+        RECIPES / "encoder.yaml",
+        ("config.json", "model.safetensors", "preprocessor_config.json", "tokenizer.json",
+         "tokenizer_config.json"),
+    ),
+    "language_model": (
+        "language_model",
+        RECIPES / "language_model.yaml",
+        ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
+         "tokenizer_config.json"),
+    ),
+}  # fmt: skip
 
 
 def main() -> None:
@@ -39,12 +51,16 @@ def main() -> None:
     )
     parser.add_argument("--scenes", type=int, default=20000)
     parser.add_argument(
+        "--only", choices=sorted(FOUNDATIONS), action="append", help="make only this one"
+    )
+    parser.add_argument(
         "--install", action="store_true", help="copy into illume_eval.shapes.foundations"
     )
     args = parser.parse_args()
     from illume_core import atomic_write
     from illume_eval.shapes import ensure_dataset
     from illume_eval.shapes.foundations import FOUNDATIONS_DIR
+    from illume_eval.shapes.language import ensure_language_corpus
     from illume_trainer.cli import run_stage
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="illume-foundations-")).resolve()
@@ -52,32 +68,32 @@ def main() -> None:
     os.chdir(work)
     start = time.perf_counter()
     ensure_dataset("data/shapes", args.scenes, seed=1, size=36, n_eval=200, progress=True)
-    run_stage("encoder", ["--config", str(RECIPE), "--trainer.enable_progress_bar", "false"])
-    seconds = time.perf_counter() - start
-    logs = sorted(Path("runs/shapes/encoder/lightning_logs").glob("version_*/metrics.csv"))
-    rows = [r for r in csv.DictReader(logs[-1].open()) if r.get("val/loss")]
-    last = {
-        k.removeprefix("val/"): round(float(v), 4)
-        for k, v in rows[-1].items()
-        if k.startswith("val/") and v
-    }
-    encoder = work / "runs/shapes/encoder/final"
-    size = sum((encoder / name).stat().st_size for name in SHIPPED)
-    figures = {
-        "machine": f"{platform.machine()} {platform.python_version()}",
-        "scenes": args.scenes,
-        "seconds": round(seconds, 1),
-        "bytes": size,
-        **last,
-    }
-    if args.install:
-        target = FOUNDATIONS_DIR / "encoder"
-        target.mkdir(exist_ok=True)
-        for name in SHIPPED:
-            atomic_write(target / name, lambda tmp, name=name: shutil.copyfile(encoder / name, tmp))
-        figures["installed"] = str(target)
+    data_seconds = time.perf_counter() - start
+    figures = {"machine": f"{platform.machine()} {platform.python_version()}", "scenes": args.scenes}
+    for name in args.only or sorted(FOUNDATIONS):
+        stage, recipe, shipped = FOUNDATIONS[name]
+        start = time.perf_counter()
+        if stage == "language_model":
+            ensure_language_corpus("data/shapes")
+        run_stage(stage, ["--config", str(recipe), "--trainer.enable_progress_bar", "false"])
+        seconds = time.perf_counter() - start
+        logs = sorted(Path(f"runs/shapes/{stage}/lightning_logs").glob("version_*/metrics.csv"))
+        rows = [r for r in csv.DictReader(logs[-1].open()) if r.get("val/loss")]
+        for key, value in rows[-1].items():
+            if key.startswith("val/") and value:
+                figures[f"{name}/{key.removeprefix('val/')}"] = round(float(value), 4)
+        result = work / f"runs/shapes/{stage}/final"
+        figures[f"{name}/seconds"] = round(seconds, 1)
+        figures[f"{name}/bytes"] = sum((result / f).stat().st_size for f in shipped)
+        if args.install:
+            target = FOUNDATIONS_DIR / name
+            target.mkdir(exist_ok=True)
+            for f in shipped:
+                atomic_write(target / f, lambda tmp, f=f: shutil.copyfile(result / f, tmp))
+            figures[f"{name}/installed"] = str(target)
+    figures["data_seconds"] = round(data_seconds, 1)
     for key, value in figures.items():
-        print(f"{key:<24}{value}")
+        print(f"{key:<32}{value}")
     print(json.dumps(figures))
 
 

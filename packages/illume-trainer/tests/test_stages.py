@@ -854,3 +854,69 @@ def test_bad_samples_past_the_ceiling_stop_the_run_and_lose_nothing(tmp_path, sh
     assert (
         SemanticTokenizer.from_pretrained(tmp_path / "trained").codebook_size == 64
     )  # the finished output too
+
+
+def test_language_model_stage_pretrains_the_llm_that_mllm_stage_1_starts_from(
+    tmp_path, shapes_data
+):
+    """Stage 0's language model: text only, laid out as the MLLM's processor lays out text, saved
+    in bf16 in Hugging Face format; the MLLM is built from it by path (as from Vicuna), with its
+    weights and its tokenizer."""
+    from types import SimpleNamespace
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from illume_core import Message
+    from illume_eval.shapes.language import ensure_language_corpus
+    from illume_mllm import build_model, build_processor
+    from illume_trainer.stages.language_model import LanguageModelStage
+
+    corpus = ensure_language_corpus(shapes_data)[0]
+    out = tmp_path / "lm"
+    files = [str(corpus / f"{name}.json") for name in ("t2i", "edits", "qa")]
+    args = [
+        "--config",
+        "recipes/shapes/language_model.yaml",
+        *_common(tmp_path, shapes_data, steps=3)[:-6],  # the recipe's data files replaced below
+        "--model.preset",
+        "tiny",
+        "--model.output_dir",
+        str(out),
+        "--data.train",
+        json.dumps(files),
+        "--data.weights",
+        "[1, 1, 1]",
+        "--data.val",
+        json.dumps([files[0].replace("train", "validation")]),
+        "--data.batch_size",
+        "8",
+    ]
+    run_stage("language_model", args)
+    lm = AutoModelForCausalLM.from_pretrained(out, dtype="auto")
+    assert lm.dtype == torch.bfloat16 and lm.config.hidden_size == 32
+
+    # the MLLM built from it: the language model's body and text rows, in float32
+    tokenizer_dir = _tiny_tokenizer(tmp_path)
+    vision = tokenizer_dir / SemanticTokenizer.from_pretrained(tokenizer_dir).config.encoder
+    processor = build_processor(AutoTokenizer.from_pretrained(out), vision, 64, (4, 4), "shapes")
+    mllm = build_model(processor, vision, str(out))
+    body = mllm.model.language_model.layers[0].mlp.up_proj.weight
+    assert body.dtype == torch.float32
+    assert torch.equal(body, lm.model.layers[0].mlp.up_proj.weight.float())
+    rows = lm.config.vocab_size
+    assert torch.equal(mllm.lm_head.weight[:rows], lm.lm_head.weight.float())
+
+    # the stage lays out a conversation's tokens exactly as the MLLM's processor does
+    stage = LanguageModelStage(str(tmp_path / "unused"))
+    stage.text_tokenizer = AutoTokenizer.from_pretrained(out)
+    turns = (("user", "Draw a red circle."), ("assistant", "Layout: top left: a red circle."))
+    example = processor.encode_conversation([Message(role, text) for role, text in turns])
+    assert stage.encode(turns) == example.input_ids
+    # what it writes when asked to draw is scored as drawings are (a 3-step model: the count only)
+    from illume_eval.shapes.language import layout_quality
+
+    written = layout_quality(out, shapes_data / "validation", n=4, tags=None)
+    assert written["n"] == 4 and 0.0 <= written["accuracy"] <= 1.0
+    with_image = SimpleNamespace(turns=turns, inputs={0: object()}, outputs={})
+    with pytest.raises(ValueError, match="reads text only"):
+        stage._loss({"items": [with_image]})

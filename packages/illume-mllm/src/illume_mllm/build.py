@@ -153,11 +153,13 @@ def build_model(
     adapter_act: str = "gelu",
     load_weights: bool = True,
     grid_embeddings: bool = False,
+    dtype: torch.dtype = torch.float32,
 ) -> IllumeForConditionalGeneration:
     """The MLLM: vision tower (weights from `vision_dir`), a fresh MLP adapter, and an LLM (a local
     directory with weights, or a LlamaConfig dict such as LLM_PRESETS["shapes"], trained from
     scratch), its vocabulary resized to the processor's extended tokenizer. `grid_embeddings`:
-    row and column embeddings of output codes (IllumeConfig; not in the paper's model)."""
+    row and column embeddings of output codes (IllumeConfig; not in the paper's model).
+    `dtype`: of the built model's weights (float32: master weights for training)."""
     from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig
     from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
@@ -172,6 +174,7 @@ def build_model(
         )  # fmt: skip
     else:
         text_config = AutoConfig.from_pretrained(llm_dir)
+        text_config.dtype = dtype  # the saved config keeps the dtype the MLLM has, not the LLM's
     vision_config = _vision_config(vision_dir)
     config = IllumeConfig(
         vision_config=vision_config,
@@ -189,7 +192,9 @@ def build_model(
         tie_word_embeddings=False,
         grid_embeddings=grid_embeddings,
     )
-    model = IllumeForConditionalGeneration(config)
+    # float32 master weights, whatever dtype the LLM was saved in (a bf16 or fp16 checkpoint's
+    # config would otherwise build its layers in that dtype); Lightning's precision casts later
+    model = IllumeForConditionalGeneration(config).to(dtype)
     if load_weights and torch.empty(0).device.type == "meta":
         load_weights = False  # shape-only instantiation (checking a paper-scale recipe)
     if load_weights:

@@ -20,6 +20,7 @@ def _stages() -> dict[str, tuple[type, type]]:
     from .data import ImageDataModule
     from .stages.detokenizer import DetokenizerStage
     from .stages.encoder import EncoderStage
+    from .stages.language_model import LanguageModelStage
     from .stages.mllm import MLLMStage
     from .stages.tokenizer import TokenizerStage
 
@@ -27,6 +28,7 @@ def _stages() -> dict[str, tuple[type, type]]:
         "encoder": (EncoderStage, ImageDataModule),
         "tokenizer": (TokenizerStage, ImageDataModule),
         "detokenizer": (DetokenizerStage, ImageDataModule),
+        "language_model": (LanguageModelStage, ConversationDataModule),
         "mllm": (MLLMStage, ConversationDataModule),
     }
 

@@ -74,7 +74,7 @@ class ChainStage(_Strict):
 
     name: str
     """The stage's name in the chain, the seconds ledger and `--steps NAME=N`."""
-    stage: Literal["encoder", "tokenizer", "detokenizer", "mllm"]
+    stage: Literal["encoder", "language_model", "tokenizer", "detokenizer", "mllm"]
     """The illume-train stage that runs the recipe."""
     recipe: str
     """A LightningCLI recipe: a path, or one shipped with illume-trainer (`recipes/shapes/...`)."""
@@ -82,7 +82,7 @@ class ChainStage(_Strict):
     """Optimizer steps; None: the recipe's `trainer.max_steps`."""
     foundation: str | None = None
     """Copy this shipped foundation (illume_eval.shapes.foundations) as the stage's output instead
-    of training it, as the paper starts from a pretrained SigLIP."""
+    of training it, as the paper starts from a pretrained SigLIP and a pretrained Vicuna."""
     overrides: dict[str, Any] = Field(default_factory=dict)
     """Recipe fields replaced, nested as in the recipe (`{model: {lr: 5.0e-4}}`); given to the stage
     as a second config after the recipe."""

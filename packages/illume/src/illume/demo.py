@@ -27,6 +27,8 @@ from .report import HEADLINE, target_verdict
 
 #: Seconds each stage took, over every run in this directory (`train` keeps it).
 SECONDS = "runs/train_seconds.json"
+#: Where a chain's ShapesWorld data lives, relative to the run's directory (the recipes' paths).
+DATA = "data/shapes"
 
 
 def train(
@@ -67,6 +69,10 @@ def train(
             install_foundation(stage.foundation, output)
             record(stage.name, start)
             continue
+        if stage.stage == "language_model":  # text only: the split's conversations in words
+            from illume_eval.shapes.language import ensure_language_corpus
+
+            ensure_language_corpus(DATA)
         steps = chain.steps(stage.name)
         run = {
             "trainer": {
@@ -115,7 +121,7 @@ def install_foundation(name: str, output: str | os.PathLike) -> None:
 
 
 def evaluate(
-    pipe: IllumePipeline, sizes: ChainEvaluation, data: str = "data/shapes"
+    pipe: IllumePipeline, sizes: ChainEvaluation, data: str = DATA
 ) -> tuple[dict, dict]:
     """(metrics, records) on the validation and held-out splits, of the chain's sample sizes; see
     HEADLINE. Every figure comes with its sample size and 95% interval (metrics["intervals"])."""
@@ -257,7 +263,7 @@ def run_demo(
     os.chdir(out)
     try:
         start = time.perf_counter()
-        chosen.data.ensure("data/shapes", progress=progress)
+        chosen.data.ensure(DATA, progress=progress)
         seconds = train(chosen, progress=progress)
         pipe = IllumePipeline.from_stages(
             chosen.output_of("tokenizer"),

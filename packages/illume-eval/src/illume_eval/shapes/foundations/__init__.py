@@ -20,7 +20,10 @@ from pathlib import Path
 FOUNDATIONS_DIR = Path(__file__).parent
 
 #: Name -> what it stands in for.
-FOUNDATIONS = {"encoder": "SigLIP (the paper's pretrained vision encoder)"}
+FOUNDATIONS = {
+    "encoder": "SigLIP (the paper's pretrained vision encoder)",
+    "language_model": "Vicuna (the paper's pretrained language model)",
+}
 
 
 def foundation(name: str) -> Path:
