@@ -71,10 +71,13 @@ def draw_codes(
     temperature: float = 1.0,
     top_k: int | None = None,
     top_p: float | None = None,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
 ) -> torch.Tensor:
     """Codes [R] drawn from vision-token logits [R, K] of conditional rows (and their unconditional
     twins [R, K] when guidance != 1): CFG, temperature, top-k, top-p, then one seeded draw per row.
+    `generator`: one for the batch, or one per row (several rows may share one, drawn in row
+    order), so that a row's draws depend on its own seed alone, not on which rows were batched
+    with it: a server that batches requests draws each as it would alone.
 
     Every image sampler (this module's, `TorchImageGenerator` and illume-runtime's ONNX loop) draws
     through here, so the same seed gives the same codes whatever computed the logits. The draw runs where the generator
@@ -87,8 +90,16 @@ def draw_codes(
     if temperature == 0:
         return logits.argmax(-1)
     probs = filter_logits(logits / temperature, top_k, top_p).softmax(-1)
-    device = generator.device if generator is not None else torch.device("cpu")
-    return torch.multinomial(probs.to(device), 1, generator=generator)[:, 0].to(cond.device)
+    if generator is None or isinstance(generator, torch.Generator):
+        device = generator.device if generator is not None else torch.device("cpu")
+        return torch.multinomial(probs.to(device), 1, generator=generator)[:, 0].to(cond.device)
+    if len(generator) != len(probs):
+        raise ValueError(f"{len(generator)} generators for {len(probs)} rows: give one per row")
+    codes = [
+        torch.multinomial(row.to(g.device)[None], 1, generator=g)[0, 0]
+        for row, g in zip(probs, generator, strict=True)
+    ]
+    return torch.stack(codes).to(cond.device)
 
 
 class ImageTokenSampler(LogitsProcessor):
@@ -112,7 +123,7 @@ class ImageTokenSampler(LogitsProcessor):
         temperature: float = 1.0,
         top_k: int | None = None,
         top_p: float | None = None,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
         eos_token_id: int | None = None,
     ):
         check_sampling(guidance, temperature, top_k, top_p)

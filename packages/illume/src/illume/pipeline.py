@@ -247,11 +247,25 @@ class IllumePipeline:
             raise ValueError(f"seed must be an integer in [0, 2**63), got {seed!r}")
         return torch.Generator().manual_seed(seed if seed is not None else torch.seed() % 2**31)
 
-    def render(self, codes: torch.Tensor, generator: torch.Generator) -> list[Image.Image]:
-        """codes [B, h, w] -> B images through the detokenizer."""
+    def _row_generators(self, seeds: Sequence[int], rows_each: int) -> list[torch.Generator]:
+        """One generator per seed, repeated for each of its `rows_each` rows (drawn in row order)."""
+        out = []
+        for seed in seeds:
+            generator = self._generator(seed, None)
+            out += [generator] * rows_each
+        return out
+
+    def render(
+        self, codes: torch.Tensor, generator: torch.Generator | Sequence[torch.Generator]
+    ) -> list[Image.Image]:
+        """codes [B, h, w] -> B images through the detokenizer; `generator`: one, or one per row
+        (the denoising seed of a row then comes from its own generator)."""
         s = self.sampling
         self.detokenizer.use_scheduler(s.sampler)
-        seeds = torch.randint(0, 2**31 - 1, (len(codes),), generator=generator).tolist()
+        if isinstance(generator, torch.Generator):
+            seeds = torch.randint(0, 2**31 - 1, (len(codes),), generator=generator).tolist()
+        else:
+            seeds = [int(torch.randint(0, 2**31 - 1, (1,), generator=g)) for g in generator]
         return self.detokenizer(
             codes=codes,
             tokenizer=self.tokenizer,
@@ -281,7 +295,7 @@ class IllumePipeline:
         self,
         conversations: Sequence[Sequence[Message]],
         unconditional,
-        generator: torch.Generator,
+        generator: torch.Generator | Sequence[torch.Generator],
         edits: bool = False,
     ) -> torch.Tensor:
         """Vision tokens [B, h, w] for conversations ending in a drawing request, at the pipeline's
@@ -307,13 +321,15 @@ class IllumePipeline:
         self,
         prompt: str | Sequence[str],
         num_images: int = 1,
-        seed: int | None = None,
+        seed: int | Sequence[int] | None = None,
         generator: torch.Generator | None = None,
         best_of: int | None = None,
     ) -> list[Image.Image]:
         """Text to image: `num_images` images per prompt, in prompt order. `best_of` (default: the
         sampling config's) draws that many candidates for each image and keeps the one `judge`
-        rates best, the model's own understanding checking its drawing."""
+        rates best, the model's own understanding checking its drawing. `seed`: one for the call,
+        or one per prompt, each prompt then drawn exactly as it would be alone (how a server
+        batches requests)."""
         best_of = self.sampling.best_of if best_of is None else best_of
         if best_of < 1:
             raise ValueError(f"best_of must be at least 1, got {best_of}")
@@ -322,7 +338,14 @@ class IllumePipeline:
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts:
             raise ValueError("no prompt given: pass a prompt or a list of prompts")
-        generator = self._generator(seed, generator)
+        if isinstance(seed, Sequence):
+            if len(seed) != len(prompts):
+                raise ValueError(
+                    f"{len(seed)} seeds for {len(prompts)} prompts: give one per prompt"
+                )
+            generator = self._row_generators(seed, num_images * best_of)
+        else:
+            generator = self._generator(seed, generator)
         drawn = [p for p in prompts for _ in range(num_images * best_of)]
         conversations = [self.processor.t2i_messages(p) for p in drawn]
         unconditional = [self.processor.t2i_messages("")] * len(conversations)
@@ -381,19 +404,30 @@ class IllumePipeline:
         self,
         image: Image.Image | Sequence[Image.Image],
         instruction: str | Sequence[str],
-        seed: int | None = None,
+        seed: int | Sequence[int] | None = None,
         generator: torch.Generator | None = None,
     ) -> Image.Image | list[Image.Image]:
-        """Image + instruction -> the edited image (CFG against the image without the instruction)."""
+        """Image + instruction -> the edited image (CFG against the image without the instruction).
+        `seed`: one for the call, or one per edit (each then drawn as it would be alone)."""
         single = isinstance(instruction, str)
         images = [image] if single else list(image)
         instructions = [instruction] if single else list(instruction)
-        generator = self._generator(seed, generator)
+        if isinstance(seed, Sequence):
+            if len(seed) != len(instructions):
+                raise ValueError(
+                    f"{len(seed)} seeds for {len(instructions)} edits: give one per edit"
+                )
+            generator = self._row_generators(seed, 1)
+        else:
+            generator = self._generator(seed, generator)
         out = self.render(self.edit_codes(images, instructions, generator), generator)
         return out[0] if single else out
 
     def edit_codes(
-        self, images: Sequence[Image.Image], instructions: Sequence[str], generator: torch.Generator
+        self,
+        images: Sequence[Image.Image],
+        instructions: Sequence[str],
+        generator: torch.Generator | Sequence[torch.Generator],
     ) -> torch.Tensor:
         """The MLLM's half of `edit`: the edited images' codes [B, h, w], before the detokenizer."""
         conversations = [
@@ -416,10 +450,15 @@ class IllumePipeline:
         )
 
     def chat(
-        self, messages: Sequence[Message], seed: int | None = None, max_new_tokens: int = 32
+        self,
+        messages: Sequence[Message],
+        seed: int | None = None,
+        max_new_tokens: int = 32,
+        streamer=None,
     ) -> str | Image.Image:
         """Answers the last user turn of a conversation with images in its history: text, or an
-        image when the model starts its answer with one."""
+        image when the model starts its answer with one. `streamer`: a transformers streamer that
+        receives a text answer's tokens as they come (a drawing comes whole)."""
         messages = list(messages)
         if self.processor.config.edit_source_codes:  # earlier drawing requests, as trained
             messages = [
@@ -452,9 +491,10 @@ class IllumePipeline:
                 top_p=self.sampling.top_p,
             )
             return self.render(codes, generator)[0]
-        return generate_text(self.model, self.processor, [messages], max_new_tokens=max_new_tokens)[
-            0
-        ]
+        extra = {"streamer": streamer} if streamer is not None else {}
+        return generate_text(
+            self.model, self.processor, [messages], max_new_tokens=max_new_tokens, **extra
+        )[0]
 
     def _pixels(self, messages: Sequence[Message]):
         images = [p for m in messages for p in m.parts if isinstance(p, Image.Image)]
