@@ -4,6 +4,10 @@ The tiny ILLUME MLLM (SigLIP tower, Llama with grouped-query attention) and a ti
 directory are built, saved and loaded by path, as real weights would be, once a session.
 """
 
+import socket
+import threading
+import time
+
 import pytest
 import torch
 from PIL import Image
@@ -288,3 +292,45 @@ def save_tiny_sdxl(root):
 def tiny_sdxl():
     """`save_tiny_sdxl`: an SDXL-shaped model in miniature where a user's local SDXL would be."""
     return save_tiny_sdxl
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LiveServer:
+    """uvicorn serving an app on a free port in a thread, for the length of a test."""
+
+    def __init__(self, app):
+        import uvicorn
+
+        self.port = _free_port()
+        self.server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
+        )
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self):
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline:
+                raise TimeoutError("the server did not start")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+@pytest.fixture(scope="session")
+def live_server():
+    """`with live_server(app) as server:` serves an ASGI app on 127.0.0.1 (server.url)."""
+    return LiveServer
