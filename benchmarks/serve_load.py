@@ -175,7 +175,9 @@ def main() -> None:
             }
 
     print()
-    print(f"{'clients':>8} {'batched img/s':>14} {'alone img/s':>12} {'gain':>6} {'p50 (b)':>8} {'p95 (b)':>8}")
+    print(
+        f"{'clients':>8} {'batched img/s':>14} {'alone img/s':>12} {'gain':>6} {'p50 (b)':>8} {'p95 (b)':>8}"
+    )
     for clients in levels:
         b = next(r for r in rows if r["mode"] == "batched" and r["clients"] == clients)
         a = next(r for r in rows if r["mode"] != "batched" and r["clients"] == clients)

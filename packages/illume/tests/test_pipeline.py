@@ -124,6 +124,7 @@ def test_bad_command_lines_are_one_line_errors_and_lose_nothing(pipeline_dir, tm
         (["--temperature", "-1"], "--temperature must be >= 0"),
         (["--temperature", "nan"], "--temperature must be a finite number"),
         (["--top-k", "-5"], "--top-k must be None or an integer >= 1"),
+        (["--top-p", "1.5"], "--top-p must be None or in (0, 1]"),
         (["--seed", str(2**70)], "--seed must be in"),
         (["--num-images", "0"], "--num-images must be at least 1"),
         (["--guidance", "inf"], "--guidance must be a finite number"),

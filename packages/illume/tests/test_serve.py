@@ -179,3 +179,18 @@ def test_a_full_queue_refuses_with_429_and_loses_no_request(pipe, live_server):
     with live_server(create_app(pipe, settings)) as server:
         response = httpx.post(server.url + "/v1/images/generations", json={"prompt": "x"})
         assert response.status_code == 504 and "timed out" in response.json()["error"]["message"]
+
+
+def test_bad_serve_command_lines_are_one_line_errors(pipeline_dir, tmp_path, capsys):
+    from illume.cli import main
+
+    for argv, expected in (
+        (["--model", str(tmp_path / "missing")], "no such pipeline directory"),
+        (["--model", str(pipeline_dir), "--port", "0"], "--port must be in 1..65535"),
+        (["--model", str(pipeline_dir), "--max-batch", "0"], "--max-batch"),
+        (["--model", str(pipeline_dir), "--timeout-s", "-1"], "--timeout-s"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["serve", *argv])
+        err = capsys.readouterr().err.strip()
+        assert exit_info.value.code == 2 and expected in err and len(err.splitlines()) == 1, err

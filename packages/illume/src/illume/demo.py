@@ -120,9 +120,7 @@ def install_foundation(name: str, output: str | os.PathLike) -> None:
         shutil.copytree(source, tmp, dirs_exist_ok=True)
 
 
-def evaluate(
-    pipe: IllumePipeline, sizes: ChainEvaluation, data: str = DATA
-) -> tuple[dict, dict]:
+def evaluate(pipe: IllumePipeline, sizes: ChainEvaluation, data: str = DATA) -> tuple[dict, dict]:
     """(metrics, records) on the validation and held-out splits, of the chain's sample sizes; see
     HEADLINE. Every figure comes with its sample size and 95% interval (metrics["intervals"])."""
     from illume_eval import aspect_failures

@@ -10,13 +10,43 @@ def _sampling(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model", required=True, help="pipeline directory (e.g. DEMO_OUT/pipeline)"
     )
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--guidance", type=float, default=None, help="CFG scale of the vision tokens"
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the drawing (the same seed draws the same image)",
     )
-    parser.add_argument("--temperature", type=float, default=None)
-    parser.add_argument("--top-k", type=int, default=None)
-    parser.add_argument("--steps", type=int, default=None, help="detokenizer denoising steps")
+    parser.add_argument(
+        "--guidance",
+        type=float,
+        default=None,
+        help="CFG scale of the vision tokens, >= 0 (1: none; default: the pipeline's sampling.json)",
+    )
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        default=None,
+        help="of the vision tokens, >= 0 (0: greedy; default: the pipeline's sampling.json)",
+    )
+    parser.add_argument(
+        "--top-k",
+        type=int,
+        default=None,
+        help="draw among the k likeliest codes (default: the pipeline's sampling.json, else all)",
+    )
+    parser.add_argument(
+        "--top-p",
+        type=float,
+        default=None,
+        help="draw among the likeliest codes holding this much probability, in (0, 1] "
+        "(default: the pipeline's sampling.json, else 1)",
+    )
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="detokenizer denoising steps (default: the pipeline's sampling.json)",
+    )
     parser.add_argument(
         "--runtime",
         default="torch",
@@ -31,7 +61,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     generate = commands.add_parser("generate", help="text to image with a trained pipeline")
     _sampling(generate)
     generate.add_argument("prompt", help='e.g. "a red circle above a blue square"')
-    generate.add_argument("--num-images", type=int, default=1)
+    generate.add_argument("--num-images", type=int, default=1, help="images per prompt (default 1)")
     generate.add_argument(
         "--best-of",
         type=int,
@@ -84,6 +114,7 @@ def _check_args(args: argparse.Namespace) -> None:
             guidance=args.guidance if getattr(args, "guidance", None) is not None else 1.0,
             temperature=args.temperature if getattr(args, "temperature", None) is not None else 1.0,
             top_k=getattr(args, "top_k", None),
+            top_p=getattr(args, "top_p", None),
         )
     except ValueError as err:
         raise UsageError(f"--{str(err).replace('_', '-')}") from None
@@ -132,6 +163,7 @@ def _load(args: argparse.Namespace):
         ("guidance", getattr(args, "guidance", None)),
         ("temperature", getattr(args, "temperature", None)),
         ("top_k", getattr(args, "top_k", None)),
+        ("top_p", getattr(args, "top_p", None)),
         ("steps", getattr(args, "steps", None)),
     ):
         if value is not None:
