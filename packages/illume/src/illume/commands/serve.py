@@ -36,6 +36,25 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--max-body-mb", type=float, default=8.0, help="largest request body (then 413)"
     )
     serve.add_argument("--model-name", default="illume", help="the model id /v1/models reports")
+    ray = serve.add_argument_group(
+        "Ray Serve (pip install 'illume[ray]'; a cluster through RAY_ADDRESS, else a local Ray)"
+    )
+    ray.add_argument("--ray", action="store_true", help="serve as a Ray Serve deployment")
+    ray.add_argument("--replicas", type=int, default=1, help="replicas, each with the model")
+    ray.add_argument(
+        "--min-replicas",
+        type=int,
+        default=None,
+        help="autoscale from this many (with --max-replicas)",
+    )
+    ray.add_argument("--max-replicas", type=int, default=None, help="autoscale up to this many")
+    ray.add_argument(
+        "--target-ongoing-requests",
+        type=float,
+        default=16.0,
+        help="autoscaling: requests in flight per replica that Ray aims for",
+    )
+    ray.add_argument("--cpus-per-replica", type=float, default=1.0)
     serve.set_defaults(handler=_serve)
 
 
@@ -62,6 +81,8 @@ def _serve(args: argparse.Namespace) -> int:
     except ValidationError as err:
         first = err.errors()[0]
         raise UsageError(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}") from None
+    if args.ray:
+        return _serve_ray(args, settings)
     import uvicorn
 
     from ..pipeline import IllumePipeline
@@ -69,4 +90,34 @@ def _serve(args: argparse.Namespace) -> int:
     pipe = IllumePipeline.from_pretrained(args.model)
     pipe.use_runtime(args.runtime, args.onnx)
     uvicorn.run(create_app(pipe, settings), host=args.host, port=args.port, log_level="info")
+    return 0
+
+
+def _serve_ray(args: argparse.Namespace, settings) -> int:
+    from .tasks import UsageError
+
+    if (args.min_replicas is None) != (args.max_replicas is None):
+        raise UsageError(
+            "give --min-replicas and --max-replicas together (autoscaling), or neither"
+        )
+    if args.replicas < 1 or (
+        args.min_replicas is not None and not 0 <= args.min_replicas <= args.max_replicas
+    ):
+        raise UsageError("--replicas must be >= 1, and 0 <= --min-replicas <= --max-replicas")
+    try:
+        from ..serve.ray_serve import run
+    except ImportError:
+        raise UsageError("--ray needs Ray Serve: pip install 'illume[ray]'") from None
+    autoscaling = None
+    if args.min_replicas is not None:
+        autoscaling = {
+            "min_replicas": args.min_replicas,
+            "max_replicas": args.max_replicas,
+            "target_ongoing_requests": args.target_ongoing_requests,
+        }
+    run(
+        args.model, settings, host=args.host, port=args.port, replicas=args.replicas,
+        autoscaling=autoscaling, cpus_per_replica=args.cpus_per_replica, runtime=args.runtime,
+        onnx=args.onnx,
+    )  # fmt: skip
     return 0

@@ -21,6 +21,7 @@ import binascii
 import dataclasses
 import io
 import json
+import os
 import re
 import secrets
 import time
@@ -485,7 +486,7 @@ def create_app(pipe, settings: ServeSettings | None = None):
     async def ready():
         if not server.batcher.alive:
             return JSONResponse({"status": "model worker stopped"}, status_code=503)
-        return {"status": "ok", "queue": server.batcher.depth}
+        return {"status": "ok", "queue": server.batcher.depth, "pid": os.getpid()}
 
     @app.get("/health/live")
     async def live():
