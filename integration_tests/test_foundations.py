@@ -34,3 +34,22 @@ def test_the_shipped_encoder_is_small_and_its_tokens_name_their_cells():
     nearest = torch.cdist(tokens, means).argmin(-1)
     accuracy = np.mean([classes[int(k)] == x for k, x in zip(nearest, labels, strict=True)])
     assert accuracy >= 0.99, accuracy
+
+
+def test_the_shipped_language_model_loads_as_an_llm_does_and_writes_unseen_prompts_layouts(
+    tmp_path,
+):
+    """The stand-in for Vicuna: a Llama and its tokenizer loaded by path, bf16 on disk; asked in
+    the MLLM's phrasing to draw validation's unseen prompts (never in its text), it writes layouts
+    that the exact scorer accepts far above chance."""
+    from transformers import AutoModelForCausalLM
+
+    from illume_eval.shapes import write_dataset
+    from illume_eval.shapes.language import layout_quality
+
+    directory = foundation("language_model")
+    assert AutoModelForCausalLM.from_pretrained(directory, dtype="auto").dtype == torch.bfloat16
+    write_dataset(tmp_path, 20, seed=0, n_eval=200, progress=False)
+    written = layout_quality(directory, tmp_path / "validation", n=60)
+    assert written["n"] == 60
+    assert written["accuracy"] >= LAYOUT_ACCURACY_FLOOR, written["by_tag"]

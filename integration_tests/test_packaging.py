@@ -60,6 +60,17 @@ def test_the_eval_wheel_ships_the_shapes_foundations(built_dists):
     encoder = "illume_eval/shapes/foundations/encoder/"
     for name in ("config.json", "model.safetensors", "preprocessor_config.json", "tokenizer.json"):
         assert encoder + name in names
+    language_model = "illume_eval/shapes/foundations/language_model/"
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
+        assert language_model + name in names
+
+
+@pytest.mark.parametrize("dist", PACKAGES)
+def test_every_wheel_says_it_is_typed(built_dists, dist):
+    """PEP 561: type checkers read a package's annotations only when it ships py.typed."""
+    (wheel,) = built_dists.glob(f"{dist.replace('-', '_')}-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        assert f"{dist.replace('-', '_')}/py.typed" in archive.namelist()
 
 
 @pytest.mark.parametrize("dist", PACKAGES)

@@ -69,7 +69,10 @@ def main() -> None:
     start = time.perf_counter()
     ensure_dataset("data/shapes", args.scenes, seed=1, size=36, n_eval=200, progress=True)
     data_seconds = time.perf_counter() - start
-    figures = {"machine": f"{platform.machine()} {platform.python_version()}", "scenes": args.scenes}
+    figures = {
+        "machine": f"{platform.machine()} {platform.python_version()}",
+        "scenes": args.scenes,
+    }
     for name in args.only or sorted(FOUNDATIONS):
         stage, recipe, shipped = FOUNDATIONS[name]
         start = time.perf_counter()
@@ -89,7 +92,7 @@ def main() -> None:
             target = FOUNDATIONS_DIR / name
             target.mkdir(exist_ok=True)
             for f in shipped:
-                atomic_write(target / f, lambda tmp, f=f: shutil.copyfile(result / f, tmp))
+                atomic_write(target / f, lambda tmp, src=result / f: shutil.copyfile(src, tmp))
             figures[f"{name}/installed"] = str(target)
     figures["data_seconds"] = round(data_seconds, 1)
     for key, value in figures.items():

@@ -49,7 +49,9 @@ def split_scenes(split_dir: str | os.PathLike) -> dict[str, Scene]:
     """Image path (relative to the split) -> the scene it shows: the split's images and its edit
     targets."""
     folder = Path(split_dir)
-    scenes = {row["image"]: Scene.from_dict(row["scene"]) for row in read_jsonl(folder / "scenes.jsonl")}
+    scenes = {
+        row["image"]: Scene.from_dict(row["scene"]) for row in read_jsonl(folder / "scenes.jsonl")
+    }
     for row in read_jsonl(folder / "edits.jsonl"):
         scenes[row["target"]] = Scene.from_dict(row["target_scene"])
     return scenes

@@ -57,9 +57,7 @@ class LanguageModelStage(GuardedStage):
         if preset not in LLM_PRESETS:
             raise ValueError(f"unknown LLM preset {preset!r}; presets: {', '.join(LLM_PRESETS)}")
         if save_dtype not in ("float32", "bfloat16", "float16"):
-            raise ValueError(
-                f"save_dtype must be float32, bfloat16 or float16, got {save_dtype!r}"
-            )
+            raise ValueError(f"save_dtype must be float32, bfloat16 or float16, got {save_dtype!r}")
         self.save_hyperparameters()
         check_replaceable(output_dir, "language model")  # refused now, not after training
         self.template = (
