@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import io
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -194,3 +195,20 @@ def test_bad_serve_command_lines_are_one_line_errors(pipeline_dir, tmp_path, cap
             main(["serve", *argv])
         err = capsys.readouterr().err.strip()
         assert exit_info.value.code == 2 and expected in err and len(err.splitlines()) == 1, err
+
+
+def test_a_client_that_goes_away_frees_its_slot(pipe, live_server):
+    """A request whose client disconnects while its batch gathers is dropped, never drawn."""
+    settings = ServeSettings(batch_window_ms=1500)
+    with live_server(create_app(pipe, settings)) as server:
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(server.url + "/v1/images/generations", json={"prompt": "x"}, timeout=0.3)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            metrics = httpx.get(server.url + "/metrics").text
+            if 'illume_dropped_total{reason="cancelled"} 1.0' in metrics:
+                break
+            time.sleep(0.2)
+        assert 'illume_dropped_total{reason="cancelled"} 1.0' in metrics
+        assert "illume_batch_rows_count 0.0" in metrics  # nothing reached the model
+        assert httpx.get(server.url + "/health/ready").status_code == 200

@@ -228,12 +228,23 @@ class Server:
             k += len(p["seeds"])
         return out
 
-    async def submit(self, task: str, payload: dict, overrides: dict, rows: int):
+    async def submit(self, task: str, payload: dict, overrides: dict, rows: int, request=None):
+        """The batch's result for this request. Every quarter second it checks that the client is
+        still there (`request`); one that went away leaves the queue (its slot freed) unanswered."""
         # requests of one task and sampling share batches; a conversation never does
         alone = secrets.token_hex(8) if task == "chat" else None
         key = (task, tuple(sorted(overrides.items())), alone)
+        waiting = asyncio.ensure_future(
+            self.batcher.submit(key, rows, payload, self.settings.timeout_s)
+        )
         try:
-            return await self.batcher.submit(key, rows, payload, self.settings.timeout_s)
+            while True:
+                done, _ = await asyncio.wait({waiting}, timeout=0.25)
+                if done:
+                    return waiting.result()
+                if request is not None and await request.is_disconnected():
+                    waiting.cancel()
+                    raise APIError(499, "the client went away", code="client_closed")
         except QueueFull as err:
             raise APIError(429, f"the server is busy ({err}); retry shortly", code="queue_full",
                            headers={"Retry-After": "1"}) from None  # fmt: skip
@@ -312,25 +323,7 @@ def create_app(pipe, settings: ServeSettings | None = None):
     async def _invalid(request, err: RequestValidationError):
         return error(_validation_error(err.errors()))
 
-    @app.middleware("http")
-    async def _count(request: Request, call_next):
-        route = request.url.path
-        start = time.perf_counter()
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > settings.max_body_bytes):
-            response = error(APIError(
-                413, f"the body is over max_body_bytes={settings.max_body_bytes}",
-                code="body_too_large",
-            ))  # fmt: skip
-        else:
-            try:
-                response = await call_next(request)
-            except Exception as err:  # the server answers, and lives on
-                response = error(APIError(500, f"internal error: {type(err).__name__}: {err}"))
-        if route.startswith("/v1/"):
-            server.metrics.requests.labels(route=route, status=str(response.status_code)).inc()
-            server.metrics.latency.labels(route=route).observe(time.perf_counter() - start)
-        return response
+    app.add_middleware(_Guard, settings=settings, metrics=server.metrics)
 
     async def body_json(request: Request) -> Any:
         body = await read_body(request)
@@ -368,7 +361,7 @@ def create_app(pipe, settings: ServeSettings | None = None):
         server.check_size(req.size)
         seeds = server.seeds(req.seed, req.n)
         images = await server.submit("draw", {"prompt": req.prompt, "seeds": seeds},
-                                     req.overrides(), rows=req.n)  # fmt: skip
+                                     req.overrides(), rows=req.n, request=request)  # fmt: skip
         return images_response(images, seeds)
 
     @app.post("/v1/images/edits")
@@ -404,7 +397,7 @@ def create_app(pipe, settings: ServeSettings | None = None):
         server.check_size(req.size)
         seeds = server.seeds(req.seed, req.n)
         images = await server.submit("edit", {"image": image, "prompt": req.prompt, "seeds": seeds},
-                                     req.overrides(), rows=req.n)  # fmt: skip
+                                     req.overrides(), rows=req.n, request=request)  # fmt: skip
         return images_response(images, seeds)
 
     @app.post("/v1/chat/completions")
@@ -426,7 +419,7 @@ def create_app(pipe, settings: ServeSettings | None = None):
             return f"data: {json.dumps(body)}\n\n"
 
         if not req.stream:
-            (answer,) = [await server.submit("chat", payload, req.overrides(), rows=1)]
+            answer = await server.submit("chat", payload, req.overrides(), rows=1, request=request)
             content = _content(answer)
             return {
                 "id": ident, "object": "chat.completion", "created": created,
@@ -502,6 +495,52 @@ def create_app(pipe, settings: ServeSettings | None = None):
         return HTMLResponse(PAGE.read_text() if PAGE.is_file() else "<h1>ILLUME</h1>")
 
     return app
+
+
+class _Guard:
+    """Pure ASGI middleware (a BaseHTTPMiddleware would hide a client's disconnect from the
+    handlers): refuses a body declared over the limit (413), answers an unexpected error with a
+    500 in OpenAI's shape instead of dropping the connection, and counts requests by route and
+    status with their latency."""
+
+    def __init__(self, app, settings: ServeSettings, metrics: Metrics):
+        self.app, self.settings, self.metrics = app, settings, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        route, start, status = scope["path"], time.perf_counter(), [500]
+        started = [False]
+
+        async def send_counted(message):
+            if message["type"] == "http.response.start":
+                status[0], started[0] = message["status"], True
+            await send(message)
+
+        async def answer(err: APIError):
+            body = json.dumps(err.body()).encode()
+            headers = [(b"content-type", b"application/json"),
+                       (b"content-length", str(len(body)).encode())]  # fmt: skip
+            headers += [(k.lower().encode(), v.encode()) for k, v in err.headers.items()]
+            await send_counted(
+                {"type": "http.response.start", "status": err.status, "headers": headers}
+            )
+            await send({"type": "http.response.body", "body": body})
+
+        length = dict(scope.get("headers", [])).get(b"content-length")
+        limit = self.settings.max_body_bytes
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            await answer(APIError(413, f"the body is over max_body_bytes={limit}",
+                                  code="body_too_large"))  # fmt: skip
+        else:
+            try:
+                await self.app(scope, receive, send_counted)
+            except Exception as err:  # the server answers, and lives on
+                if not started[0]:
+                    await answer(APIError(500, f"internal error: {type(err).__name__}: {err}"))
+        if route.startswith("/v1/"):
+            self.metrics.requests.labels(route=route, status=str(status[0])).inc()
+            self.metrics.latency.labels(route=route).observe(time.perf_counter() - start)
 
 
 def _version() -> str:

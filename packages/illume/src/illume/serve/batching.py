@@ -169,6 +169,9 @@ class Batcher:
             batch = self._take()
             if batch is None:
                 return
+            for job in batch:
+                if job.cancelled:  # its client went away while the batch gathered
+                    self.stats.on_drop("cancelled")
             batch = [j for j in batch if not j.cancelled]
             if not batch:
                 continue
