@@ -163,3 +163,40 @@ def test_each_headline_figure_is_printed_against_its_target_with_an_honest_verdi
     bad = yaml.safe_load(Path(default.source).read_text()) | {"targets": {"t2i_everything": 1.0}}
     with pytest.raises(Exception, match="targets for unknown figures"):
         Chain(**bad)
+
+
+def test_the_language_model_chain_copies_the_shipped_llm_and_stage_1_builds_on_it(
+    tmp_path, monkeypatch
+):
+    """`--chain language_model`: the language model is a foundation copied like the encoder, and
+    MLLM stage 1 reads it as its LLM; a chain that trains it writes its text corpus first."""
+    from illume_eval.shapes.foundations import foundation
+
+    monkeypatch.chdir(tmp_path)
+    chain = Chain.load("language_model").without_self_enhance()
+    assert chain.recipe("mllm_stage1")["model"]["llm"] == chain.output("language_model")
+    for name in chain.stage_names[2:]:
+        os.makedirs(chain.output(name))
+    assert set(train(chain, progress=False)) == {"encoder", "language_model"}
+    copied = tmp_path / chain.output("language_model")
+    shipped = foundation("language_model")
+    assert (copied / "model.safetensors").read_bytes() == (
+        shipped / "model.safetensors"
+    ).read_bytes()
+
+    # trained instead of copied (two steps): the corpus is written from the data, then read
+    ensure_dataset("data/shapes", 300, seed=0, n_eval=16, progress=False)
+    stage = chain.stage("language_model").model_copy(
+        update={"foundation": None, "overrides": {"model": {"preset": "tiny"}}}
+    )
+    scratch = chain.model_copy(
+        update={"stages": (chain.stages[0], stage, *chain.stages[2:])}
+    ).with_steps({"language_model": 2})
+    import shutil
+
+    shutil.rmtree(copied)
+    assert set(train(scratch, progress=False)) >= {"language_model"}
+    assert (tmp_path / "data/shapes/train/language/t2i.json").is_file()
+    assert (copied / "config.json").is_file() and (
+        tmp_path / "runs/shapes/language_model/lightning_logs"
+    ).is_dir()
