@@ -3,12 +3,14 @@
 One server process (`illume serve --model DIR`, started here), driven by asyncio httpx clients:
 1. For 1, 4, 16 and 64 concurrent clients, each sending text-to-image requests (one image, its own
    seed, prompts from validation's unseen ones when DIR has ShapesWorld data beside it, else a
-   fixed list) until `--requests` are answered: p50 / p95 latency and images per second, with
+   fixed list) until `--requests` are answered (at least as many as clients, or the level has
+   fewer clients at work than it says): p50 / p95 latency and images per second, with
    batching (the server's defaults) and one at a time (`--max-batch 1`, the same model).
 2. Overload: a deliberately small queue (2) and 64 clients: every request must be answered 200 or
    refused 429, none lost, no 5xx.
-3. Soak: `--soak-s` seconds (default 600) at 16 clients; the server's resident memory (RSS, from
-   /proc) sampled every 10 s: growth from the first minute's sample to the last.
+3. Soak: `--soak-s` seconds (default 600) at 16 clients, in rounds of 16 requests; the server's
+   resident memory (RSS, from /proc) sampled after each round: growth from the first sample after
+   the first minute to the last.
 
 Prints tables, then one JSON object on its last line.
 Run: .venv/bin/python benchmarks/serve_load.py --model DEMO_OUT/pipeline [--requests 64] [--soak-s 600]
