@@ -153,6 +153,19 @@ def test_bad_requests_get_a_4xx_naming_the_problem(live, what, method, path, kwa
     assert httpx.get(live.url + "/health").json()["status"] == "ok"  # and it lives on
 
 
+def test_an_image_over_the_pixel_limit_is_refused_naming_the_limit(pipe, live_server):
+    settings = ServeSettings(max_image_pixels=32 * 32)
+    big = _png(Image.new("RGB", (64, 64), (10, 10, 10)))
+    with live_server(create_app(pipe, settings)) as server:
+        response = httpx.post(
+            server.url + "/v1/images/edits",
+            data={"prompt": "make it green"},
+            files={"image": ("big.png", big, "image/png")},
+        )
+        assert response.status_code == 400, response.text
+        assert "4096 pixels is over the limit of 1024" in response.json()["error"]["message"]
+
+
 def test_a_full_queue_refuses_with_429_and_loses_no_request(pipe, live_server):
     """Eight requests at once at a queue of two: each is answered (200) or refused (429 with
     Retry-After), none errors, and the server stays ready; a deadline shorter than a drawing is 504."""
