@@ -35,6 +35,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     serve.add_argument(
         "--max-body-mb", type=float, default=8.0, help="largest request body (then 413)"
     )
+    serve.add_argument(
+        "--max-image-pixels",
+        type=int,
+        default=4096 * 4096,
+        help="largest input image, width x height (then 400)",
+    )
     serve.add_argument("--model-name", default="illume", help="the model id /v1/models reports")
     ray = serve.add_argument_group(
         "Ray Serve (pip install 'illume[ray]'; a cluster through RAY_ADDRESS, else a local Ray)"
@@ -76,6 +82,7 @@ def _serve(args: argparse.Namespace) -> int:
             max_queue=args.max_queue,
             timeout_s=args.timeout_s,
             max_body_bytes=int(args.max_body_mb * 2**20),
+            max_image_pixels=args.max_image_pixels,
             model_name=args.model_name,
         )
     except ValidationError as err:
