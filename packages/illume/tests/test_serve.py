@@ -83,6 +83,8 @@ def test_the_openai_client_draws_edits_and_chats(live, pipe):
     )
     answer = reply.choices[0].message.content
     assert isinstance(answer, str)
+    assert reply.usage.prompt_tokens > pipe.processor.config.image_seq_length  # the image's slots
+    assert reply.usage.total_tokens == reply.usage.prompt_tokens + reply.usage.completion_tokens
     stream = client.chat.completions.create(
         model="illume", messages=[{"role": "user", "content": question}], max_tokens=8, stream=True
     )

@@ -421,12 +421,13 @@ def create_app(pipe, settings: ServeSettings | None = None):
         if not req.stream:
             answer = await server.submit("chat", payload, req.overrides(), rows=1, request=request)
             content = _content(answer)
+            usage = _usage(pipe.processor, messages, answer)
             return {
                 "id": ident, "object": "chat.completion", "created": created,
                 "model": settings.model_name,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
                              "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+                "usage": usage,
                 "seed": seed[0],
             }  # fmt: skip
 
@@ -557,6 +558,20 @@ def _validation_error(errors: list[dict]) -> APIError:
         message = f"unknown field {where!r}"
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
     return APIError(400, f"{where}: {message}{more}", param=where, code="invalid_value")
+
+
+def _usage(processor, messages, answer) -> dict:
+    """Tokens of the prompt as the processor lays it out (an image counts its slots; the codes a
+    model with `edit_source_codes` also reads after an image it edits are not counted) and of the
+    answer (a drawing: its image tokens)."""
+    prompt = len(processor.encode_conversation(messages, add_generation_prompt=True).input_ids)
+    if isinstance(answer, str):
+        completion = len(processor.text_ids(answer)) + 1  # and the end of the turn
+    else:
+        h, w = processor.config.image_grid
+        completion = h * (w + 1) + 2 + 1  # <start_of_image>, rows with <end_of_line>, the end
+    return {"prompt_tokens": prompt, "completion_tokens": completion,
+            "total_tokens": prompt + completion}  # fmt: skip
 
 
 def _content(answer) -> str:
