@@ -551,8 +551,14 @@ def _version() -> str:
 
 
 def _validation_error(errors: list[dict]) -> APIError:
-    first = errors[0]
-    where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
+    # the deepest error says the most: for a field that may be text or a list of parts, a wrong
+    # part's error, not "Input should be a valid string"
+    first = max(errors, key=lambda e: len(e.get("loc", ())))
+    branch = re.compile(r"^(str|int|float|bool|list\[.*\]|function-.*|tagged-union\[.*\])$")
+    where = (
+        ".".join(str(p) for p in first.get("loc", ()) if p != "body" and not branch.match(str(p)))
+        or "body"
+    )
     message = first.get("msg", "invalid")
     if first.get("type") == "extra_forbidden":
         message = f"unknown field {where!r}"
