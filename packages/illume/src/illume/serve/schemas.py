@@ -36,8 +36,8 @@ class Sampling(_Strict):
         return {names[k]: v for k, v in self.model_dump(exclude_none=True).items() if k in names}
 
 
-class ImageGenerationRequest(Sampling):
-    """POST /v1/images/generations."""
+class _ImageRequest(Sampling):
+    """The fields both image endpoints take."""
 
     prompt: Annotated[str, Field(min_length=1, max_length=MAX_PROMPT_CHARS)]
     model: str | None = None
@@ -45,20 +45,18 @@ class ImageGenerationRequest(Sampling):
     size: str | None = None
     response_format: Literal["b64_json"] | None = None
     """Only b64_json: the server keeps no files to link to."""
+    user: str | None = None
+
+
+class ImageGenerationRequest(_ImageRequest):
+    """POST /v1/images/generations."""
+
     quality: str | None = None
     style: str | None = None
-    user: str | None = None
 
 
-class ImageEditRequest(Sampling):
+class ImageEditRequest(_ImageRequest):
     """POST /v1/images/edits (multipart: the image is a file part, these are the form fields)."""
-
-    prompt: Annotated[str, Field(min_length=1, max_length=MAX_PROMPT_CHARS)]
-    model: str | None = None
-    n: Annotated[int, Field(ge=1, le=MAX_IMAGES_PER_REQUEST)] = 1
-    size: str | None = None
-    response_format: Literal["b64_json"] | None = None
-    user: str | None = None
 
 
 class ImageData(BaseModel):
