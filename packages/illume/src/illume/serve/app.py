@@ -102,8 +102,11 @@ def decode_image(data: bytes, settings: ServeSettings, field: str):
     limits = ImageLimits(max_pixels=settings.max_image_pixels, max_bytes=settings.max_body_bytes)
     try:
         return load_image(data, limits=limits)
-    except ValueError as err:
-        raise APIError(400, f"{field}: {err}", param=field, code="invalid_image") from None
+    except ValueError as err:  # the loader's advice, in the server's terms
+        message = str(err).replace(
+            "raise max_pixels", "start the server with a larger --max-image-pixels"
+        )
+        raise APIError(400, f"{field}: {message}", param=field, code="invalid_image") from None
 
 
 def image_from_url(url: str, settings: ServeSettings, field: str):
