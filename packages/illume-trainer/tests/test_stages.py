@@ -295,6 +295,10 @@ def test_precision_is_bf16_mixed_by_default_only_for_measured_stages_on_native_b
         run=False,
     )
     assert tokenizer.trainer.precision == "32-true"  # not measured in bf16: float32
+    # a run bounded by steps: the progress bar says "Epoch 0", not Lightning's "Epoch 0/-2"
+    bar = run_stage("mllm", mllm, run=False).trainer.progress_bar_callback
+    bar._trainer = explicit.trainer  # what Trainer.fit sets
+    assert bar._get_train_description(0).strip() == "Epoch 0"
     assert precision.fast_precision("cuda") == (
         "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32-true"
     )

@@ -97,6 +97,11 @@ def run_stage(stage: str, args: Sequence[str] = (), run: bool = True):
             if config.trainer.precision is None and stage in STAGES_IN_BF16:
                 config.trainer.precision = fast_precision(config.trainer.accelerator)
 
+        def instantiate_trainer(self, **kwargs):
+            trainer = super().instantiate_trainer(**kwargs)
+            _describe_epochs_plainly(trainer)
+            return trainer
+
     return StageCLI(
         model_class,
         data_class,
@@ -105,6 +110,23 @@ def run_stage(stage: str, args: Sequence[str] = (), run: bool = True):
         save_config_kwargs={"overwrite": True},
         trainer_defaults={"enable_progress_bar": True},
     )
+
+
+def _describe_epochs_plainly(trainer) -> None:
+    """Lightning's default rich bar with "Epoch 0" where it printed "Epoch 0/-2": a run bounded by
+    max_steps has max_epochs -1, and the bar printed max_epochs - 1. A bar a recipe chose stays."""
+    from lightning.pytorch.callbacks import RichProgressBar
+
+    class StepBoundedRichProgressBar(RichProgressBar):
+        def _get_train_description(self, current_epoch: int) -> str:
+            if self.trainer.max_epochs is not None and self.trainer.max_epochs >= 0:
+                return super()._get_train_description(current_epoch)
+            description = f"Epoch {current_epoch}"
+            return f"{description:{max(len(description), len(self.validation_description))}}"
+
+    bar = trainer.progress_bar_callback
+    if type(bar) is RichProgressBar:  # Lightning's default, not one a recipe chose
+        trainer.callbacks[trainer.callbacks.index(bar)] = StepBoundedRichProgressBar()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
