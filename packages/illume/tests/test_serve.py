@@ -227,3 +227,28 @@ def test_a_client_that_goes_away_frees_its_slot(pipe, live_server):
         assert 'illume_dropped_total{reason="cancelled"} 1.0' in metrics
         assert "illume_batch_rows_count 0.0" in metrics  # nothing reached the model
         assert httpx.get(server.url + "/health/ready").status_code == 200
+
+
+def test_illume_chat_talks_draws_and_keeps_the_drawing_in_the_conversation(
+    pipeline_dir, tmp_path, monkeypatch, capsys
+):
+    """`illume chat` in a terminal: a question about an attached image, a drawing saved as a PNG
+    (never over an earlier one), a bad path refused without losing the conversation, /reset."""
+    import io as io_
+
+    from illume.cli import main
+
+    source = tmp_path / "source.png"
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(source)
+    out = tmp_path / "drawings"
+    out.mkdir()
+    (out / "drawing-001.png").write_bytes(b"an earlier chat's")
+    lines = [f"/image {source}", "What colour is it?", "/image missing.png", "Draw a circle.",
+             "And another one.", "/reset", "/quit"]  # fmt: skip
+    monkeypatch.setattr("sys.stdin", io_.StringIO("\n".join(lines) + "\n"))
+    code = main(["chat", "--model", str(pipeline_dir), "--out", str(out), "--max-new-tokens", "4"])
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert "(attached" in printed and "(not attached: cannot load image" in printed
+    assert printed.count("illume> ") == 3 and "(a new conversation)" in printed
+    assert (out / "drawing-001.png").read_bytes() == b"an earlier chat's"

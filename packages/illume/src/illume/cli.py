@@ -57,13 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action=_VersionAction)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    from .commands import demo, self_enhance, serve, shapes, tasks
+    from .commands import chat, demo, self_enhance, serve, shapes, tasks
 
     demo.register(commands)
     shapes.register(commands)
     tasks.register(commands)
     self_enhance.register(commands)
     serve.register(commands)
+    chat.register(commands)
     return parser
 
 
