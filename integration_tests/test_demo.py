@@ -71,6 +71,8 @@ def test_demo_smoke_chain_runs_and_resumes(tmp_path, capsys):
     assert report.count("data:image/png;base64,") >= 20 and "<svg" in report
     assert "Where the misses come from" in report and "lookup baseline" in report
     IllumePipeline.from_pretrained(out / "pipeline")
+    card = (out / "pipeline" / "README.md").read_text()  # how it was made, what it scored
+    assert "`illume demo --chain smoke`" in card and t2i_row in card
     # A second run finds every stage finished and trains nothing: the seconds it reports are
     # the first run's, kept in the directory.
     # (the same chain, named by its file)

@@ -591,3 +591,32 @@ def test_one_seed_per_prompt_draws_each_prompt_as_it_would_alone(pipeline_dir):
     assert np.abs(np.asarray(images[1], dtype=int) - np.asarray(single, dtype=int)).max() <= 2
     with pytest.raises(ValueError, match="2 seeds for 3 prompts"):
         pipe.generate_image(prompts, seed=[1, 2])
+
+
+def test_a_saved_pipeline_carries_a_model_card(pipeline_dir, tmp_path):
+    """README.md with YAML metadata: what the pipeline is, how to load it, how it draws; with the
+    demo's training and figures when given."""
+    import yaml
+
+    from illume.model_card import pipeline_card
+
+    pipe = IllumePipeline.from_pretrained(pipeline_dir)
+    pipe.save_pretrained(tmp_path / "saved")
+    card = (tmp_path / "saved" / "README.md").read_text()
+    meta = yaml.safe_load(card.split("---")[1])
+    assert meta["library_name"] == "illume" and "text-to-image" in meta["tags"]
+    assert f"{pipe.tokenizer.codebook_size} codes on a" in card
+    assert "IllumePipeline.from_pretrained" in card and "| guidance |" in card
+    training = {
+        "chain": "default", "file": "default.yaml", "sha256": "ab" * 32,
+        "data": {"scenes": 20000, "image_size": 36},
+        "stages": [{"name": "encoder", "recipe": "recipes/shapes/encoder.yaml", "foundation": "encoder"},
+                   {"name": "tokenizer", "recipe": "recipes/shapes/tokenizer.yaml", "steps": 600}],
+    }  # fmt: skip
+    full = pipeline_card(pipe, training, "figure  value\nt2i_unseen  0.365")
+    assert (
+        "`illume demo --chain default`" in full
+        and "| tokenizer | `recipes/shapes/tokenizer.yaml` | 600 |" in full
+    )
+    assert "copied: encoder (pretrained)" in full and "t2i_unseen  0.365" in full
+    assert IllumePipeline.from_pretrained(tmp_path / "saved").sampling == pipe.sampling

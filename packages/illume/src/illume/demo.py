@@ -19,7 +19,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from illume_core import atomic_write_json, read_json
+from illume_core import atomic_write_json, atomic_write_text, read_json
 
 from .chain import Chain, ChainEvaluation, merge
 from .pipeline import IllumePipeline, SamplingConfig
@@ -280,6 +280,13 @@ def run_demo(
         }
         metrics["total_seconds"] = round(time.perf_counter() - start, 1)
         atomic_write_json("metrics.json", metrics)
+        from .model_card import CARD_FILE, pipeline_card
+
+        # the pipeline's card says how it was made and what it scored
+        card = pipeline_card(
+            pipe, {"chain": chosen.name, **chosen.settings()}, headline_table(metrics)
+        )
+        atomic_write_text(Path("pipeline") / CARD_FILE, card)
         from .report import write_report
 
         write_report("report.html", metrics, records, pipe)

@@ -169,8 +169,13 @@ class IllumePipeline:
             sampling,
         )
 
-    def save_pretrained(self, directory: str | os.PathLike) -> None:
+    def save_pretrained(self, directory: str | os.PathLike, card: str | None = None) -> None:
+        """Every part, `sampling.json`, and a model card (README.md; `card`, else one saying what
+        the pipeline is and how to load it: illume.model_card.pipeline_card)."""
+        from .model_card import CARD_FILE, pipeline_card
+
         with atomic_directory(directory, "pipeline") as tmp:
+            (Path(tmp) / CARD_FILE).write_text(card if card is not None else pipeline_card(self))
             self.tokenizer.save_pretrained(Path(tmp) / "tokenizer")
             self.model.save_pretrained(Path(tmp) / "mllm")
             self.processor.save_pretrained(Path(tmp) / "mllm")
