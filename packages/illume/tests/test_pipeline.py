@@ -620,3 +620,15 @@ def test_a_saved_pipeline_carries_a_model_card(pipeline_dir, tmp_path):
     )
     assert "copied: encoder (pretrained)" in full and "t2i_unseen  0.365" in full
     assert IllumePipeline.from_pretrained(tmp_path / "saved").sampling == pipe.sampling
+
+
+def test_a_drawing_sent_back_in_a_conversation_is_read_as_its_codes(pipeline_dir):
+    pipe = IllumePipeline.from_pretrained(pipeline_dir)
+    drawing = Image.new("RGB", (32, 32), (20, 200, 20))
+    history = [Message("user", "Draw a green square."), Message("assistant", [drawing])]
+    converted = pipe.drawings_as_codes(history)
+    assert converted[0] is history[0]  # user images stay images
+    assert torch.equal(converted[1].parts[0], pipe.image_codes([drawing])[0])
+    assert isinstance(
+        pipe.chat([*history, Message("user", "Another one.")], max_new_tokens=2), (str, Image.Image)
+    )

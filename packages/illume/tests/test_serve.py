@@ -226,6 +226,18 @@ def test_a_client_that_goes_away_frees_its_slot(pipe, live_server):
             time.sleep(0.2)
         assert 'illume_dropped_total{reason="cancelled"} 1.0' in metrics
         assert "illume_batch_rows_count 0.0" in metrics  # nothing reached the model
+        # a streamed conversation closed after its first event leaves the queue the same way
+        body = {"messages": [{"role": "user", "content": "hello"}], "stream": True}
+        with httpx.stream("POST", server.url + "/v1/chat/completions", json=body) as stream:
+            next(stream.iter_lines())
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            metrics = httpx.get(server.url + "/metrics").text
+            if 'illume_dropped_total{reason="cancelled"} 2.0' in metrics:
+                break
+            time.sleep(0.2)
+        assert 'illume_dropped_total{reason="cancelled"} 2.0' in metrics
+        assert "illume_batch_rows_count 0.0" in metrics
         assert httpx.get(server.url + "/health/ready").status_code == 200
 
 

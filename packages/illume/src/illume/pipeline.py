@@ -462,9 +462,10 @@ class IllumePipeline:
         streamer=None,
     ) -> str | Image.Image:
         """Answers the last user turn of a conversation with images in its history: text, or an
-        image when the model starts its answer with one. `streamer`: a transformers streamer that
+        image when the model starts its answer with one. An earlier answer may hold the drawing as
+        this method returned it (`drawings_as_codes`). `streamer`: a transformers streamer that
         receives a text answer's tokens as they come (a drawing comes whole)."""
-        messages = list(messages)
+        messages = self.drawings_as_codes(messages)
         if self.processor.config.edit_source_codes:  # earlier drawing requests, as trained
             messages = [
                 self._with_codes(m)
@@ -500,6 +501,20 @@ class IllumePipeline:
         return generate_text(
             self.model, self.processor, [messages], max_new_tokens=max_new_tokens, **extra
         )[0]
+
+    def drawings_as_codes(self, messages: Sequence[Message]) -> list[Message]:
+        """The conversation with each image in an assistant turn (a drawing, as `chat` returned
+        it) replaced by its codes: what the model wrote there was vision tokens, not pixels."""
+        out = []
+        for m in messages:
+            images = [p for p in m.parts if isinstance(p, Image.Image)]
+            if m.role == "assistant" and images:
+                codes = iter(self.image_codes(images))
+                m = Message(
+                    m.role, [next(codes) if isinstance(p, Image.Image) else p for p in m.parts]
+                )
+            out.append(m)
+        return out
 
     def _pixels(self, messages: Sequence[Message]):
         images = [p for m in messages for p in m.parts if isinstance(p, Image.Image)]

@@ -92,6 +92,6 @@ def _chat(args: argparse.Namespace) -> int:
             path = out / f"drawing-{drawn:03d}.png"
         atomic_write_bytes(path, _png(answer))
         print(f"illume> [drew {path}]", flush=True)
-        # in the conversation the drawing is what the model drew: its codes
-        messages.append(Message("assistant", [pipe.image_codes([answer])[0]]))
+        # in the conversation the drawing is what the model drew: its codes, made once
+        messages += pipe.drawings_as_codes([Message("assistant", [answer])])
         seed += 1

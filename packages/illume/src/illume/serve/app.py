@@ -215,16 +215,17 @@ class Server:
                 prompts = [p["prompt"] for p in payloads for _ in p["seeds"]]
                 seeds = [s for p in payloads for s in p["seeds"]]
                 images = self.pipe.edit(sources, prompts, seed=seeds)
-            else:  # a conversation runs alone
+            else:  # a conversation runs alone; its earlier drawings become codes here, not on
+                # the event loop
                 (payload,) = payloads
-                return [
-                    self.pipe.chat(
-                        payload["messages"],
-                        seed=payload["seeds"][0],
-                        max_new_tokens=payload["max_new_tokens"],
-                        streamer=payload.get("streamer"),
-                    )
-                ]
+                messages = self.pipe.drawings_as_codes(payload["messages"])
+                answer = self.pipe.chat(
+                    messages,
+                    seed=payload["seeds"][0],
+                    max_new_tokens=payload["max_new_tokens"],
+                    streamer=payload.get("streamer"),
+                )
+                return [(answer, _usage(self.pipe.processor, messages, answer))]
         out, k = [], 0
         for p in payloads:
             out.append(images[k : k + len(p["seeds"])])
@@ -246,15 +247,15 @@ class Server:
                 if done:
                     return waiting.result()
                 if request is not None and await request.is_disconnected():
-                    waiting.cancel()
                     raise APIError(499, "the client went away", code="client_closed")
+        except (APIError, asyncio.CancelledError):  # gone, or a stream closed: leave the queue
+            waiting.cancel()
+            raise
         except QueueFull as err:
             raise APIError(429, f"the server is busy ({err}); retry shortly", code="queue_full",
                            headers={"Retry-After": "1"}) from None  # fmt: skip
         except Expired as err:
             raise APIError(504, f"the request timed out: {err}", code="timeout") from None
-        except APIError:
-            raise
         except ValueError as err:  # the pipeline's checks of what a request asked for
             raise APIError(400, str(err)) from None
 
@@ -407,7 +408,7 @@ def create_app(pipe, settings: ServeSettings | None = None):
     async def chat(request: Request):
         req = parse(ChatCompletionRequest, await body_json(request))
         server.check_model(req.model)
-        messages = _messages(req.messages, pipe, settings)
+        messages = _messages(req.messages, settings)
         if not messages or messages[-1].role != "user":
             raise APIError(400, "the last message must be the user's", param="messages")
         seed = server.seeds(req.seed, 1)
@@ -422,9 +423,10 @@ def create_app(pipe, settings: ServeSettings | None = None):
             return f"data: {json.dumps(body)}\n\n"
 
         if not req.stream:
-            answer = await server.submit("chat", payload, req.overrides(), rows=1, request=request)
+            answer, usage = await server.submit(
+                "chat", payload, req.overrides(), rows=1, request=request
+            )
             content = _content(answer)
-            usage = _usage(pipe.processor, messages, answer)
             return {
                 "id": ident, "object": "chat.completion", "created": created,
                 "model": settings.model_name,
@@ -459,7 +461,7 @@ def create_app(pipe, settings: ServeSettings | None = None):
                         piece = queue.get_nowait()
                         if piece is not None:
                             yield chunk({"content": piece})
-                    answer = task.result()
+                    answer, _ = task.result()
                     if not isinstance(answer, str):  # a drawing: it comes whole
                         yield chunk({"content": _content(answer)})
                     yield chunk({}, finish="stop")
@@ -494,9 +496,11 @@ def create_app(pipe, settings: ServeSettings | None = None):
         server.metrics.queue_depth.set(server.batcher.depth)
         return Response(server.metrics.text(), media_type="text/plain; version=0.0.4")
 
+    page_html = PAGE.read_text()  # shipped with the package
+
     @app.get("/", response_class=HTMLResponse)
     async def page():
-        return HTMLResponse(PAGE.read_text() if PAGE.is_file() else "<h1>ILLUME</h1>")
+        return HTMLResponse(page_html)
 
     return app
 
@@ -590,9 +594,10 @@ def _content(answer) -> str:
     return f"![image](data:image/png;base64,{png_base64(answer)})"
 
 
-def _messages(messages: list[ChatMessage], pipe, settings: ServeSettings):
-    """OpenAI messages -> illume Messages: data-URL images decoded; an assistant turn's image (an
-    earlier drawing, sent back as the server returned it) as the codes the model drew."""
+def _messages(messages: list[ChatMessage], settings: ServeSettings):
+    """OpenAI messages -> illume Messages, data-URL images decoded (an assistant turn's image is an
+    earlier drawing sent back as the server returned it; `IllumePipeline.drawings_as_codes` makes
+    it the codes the model drew)."""
     from illume_core import Message
 
     out = []
@@ -615,23 +620,7 @@ def _messages(messages: list[ChatMessage], pipe, settings: ServeSettings):
                     parts.append(text[pos:].strip())
             else:
                 parts.append(image_from_url(item.image_url.url, settings, field))
-        if message.role == "assistant":
-            images = [p for p in parts if not isinstance(p, str)]
-            if images:  # the model's own drawing: what it drew was codes
-                codes = pipe.image_codes(images)
-                parts = [p if isinstance(p, str) else codes[k] for k, p in
-                         zip(_running_index(parts), parts, strict=True)]  # fmt: skip
         if not parts:
             raise APIError(400, f"messages.{i}: empty content", param=f"messages.{i}.content")
         out.append(Message("user" if message.role == "user" else "assistant", parts))
-    return out
-
-
-def _running_index(parts: list) -> list[int]:
-    """For each part, how many images came before it (an image part's index among the images)."""
-    out, k = [], 0
-    for p in parts:
-        out.append(k)
-        if not isinstance(p, str):
-            k += 1
     return out
