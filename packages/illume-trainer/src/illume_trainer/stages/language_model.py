@@ -151,19 +151,6 @@ class LanguageModelStage(GuardedStage):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["text_tokenizer"] = self.text_tokenizer.backend_tokenizer.to_str()
 
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        # a resumed run rebuilds the tokenizer it trained with, not one from today's data
-        from tokenizers import Tokenizer
-        from transformers import PreTrainedTokenizerFast
-
-        if "text_tokenizer" in checkpoint and self.text_tokenizer is not None:
-            backend = Tokenizer.from_str(checkpoint["text_tokenizer"])
-            tok = self.text_tokenizer
-            self.text_tokenizer = PreTrainedTokenizerFast(
-                tokenizer_object=backend, pad_token=tok.pad_token, eos_token=tok.eos_token,
-                unk_token=tok.unk_token, bos_token=tok.bos_token,
-            )  # fmt: skip
-
     def on_train_end(self) -> None:
         if self.trainer.is_global_zero:
             save_language_model(

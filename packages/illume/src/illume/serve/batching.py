@@ -17,7 +17,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -40,7 +40,6 @@ class Job:
     deadline: float
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
-    enqueued: float = field(default_factory=time.monotonic)
     cancelled: bool = False
 
     def resolve(self, result: Any = None, error: BaseException | None = None) -> None:
