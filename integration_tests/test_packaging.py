@@ -145,3 +145,55 @@ def test_core_and_eval_install_and_import_without_torch(built_dists, tmp_path):
     )
     result = subprocess.run([str(python), "-c", check], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+
+
+def _imported_distributions(dist: str) -> dict[str, str]:
+    """{distribution: a module of `dist` that imports it}, for every absolute import in its
+    source (functions' lazy imports too), the standard library and `dist` itself left out."""
+    import ast
+    from importlib.metadata import packages_distributions
+
+    # ours are installed editable, which packages_distributions does not see
+    owners = packages_distributions() | {d.replace("-", "_"): [d] for d in PACKAGES}
+    module = dist.replace("-", "_")
+    found: dict[str, str] = {}
+    for path in sorted((ROOT / "packages" / dist / "src" / module).rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                if top in sys.stdlib_module_names or top == "__future__" or top == module:
+                    continue
+                # one not installed here (tensorrt on a CPU machine) is named as it is imported
+                for owner in owners.get(top, [top]):
+                    found.setdefault(Requirement(owner).name.lower().replace("_", "-"), str(path))
+    return found
+
+
+def _declared_names(dist: str) -> set[str]:
+    return {Requirement(line.split(";")[0]).name.lower().replace("_", "-") for line in _declared(dist)}
+
+
+@pytest.mark.parametrize("dist", PACKAGES)
+def test_each_distribution_declares_every_package_its_modules_import(dist):
+    """An import that works only because another dependency happens to pull its package in
+    breaks the day that dependency stops: every one is declared (extras count)."""
+    undeclared = {
+        name: module
+        for name, module in _imported_distributions(dist).items()
+        if name not in _declared_names(dist)
+    }
+    assert not undeclared, f"{dist} imports undeclared distributions: {undeclared}"
+
+
+def test_the_mllm_wheel_ships_its_chat_templates(built_dists):
+    (wheel,) = built_dists.glob("illume_mllm-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+    for family in ("vicuna", "shapes", "chatml"):
+        assert f"illume_mllm/chat_templates/{family}.jinja" in names

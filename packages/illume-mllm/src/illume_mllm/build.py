@@ -132,7 +132,9 @@ def build_processor(
         if preset
         else ProcessorConfig(**fields, **overrides)
     )
-    return IllumeProcessor(text_tokenizer, AutoImageProcessor.from_pretrained(vision_dir), config)
+    return IllumeProcessor(
+        AutoImageProcessor.from_pretrained(vision_dir), text_tokenizer, config=config
+    )
 
 
 def check_vision_feature_layer(layer: int | list[int]) -> None:

@@ -6,8 +6,8 @@ image written out as its layout in words). It is saved in Hugging Face format (a
 `LlamaForCausalLM` and its byte-level BPE tokenizer), so MLLM stage 1 loads it through exactly the
 path Vicuna takes (`model.llm: DIR`). Users with a real LLM skip this stage.
 
-Conversations are laid out as the MLLM's processor lays out their text (its chat template: BOS,
-system prompt, `USER:` turn, `ASSISTANT:` answer, EOS), so the MLLM meets the format it learned;
+Conversations are laid out as the MLLM's processor lays out their text (the chat template of its
+preset: BOS, system prompt, `USER:` turn, `ASSISTANT:` answer, EOS), so the MLLM meets the format it learned;
 the loss covers every token (pretraining), not the answers only.
 """
 
@@ -16,8 +16,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from illume_core import atomic_directory, check_replaceable
+from illume_core import Message, atomic_directory, check_replaceable
 from illume_mllm import LLM_PRESETS, ProcessorConfig, build_text_tokenizer
+from illume_mllm.processing import encode_chat, shipped_chat_template
 
 from ..guards import batch_is_empty
 from .common import GuardedStage, adamw_warmup_cosine
@@ -84,25 +85,13 @@ class LanguageModelStage(GuardedStage):
         )  # fmt: skip
         self.model = LlamaForCausalLM(config)
 
-    def text_ids(self, text: str) -> list[int]:
-        # as IllumeProcessor.text_ids: control tokens spelled in text stay text
-        if not text:
-            return []
-        return self.text_tokenizer(text, add_special_tokens=False, split_special_tokens=True)[
-            "input_ids"
-        ]
-
     def encode(self, turns) -> list[int]:
-        """A text-only conversation's ids, laid out as IllumeProcessor.encode_conversation does."""
-        tok, cfg = self.text_tokenizer, self.template
-        ids = [tok.bos_token_id] if tok.bos_token_id is not None else []
-        ids += self.text_ids(cfg.system_prompt)
-        for role, value in turns:
-            if role == "user":
-                ids += self.text_ids(cfg.user_prefix) + self.text_ids(value.strip())
-                ids += self.text_ids(cfg.assistant_prefix)
-            else:
-                ids += [*self.text_ids(value.strip()), tok.eos_token_id]
+        """A text-only conversation's ids, laid out by the chat template IllumeProcessor uses."""
+        cfg = self.template
+        messages = [Message(role, value.strip()) for role, value in turns]
+        ids, _, _ = encode_chat(
+            self.text_tokenizer, shipped_chat_template(cfg.chat_format), messages, cfg.system_prompt
+        )
         return ids[: self.hparams.max_length]
 
     def _loss(self, batch) -> tuple[torch.Tensor, int]:
