@@ -60,20 +60,36 @@ def test_best_of_keeps_the_candidate_the_model_judges_best(pipeline_dir):
 def test_sampling_settings_are_saved_with_the_pipeline(pipeline_dir, tmp_path):
     import shutil
 
-    from illume.pipeline import SAMPLING_FILE, SamplingConfig
+    from transformers import GenerationConfig
+
+    from illume.pipeline import GENERATION_FILE, SAMPLING_FILE, SamplingConfig
 
     assert IllumePipeline.from_pretrained(pipeline_dir).sampling == SamplingConfig()
     pipe = IllumePipeline.from_pretrained(pipeline_dir)
-    pipe.sampling = SamplingConfig(guidance=2.0, temperature=0.7, top_k=20, best_of=4)
-    pipe.save_pretrained(tmp_path / "cool")
-    assert IllumePipeline.from_pretrained(tmp_path / "cool").sampling == pipe.sampling
-    # a directory saved before sampling.json existed loads with the defaults
+    for sampling in (
+        SamplingConfig(guidance=2.0, temperature=0.7, top_k=20, top_p=0.9, best_of=4),
+        SamplingConfig(temperature=0.0, edit_temperature=0.1, steps=3),  # greedy
+    ):
+        pipe.sampling = sampling
+        pipe.save_pretrained(tmp_path / "cool")
+        assert IllumePipeline.from_pretrained(tmp_path / "cool").sampling == sampling
+    # transformers reads the file as a GenerationConfig of its own
+    read = GenerationConfig.from_pretrained(tmp_path / "cool")
+    assert (read.do_sample, read.guidance_scale, read.illume["steps"]) == (False, 3.0, 3)
+    # directories saved before: sampling.json, or neither file (the defaults)
     shutil.copytree(tmp_path / "cool", tmp_path / "old")
-    (tmp_path / "old" / SAMPLING_FILE).unlink()
+    (tmp_path / "old" / GENERATION_FILE).unlink()
     assert IllumePipeline.from_pretrained(tmp_path / "old").sampling == SamplingConfig()
+    (tmp_path / "old" / SAMPLING_FILE).write_text('{"temperature": 0.7, "steps": 4}')
+    assert IllumePipeline.from_pretrained(tmp_path / "old").sampling == SamplingConfig(
+        temperature=0.7, steps=4
+    )
     (tmp_path / "old" / SAMPLING_FILE).write_text('{"temprature": 0.7}')
     with pytest.raises(ValueError, match="unknown sampling settings \\['temprature'\\]"):
         IllumePipeline.from_pretrained(tmp_path / "old")
+    (tmp_path / "cool" / GENERATION_FILE).write_text('{"do_sample": true, "illume": {"top_k": 3}}')
+    with pytest.raises(ValueError, match='top_k belongs in "top_k", not under "illume"'):
+        IllumePipeline.from_pretrained(tmp_path / "cool")
 
 
 def test_task_commands(pipeline_dir, tmp_path, capsys):

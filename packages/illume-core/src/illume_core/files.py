@@ -73,7 +73,7 @@ def read_bounded(path: str | os.PathLike, max_bytes: int) -> bytes:
         os.close(fd)
 
 
-#: The largest configuration file read (config.json, sampling.json, manifests, recipes, chains).
+#: The largest configuration file read (config.json, generation_config.json, manifests, recipes, chains).
 MAX_CONFIG_BYTES = 64 << 20
 #: The largest data file read whole (conversation files, JSON-lines manifests, logs).
 MAX_DATA_BYTES = 4 << 30

@@ -66,7 +66,7 @@ def pipeline_card(pipe, training: dict[str, Any] | None = None, figures: str | N
         "or `illume generate / answer / edit / chat --model THIS_DIR ...`, or "
         "`illume serve --model THIS_DIR` (an OpenAI-compatible API and a web page).",
         "",
-        "## Sampling (`sampling.json`)",
+        "## Sampling (`generation_config.json`)",
         "",
         "| setting | value |",
         "|---|---|",

@@ -80,9 +80,13 @@ class SamplingConfig:
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> SamplingConfig:
+        """Settings from `generation_config.json` (transformers' names for the vision tokens'
+        sampling, the rest under "illume"), or from the `sampling.json` of older directories."""
         values = read_json(path)
         if not isinstance(values, dict):
             raise ValueError(f"{path}: expected a JSON object of sampling settings")
+        if Path(path).name == GENERATION_FILE:
+            values = _from_generation_config(values, path)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -94,9 +98,52 @@ class SamplingConfig:
         except ValueError as err:
             raise ValueError(f"{path}: {err}") from None
 
+    def generation_config(self) -> dict:
+        """The settings as `generation_config.json` holds them: the vision tokens' sampling in
+        transformers' GenerationConfig names (greedy when the temperature is 0, whose top-k and
+        top-p then mean nothing), the rest under "illume"."""
+        from transformers import GenerationConfig
 
-#: The pipeline directory's file of sampling settings (SamplingConfig's fields).
+        fields = dataclasses.asdict(self)
+        greedy = fields["temperature"] == 0
+        values = {"do_sample": not greedy, "guidance_scale": fields["guidance"]}
+        if not greedy:
+            values |= {k: fields[k] for k in ("temperature", "top_k", "top_p") if fields[k] is not None}
+        values["illume"] = {k: v for k, v in fields.items() if k not in _TRANSFORMERS_NAMES}
+        GenerationConfig(**values).validate(strict=True)  # what transformers would refuse
+        return values
+
+
+#: The pipeline directory's sampling settings, in transformers' format (SamplingConfig).
+GENERATION_FILE = "generation_config.json"
+#: Where directories saved before generation_config.json kept them (read, never written).
 SAMPLING_FILE = "sampling.json"
+# SamplingConfig's fields that GenerationConfig names (its name: ours)
+_TRANSFORMERS_NAMES = {"temperature": "temperature", "top_k": "top_k", "top_p": "top_p", "guidance": "guidance_scale"}  # fmt: skip
+
+
+def _from_generation_config(values: dict, path) -> dict:
+    illume = values.get("illume", {})
+    if not isinstance(illume, dict):
+        raise ValueError(f'{path}: "illume" must be a JSON object of sampling settings')
+    out = dict(illume)
+    for ours, theirs in _TRANSFORMERS_NAMES.items():
+        if ours in out:
+            raise ValueError(f'{path}: {ours} belongs in "{theirs}", not under "illume"')
+        if theirs in values:
+            out[ours] = values[theirs]
+    if values.get("do_sample") is False:
+        out["temperature"] = 0.0
+    return out
+
+
+def _saved_sampling(directory: Path) -> SamplingConfig | None:
+    """A pipeline directory's sampling settings: generation_config.json, else the sampling.json
+    of older directories, else (saved before either) the defaults."""
+    for name in (GENERATION_FILE, SAMPLING_FILE):
+        if (directory / name).is_file():
+            return SamplingConfig.from_json_file(directory / name)
+    return None
 
 
 class IllumePipeline:
@@ -144,10 +191,7 @@ class IllumePipeline:
             IllumeForConditionalGeneration.from_pretrained(directory / "mllm"),
             IllumeProcessor.from_pretrained(directory / "mllm"),
             DetokenizerPipeline.from_pretrained(directory / "detokenizer"),
-            # directories saved before sampling.json existed take the defaults
-            SamplingConfig.from_json_file(directory / SAMPLING_FILE)
-            if (directory / SAMPLING_FILE).is_file()
-            else None,
+            _saved_sampling(directory),
         )
         pipe.directory = directory
         return pipe
@@ -170,7 +214,7 @@ class IllumePipeline:
         )
 
     def save_pretrained(self, directory: str | os.PathLike, card: str | None = None) -> None:
-        """Every part, `sampling.json`, and a model card (README.md; `card`, else one saying what
+        """Every part, the sampling settings (`generation_config.json`), and a model card (README.md; `card`, else one saying what
         the pipeline is and how to load it: illume.model_card.pipeline_card)."""
         from .model_card import CARD_FILE, pipeline_card
 
@@ -180,8 +224,8 @@ class IllumePipeline:
             self.model.save_pretrained(Path(tmp) / "mllm")
             self.processor.save_pretrained(Path(tmp) / "mllm")
             self.detokenizer.save_pretrained(Path(tmp) / "detokenizer")
-            (Path(tmp) / SAMPLING_FILE).write_text(
-                json.dumps(dataclasses.asdict(self.sampling), indent=2) + "\n"
+            (Path(tmp) / GENERATION_FILE).write_text(
+                json.dumps(self.sampling.generation_config(), indent=2) + "\n"
             )
 
     # -- runtimes ---------------------------------------------------------------------------------

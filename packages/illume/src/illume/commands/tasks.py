@@ -20,32 +20,32 @@ def _sampling(parser: argparse.ArgumentParser) -> None:
         "--guidance",
         type=float,
         default=None,
-        help="CFG scale of the vision tokens, >= 0 (1: none; default: the pipeline's sampling.json)",
+        help="CFG scale of the vision tokens, >= 0 (1: none; default: the pipeline's generation_config.json)",
     )
     parser.add_argument(
         "--temperature",
         type=float,
         default=None,
-        help="of the vision tokens, >= 0 (0: greedy; default: the pipeline's sampling.json)",
+        help="of the vision tokens, >= 0 (0: greedy; default: the pipeline's generation_config.json)",
     )
     parser.add_argument(
         "--top-k",
         type=int,
         default=None,
-        help="draw among the k likeliest codes (default: the pipeline's sampling.json, else all)",
+        help="draw among the k likeliest codes (default: the pipeline's generation_config.json, else all)",
     )
     parser.add_argument(
         "--top-p",
         type=float,
         default=None,
         help="draw among the likeliest codes holding this much probability, in (0, 1] "
-        "(default: the pipeline's sampling.json, else 1)",
+        "(default: the pipeline's generation_config.json, else 1)",
     )
     parser.add_argument(
         "--steps",
         type=int,
         default=None,
-        help="detokenizer denoising steps (default: the pipeline's sampling.json)",
+        help="detokenizer denoising steps (default: the pipeline's generation_config.json)",
     )
     parser.add_argument(
         "--runtime",
@@ -67,7 +67,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         type=int,
         default=None,
         help="draw N candidates per image and keep the one the model judges best "
-        "(default: the pipeline's sampling.json, else 1)",
+        "(default: the pipeline's generation_config.json, else 1)",
     )
     generate.add_argument(
         "--out", default="generated", help="folder for the PNGs (new or empty; default ./generated)"

@@ -21,7 +21,7 @@ class _Strict(BaseModel):
 
 
 class Sampling(_Strict):
-    """ILLUME's sampling settings a request may change (the pipeline's sampling.json otherwise)."""
+    """ILLUME's sampling settings a request may change (the pipeline's generation_config.json otherwise)."""
 
     seed: Annotated[int, Field(ge=0, lt=2**63)] | None = None
     guidance_scale: Annotated[float, Field(ge=0.0, le=50.0)] | None = None
