@@ -8,7 +8,6 @@ from illume_eval.shapes.foundations import FOUNDATIONS_DIR, foundation
 from illume_eval.shapes.world import CELLS, render_pil
 from illume_tokenizer import VisionEncoder
 
-
 #: The shipped language model wrote 0.517 of these 60 layouts right (benchmarks/RESULTS.md): counts
 #: always, positions and colour binding about a quarter of the time; a model that knew nothing
 #: of ShapesWorld would write none.
