@@ -1,7 +1,8 @@
 import pytest
 import torch
+from diffusers.utils import BaseOutput
 
-from illume_core import Detokenizer, DetokenizerOutput
+from illume_core import Detokenizer
 from illume_detokenizer import (
     SCHEDULERS,
     DetokenizerConfig,
@@ -34,8 +35,12 @@ def _seeds(*seeds):
 def test_features_in_images_out_and_the_protocol():
     pipe = _pipe()
     assert isinstance(pipe, Detokenizer)
-    out = pipe(torch.randn(2, N, D), steps=3, guidance=2.0, generator=_seeds(0, 1))
-    assert isinstance(out, DetokenizerOutput)
+    out = pipe(
+        torch.randn(2, N, D), num_inference_steps=3, guidance_scale=2.0, generator=_seeds(0, 1)
+    )
+    assert isinstance(out, BaseOutput) and out["images"] is out.images and out[1] is out.pixels
+    images, pixels = pipe(torch.randn(2, N, D), num_inference_steps=3, return_dict=False)
+    assert len(images) == 2 and pixels.shape == (2, 3, 16, 16)
     assert out.pixels.shape == (2, 3, 16, 16) and 0 <= out.pixels.min() <= out.pixels.max() <= 1
     assert [im.size for im in out.images] == [(16, 16)] * 2
 
@@ -43,38 +48,58 @@ def test_features_in_images_out_and_the_protocol():
 def test_same_seed_same_image_and_a_batch_equals_single_runs(tmp_path):
     pipe = _pipe()
     features = torch.randn(4, N, D)
-    batch = pipe(features, steps=4, generator=_seeds(0, 1, 2, 3), output_type="pt").pixels
+    batch = pipe(
+        features, num_inference_steps=4, generator=_seeds(0, 1, 2, 3), output_type="pt"
+    ).pixels
     singles = torch.cat(
         [
-            pipe(features[i : i + 1], steps=4, generator=_seeds(i), output_type="pt").pixels
+            pipe(
+                features[i : i + 1], num_inference_steps=4, generator=_seeds(i), output_type="pt"
+            ).pixels
             for i in range(4)
         ]
     )
     torch.testing.assert_close(batch, singles, atol=1e-5, rtol=1e-4)
-    again = pipe(features, steps=4, generator=_seeds(0, 1, 2, 3), output_type="pt").pixels
+    again = pipe(
+        features, num_inference_steps=4, generator=_seeds(0, 1, 2, 3), output_type="pt"
+    ).pixels
     assert torch.equal(batch, again)
-    other = pipe(features, steps=4, generator=_seeds(5, 6, 7, 8), output_type="pt").pixels
+    other = pipe(
+        features, num_inference_steps=4, generator=_seeds(5, 6, 7, 8), output_type="pt"
+    ).pixels
     assert not torch.allclose(batch, other)
 
     pipe.save_pretrained(tmp_path)
     loaded = DetokenizerPipeline.from_pretrained(tmp_path)
     loaded.set_progress_bar_config(disable=True)
-    reloaded = loaded(features, steps=4, generator=_seeds(0, 1, 2, 3), output_type="pt").pixels
+    reloaded = loaded(
+        features, num_inference_steps=4, generator=_seeds(0, 1, 2, 3), output_type="pt"
+    ).pixels
     assert torch.equal(batch, reloaded)
 
 
 @pytest.mark.parametrize("name", sorted(SCHEDULERS))
 def test_every_scheduler_by_name_samples(name):
     pipe = _pipe().use_scheduler(name)
-    out = pipe(torch.randn(1, N, D), steps=5, guidance=3.0, generator=_seeds(0), output_type="pt")
+    out = pipe(
+        torch.randn(1, N, D),
+        num_inference_steps=5,
+        guidance_scale=3.0,
+        generator=_seeds(0),
+        output_type="pt",
+    )
     assert out.pixels.shape == (1, 3, 16, 16) and torch.isfinite(out.pixels).all()
 
 
 def test_guidance_and_the_null_condition():
     pipe = _pipe()
     features = torch.randn(1, N, D)
-    plain = pipe(features, steps=3, guidance=1.0, generator=_seeds(0), output_type="pt").pixels
-    guided = pipe(features, steps=3, guidance=4.0, generator=_seeds(0), output_type="pt").pixels
+    plain = pipe(
+        features, num_inference_steps=3, guidance_scale=1.0, generator=_seeds(0), output_type="pt"
+    ).pixels
+    guided = pipe(
+        features, num_inference_steps=3, guidance_scale=4.0, generator=_seeds(0), output_type="pt"
+    ).pixels
     assert not torch.allclose(plain, guided)
     zero = _pipe(null_condition="zero")
     assert "null_features" not in dict(zero.conditioner.named_parameters())
@@ -88,15 +113,15 @@ def test_guidance_and_the_null_condition():
 def test_bad_inputs_are_named():
     pipe = _pipe()
     with pytest.raises(ValueError, match=rf"features must be \[B, {N}, {D}\]"):
-        pipe(torch.randn(1, N + 1, D), steps=2)
+        pipe(torch.randn(1, N + 1, D), num_inference_steps=2)
     with pytest.raises(TypeError, match="floating point"):
-        pipe(torch.zeros(1, N, D, dtype=torch.long), steps=2)
+        pipe(torch.zeros(1, N, D, dtype=torch.long), num_inference_steps=2)
     with pytest.raises(ValueError, match="need the tokenizer"):
-        pipe(codes=torch.zeros(1, 4, 4, dtype=torch.long), steps=2)
+        pipe(codes=torch.zeros(1, 4, 4, dtype=torch.long), num_inference_steps=2)
     with pytest.raises(ValueError, match="either features"):
-        pipe(steps=2)
+        pipe(num_inference_steps=2)
     with pytest.raises(ValueError, match="one per image"):
-        pipe(torch.randn(2, N, D), steps=2, generator=_seeds(0))
+        pipe(torch.randn(2, N, D), num_inference_steps=2, generator=_seeds(0))
     with pytest.raises(ValueError, match="unknown scheduler 'plms'"):
         pipe.use_scheduler("plms")
     with pytest.raises(ValueError, match="null_condition must be one of"):
@@ -139,7 +164,13 @@ def test_sdxl_shaped_unet_from_a_local_directory_trains_attention_only(tmp_path,
     assert moved == len(attention) and still > 0
     assert all(not p.requires_grad for p in pipe.vae.parameters())
 
-    out = pipe(torch.randn(1, N, D), steps=2, guidance=2.0, generator=_seeds(0), output_type="pt")
+    out = pipe(
+        torch.randn(1, N, D),
+        num_inference_steps=2,
+        guidance_scale=2.0,
+        generator=_seeds(0),
+        output_type="pt",
+    )
     assert out.pixels.shape == (1, 3, 16, 16)
     pipe.save_pretrained(tmp_path / "saved")
     loaded = DetokenizerPipeline.from_pretrained(tmp_path / "saved")
@@ -167,7 +198,7 @@ def test_pixel_unshuffle_is_exactly_invertible_and_saved(tmp_path):
     pixels = torch.rand(2, 3, 16, 16)
     assert pipe.to_model_space(pixels).shape == (2, 12, 8, 8)
     torch.testing.assert_close(pipe.to_pixels(pipe.to_model_space(pixels)), pixels)
-    out = pipe(torch.randn(1, N, D), steps=2, generator=_seeds(0), output_type="pt")
+    out = pipe(torch.randn(1, N, D), num_inference_steps=2, generator=_seeds(0), output_type="pt")
     assert out.pixels.shape == (1, 3, 16, 16)
     pipe.save_pretrained(tmp_path)
     assert DetokenizerPipeline.from_pretrained(tmp_path).config.pixel_unshuffle == 2

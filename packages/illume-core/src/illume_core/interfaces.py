@@ -103,7 +103,12 @@ class Detokenizer(Protocol):
     """Semantic features back to pixels (a conditioned diffusion model)."""
 
     def __call__(
-        self, features: Tensor, *, steps: int, guidance: float, generator: Any | None = None
+        self,
+        features: Tensor,
+        *,
+        num_inference_steps: int,
+        guidance_scale: float,
+        generator: Any | None = None,
     ) -> DetokenizerOutput:
         """`[B, N, D]` reconstructed features -> B images."""
         ...

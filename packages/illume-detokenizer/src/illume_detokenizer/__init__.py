@@ -2,7 +2,7 @@
 
 from illume_detokenizer import DetokenizerPipeline
 pipe = DetokenizerPipeline.from_pretrained("runs/shapes/detokenizer/final").use_scheduler("dpm++")
-images = pipe(codes=codes, tokenizer=tokenizer, steps=20, guidance=3.0).images
+images = pipe(codes=codes, tokenizer=tokenizer, num_inference_steps=20, guidance_scale=3.0).images
 """
 
 from .__about__ import __version__
@@ -15,7 +15,7 @@ from .build import (
     trainable_parameters,
 )
 from .conditioner import Conditions, FeatureConditioner
-from .pipeline import SCHEDULERS, DetokenizerPipeline, to_pil
+from .pipeline import SCHEDULERS, DetokenizerPipeline, DetokenizerPipelineOutput, to_pil
 
 __all__ = [
     "SCHEDULERS",
@@ -23,6 +23,7 @@ __all__ = [
     "Conditions",
     "DetokenizerConfig",
     "DetokenizerPipeline",
+    "DetokenizerPipelineOutput",
     "FeatureConditioner",
     "__version__",
     "attention_parameters",

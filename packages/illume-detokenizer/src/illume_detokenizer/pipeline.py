@@ -6,13 +6,15 @@ read the usual diffusers folder (`model_index.json`, one subfolder per component
 
     pipe = DetokenizerPipeline.from_pretrained("runs/shapes/detokenizer/final")
     pipe.use_scheduler("dpm++")
-    images = pipe(features, steps=20, guidance=3.0, generator=torch.Generator().manual_seed(0)).images
+    images = pipe(features, num_inference_steps=20, guidance_scale=3.0,
+                  generator=torch.Generator().manual_seed(0)).images
 """
 
 from __future__ import annotations
 
 import inspect
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
@@ -26,10 +28,11 @@ from diffusers import (
     EulerDiscreteScheduler,
     UNet2DConditionModel,
 )
+from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
-from illume_core import DetokenizerOutput, read_json
+from illume_core import read_json
 
 from .conditioner import Conditions, FeatureConditioner
 
@@ -40,6 +43,20 @@ SCHEDULERS: dict[str, tuple[type, dict]] = {
     "euler": (EulerDiscreteScheduler, {}),
     "ddpm": (DDPMScheduler, {}),  # ancestral, stochastic: the training scheduler's own sampler
 }
+
+
+@dataclass
+class DetokenizerPipelineOutput(BaseOutput):
+    """What `DetokenizerPipeline` returns (illume_core.DetokenizerOutput's fields, as a diffusers
+    `BaseOutput`: by attribute, key or index).
+
+    Attributes:
+        images: B PIL RGB images (empty for output_type "pt").
+        pixels: [B, 3, H, W] float in [0, 1], the same images as a tensor.
+    """
+
+    images: list[Image.Image]
+    pixels: torch.Tensor
 
 
 def to_pil(pixels: torch.Tensor) -> list[Image.Image]:
@@ -228,22 +245,25 @@ class DetokenizerPipeline(DiffusionPipeline):
         *,
         codes: torch.Tensor | None = None,
         tokenizer=None,
-        steps: int = 20,
-        guidance: float = 3.0,
+        num_inference_steps: int = 20,
+        guidance_scale: float = 3.0,
         generator: torch.Generator | list[torch.Generator] | None = None,
         output_type: str = "pil",
-    ) -> DetokenizerOutput:
+        return_dict: bool = True,
+    ) -> DetokenizerPipelineOutput | tuple:
         """Images for B feature maps (or B code grids, decoded by `tokenizer.decode_features`).
 
         Args:
             features: [B, N, D] reconstructed semantic features.
             codes, tokenizer: instead of features, codes [B, h, w] and the tokenizer that made them.
-            steps: denoising steps of the current scheduler.
-            guidance: classifier-free guidance scale; <= 1 runs the conditional branch only.
+            num_inference_steps: denoising steps of the current scheduler.
+            guidance_scale: classifier-free guidance scale; <= 1 runs the conditional branch only.
             generator: one generator, or one per image (then each image depends only on its own
                 seed, so a batch equals the same images drawn one by one).
             output_type: "pil" (images and pixels) or "pt" (pixels only).
+            return_dict: False returns the tuple (images, pixels), as diffusers pipelines do.
         """
+        steps, guidance = num_inference_steps, guidance_scale
         if (features is None) == (codes is None):
             raise ValueError("pass either features [B, N, D] or codes [B, h, w] (with tokenizer=)")
         if codes is not None:
@@ -251,7 +271,7 @@ class DetokenizerPipeline(DiffusionPipeline):
                 raise ValueError("codes need the tokenizer that made them: pass tokenizer=...")
             features = tokenizer.decode_features(codes)
         if steps < 1:
-            raise ValueError(f"steps must be >= 1, got {steps}")
+            raise ValueError(f"num_inference_steps must be >= 1, got {steps}")
         if output_type not in ("pil", "pt"):
             raise ValueError(f"output_type must be 'pil' or 'pt', got {output_type!r}")
         device, dtype = self.unet.device, self.unet.dtype
@@ -291,4 +311,6 @@ class DetokenizerPipeline(DiffusionPipeline):
 
         pixels = self.to_pixels(sample)
         images = to_pil(pixels) if output_type == "pil" else []
-        return DetokenizerOutput(images=images, pixels=pixels)
+        if not return_dict:
+            return images, pixels
+        return DetokenizerPipelineOutput(images=images, pixels=pixels)

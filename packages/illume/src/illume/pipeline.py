@@ -108,7 +108,9 @@ class SamplingConfig:
         greedy = fields["temperature"] == 0
         values = {"do_sample": not greedy, "guidance_scale": fields["guidance"]}
         if not greedy:
-            values |= {k: fields[k] for k in ("temperature", "top_k", "top_p") if fields[k] is not None}
+            values |= {
+                k: fields[k] for k in ("temperature", "top_k", "top_p") if fields[k] is not None
+            }
         values["illume"] = {k: v for k, v in fields.items() if k not in _TRANSFORMERS_NAMES}
         GenerationConfig(**values).validate(strict=True)  # what transformers would refuse
         return values
@@ -318,8 +320,8 @@ class IllumePipeline:
         return self.detokenizer(
             codes=codes,
             tokenizer=self.tokenizer,
-            steps=s.steps,
-            guidance=s.detokenizer_guidance,
+            num_inference_steps=s.steps,
+            guidance_scale=s.detokenizer_guidance,
             generator=[torch.Generator().manual_seed(x) for x in seeds],
         ).images
 

@@ -342,8 +342,8 @@ def detokenizer_quality(
             with torch.no_grad():
                 out = pipe(
                     features[i : i + batch_size],
-                    steps=steps,
-                    guidance=guidance,
+                    num_inference_steps=steps,
+                    guidance_scale=guidance,
                     generator=generators,
                     output_type="pt",
                 )
