@@ -119,6 +119,8 @@ def test_task_commands(pipeline_dir, tmp_path, capsys):
     )
     assert Image.open(tmp_path / "edited.png").size == (32, 32)
     assert main(["answer", "--model", str(pipeline_dir), str(image), "how many circles ?"]) == 0
+    bf16 = ["--model", str(pipeline_dir), "--device", "cpu", "--dtype", "bfloat16"]
+    assert main(["answer", *bf16, str(image), "how many circles ?"]) == 0
     with pytest.raises(FileNotFoundError, match="not an ILLUME pipeline directory"):
         IllumePipeline.from_pretrained(tmp_path)
 
@@ -144,6 +146,9 @@ def test_bad_command_lines_are_one_line_errors_and_lose_nothing(pipeline_dir, tm
         (["--seed", str(2**70)], "--seed must be in"),
         (["--num-images", "0"], "--num-images must be at least 1"),
         (["--guidance", "inf"], "--guidance must be a finite number"),
+        (["--device", "tpu"], "--device tpu: not a device"),
+        (["--device", "mps"], "illume runs on cpu or cuda"),
+        *([] if torch.cuda.is_available() else [(["--device", "cuda"], "no CUDA GPU")]),
     ):
         code, err = _fails(
             ["generate", *model, "a red circle", *extra, "--out", str(tmp_path / "x")], capsys
@@ -648,3 +653,65 @@ def test_a_drawing_sent_back_in_a_conversation_is_read_as_its_codes(pipeline_dir
     assert isinstance(
         pipe.chat([*history, Message("user", "Another one.")], max_new_tokens=2), (str, Image.Image)
     )
+
+
+def test_called_like_a_diffusers_pipeline_with_typed_output_and_overrides(pipeline_dir):
+    from diffusers.utils import BaseOutput
+
+    pipe = IllumePipeline.from_pretrained(pipeline_dir)
+    pipe.sampling.steps = 2
+    out = pipe(["a red circle", "a blue square"], num_images_per_prompt=2, seed=0)
+    assert isinstance(out, BaseOutput) and out[0] is out.images and out["codes"] is out.codes
+    assert out.codes.shape == (4, *pipe.tokenizer.grid)
+    listed = pipe.generate_image(["a red circle", "a blue square"], num_images=2, seed=0)
+    assert [im.tobytes() for im in out.images] == [im.tobytes() for im in listed]
+    # the vision tokens' drawn codes are what the images were rendered from
+    rendered = pipe.render(out.codes, torch.Generator().manual_seed(0))
+    assert len(rendered) == 4
+    # per-call sampling overrides apply to the call alone
+    before = pipe.sampling
+    greedy = pipe("a red circle", temperature=0.0, guidance_scale=1.0, seed=1).codes
+    assert torch.equal(
+        greedy, pipe("a red circle", temperature=0.0, guidance_scale=1.0, seed=2).codes
+    )
+    assert pipe.sampling is before
+    images, codes = pipe("a red circle", seed=0, num_inference_steps=1, return_dict=False)
+    assert len(images) == 1 and codes.shape[0] == 1
+
+
+def _every_task(pipe):
+    source = Image.new("RGB", (32, 32), (16, 16, 16))
+    out = pipe("a red circle", seed=0, num_images_per_prompt=2)
+    answer = pipe.answer(source, "how many circles ?")
+    edited = pipe.edit(source, "make it green", seed=0)
+    chatted = pipe.chat([Message("user", [source, "how many circles ?"])], max_new_tokens=2)
+    best = pipe.generate_image("a red circle", best_of=2, seed=0)
+    return out, answer, edited, chatted, best
+
+
+def test_moved_to_bfloat16_every_task_runs_in_it(pipeline_dir):
+    pipe = IllumePipeline.from_pretrained(pipeline_dir)
+    pipe.sampling.steps = 2
+    assert pipe.to(torch.bfloat16) is pipe
+    assert pipe.dtype == torch.bfloat16 and pipe.device.type == "cpu"
+    assert next(pipe.tokenizer.parameters()).dtype == torch.bfloat16
+    assert pipe.detokenizer.unet.dtype == torch.bfloat16
+    out, answer, edited, chatted, best = _every_task(pipe)
+    assert out.codes.shape[0] == 2 and isinstance(answer, str) and edited.size == (32, 32)
+    assert isinstance(chatted, (str, Image.Image)) and best[0].size == (32, 32)
+    with pytest.raises(ValueError, match="floating-point"):
+        pipe.to(dtype=torch.int8)
+
+
+@pytest.mark.gpu
+def test_on_cuda_every_task_runs_and_a_seed_draws_what_it_draws_on_the_cpu(pipeline_dir):
+    """Seeds draw on CPU generators wherever the model is: greedy codes agree exactly, and
+    sampled ones use the same random numbers."""
+    cpu = IllumePipeline.from_pretrained(pipeline_dir)
+    cuda = IllumePipeline.from_pretrained(pipeline_dir).to("cuda")
+    for pipe in (cpu, cuda):
+        pipe.sampling.steps = 2
+    assert cuda.device.type == "cuda" and cuda.detokenizer.unet.device.type == "cuda"
+    _every_task(cuda)
+    want = cpu("a red circle", temperature=0.0, seed=0).codes
+    assert torch.equal(cuda("a red circle", temperature=0.0, seed=0).codes.cpu(), want)

@@ -281,7 +281,7 @@ class DetokenizerPipeline(DiffusionPipeline):
                 f"got {len(generator)} generators for {batch} images; pass one per image"
             )
 
-        features = features.to(device)
+        features = features.to(device, dtype)
         use_cfg = guidance > 1.0
         conditions = self.conditioner(features)
         if use_cfg:  # unconditional and conditional rows in one U-Net batch

@@ -16,15 +16,17 @@ which give the same codes for the same seed on the CPU: "torch" (default: the fa
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from diffusers.utils import BaseOutput
 from PIL import Image
 
 from illume_core import Message, atomic_directory, read_json
@@ -139,6 +141,19 @@ def _from_generation_config(values: dict, path) -> dict:
     return out
 
 
+@dataclass
+class IllumePipelineOutput(BaseOutput):
+    """What `IllumePipeline.__call__` returns (a diffusers `BaseOutput`: by attribute, key or index).
+
+    Attributes:
+        images: the drawings, `num_images_per_prompt` per prompt in prompt order.
+        codes: [B, h, w] the vision tokens each was drawn from (what the MLLM wrote).
+    """
+
+    images: list[Image.Image]
+    codes: torch.Tensor
+
+
 def _saved_sampling(directory: Path) -> SamplingConfig | None:
     """A pipeline directory's sampling settings: generation_config.json, else the sampling.json
     of older directories, else (saved before either) the defaults."""
@@ -177,10 +192,61 @@ class IllumePipeline:
                 f"tokenizer {tokenizer.codebook_size} on {list(tokenizer.grid)}: they were not trained together"
             )
 
+    # -- placement ---------------------------------------------------------------------------------
+
+    def to(
+        self, device: str | torch.device | None = None, dtype: torch.dtype | None = None
+    ) -> IllumePipeline:
+        """Moves (and casts) the vision tokenizer, the MLLM and the detokenizer, as a diffusers
+        pipeline's `.to` does: `pipe.to("cuda", torch.bfloat16)`. Every task then runs there;
+        seeds still draw on the CPU's generators, so a seed means the same draw anywhere."""
+        if isinstance(device, torch.dtype):  # pipe.to(torch.bfloat16)
+            device, dtype = None, device
+        if dtype is not None and not dtype.is_floating_point:
+            raise ValueError(f"dtype must be a floating-point torch dtype, got {dtype}")
+        from diffusers.utils import logging as diffusers_logging
+
+        self.tokenizer.to(device=device, dtype=dtype)
+        self.model.to(device=device, dtype=dtype)
+        quiet = diffusers_logging.get_verbosity()
+        diffusers_logging.set_verbosity_error()  # "modules to keep in float32: []", of none
+        try:
+            self.detokenizer.to(device, dtype)
+        finally:
+            diffusers_logging.set_verbosity(quiet)
+        self._generator_impl = None  # the fast loop's buffers are rebuilt where the model now is
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.dtype
+
+    @contextlib.contextmanager
+    def sampling_as(self, **overrides) -> Iterator[SamplingConfig]:
+        """The sampling settings with `overrides` (SamplingConfig's fields; None leaves one as it
+        is) for the calls inside the block: `with pipe.sampling_as(temperature=0.5): ...`."""
+        base = self.sampling
+        changes = {k: v for k, v in overrides.items() if v is not None}
+        self.sampling = dataclasses.replace(base, **changes)
+        try:
+            yield self.sampling
+        finally:
+            self.sampling = base
+
     # -- persistence ------------------------------------------------------------------------------
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike) -> IllumePipeline:
+    def from_pretrained(
+        cls,
+        directory: str | os.PathLike,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> IllumePipeline:
+        """A pipeline directory, moved to `device` and cast to `dtype` when given (`.to`)."""
         directory = Path(directory)
         missing = [p for p in ("tokenizer", "mllm", "detokenizer") if not (directory / p).is_dir()]
         if missing:
@@ -196,6 +262,8 @@ class IllumePipeline:
             _saved_sampling(directory),
         )
         pipe.directory = directory
+        if device is not None or dtype is not None:
+            pipe.to(device, dtype)
         return pipe
 
     @classmethod
@@ -318,7 +386,7 @@ class IllumePipeline:
         else:
             seeds = [int(torch.randint(0, 2**31 - 1, (1,), generator=g)) for g in generator]
         return self.detokenizer(
-            codes=codes,
+            codes=codes.to(next(self.tokenizer.parameters()).device),
             tokenizer=self.tokenizer,
             num_inference_steps=s.steps,
             guidance_scale=s.detokenizer_guidance,
@@ -340,7 +408,9 @@ class IllumePipeline:
     @torch.no_grad()
     def image_codes(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """The tokenizer's codes [B, h, w] of images: what a perfect MLLM would draw for them."""
-        return self.tokenizer.encode(self.tokenizer.preprocess(list(images))).codes
+        weight = next(self.tokenizer.parameters())
+        pixels = self.tokenizer.preprocess(list(images)).to(weight.device, weight.dtype)
+        return self.tokenizer.encode(pixels).codes
 
     def draw_codes(
         self,
@@ -368,6 +438,33 @@ class IllumePipeline:
 
     # -- tasks ------------------------------------------------------------------------------------
 
+    def __call__(
+        self,
+        prompt: str | Sequence[str],
+        num_images_per_prompt: int = 1,
+        guidance_scale: float | None = None,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        num_inference_steps: int | None = None,
+        best_of: int | None = None,
+        seed: int | Sequence[int] | None = None,
+        generator: torch.Generator | None = None,
+        return_dict: bool = True,
+    ) -> IllumePipelineOutput | tuple:
+        """Text to image, as a diffusers pipeline is called: `pipe("a red circle").images[0]`.
+        `guidance_scale`, `temperature`, `top_k`, `top_p`: the vision tokens' sampling;
+        `num_inference_steps`: the detokenizer's; None takes the pipeline's `sampling`
+        (generation_config.json). The other arguments are `generate_image`'s."""
+        with self.sampling_as(
+            guidance=guidance_scale, temperature=temperature, top_k=top_k, top_p=top_p,
+            steps=num_inference_steps,
+        ):  # fmt: skip
+            images, codes = self._generate(prompt, num_images_per_prompt, seed, generator, best_of)
+        if not return_dict:
+            return images, codes
+        return IllumePipelineOutput(images=images, codes=codes)
+
     def generate_image(
         self,
         prompt: str | Sequence[str],
@@ -381,6 +478,10 @@ class IllumePipeline:
         rates best, the model's own understanding checking its drawing. `seed`: one for the call,
         or one per prompt, each prompt then drawn exactly as it would be alone (how a server
         batches requests)."""
+        return self._generate(prompt, num_images, seed, generator, best_of)[0]
+
+    def _generate(self, prompt, num_images, seed, generator, best_of):
+        """generate_image's images, and the codes [B, h, w] each was drawn from."""
         best_of = self.sampling.best_of if best_of is None else best_of
         if best_of < 1:
             raise ValueError(f"best_of must be at least 1, got {best_of}")
@@ -400,11 +501,13 @@ class IllumePipeline:
         drawn = [p for p in prompts for _ in range(num_images * best_of)]
         conversations = [self.processor.t2i_messages(p) for p in drawn]
         unconditional = [self.processor.t2i_messages("")] * len(conversations)
-        images = self.render(self.draw_codes(conversations, unconditional, generator), generator)
+        codes = self.draw_codes(conversations, unconditional, generator)
+        images = self.render(codes, generator)
         if best_of == 1:
-            return images
+            return images, codes
         scores = self.judge(images, drawn).view(-1, best_of)  # [prompts x num_images, best_of]
-        return [images[i * best_of + int(k)] for i, k in enumerate(scores.argmax(1))]
+        keep = [i * best_of + int(k) for i, k in enumerate(scores.argmax(1))]
+        return [images[i] for i in keep], codes[keep]
 
     def judge(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> torch.Tensor:
         """How well each image shows its prompt, by the MLLM's own understanding: log p(prompt |
@@ -523,8 +626,10 @@ class IllumePipeline:
             messages, add_generation_prompt=True
         ).input_ids
         with torch.no_grad():
+            pixels = self._pixels(messages)
             logits = self.model(
-                input_ids=torch.tensor([text_ids]), pixel_values=self._pixels(messages)
+                input_ids=torch.tensor([text_ids], device=self.device),
+                pixel_values=None if pixels is None else pixels.to(self.device, self.dtype),
             ).logits[0, -1]
         if int(logits.argmax()) == self.processor.vocab.start_of_image:
             if self.processor.config.edit_source_codes:  # this turn is a drawing request too

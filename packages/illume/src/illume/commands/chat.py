@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .tasks import add_placement, placement
+
 HELP = """Type a message and press Enter. Commands:
   /image PATH   attach an image to your next message (it looks at it, or edits it)
   /reset        start a new conversation
@@ -20,6 +22,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     chat.add_argument("--model", required=True, help="pipeline directory (e.g. DEMO_OUT/pipeline)")
+    add_placement(chat)
     chat.add_argument(
         "--seed", type=int, default=0, help="seed of the first drawing (then +1 each)"
     )
@@ -44,9 +47,10 @@ def _chat(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file; name a folder")
+    place = placement(args)
     from ..pipeline import IllumePipeline
 
-    pipe = IllumePipeline.from_pretrained(args.model)
+    pipe = IllumePipeline.from_pretrained(args.model, *place)
     print(HELP, flush=True)
     messages: list = []
     attached: list = []

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .tasks import add_placement, placement
+
 
 def register(commands: argparse._SubParsersAction) -> None:
     serve = commands.add_parser(
@@ -13,6 +15,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     serve.add_argument("--model", required=True, help="pipeline directory (e.g. DEMO_OUT/pipeline)")
+    add_placement(serve)
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument(
@@ -61,6 +64,12 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="autoscaling: requests in flight per replica that Ray aims for",
     )
     ray.add_argument("--cpus-per-replica", type=float, default=1.0)
+    ray.add_argument(
+        "--gpus-per-replica",
+        type=float,
+        default=0.0,
+        help="GPUs Ray gives each replica (with --device cuda; default 0)",
+    )
     serve.set_defaults(handler=_serve)
 
 
@@ -88,13 +97,14 @@ def _serve(args: argparse.Namespace) -> int:
     except ValidationError as err:
         first = err.errors()[0]
         raise UsageError(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}") from None
+    device, dtype = placement(args)
     if args.ray:
         return _serve_ray(args, settings)
     import uvicorn
 
     from ..pipeline import IllumePipeline
 
-    pipe = IllumePipeline.from_pretrained(args.model)
+    pipe = IllumePipeline.from_pretrained(args.model, device, dtype)
     pipe.use_runtime(args.runtime, args.onnx)
     uvicorn.run(create_app(pipe, settings), host=args.host, port=args.port, log_level="info")
     return 0
@@ -124,7 +134,8 @@ def _serve_ray(args: argparse.Namespace, settings) -> int:
         }
     run(
         args.model, settings, host=args.host, port=args.port, replicas=args.replicas,
-        autoscaling=autoscaling, cpus_per_replica=args.cpus_per_replica, runtime=args.runtime,
-        onnx=args.onnx,
+        autoscaling=autoscaling, cpus_per_replica=args.cpus_per_replica,
+        gpus_per_replica=args.gpus_per_replica, runtime=args.runtime, onnx=args.onnx,
+        device=args.device, dtype=args.dtype,
     )  # fmt: skip
     return 0

@@ -5,11 +5,55 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def add_placement(parser: argparse.ArgumentParser) -> None:
+    """--device and --dtype: where the pipeline runs and in what precision."""
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="where the pipeline runs: cpu, cuda, cuda:N (default auto: cuda when there is one)",
+    )
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=("auto", *DTYPES),
+        help="the weights' precision (default auto: bfloat16 on CUDA, float32 on the CPU)",
+    )
+
+
+def placement(args: argparse.Namespace):
+    """(device, dtype) of --device and --dtype, "auto" resolved; a device that is not here is a
+    UsageError before anything loads."""
+    import torch
+
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(device)
+    except RuntimeError:
+        raise UsageError(f"--device {args.device}: not a device (cpu, cuda or cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {args.device}: this machine has no CUDA GPU; use --device cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise UsageError(
+            f"--device {args.device}: there are {torch.cuda.device_count()} CUDA devices"
+        )
+    if device.type not in ("cpu", "cuda"):
+        raise UsageError(f"--device {args.device}: illume runs on cpu or cuda")
+    name = args.dtype
+    if name == "auto":
+        name = "bfloat16" if device.type == "cuda" else "float32"
+    return device, getattr(torch, name)
+
 
 def _sampling(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model", required=True, help="pipeline directory (e.g. DEMO_OUT/pipeline)"
     )
+    add_placement(parser)
     parser.add_argument(
         "--seed",
         type=int,
@@ -79,6 +123,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
     answer = commands.add_parser("answer", help="answer a question about an image")
     answer.add_argument("--model", required=True, help="pipeline directory")
+    add_placement(answer)
     answer.add_argument("image")
     answer.add_argument("question")
     answer.set_defaults(handler=_answer)
@@ -126,6 +171,7 @@ def _check_args(args: argparse.Namespace) -> None:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
     if not Path(args.model).is_dir():
         raise UsageError(f"--model {args.model}: no such pipeline directory")
+    placement(args)
 
 
 def _check_out_folder(out: Path, overwrite: bool) -> None:
@@ -158,7 +204,7 @@ GENERATED_KIND = "generated-images"
 def _load(args: argparse.Namespace):
     from illume.pipeline import IllumePipeline
 
-    pipe = IllumePipeline.from_pretrained(args.model)
+    pipe = IllumePipeline.from_pretrained(args.model, *placement(args))
     for field, value in (
         ("guidance", getattr(args, "guidance", None)),
         ("temperature", getattr(args, "temperature", None)),

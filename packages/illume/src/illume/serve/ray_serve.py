@@ -27,12 +27,16 @@ def illume_deployment(
     replicas: int = 1,
     autoscaling: dict[str, Any] | None = None,
     cpus_per_replica: float = 1.0,
+    gpus_per_replica: float = 0.0,
     runtime: str = "torch",
     onnx: str | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
 ):
     """A bound Ray Serve application of `replicas` replicas (or Ray's `autoscaling_config`, e.g.
     {"min_replicas": 1, "max_replicas": 8, "target_ongoing_requests": 16}), each serving the
-    pipeline at `model` (an absolute path every node can read)."""
+    pipeline at `model` (an absolute path every node can read) on `device` in `dtype` (as
+    `illume serve --device/--dtype` takes them; "auto": resolved on the replica's own node)."""
     from ray import serve
 
     model = os.path.abspath(model)
@@ -40,10 +44,15 @@ def illume_deployment(
 
     def build():
         # runs on each replica: the model loads where it serves
+        from argparse import Namespace
+
+        from ..commands.tasks import placement
         from ..pipeline import IllumePipeline
         from .app import create_app
 
-        pipe = IllumePipeline.from_pretrained(model)
+        pipe = IllumePipeline.from_pretrained(
+            model, *placement(Namespace(device=device, dtype=dtype))
+        )
         pipe.use_runtime(runtime, onnx)
         return create_app(pipe, settings)
 
@@ -52,7 +61,7 @@ def illume_deployment(
 
     options: dict[str, Any] = {
         "name": "illume",
-        "ray_actor_options": {"num_cpus": cpus_per_replica},
+        "ray_actor_options": {"num_cpus": cpus_per_replica, "num_gpus": gpus_per_replica},
         # the app's own queue refuses what it cannot hold; Ray's should not hold more than it
         "max_ongoing_requests": settings.max_queue + settings.max_batch,
     }
