@@ -715,3 +715,41 @@ def test_on_cuda_every_task_runs_and_a_seed_draws_what_it_draws_on_the_cpu(pipel
     _every_task(cuda)
     want = cpu("a red circle", temperature=0.0, seed=0).codes
     assert torch.equal(cuda("a red circle", temperature=0.0, seed=0).codes.cpu(), want)
+
+
+def test_generate_a_prompts_file_in_genevals_layout_and_resume_exactly(
+    pipeline_dir, tmp_path, capsys
+):
+    rows = [
+        {"tag": "single_object", "include": [{"class": "circle", "count": 1}], "prompt": "a red circle"},
+        {"tag": "two_object", "prompt": "a red circle and a blue square"},
+        {"tag": "colors", "prompt": "a green triangle"},
+    ]  # fmt: skip
+    prompts = tmp_path / "evaluation_metadata.jsonl"
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "geneval"
+    argv = ["generate", "--model", str(pipeline_dir), "--steps", "2", "--prompts", str(prompts)]
+    argv += ["--out", str(out), "--num-images", "2", "--batch-size", "2"]
+    assert main(argv) == 0
+    for i, row in enumerate(rows):
+        folder = out / f"{i:05d}"
+        assert json.loads((folder / "metadata.jsonl").read_text()) == row
+        assert sorted(p.name for p in (folder / "samples").iterdir()) == ["0000.png", "0001.png"]
+    first = {p: p.read_bytes() for p in out.rglob("*.png")}
+    # a run stopped after the first prompt: the rest is drawn as the whole run drew it
+    import shutil
+
+    for i in (1, 2):
+        shutil.rmtree(out / f"{i:05d}")
+    assert main(argv) == 0
+    assert "2 drawn now" in capsys.readouterr().out
+    assert {p: p.read_bytes() for p in out.rglob("*.png")} == first
+    # plain text works too; a different prompt file on the same folder is refused
+    text = tmp_path / "prompts.txt"
+    text.write_text("a blue square\n\n")
+    code, err = _fails([*argv[:6], str(text), *argv[7:]], capsys)
+    assert code == 2 and "holds another prompt than row 1" in err
+    code, err = _fails([*argv[:-4], "--out", str(pipeline_dir), "--num-images", "2"], capsys)
+    assert code == 2 and "not written by illume" in err
+    code, err = _fails([*argv, "a red circle"], capsys)
+    assert code == 2 and "not both" in err

@@ -50,6 +50,29 @@ class _VersionAction(argparse.Action):
 Command = Callable[[argparse.Namespace], int]
 
 
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default, unless it says its default in its own words
+    (or has none worth saying: None, False)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (
+            action.option_strings
+            and "default" not in text
+            and action.default not in (None, False, argparse.SUPPRESS)
+        ):
+            text += " (default: %(default)s)"
+        return text
+
+
+def _all_parsers(parser: argparse.ArgumentParser):
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from _all_parsers(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="illume",
@@ -65,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     self_enhance.register(commands)
     serve.register(commands)
     chat.register(commands)
+    for each in _all_parsers(parser):
+        each.formatter_class = DefaultsHelpFormatter
     return parser
 
 

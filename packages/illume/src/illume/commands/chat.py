@@ -19,7 +19,6 @@ def register(commands: argparse._SubParsersAction) -> None:
     chat = commands.add_parser(
         "chat",
         help="talk with a trained pipeline in the terminal (text, images, drawings, edits)",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     chat.add_argument("--model", required=True, help="pipeline directory (e.g. DEMO_OUT/pipeline)")
     add_placement(chat)

@@ -12,12 +12,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     serve = commands.add_parser(
         "serve",
         help="serve a pipeline over HTTP (OpenAI's images and chat API, a web page at /)",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     serve.add_argument("--model", required=True, help="pipeline directory (e.g. DEMO_OUT/pipeline)")
     add_placement(serve)
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on")
     serve.add_argument(
         "--runtime",
         default="torch",
@@ -63,12 +62,14 @@ def register(commands: argparse._SubParsersAction) -> None:
         default=16.0,
         help="autoscaling: requests in flight per replica that Ray aims for",
     )
-    ray.add_argument("--cpus-per-replica", type=float, default=1.0)
+    ray.add_argument(
+        "--cpus-per-replica", type=float, default=1.0, help="CPUs Ray gives each replica"
+    )
     ray.add_argument(
         "--gpus-per-replica",
         type=float,
         default=0.0,
-        help="GPUs Ray gives each replica (with --device cuda; default 0)",
+        help="GPUs Ray gives each replica (with --device cuda)",
     )
     serve.set_defaults(handler=_serve)
 

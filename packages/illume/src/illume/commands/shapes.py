@@ -20,7 +20,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         default=None,
         help="validation and heldout scenes each (default max(100, n/10))",
     )
-    make.add_argument("--seed", type=int, default=0)
+    make.add_argument("--seed", type=int, default=0, help="the dataset's seed")
     make.add_argument("--size", type=int, default=32, help="image side in pixels (default 32)")
     make.set_defaults(handler=_make)
 

@@ -58,7 +58,8 @@ def _sampling(parser: argparse.ArgumentParser) -> None:
         "--seed",
         type=int,
         default=0,
-        help="seed of the drawing (the same seed draws the same image)",
+        help="seed of the drawing (the same seed draws the same image; with --prompts, row i "
+        "draws with seed + i)",
     )
     parser.add_argument(
         "--guidance",
@@ -104,7 +105,22 @@ def _sampling(parser: argparse.ArgumentParser) -> None:
 def register(commands: argparse._SubParsersAction) -> None:
     generate = commands.add_parser("generate", help="text to image with a trained pipeline")
     _sampling(generate)
-    generate.add_argument("prompt", help='e.g. "a red circle above a blue square"')
+    generate.add_argument(
+        "prompt", nargs="?", help='e.g. "a red circle above a blue square" (or --prompts FILE)'
+    )
+    generate.add_argument(
+        "--prompts",
+        default=None,
+        help="a file of prompts instead: GenEval's evaluation_metadata.jsonl (a JSON object with "
+        '"prompt" per line) or plain text (one per line); --out gets GenEval\'s layout, '
+        "OUT/00000/metadata.jsonl + samples/0000.png, and a stopped run resumes where it stopped",
+    )
+    generate.add_argument(
+        "--batch-size",
+        type=int,
+        default=4,
+        help="with --prompts: prompts drawn together (default 4)",
+    )
     generate.add_argument("--num-images", type=int, default=1, help="images per prompt (default 1)")
     generate.add_argument(
         "--best-of",
@@ -114,23 +130,27 @@ def register(commands: argparse._SubParsersAction) -> None:
         "(default: the pipeline's generation_config.json, else 1)",
     )
     generate.add_argument(
-        "--out", default="generated", help="folder for the PNGs (new or empty; default ./generated)"
+        "--out",
+        default="generated",
+        help="folder for the PNGs (new or empty, or with --prompts one to resume; default ./generated)",
     )
     generate.add_argument(
-        "--overwrite", action="store_true", help="replace an earlier `illume generate` --out"
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier `illume generate` --out (with --prompts: draw every prompt again)",
     )
     generate.set_defaults(handler=_generate)
 
     answer = commands.add_parser("answer", help="answer a question about an image")
     answer.add_argument("--model", required=True, help="pipeline directory")
     add_placement(answer)
-    answer.add_argument("image")
-    answer.add_argument("question")
+    answer.add_argument("image", help="the image file (PNG, JPEG, ...)")
+    answer.add_argument("question", help='e.g. "How many circles are there?"')
     answer.set_defaults(handler=_answer)
 
     edit = commands.add_parser("edit", help="edit an image by an instruction")
     _sampling(edit)
-    edit.add_argument("image")
+    edit.add_argument("image", help="the image file to edit (PNG, JPEG, ...)")
     edit.add_argument("instruction", help='e.g. "change the red circle to green"')
     edit.add_argument("--out", default="edited.png", help="the PNG to write (default edited.png)")
     edit.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
@@ -165,7 +185,7 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--{str(err).replace('_', '-')}") from None
     if getattr(args, "seed", None) is not None and not 0 <= args.seed < 2**63:
         raise UsageError(f"--seed must be in [0, 2**63), got {args.seed}")
-    for name in ("num_images", "steps", "best_of"):
+    for name in ("num_images", "steps", "best_of", "batch_size"):
         value = getattr(args, name, None)
         if value is not None and value < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
@@ -222,13 +242,18 @@ def _load(args: argparse.Namespace):
 def _generate(args: argparse.Namespace) -> int:
     from illume_core import atomic_directory
 
+    if (args.prompt is None) == (args.prompts is None):
+        raise UsageError("give a prompt, or --prompts FILE, not both")
     _check_args(args)
+    if args.prompts is not None:
+        return _generate_file(args)
     out = Path(args.out)
     _check_out_folder(out, args.overwrite)
     pipe = _load(args)
-    images = pipe.generate_image(
-        args.prompt, num_images=args.num_images, seed=args.seed, best_of=args.best_of
-    )
+    with _working(f"drawing {args.num_images} image(s)"):
+        images = pipe.generate_image(
+            args.prompt, num_images=args.num_images, seed=args.seed, best_of=args.best_of
+        )
     # Written whole into a folder of their own, then swapped in: two runs into one --out never
     # mix their images, and a crash leaves no half of a run behind.
     with atomic_directory(out, GENERATED_KIND) as tmp:
@@ -237,6 +262,96 @@ def _generate(args: argparse.Namespace) -> int:
         _check_out_folder(out, args.overwrite)  # another run may have filled it meanwhile
     for i in range(len(images)):
         print(out / f"{i:04d}.png")
+    return 0
+
+
+#: What `illume generate --prompts` records its output folder, and each prompt's, as.
+GENEVAL_KIND = "geneval-images"
+GENEVAL_PROMPT_KIND = "geneval-prompt"
+
+
+def _read_prompts(path: Path) -> list[dict]:
+    """A prompts file as GenEval metadata rows ({"prompt": ..., more kept as they are})."""
+    from illume_core import read_jsonl, read_text
+
+    if not path.is_file():
+        raise UsageError(f"--prompts {path}: no such file")
+    try:
+        if path.suffix == ".jsonl":
+            rows = read_jsonl(path)
+        else:
+            rows = [
+                {"prompt": line.strip()} for line in read_text(path).splitlines() if line.strip()
+            ]
+    except (OSError, ValueError, UnicodeDecodeError) as err:
+        raise UsageError(f"--prompts: {err}") from None
+    for number, row in enumerate(rows, 1):
+        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not row["prompt"]:
+            raise UsageError(
+                f'--prompts {path}, row {number}: a JSON object with a "prompt" string'
+            )
+    if not rows:
+        raise UsageError(f"--prompts {path} holds no prompts")
+    return rows
+
+
+def _generate_file(args: argparse.Namespace) -> int:
+    """GenEval's layout: OUT/<index:05d>/metadata.jsonl (the prompt's row) and samples/<k:04d>.png.
+    Prompt i is drawn with seed --seed + i, so its images do not depend on the batch it was drawn
+    in: a resumed run writes what an uninterrupted one would have. Each prompt's folder appears
+    whole or not at all."""
+    import json
+
+    from rich.progress import Progress
+
+    from illume_core import OWNER_MARKER, atomic_directory, check_replaceable, directory_owner
+
+    rows = _read_prompts(Path(args.prompts))
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file; name a folder")
+    try:
+        check_replaceable(out, GENEVAL_KIND)
+    except FileExistsError as err:
+        raise UsageError(f"--out: {err}") from None
+    out.mkdir(parents=True, exist_ok=True)
+    if directory_owner(out) != GENEVAL_KIND:
+        (out / OWNER_MARKER).write_text(
+            json.dumps({"written_by": "illume", "kind": GENEVAL_KIND}) + "\n"
+        )
+
+    def done(i: int) -> bool:
+        folder = out / f"{i:05d}"
+        if args.overwrite or not (folder / "metadata.jsonl").is_file():
+            return False
+        if json.loads((folder / "metadata.jsonl").read_text()) != rows[i]:
+            raise UsageError(
+                f"--out {out}/{i:05d} holds another prompt than row {i + 1} of --prompts: "
+                "name a new --out, or pass --overwrite"
+            )
+        return len(list((folder / "samples").glob("*.png"))) == args.num_images
+
+    todo = [i for i in range(len(rows)) if not done(i)]
+    pipe = _load(args)
+    with Progress() as progress:
+        bar = progress.add_task("drawing", total=len(rows), completed=len(rows) - len(todo))
+        for start in range(0, len(todo), args.batch_size):
+            batch = todo[start : start + args.batch_size]
+            images = pipe.generate_image(
+                [rows[i]["prompt"] for i in batch],
+                num_images=args.num_images,
+                seed=[args.seed + i for i in batch],
+                best_of=args.best_of,
+            )
+            for k, i in enumerate(batch):
+                with atomic_directory(out / f"{i:05d}", GENEVAL_PROMPT_KIND) as tmp:
+                    (tmp / "metadata.jsonl").write_text(json.dumps(rows[i]) + "\n")
+                    (tmp / "samples").mkdir()
+                    drawn = images[k * args.num_images : (k + 1) * args.num_images]
+                    for j, image in enumerate(drawn):
+                        (tmp / "samples" / f"{j:04d}.png").write_bytes(_png(image))
+                progress.advance(bar)
+    print(f"{out}: {len(rows)} prompts, {len(todo)} drawn now, {args.num_images} images each")
     return 0
 
 
@@ -255,10 +370,19 @@ def _edit(args: argparse.Namespace) -> int:
     _check_args(args)
     _check_out_file(Path(args.out), args.overwrite)
     source = load_image(args.image)
-    image = _load(args).edit(source, args.instruction, seed=args.seed)
+    pipe = _load(args)
+    with _working("editing"):
+        image = pipe.edit(source, args.instruction, seed=args.seed)
     atomic_write_bytes(args.out, _png(image))
     print(args.out)
     return 0
+
+
+def _working(what: str):
+    """A spinner on stderr while the model works (nothing when stderr is not a terminal)."""
+    from rich.console import Console
+
+    return Console(stderr=True).status(f"{what}...")
 
 
 def _png(image) -> bytes:

@@ -129,18 +129,28 @@ def self_enhance(
     """Runs the loop of the module docstring; returns counts and paths (also in `out/summary.json`).
 
     Args:
-        tokenizer, mllm, detokenizer: the trained stages (mllm: the stage-3 output).
+        tokenizer: the trained vision tokenizer's directory.
+        mllm: the trained MLLM's directory (stage 3's output).
+        detokenizer: the trained detokenizer's directory.
         prompts: a captions JSONL manifest (text = prompt, image = its ground truth; a `spec` per
             line enables the oracle assessor).
         out: where the corpus, the judgements, the SFT data and the SFT run go.
         num_prompts: a seeded subset of the manifest to draw.
-        assessor, assessor_args: "oracle", "model" (args: batch_size, retries, ...) or
-            "openai-compatible" (args: base_url, model, api_key, timeout, retries, concurrency).
-        guidance, temperature, top_k, steps: how the corpus is drawn (steps: detokenizer steps).
+        assessor: who judges the drawings: "oracle" (ShapesWorld's exact scorer), "model" (the
+            MLLM itself) or "openai-compatible" (a served model).
+        assessor_args: the assessor's settings: "model": batch_size, retries, ...;
+            "openai-compatible": base_url, model, api_key, timeout, retries, concurrency.
+        guidance: CFG scale of the vision tokens the corpus is drawn with.
+        temperature: sampling temperature of those vision tokens.
+        top_k: draw among the k likeliest codes (null: all).
+        steps: detokenizer denoising steps.
+        batch_size: prompts drawn together.
         sft_recipe: the stage-3 recipe whose data and settings the SFT continues.
         sft_ratio: share of the SFT mixture that is assessment conversations.
         sft_steps: optimizer steps of the SFT.
         sft_args: further LightningCLI overrides for the SFT run.
+        seed: seeds the prompt subset, the drawings and the SFT mixture.
+        progress: show progress bars.
     """
 
     out_dir = Path(out)
@@ -261,6 +271,6 @@ def main(argv: list[str]) -> int:
     for i, arg in enumerate(argv):
         if arg == "--config" and i + 1 < len(argv):
             argv[i + 1] = resolve_recipe(argv[i + 1])
-    summary = CLI(self_enhance, args=argv, as_positional=False)
+    summary = CLI(self_enhance, args=argv, as_positional=False, prog="illume self-enhance")
     print(json.dumps(summary))
     return 0
