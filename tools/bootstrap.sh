@@ -24,5 +24,7 @@ pip=("$venv/bin/python" -m pip install --quiet --disable-pip-version-check -c "$
 "${pip[@]}" -r "$root/tools/requirements-dev.txt"
 editable=()
 for p in "${packages[@]}"; do editable+=(-e "$root/packages/$p"); done
+# ONNX Runtime's CPU wheel, the way a user gets it (`illume-runtime[cpu]`), for the ONNX tests
+editable+=(-e "$root/packages/illume-runtime[cpu]")
 "${pip[@]}" --no-build-isolation "${editable[@]}"
 echo "$want" > "$venv/.illume-env"

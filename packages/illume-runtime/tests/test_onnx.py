@@ -219,7 +219,7 @@ def test_onnx_runtime_on_cuda_draws_the_greedy_codes_of_the_cpu(exported, refere
 @pytest.mark.gpu
 def test_tensorrt_engines_match_onnx_runtime_and_are_cached(exported):
     pytest.importorskip("tensorrt")
-    from illume_runtime.tensorrt import TensorRTSession, build_engine, decoder_profiles
+    from illume_runtime.tensorrt import TensorRTSession, build_engine, graph_profiles
 
     out, manifest = exported
     models = OnnxModels(out)
@@ -245,7 +245,7 @@ def test_tensorrt_engines_match_onnx_runtime_and_are_cached(exported):
     assert engine.stat().st_mtime_ns == mtime  # loaded from the cache, not rebuilt
     s = manifest["decoder"]
     decode = TensorRTSession(
-        build_engine(out / "decode.onnx", decoder_profiles(manifest, "decode", max_sequence=64))
+        build_engine(out / "decode.onnx", graph_profiles(out, manifest, "decode", max_sequence=64))
     )
     feeds = {
         "input_ids": np.array([[3], [4]]),
@@ -266,3 +266,53 @@ def test_tensorrt_engines_match_onnx_runtime_and_are_cached(exported):
         .numpy()
     )
     np.testing.assert_allclose(got, want, atol=1e-3, rtol=1e-3)
+
+
+def test_tensorrt_profiles_come_from_every_graphs_dynamic_axes(exported):
+    """The native engines' optimization profiles, read from the export (no TensorRT needed):
+    the decoder's are those the KV-cache loop needs, and every graph gets one."""
+    from illume_runtime.tensorrt import graph_profiles
+
+    out, manifest = exported
+    s = manifest["decoder"]
+    decode = graph_profiles(out, manifest, "decode", max_batch=8, max_sequence=64)
+    assert decode["input_ids"] == ((1, 1), (2, 1), (8, 1))
+    assert decode["attention_mask"] == ((1, 2), (2, 64), (8, 64))  # a past and the new token
+    kv = lambda past: (s["kv_heads"], past, s["head_dim"])  # noqa: E731
+    assert decode["past_key_values.0.key"] == ((1, *kv(1)), (2, *kv(63)), (8, *kv(63)))
+    prefill = graph_profiles(out, manifest, "prefill", max_batch=8, max_sequence=2048)
+    assert prefill["inputs_embeds"] == (
+        (1, 1, s["hidden"]),
+        (2, 128, s["hidden"]),
+        (8, 2048, s["hidden"]),
+    )
+    stored = json.loads((out / "manifest.json").read_text())  # axis keys as JSON strings
+    for name, spec in stored["graphs"].items():
+        profiles = graph_profiles(out, stored, name, max_batch=4)
+        assert set(profiles) == set(spec["inputs"])
+        for low, opt, high in profiles.values():
+            assert all(a <= b <= c for a, b, c in zip(low, opt, high, strict=True))
+            assert low[0] == 1 and high[0] == 4  # every graph's first axis is its batch
+
+
+def test_a_gpu_provider_that_is_missing_names_the_wheel_to_swap(exported):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this machine's ONNX Runtime has CUDA")
+    out, _ = exported
+    with pytest.raises(RuntimeError, match=r"pip uninstall -y onnxruntime && pip install"):
+        OnnxModels(out, device="cuda")
+
+
+@pytest.mark.gpu
+def test_native_tensorrt_runtime_draws_the_greedy_codes_of_the_torch_loop(pipeline_dir, exported):
+    pytest.importorskip("tensorrt")
+    from illume.pipeline import IllumePipeline
+
+    out, _ = exported
+    pipe = IllumePipeline.from_pretrained(pipeline_dir)
+    pipe.sampling.temperature = 0.0
+    want = pipe("a red circle", seed=0).codes
+    pipe.use_runtime("tensorrt", out)
+    assert torch.equal(pipe("a red circle", seed=0).codes.cpu(), want)

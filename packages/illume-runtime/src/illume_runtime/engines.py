@@ -24,8 +24,20 @@ from .export import MANIFEST
 DEVICES = ("cpu", "cuda", "tensorrt")
 
 
+def onnxruntime():
+    """The onnxruntime module, or an ImportError saying which wheel to install."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise ImportError(
+            "ONNX Runtime is not installed: pip install 'illume-runtime[cpu]', or on a CUDA "
+            "machine 'illume-runtime[gpu]' (onnxruntime-gpu, in place of onnxruntime)"
+        ) from None
+    return onnxruntime
+
+
 def _trt_cache_dir(directory: Path) -> Path:
-    import onnxruntime as ort
+    ort = onnxruntime()
 
     try:
         import torch
@@ -66,13 +78,39 @@ def providers(device: str, directory: Path) -> list:
     raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
 
 
+def _missing_provider(wanted: str, available: set[str]) -> str:
+    """Why ONNX Runtime lacks a GPU provider, and the fix. onnxruntime and onnxruntime-gpu install
+    the same `onnxruntime` module: with both, whichever came last wins, often the CPU one."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    def installed(name: str) -> bool:
+        try:
+            distribution(name)
+        except PackageNotFoundError:
+            return False
+        return True
+
+    have = f"ONNX Runtime here has no {wanted} (available: {sorted(available)})"
+    if installed("onnxruntime") and installed("onnxruntime-gpu"):
+        return (
+            f"{have}: onnxruntime and onnxruntime-gpu are both installed and the CPU one hides the "
+            "GPU's; run `pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu`"
+        )
+    if installed("onnxruntime-gpu"):
+        return f"{have}: onnxruntime-gpu is installed, but finds no CUDA (or TensorRT) libraries"
+    return (
+        f"{have}: on a CUDA machine run `pip uninstall -y onnxruntime && pip install "
+        "'illume-runtime[gpu]'` (onnxruntime-gpu replaces onnxruntime), or use device='cpu'"
+    )
+
+
 class OnnxModels:
     """Sessions for the graphs listed in an export directory's manifest, created on first use."""
 
     def __init__(
         self, directory: str | os.PathLike, device: str = "cpu", threads: int | None = None
     ):
-        import onnxruntime as ort
+        ort = onnxruntime()
 
         self.directory = Path(directory)
         manifest = self.directory / MANIFEST
@@ -86,10 +124,7 @@ class OnnxModels:
         available = set(ort.get_available_providers())
         wanted = self.providers[0] if isinstance(self.providers[0], str) else self.providers[0][0]
         if wanted not in available:
-            raise RuntimeError(
-                f"ONNX Runtime here has no {wanted} (available: {sorted(available)}); install "
-                "onnxruntime-gpu (pip install 'illume-runtime[gpu]') on a CUDA machine, or use device='cpu'"
-            )
+            raise RuntimeError(_missing_provider(wanted, available))
         self.options = ort.SessionOptions()
         self.options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads is not None:
@@ -104,7 +139,7 @@ class OnnxModels:
         return self.device != "cpu"
 
     def session(self, name: str):
-        import onnxruntime as ort
+        ort = onnxruntime()
 
         if name not in self._sessions:
             graphs = self.manifest["graphs"]
@@ -124,7 +159,7 @@ class OnnxModels:
 
     def ortvalue(self, array: np.ndarray):
         """A host array as an OrtValue where this device's sessions read it."""
-        import onnxruntime as ort
+        ort = onnxruntime()
 
         if self.on_gpu:
             return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), "cuda", 0)

@@ -431,8 +431,15 @@ def _verify(
 ) -> None:
     """Runs the graph once in ONNX Runtime (CPU) against PyTorch; raises on a mismatch."""
     import numpy as np
-    import onnxruntime as ort
 
+    from .engines import onnxruntime
+
+    try:
+        ort = onnxruntime()
+    except ImportError as err:
+        raise ImportError(
+            f"{err}; or export with verify=False (`illume export --no-verify`)"
+        ) from None
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = session.run(None, {n: a.numpy() for n, a in zip(spec.inputs, args, strict=True)})
     want = module(*args)

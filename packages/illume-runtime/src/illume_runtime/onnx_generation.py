@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -30,17 +31,23 @@ from illume_mllm import (
 
 from .engines import OnnxModels
 
+if TYPE_CHECKING:
+    from .tensorrt import TensorRTModels
+
 
 class OnnxImageGenerator:
-    """See the module docstring. `models`: an OnnxModels or an export directory (then on `device`)."""
+    """See the module docstring. `models`: an OnnxModels, a TensorRTModels (native engines), or an
+    export directory (then ONNX Runtime on `device`)."""
 
     def __init__(
         self,
-        models: OnnxModels | str | os.PathLike,
+        models: OnnxModels | TensorRTModels | str | os.PathLike,
         processor: IllumeProcessor | None = None,
         device: str = "cpu",
     ):
-        self.models = models if isinstance(models, OnnxModels) else OnnxModels(models, device)
+        if isinstance(models, (str, os.PathLike)):
+            models = OnnxModels(models, device)
+        self.models = models
         self.processor = processor or IllumeProcessor.from_pretrained(
             self.models.directory / "processor"
         )

@@ -1,8 +1,16 @@
 """Native TensorRT engines from the exported ONNX graphs (needs a CUDA GPU and `tensorrt`).
 
-    engine = build_engine("runs/demo/onnx/decode.onnx", decoder_profiles(manifest, "decode"))
+    engine = build_engine("runs/demo/onnx/decode.onnx", graph_profiles(export_dir, manifest, "decode"))
     session = TensorRTSession(engine)
     outputs = session.run({"input_ids": ids, ...})            # CUDA torch tensors in and out
+
+    models = TensorRTModels("runs/demo/onnx")                 # every graph, engines built on use
+    codes = OnnxImageGenerator(models)(conversations, unconditional, guidance=3.0, generator=g)
+
+`TensorRTModels` answers as `OnnxModels` does (`run`, `run_bound`), so the generation loop of
+onnx_generation.py runs on TensorRT engines unchanged: `IllumePipeline.use_runtime("tensorrt")`
+and `illume generate --runtime tensorrt`. Profiles come from each graph's dynamic axes
+(`graph_profiles`): batch up to `max_batch` rows, sequences up to `max_sequence` tokens.
 
 Networks are strongly typed (TensorRT 11 always; TensorRT 10 by flag): precision is what the ONNX
 graph says, so choose it at export. Each engine has one optimization profile covering the batch
@@ -92,39 +100,122 @@ def build_engine(
     return path
 
 
-def decoder_profiles(
-    manifest: dict, graph: str, max_batch: int = 32, max_sequence: int = 2048
-) -> dict:
-    """Optimization-profile shapes for the `prefill` or `decode` graph of an export manifest."""
-    s = manifest["decoder"]
-    kv = lambda past: (s["kv_heads"], past, s["head_dim"])  # noqa: E731
-    if graph == "prefill":
-        return {
-            "inputs_embeds": (
-                (1, 1, s["hidden"]),
-                (2, 128, s["hidden"]),
-                (max_batch, max_sequence, s["hidden"]),
-            ),
-            "attention_mask": ((1, 1), (2, 128), (max_batch, max_sequence)),
-            "position_ids": ((1, 1), (2, 128), (max_batch, max_sequence)),
+#: (min, opt) of a dynamic axis by its name in the export manifest; the max is max_batch or the
+#: sequence limit. A KV cache's past is one shorter than the attention mask that covers it.
+_AXES = {
+    "batch": (1, 2),
+    "images": (1, 2),
+    "sequence": (1, 128),
+    "past_sequence": (1, 255),
+    "past_sequence + 1": (2, 256),
+}
+
+
+def graph_profiles(
+    directory: str | os.PathLike,
+    manifest: dict,
+    name: str,
+    max_batch: int = 32,
+    max_sequence: int = 2048,
+) -> dict[str, tuple[Shape, Shape, Shape]]:
+    """Optimization-profile shapes of every input of graph `name` of an export: its static dims
+    read from the ONNX file, its dynamic ones (the manifest's axis names) from `_AXES`."""
+    import onnx
+
+    spec = manifest["graphs"][name]
+    graph = onnx.load(str(Path(directory) / spec["file"]), load_external_data=False).graph
+    static = {
+        i.name: [
+            d.dim_value if d.HasField("dim_value") else None for d in i.type.tensor_type.shape.dim
+        ]
+        for i in graph.input
+    }
+    profiles = {}
+    for input_name in spec["inputs"]:
+        dynamic = {
+            int(axis): axis_name for axis, axis_name in spec["dynamic"].get(input_name, {}).items()
         }
-    if graph == "decode":
-        shapes = {
-            "input_ids": ((1, 1), (2, 1), (max_batch, 1)),
-            "attention_mask": ((1, 2), (2, 256), (max_batch, max_sequence)),
-            "position_ids": ((1, 1), (2, 1), (max_batch, 1)),
+        low, opt, high = [], [], []
+        for axis, size in enumerate(static[input_name]):
+            if axis not in dynamic:
+                if size is None:
+                    raise ValueError(f"{spec['file']}: {input_name} axis {axis} has no size")
+                low.append(size), opt.append(size), high.append(size)
+                continue
+            axis_name = dynamic[axis]
+            if axis_name not in _AXES:
+                raise ValueError(f"{spec['file']}: no profile for the dynamic axis {axis_name!r}")
+            least, typical = _AXES[axis_name]
+            most = max_batch if axis_name in ("batch", "images") else max_sequence
+            most -= axis_name == "past_sequence"
+            low.append(least), opt.append(min(typical, most)), high.append(most)
+        profiles[input_name] = (tuple(low), tuple(opt), tuple(high))
+    return profiles
+
+
+class CudaValue:
+    """A graph's output on the GPU, as an OrtValue is for ONNX Runtime: fed back as an input
+    where it lies, copied to the host by `numpy()` only when asked."""
+
+    def __init__(self, tensor):
+        self.tensor = tensor
+
+    def numpy(self):
+        return self.tensor.cpu().numpy()
+
+
+class TensorRTModels:
+    """The graphs of an export directory as native TensorRT engines (built, or loaded from the
+    cache, on first use), answering as `OnnxModels` does. `max_batch` / `max_sequence`: the
+    largest batch and prompt-plus-drawing length the engines take."""
+
+    on_gpu = True
+
+    def __init__(self, directory: str | os.PathLike, max_batch: int = 32, max_sequence: int = 2048):
+        import torch
+
+        from illume_core import read_json
+
+        from .export import MANIFEST
+
+        _trt()
+        if not torch.cuda.is_available():
+            raise RuntimeError("TensorRT engines run on a CUDA GPU, and this machine has none")
+        self.directory = Path(directory)
+        if not (self.directory / MANIFEST).is_file():
+            raise FileNotFoundError(
+                f"{self.directory} has no {MANIFEST}: export a pipeline first (`illume export --model DIR --out DIR`)"
+            )
+        self.manifest = read_json(self.directory / MANIFEST)
+        self.max_batch, self.max_sequence = max_batch, max_sequence
+        self._sessions: dict[str, TensorRTSession] = {}
+
+    def session(self, name: str) -> TensorRTSession:
+        if name not in self._sessions:
+            graphs = self.manifest["graphs"]
+            if name not in graphs:
+                raise KeyError(f"no graph {name!r} in the export; it lists {sorted(graphs)}")
+            profiles = graph_profiles(
+                self.directory, self.manifest, name, self.max_batch, self.max_sequence
+            )
+            engine = build_engine(self.directory / graphs[name]["file"], profiles)
+            self._sessions[name] = TensorRTSession(engine)
+        return self._sessions[name]
+
+    def run_bound(self, name: str, inputs: dict) -> list[CudaValue]:
+        """Host arrays or CudaValues in, CudaValues out (the manifest's output order)."""
+        import torch
+
+        feeds = {
+            key: value.tensor if isinstance(value, CudaValue) else torch.from_numpy(value).cuda()
+            for key, value in inputs.items()
         }
-        if manifest.get("grid_embeddings"):
-            shapes["grid_positions"] = shapes["input_ids"]
-        for i in range(s["layers"]):
-            for kind in ("key", "value"):
-                shapes[f"past_key_values.{i}.{kind}"] = (
-                    (1, *kv(1)),
-                    (2, *kv(255)),
-                    (max_batch, *kv(max_sequence - 1)),
-                )
-        return shapes
-    raise ValueError(f"graph must be 'prefill' or 'decode', got {graph!r}")
+        out = self.session(name).run(feeds)
+        return [CudaValue(out[n]) for n in self.manifest["graphs"][name]["outputs"]]
+
+    def run(self, name: str, **inputs) -> list:
+        """Host arrays in, host arrays out."""
+        return [value.numpy() for value in self.run_bound(name, inputs)]
 
 
 class TensorRTSession:

@@ -10,8 +10,10 @@ A pipeline directory holds `tokenizer/`, `mllm/` (model + processor) and `detoke
 
 Vision tokens are drawn by one of the runtimes of illume-runtime (`pipe.use_runtime(...)`), all of
 which give the same codes for the same seed on the CPU: "torch" (default: the fast PyTorch loop),
-"reference" (transformers' `generate`), "onnx" / "tensorrt" (ONNX Runtime on the graphs that
-`illume export` writes; exported into `<pipeline dir>/onnx` on first use when no directory is given).
+"reference" (transformers' `generate`), and three over the graphs that `illume export` writes
+(exported into `<pipeline dir>/onnx` on first use when no directory is given): "onnx" (ONNX
+Runtime, on the CPU or CUDA as the model is), "onnx-tensorrt" (ONNX Runtime's TensorRT execution
+provider) and "tensorrt" (native TensorRT engines, illume_runtime.tensorrt).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from illume_mllm import (
 )
 from illume_tokenizer import SemanticTokenizer
 
-RUNTIMES = ("torch", "reference", "onnx", "tensorrt")
+RUNTIMES = ("torch", "reference", "onnx", "onnx-tensorrt", "tensorrt")
 
 
 @dataclass
@@ -303,8 +305,9 @@ class IllumePipeline:
     def use_runtime(
         self, runtime: str, onnx_dir: str | os.PathLike | None = None
     ) -> IllumePipeline:
-        """Chooses what draws vision tokens: "torch", "reference", "onnx" or "tensorrt" (see the
-        module docstring). `onnx_dir`: the export to run (default `<pipeline dir>/onnx`)."""
+        """Chooses what draws vision tokens: "torch", "reference", "onnx", "onnx-tensorrt" or
+        "tensorrt" (see the module docstring). `onnx_dir`: the export to run (default
+        `<pipeline dir>/onnx`)."""
         if runtime not in RUNTIMES:
             raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
         impl = None
@@ -312,12 +315,17 @@ class IllumePipeline:
             from illume_mllm import TorchImageGenerator
 
             impl = TorchImageGenerator(self.model, self.processor)
-        elif runtime in ("onnx", "tensorrt"):
+        elif runtime == "tensorrt":
+            from illume_runtime import OnnxImageGenerator
+            from illume_runtime.tensorrt import TensorRTModels
+
+            impl = OnnxImageGenerator(TensorRTModels(self._onnx_dir(onnx_dir)), self.processor)
+        elif runtime in ("onnx", "onnx-tensorrt"):
             from illume_runtime import OnnxImageGenerator
 
             device = (
                 "tensorrt"
-                if runtime == "tensorrt"
+                if runtime == "onnx-tensorrt"
                 else ("cuda" if self.model.device.type == "cuda" else "cpu")
             )
             impl = OnnxImageGenerator(self._onnx_dir(onnx_dir), self.processor, device=device)

@@ -20,7 +20,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     serve.add_argument(
         "--runtime",
         default="torch",
-        choices=("torch", "reference", "onnx", "tensorrt"),
+        choices=("torch", "reference", "onnx", "onnx-tensorrt", "tensorrt"),
         help="what draws the vision tokens",
     )
     serve.add_argument("--onnx", default=None, help="an `illume export` directory")

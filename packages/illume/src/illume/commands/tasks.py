@@ -95,9 +95,10 @@ def _sampling(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--runtime",
         default="torch",
-        choices=("torch", "reference", "onnx", "tensorrt"),
-        help="what draws the vision tokens (same codes for the same seed on a CPU); onnx and "
-        "tensorrt run the graphs of --onnx, exported into MODEL/onnx when not given",
+        choices=("torch", "reference", "onnx", "onnx-tensorrt", "tensorrt"),
+        help="what draws the vision tokens (same codes for the same seed on a CPU); onnx (ONNX "
+        "Runtime), onnx-tensorrt (its TensorRT provider) and tensorrt (native TensorRT engines) "
+        "run the graphs of --onnx, exported into MODEL/onnx when not given",
     )
     parser.add_argument("--onnx", default=None, help="an `illume export` directory")
 
