@@ -316,3 +316,22 @@ def test_native_tensorrt_runtime_draws_the_greedy_codes_of_the_torch_loop(pipeli
     want = pipe("a red circle", seed=0).codes
     pipe.use_runtime("tensorrt", out)
     assert torch.equal(pipe("a red circle", seed=0).codes.cpu(), want)
+
+
+@pytest.mark.parametrize("preset", ["tiny", "shapes-cells"])
+def test_the_exported_unet_step_takes_the_sample_the_pipeline_denoises(preset):
+    """Whatever channels the pipeline adds (feature grid, coordinates, places within a patch:
+    the demo's shapes-cells detokenizer has all three), the exported step's sample is the
+    denoised one."""
+    from illume_detokenizer import DetokenizerConfig, build_pipeline
+    from illume_detokenizer.conditioner import Conditions
+    from illume_runtime.export import unet_sample_shape
+
+    config = DetokenizerConfig.from_name(preset)
+    pipe = build_pipeline(config, feature_dim=8, num_tokens=9)
+    shape = unet_sample_shape(pipe)
+    sample = torch.randn(2, *shape)
+    conditions = pipe.conditioner(torch.randn(2, 9, 8))
+    with torch.no_grad():
+        prediction = pipe.predict(sample, torch.tensor([10, 500]), Conditions.cat([conditions]))
+    assert prediction.shape == sample.shape

@@ -411,14 +411,11 @@ def export_models(tokenizer, model, processor, detokenizer, out: Path, verify: b
 
 
 def unet_sample_shape(pipe) -> tuple[int, int, int]:
-    """(C, h, w) of what a DetokenizerPipeline denoises: the U-Net's input channels less those the
-    pipeline adds itself (feature grid, coordinates)."""
-    extra = (2 if pipe.config.coordinate_channels else 0) + (
-        pipe.conditioner.config.spatial_channels or 0
-    )
+    """(C, h, w) of what a DetokenizerPipeline denoises: what its U-Net predicts (the channels it
+    takes besides are those the pipeline adds itself: feature grid, coordinates, patch places)."""
     size = pipe.unet.config.sample_size
     h, w = (size, size) if isinstance(size, int) else tuple(size)
-    return pipe.unet.config.in_channels - extra, h, w
+    return pipe.unet.config.out_channels, h, w
 
 
 def _verify(
