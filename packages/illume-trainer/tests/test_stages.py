@@ -84,7 +84,7 @@ def test_encoder_then_tokenizer_stage_through_the_cli(tmp_path, shapes_data):
     assert processor["image_mean"] == [0.0627] * 3  # the recipe's background-centred normalisation
 
     tokenizer_dir = tmp_path / "tokenizer"
-    run_stage(
+    cli = run_stage(
         "tokenizer",
         [
             "--config",
@@ -98,8 +98,18 @@ def test_encoder_then_tokenizer_stage_through_the_cli(tmp_path, shapes_data):
             "--data.image_size",
             "32",
             *_common(tmp_path, shapes_data),
+            "--trainer.logger",
+            "true",  # what a recipe that names no logger gets
+            "--trainer.log_every_n_steps",
+            "1",
         ],
     )
+    # a CSVLogger in the run's folder, whatever else is installed: the report reads metrics.csv
+    from lightning.pytorch.loggers import CSVLogger
+
+    assert isinstance(cli.trainer.logger, CSVLogger)
+    assert Path(cli.trainer.logger.log_dir).parent == tmp_path / "lightning_logs"
+    assert (Path(cli.trainer.logger.log_dir) / "metrics.csv").is_file()
     tokenizer = SemanticTokenizer.from_pretrained(tokenizer_dir)
     assert tokenizer.grid == (4, 4) and tokenizer.codebook_size == 64
     codes = tokenizer.encode(torch.zeros(1, 3, 32, 32)).codes

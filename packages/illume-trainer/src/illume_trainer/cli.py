@@ -96,6 +96,8 @@ def run_stage(stage: str, args: Sequence[str] = (), run: bool = True):
             config = self.config[self.subcommand] if self.subcommand else self.config
             if config.trainer.precision is None and stage in STAGES_IN_BF16:
                 config.trainer.precision = fast_precision(config.trainer.accelerator)
+            if config.trainer.logger in (None, True):
+                config.trainer.logger = csv_logger(config.trainer.default_root_dir)
 
         def instantiate_trainer(self, **kwargs):
             trainer = super().instantiate_trainer(**kwargs)
@@ -109,6 +111,19 @@ def run_stage(stage: str, args: Sequence[str] = (), run: bool = True):
         run=run,
         save_config_kwargs={"overwrite": True},
         trainer_defaults={"enable_progress_bar": True},
+    )
+
+
+def csv_logger(root: str | None):
+    """What `trainer.logger: true` (a recipe's default) means here: Lightning's CSVLogger in the
+    run's folder, whatever else is installed (Lightning would pick TensorBoard where it is), so
+    every run has the metrics.csv that the demo's report draws its curves from. A recipe that
+    wants TensorBoard too lists both loggers (illume-trainer's README)."""
+    from jsonargparse import Namespace
+
+    return Namespace(
+        class_path="lightning.pytorch.loggers.CSVLogger",
+        init_args=Namespace(save_dir=root or ".", name="lightning_logs"),
     )
 
 

@@ -93,6 +93,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_library_messages() -> None:
+    """The packages log through `logging` (loggers "illume", "illume_*"); a command shows their
+    notices on stderr as `illume: ...`, and quiets the loading bars of transformers and diffusers
+    (a pipeline loads in a second; the bars would be most of what a command prints)."""
+    import logging
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("illume: %(message)s"))
+    for name in ("illume", "illume_core", "illume_eval", "illume_tokenizer", "illume_detokenizer",
+                 "illume_mllm", "illume_trainer", "illume_runtime"):  # fmt: skip
+        logger = logging.getLogger(name)
+        if not logger.handlers:
+            logger.addHandler(handler)
+            logger.setLevel(logging.INFO)
+            logger.propagate = False
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+    diffusers_logging.disable_progress_bar()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs a command. A wrong command-line value is one line `illume: error: ...` and exit 2;
     any other failure one line and exit 1 (ILLUME_TRACEBACK=1 shows the traceback)."""
@@ -111,6 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if handler is None:
         parser.print_help()
         return 0
+    _show_library_messages()
     try:
         return handler(args)
     except UsageError as err:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -42,6 +43,8 @@ from illume_mllm import (
     generate_text,
 )
 from illume_tokenizer import SemanticTokenizer
+
+logger = logging.getLogger(__name__)
 
 RUNTIMES = ("torch", "reference", "onnx", "onnx-tensorrt", "tensorrt")
 
@@ -343,7 +346,7 @@ class IllumePipeline:
         if not (out / "manifest.json").is_file():
             from illume_runtime import export_pipeline
 
-            print(f"illume: exporting ONNX graphs to {out} (once)")
+            logger.info("exporting ONNX graphs to %s (once)", out)
             export_pipeline(self.directory, out)
         return out
 
