@@ -934,3 +934,34 @@ def test_language_model_stage_pretrains_the_llm_that_mllm_stage_1_starts_from(
     with_image = SimpleNamespace(turns=turns, inputs={0: object()}, outputs={})
     with pytest.raises(ValueError, match="reads text only"):
         stage._loss({"items": [with_image]})
+
+
+def test_each_stage_output_carries_a_model_card_with_how_it_was_trained(tmp_path, shapes_data):
+    """README.md with YAML metadata: what it is, how to load it, and the stage, recipe, steps,
+    data and last losses of the run that made it."""
+    encoder_dir, tokenizer_dir = tmp_path / "encoder", tmp_path / "tokenizer"
+    common = _common(tmp_path, shapes_data)
+    run_stage(
+        "encoder",
+        ["--config", "recipes/shapes/encoder.yaml", "--model.preset", "tiny",
+         "--model.output_dir", str(encoder_dir), "--model.image_size", "32",
+         "--data.image_size", "32", *common],
+    )  # fmt: skip
+    run_stage(
+        "tokenizer",
+        ["--config", "recipes/shapes/tokenizer.yaml", "--model.preset", "tiny",
+         "--model.encoder", str(encoder_dir), "--model.output_dir", str(tokenizer_dir),
+         "--data.image_size", "32", *common],
+    )  # fmt: skip
+    for folder, title, loader in (
+        (encoder_dir, "# ShapesWorld vision encoder", "AutoModel.from_pretrained"),
+        (tokenizer_dir, "# ILLUME semantic vision tokenizer", "SemanticTokenizer.from_pretrained"),
+    ):
+        card = (folder / "README.md").read_text()
+        meta = yaml.safe_load(card.split("---")[1])
+        assert meta["library_name"] and "illume" in meta["tags"]
+        assert title in card and loader in card
+        assert "## How it was trained" in card
+        assert "recipe `recipes/shapes/" in card and "3 optimizer steps" in card
+        assert f"`{shapes_data}/train/captions.jsonl`" in card
+        assert "| train/loss |" in card

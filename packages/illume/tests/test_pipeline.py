@@ -641,6 +641,16 @@ def test_a_saved_pipeline_carries_a_model_card(pipeline_dir, tmp_path):
     )
     assert "copied: encoder (pretrained)" in full and "t2i_unseen  0.365" in full
     assert IllumePipeline.from_pretrained(tmp_path / "saved").sampling == pipe.sampling
+    # and every part carries its own card, saying how to load that part alone
+    for part, loader in (
+        ("tokenizer", "SemanticTokenizer.from_pretrained"),
+        ("mllm", "AutoModelForImageTextToText.from_pretrained"),
+        ("detokenizer", "DetokenizerPipeline.from_pretrained"),
+    ):
+        part_card = (tmp_path / "saved" / part / "README.md").read_text()
+        assert (
+            loader in part_card and yaml.safe_load(part_card.split("---")[1])["tags"][0] == "illume"
+        )
 
 
 def test_a_drawing_sent_back_in_a_conversation_is_read_as_its_codes(pipeline_dir):

@@ -46,8 +46,10 @@ from .interfaces import (
     VisionTokenizer,
     VisionTokens,
 )
+from .model_card import CARD_FILE, add_training, model_card, write_model_card
 
 __all__ = [
+    "CARD_FILE",
     "CONFIG_NAME",
     "MAX_CONFIG_BYTES",
     "MAX_DATA_BYTES",
@@ -68,6 +70,7 @@ __all__ = [
     "VisionTokenizer",
     "VisionTokens",
     "__version__",
+    "add_training",
     "atomic_directory",
     "atomic_write",
     "atomic_write_bytes",
@@ -80,6 +83,7 @@ __all__ = [
     "load_image",
     "load_images",
     "load_weights",
+    "model_card",
     "read_bounded",
     "read_json",
     "read_jsonl",
@@ -89,4 +93,5 @@ __all__ = [
     "save_checkpoint",
     "sweep_stale",
     "to_rgb",
+    "write_model_card",
 ]

@@ -32,7 +32,7 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
-from illume_core import read_json
+from illume_core import model_card, read_json, write_model_card
 
 from .conditioner import Conditions, FeatureConditioner
 
@@ -129,6 +129,33 @@ class DetokenizerPipeline(DiffusionPipeline):
             pixel_unshuffle=pixel_unshuffle,
             coordinate_channels=coordinate_channels,
             patch_coordinates=patch_coordinates,
+        )
+
+    def save_pretrained(self, save_directory, **kwargs) -> None:
+        """diffusers' folder (model_index.json, a subfolder per component) and a model card."""
+        super().save_pretrained(save_directory, **kwargs)
+        write_model_card(save_directory, self.model_card())
+
+    def model_card(self) -> str:
+        """What `save_pretrained` writes as README.md (illume_core.model_card)."""
+        grid = self.conditioner.config.grid
+        return model_card(
+            "ILLUME diffusion detokenizer",
+            "Semantic features (or a vision tokenizer's codes) back to pixels by conditioned "
+            "denoising (ILLUME, arXiv 2412.06673, section 3.1): a diffusers `DiffusionPipeline` of "
+            "a feature conditioner, a `UNet2DConditionModel`, a scheduler"
+            + (" and a VAE." if self.vae is not None else ", in pixel space."),
+            load="from illume_detokenizer import DetokenizerPipeline\n\n"
+            'pipe = DetokenizerPipeline.from_pretrained("THIS_DIR").use_scheduler("dpm++")\n'
+            "images = pipe(codes=codes, tokenizer=tokenizer, num_inference_steps=20,\n"
+            "              guidance_scale=3.0).images",
+            tags=["diffusers", "detokenizer", "image-generation"],
+            pipeline_tag="image-to-image",
+            facts={
+                "images": f"{self.image_size} px",
+                "conditions": f"features on a {grid[0]}x{grid[1]} grid" if grid else "features",
+                "U-Net": f"{sum(p.numel() for p in self.unet.parameters()) / 1e6:.1f} M parameters",
+            },
         )
 
     @classmethod
@@ -281,7 +308,9 @@ class DetokenizerPipeline(DiffusionPipeline):
                 f"got {len(generator)} generators for {batch} images; pass one per image"
             )
 
-        features = features.to(device, dtype)
+        # into the U-Net's dtype; integer "features" (codes passed by mistake) reach the
+        # conditioner as they are, which names the mistake
+        features = features.to(device, dtype if features.is_floating_point() else None)
         use_cfg = guidance > 1.0
         conditions = self.conditioner(features)
         if use_cfg:  # unconditional and conditional rows in one U-Net batch

@@ -142,6 +142,45 @@ class IllumeForConditionalGeneration(LlavaForConditionalGeneration):
                 raise ValueError("grid_embeddings needs the config's image_grid (h, w)")
             self.grid_embedding = GridEmbedding(config.image_grid, config.text_config.hidden_size)
 
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """transformers' save, and a model card (README.md)."""
+        from illume_core import write_model_card
+
+        out = super().save_pretrained(save_directory, *args, **kwargs)
+        write_model_card(save_directory, self.model_card())
+        return out
+
+    def model_card(self) -> str:
+        """What `save_pretrained` writes as README.md (illume_core.model_card)."""
+        from illume_core import model_card
+
+        text, vision = self.config.text_config, self.config.vision_config
+        h, w = self.config.image_grid or (0, 0)
+        return model_card(
+            "ILLUME MLLM",
+            "A unified multimodal LLM (ILLUME, arXiv 2412.06673): it reads images as continuous "
+            "features (vision tower and MLP adapter, LLaVA's path) and writes images as discrete "
+            "vision tokens, one per code of its vision tokenizer, row by row with "
+            '`<end_of_line>` markers. A transformers model (`model_type` "illume"), saved with '
+            "its `IllumeProcessor` (chat template in `chat_template.jinja`).",
+            load="import illume_mllm  # registers the model and processor with the Auto classes\n"
+            "from transformers import AutoModelForImageTextToText, AutoProcessor\n\n"
+            'model = AutoModelForImageTextToText.from_pretrained("THIS_DIR")\n'
+            'processor = AutoProcessor.from_pretrained("THIS_DIR")\n'
+            "inputs = processor.apply_chat_template(conversation, add_generation_prompt=True,\n"
+            "                                      tokenize=True, return_dict=True)\n"
+            "answer = model.generate(**inputs, max_new_tokens=32)",
+            tags=["transformers", "multimodal", "text-to-image", "visual-question-answering"],
+            pipeline_tag="image-text-to-text",
+            library="transformers",
+            facts={
+                "language model": f"{text.model_type}, {text.num_hidden_layers} layers of "
+                f"{text.hidden_size}, vocabulary {text.vocab_size} (text and vision tokens)",
+                "vision tower": f"{vision.model_type}, {vision.image_size} px",
+                "drawing": f"{self.config.codebook_size} codes on a {h}x{w} grid",
+            },
+        )
+
     def _init_weights(self, module):
         if isinstance(module, GridEmbedding):  # missing from an older checkpoint: start at zero
             init.zeros_(module.rows)

@@ -20,20 +20,9 @@ import numpy as np
 from illume_core import read_json
 
 from .export import MANIFEST
+from .ort import missing_provider, onnxruntime
 
 DEVICES = ("cpu", "cuda", "tensorrt")
-
-
-def onnxruntime():
-    """The onnxruntime module, or an ImportError saying which wheel to install."""
-    try:
-        import onnxruntime
-    except ImportError:
-        raise ImportError(
-            "ONNX Runtime is not installed: pip install 'illume-runtime[cpu]', or on a CUDA "
-            "machine 'illume-runtime[gpu]' (onnxruntime-gpu, in place of onnxruntime)"
-        ) from None
-    return onnxruntime
 
 
 def _trt_cache_dir(directory: Path) -> Path:
@@ -78,32 +67,6 @@ def providers(device: str, directory: Path) -> list:
     raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
 
 
-def _missing_provider(wanted: str, available: set[str]) -> str:
-    """Why ONNX Runtime lacks a GPU provider, and the fix. onnxruntime and onnxruntime-gpu install
-    the same `onnxruntime` module: with both, whichever came last wins, often the CPU one."""
-    from importlib.metadata import PackageNotFoundError, distribution
-
-    def installed(name: str) -> bool:
-        try:
-            distribution(name)
-        except PackageNotFoundError:
-            return False
-        return True
-
-    have = f"ONNX Runtime here has no {wanted} (available: {sorted(available)})"
-    if installed("onnxruntime") and installed("onnxruntime-gpu"):
-        return (
-            f"{have}: onnxruntime and onnxruntime-gpu are both installed and the CPU one hides the "
-            "GPU's; run `pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu`"
-        )
-    if installed("onnxruntime-gpu"):
-        return f"{have}: onnxruntime-gpu is installed, but finds no CUDA (or TensorRT) libraries"
-    return (
-        f"{have}: on a CUDA machine run `pip uninstall -y onnxruntime && pip install "
-        "'illume-runtime[gpu]'` (onnxruntime-gpu replaces onnxruntime), or use device='cpu'"
-    )
-
-
 class OnnxModels:
     """Sessions for the graphs listed in an export directory's manifest, created on first use."""
 
@@ -124,7 +87,7 @@ class OnnxModels:
         available = set(ort.get_available_providers())
         wanted = self.providers[0] if isinstance(self.providers[0], str) else self.providers[0][0]
         if wanted not in available:
-            raise RuntimeError(_missing_provider(wanted, available))
+            raise RuntimeError(missing_provider(wanted, available))
         self.options = ort.SessionOptions()
         self.options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads is not None:

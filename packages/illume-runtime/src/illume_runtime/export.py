@@ -429,7 +429,7 @@ def _verify(
     """Runs the graph once in ONNX Runtime (CPU) against PyTorch; raises on a mismatch."""
     import numpy as np
 
-    from .engines import onnxruntime
+    from .ort import onnxruntime
 
     try:
         ort = onnxruntime()

@@ -19,10 +19,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from illume_core import Config, VisionTokens, load_checkpoint, save_checkpoint
+from illume_core import (
+    Config,
+    VisionTokens,
+    load_checkpoint,
+    model_card,
+    save_checkpoint,
+    write_model_card,
+)
 
 from .encoder import VisionEncoder, quiet_transformers
 from .quantizer import VectorQuantizer
+
+PAPER_LINK = "ILLUME, arXiv 2412.06673"
 
 
 @dataclass
@@ -276,7 +285,34 @@ class SemanticTokenizer(nn.Module):
                 "save_encoder=False needs config.encoder to be an absolute path to the encoder directory"
             )
         save_checkpoint(directory, config.to_dict(), self.trainable_state_dict())
+        write_model_card(directory, self.model_card(encoder=config.encoder))
         return directory
+
+    def model_card(self, encoder: str | None = None) -> str:
+        """What `save_pretrained` writes as README.md (illume_core.model_card); `encoder`: where
+        the saved config says the encoder is."""
+        encoder = encoder or self.config.encoder
+        h, w = self.grid
+        return model_card(
+            "ILLUME semantic vision tokenizer",
+            f"Images to discrete codes and back to semantic features ({PAPER_LINK}, section 3.1): "
+            "a frozen vision encoder, a vector-quantized codebook over its features, and a "
+            "decoder of the codes back to the encoder's features, which the MLLM draws in and the "
+            "diffusion detokenizer renders. Saved by `SemanticTokenizer.save_pretrained`.",
+            load="from illume_tokenizer import SemanticTokenizer\n\n"
+            'tokenizer = SemanticTokenizer.from_pretrained("THIS_DIR")\n'
+            "codes = tokenizer.encode(tokenizer.preprocess(images)).codes   # [B, h, w]",
+            tags=["vision-tokenizer", "vector-quantization"],
+            pipeline_tag="image-feature-extraction",
+            facts={
+                "codebook": f"{self.codebook_size} codes",
+                "grid": f"{h}x{w} codes per image",
+                "image size": f"{self.config.image_size} px",
+                "encoder": "`encoder/` (saved alongside)"
+                if encoder == "encoder"
+                else f"`{encoder}`",
+            },
+        )
 
     @classmethod
     def from_pretrained(

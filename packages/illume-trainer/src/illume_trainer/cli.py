@@ -82,10 +82,13 @@ def run_stage(stage: str, args: Sequence[str] = (), run: bool = True):
     if stage not in stages:
         raise SystemExit(f"illume-train: unknown stage {stage!r}; stages: {', '.join(stages)}")
     args = list(args)
+    recipes = []  # as the user named them, for the model card
     for i, arg in enumerate(args):
         if arg == "--config" and i + 1 < len(args):
+            recipes.append(args[i + 1])
             args[i + 1] = resolve_recipe(args[i + 1])
         elif arg.startswith("--config="):
+            recipes.append(arg.split("=", 1)[1])
             args[i] = "--config=" + resolve_recipe(arg.split("=", 1)[1])
     model_class, data_class = stages[stage]
 
@@ -102,6 +105,8 @@ def run_stage(stage: str, args: Sequence[str] = (), run: bool = True):
         def instantiate_trainer(self, **kwargs):
             trainer = super().instantiate_trainer(**kwargs)
             _describe_epochs_plainly(trainer)
+            # what the stage's model card says it was trained with (stages.common.training_record)
+            trainer.illume_stage, trainer.illume_recipe = stage, recipes[-1] if recipes else None
             return trainer
 
     return StageCLI(

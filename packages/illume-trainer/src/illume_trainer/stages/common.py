@@ -97,3 +97,24 @@ class FrozenPartsStage(GuardedStage):
                 f"unexpected {result.unexpected_keys[:5]}"
             )
         return result
+
+
+def training_record(stage) -> dict:
+    """How a stage's output was made, for its model card (illume_core.add_training): the stage,
+    the recipe (`illume-train` records it on the trainer), the optimizer steps, the training
+    files, and the last logged losses and accuracies."""
+    trainer = stage.trainer
+    datamodule = getattr(trainer, "datamodule", None)
+    hparams = getattr(datamodule, "hparams", {}) or {}
+    metrics = {
+        name: round(float(value), 6)
+        for name, value in sorted(trainer.callback_metrics.items())
+        if ("loss" in name or "accuracy" in name) and getattr(value, "numel", lambda: 1)() == 1
+    }
+    return {
+        "stage": getattr(trainer, "illume_stage", type(stage).__name__),
+        "recipe": getattr(trainer, "illume_recipe", None),
+        "steps": int(trainer.global_step),
+        "data": [str(f) for f in hparams.get("train", []) or []],
+        "metrics": metrics,
+    }

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
 
-from illume_core import atomic_directory, check_replaceable
+from illume_core import add_training, atomic_directory, check_replaceable
 from illume_detokenizer import (
     DetokenizerConfig,
     DetokenizerPipeline,
@@ -24,7 +24,7 @@ from illume_detokenizer import (
 from illume_tokenizer import SemanticTokenizer
 
 from ..guards import batch_is_empty
-from .common import FrozenPartsStage, Normalizer, adamw_warmup_cosine
+from .common import FrozenPartsStage, Normalizer, adamw_warmup_cosine, training_record
 
 
 class DetokenizerStage(FrozenPartsStage):
@@ -160,6 +160,7 @@ class DetokenizerStage(FrozenPartsStage):
         if self.trainer.is_global_zero:
             with atomic_directory(self.hparams.output_dir, "detokenizer") as tmp:
                 self.pipe.save_pretrained(tmp)
+                add_training(tmp, training_record(self))
                 # which tokenizer's features this detokenizer draws from
                 (Path(tmp) / "tokenizer.txt").write_text(
                     str(Path(self.hparams.tokenizer).resolve()) + "\n"

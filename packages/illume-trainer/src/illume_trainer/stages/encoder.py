@@ -10,13 +10,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from illume_core import atomic_directory, check_replaceable
+from illume_core import atomic_directory, check_replaceable, model_card, write_model_card
 from illume_mllm import build_word_tokenizer
 from illume_tokenizer import build_siglip, siglip_image_processor
 from illume_tokenizer.encoder import quiet_transformers
 
 from ..guards import batch_is_empty
-from .common import GuardedStage, Normalizer, adamw_warmup_cosine
+from .common import GuardedStage, Normalizer, adamw_warmup_cosine, training_record
 
 POSITIVES = ("same_caption", "scene")
 
@@ -229,12 +229,34 @@ class EncoderStage(GuardedStage):
             processor = siglip_image_processor(
                 self.hparams.image_size, self.hparams.pixel_mean, self.hparams.pixel_std
             )
-            save_encoder(self.model, self.text_tokenizer, processor, self.hparams.output_dir)
+            save_encoder(
+                self.model, self.text_tokenizer, processor, self.hparams.output_dir,
+                training_record(self),
+            )  # fmt: skip
 
 
-def save_encoder(model, text_tokenizer, image_processor, output_dir: str) -> None:
-    """Model + tokenizer + image processor, written to a temporary folder and swapped in."""
+def save_encoder(
+    model, text_tokenizer, image_processor, output_dir: str, training: dict | None = None
+) -> None:
+    """Model + tokenizer + image processor and a model card, written to a temporary folder and
+    swapped in."""
     with atomic_directory(output_dir, "encoder") as tmp, quiet_transformers():
         model.save_pretrained(tmp)
         text_tokenizer.save_pretrained(tmp)
         image_processor.save_pretrained(tmp)
+        vision = model.config.vision_config
+        write_model_card(tmp, model_card(
+            "ShapesWorld vision encoder (the SigLIP stand-in)",
+            "A SigLIP image-text model trained from scratch on ShapesWorld, the frozen encoder "
+            "that ILLUME's vision tokenizer quantizes and the MLLM sees through (where a real "
+            "run uses SigLIP-so400m). A transformers `SiglipModel` with its tokenizer and image "
+            "processor.",
+            load='from transformers import AutoModel, AutoProcessor\n\nmodel = AutoModel.from_pretrained("THIS_DIR")\n'
+            'processor = AutoProcessor.from_pretrained("THIS_DIR")',
+            tags=["siglip", "shapesworld", "vision-encoder"],
+            pipeline_tag="zero-shot-image-classification",
+            library="transformers",
+            facts={"vision": f"{vision.num_hidden_layers} layers of {vision.hidden_size}, "
+                   f"{vision.image_size} px, patches of {vision.patch_size}"},
+            training=training,
+        ))  # fmt: skip

@@ -16,12 +16,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from illume_core import Message, atomic_directory, check_replaceable
+from illume_core import Message, atomic_directory, check_replaceable, model_card, write_model_card
 from illume_mllm import LLM_PRESETS, ProcessorConfig, build_text_tokenizer
 from illume_mllm.processing import encode_chat, shipped_chat_template
 
 from ..guards import batch_is_empty
-from .common import GuardedStage, adamw_warmup_cosine
+from .common import GuardedStage, adamw_warmup_cosine, training_record
 
 IGNORE = -100
 
@@ -143,15 +143,35 @@ class LanguageModelStage(GuardedStage):
     def on_train_end(self) -> None:
         if self.trainer.is_global_zero:
             save_language_model(
-                self.model, self.text_tokenizer, self.hparams.output_dir, self.hparams.save_dtype
-            )
+                self.model, self.text_tokenizer, self.hparams.output_dir, self.hparams.save_dtype,
+                training_record(self),
+            )  # fmt: skip
 
 
-def save_language_model(model, text_tokenizer, output_dir: str, dtype: str = "bfloat16") -> None:
-    """Model (in `dtype`) + tokenizer, written to a temporary folder and swapped in."""
+def save_language_model(
+    model, text_tokenizer, output_dir: str, dtype: str = "bfloat16", training: dict | None = None
+) -> None:
+    """Model (in `dtype`) + tokenizer and a model card, written to a temporary folder and
+    swapped in."""
     import copy
 
     saved = copy.deepcopy(model).to(getattr(torch, dtype))
     with atomic_directory(output_dir, "language model") as tmp:
         saved.save_pretrained(tmp)
         text_tokenizer.save_pretrained(tmp)
+        c = model.config
+        write_model_card(tmp, model_card(
+            "ShapesWorld language model (the Vicuna stand-in)",
+            "A Llama pretrained from scratch on ShapesWorld text (every image written out as its "
+            "layout in words), laid out by the MLLM's chat template: the LLM an ILLUME MLLM "
+            "starts from where a real run starts from Vicuna-7B.",
+            load='from transformers import AutoModelForCausalLM, AutoTokenizer\n\n'
+            'model = AutoModelForCausalLM.from_pretrained("THIS_DIR")\n'
+            'tokenizer = AutoTokenizer.from_pretrained("THIS_DIR")',
+            tags=["llama", "shapesworld"],
+            pipeline_tag="text-generation",
+            library="transformers",
+            facts={"model": f"{c.num_hidden_layers} layers of {c.hidden_size}, vocabulary "
+                   f"{c.vocab_size}, saved in {dtype}"},
+            training=training,
+        ))  # fmt: skip

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from illume_core import atomic_directory, check_replaceable
+from illume_core import add_training, atomic_directory, check_replaceable
 from illume_mllm import (
     IGNORE,
     LLM_PRESETS,
@@ -35,7 +35,7 @@ from illume_mllm import (
 from illume_tokenizer import SemanticTokenizer
 
 from ..guards import batch_is_empty
-from .common import FrozenPartsStage, adamw_warmup_cosine
+from .common import FrozenPartsStage, adamw_warmup_cosine, training_record
 from .mllm_inputs import ConversationTransform
 
 GROUPS = ("vision", "adapter", "llm", "new_rows")
@@ -331,6 +331,7 @@ class MLLMStage(FrozenPartsStage):
             with atomic_directory(self.hparams.output_dir, "mllm") as tmp:
                 self.model.save_pretrained(tmp)
                 self.processor.save_pretrained(tmp)
+                add_training(tmp, training_record(self))
                 (Path(tmp) / "vision_tokenizer.txt").write_text(
                     str(Path(self.hparams.tokenizer).resolve()) + "\n"
                 )

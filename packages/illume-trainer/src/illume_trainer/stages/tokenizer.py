@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from illume_core import atomic_directory, check_replaceable
+from illume_core import add_training, atomic_directory, check_replaceable
 from illume_tokenizer import SemanticTokenizer, TokenizerConfig, VisionEncoder
 
 from ..guards import batch_is_empty
-from .common import FrozenPartsStage, Normalizer, adamw_warmup_cosine
+from .common import FrozenPartsStage, Normalizer, adamw_warmup_cosine, training_record
 
 
 class TokenizerStage(FrozenPartsStage):
@@ -94,3 +94,4 @@ class TokenizerStage(FrozenPartsStage):
         if self.trainer.is_global_zero:
             with atomic_directory(self.hparams.output_dir, "tokenizer") as tmp:
                 self.tokenizer.save_pretrained(tmp, save_encoder=self.hparams.save_encoder)
+                add_training(tmp, training_record(self))
