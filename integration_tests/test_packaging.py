@@ -176,7 +176,9 @@ def _imported_distributions(dist: str) -> dict[str, str]:
 
 
 def _declared_names(dist: str) -> set[str]:
-    return {Requirement(line.split(";")[0]).name.lower().replace("_", "-") for line in _declared(dist)}
+    return {
+        Requirement(line.split(";")[0]).name.lower().replace("_", "-") for line in _declared(dist)
+    }
 
 
 @pytest.mark.parametrize("dist", PACKAGES)

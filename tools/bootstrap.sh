@@ -9,7 +9,7 @@ venv="${ILLUME_VENV:-$root/.venv}"
 python="${PYTHON:-python3}"
 packages=(illume-core illume-eval illume-tokenizer illume-detokenizer illume-mllm illume-trainer illume-runtime illume)
 
-inputs=("$root/tools/bootstrap.sh" "$root/tools/constraints.txt" "$root/tools/requirements-dev.txt")
+inputs=("$root/tools/bootstrap.sh" "$root/tools/constraints.txt" "$root/tools/requirements-dev.txt" "$root/tools/requirements-lmms-eval.txt")
 for p in "${packages[@]}"; do inputs+=("$root/packages/$p/pyproject.toml"); done
 want=$(cat "${inputs[@]}" | sha256sum | cut -d' ' -f1)
 if [ -f "$venv/.illume-env" ] && [ "$(cat "$venv/.illume-env")" = "$want" ]; then
@@ -22,6 +22,8 @@ pip=("$venv/bin/python" -m pip install --quiet --disable-pip-version-check -c "$
 # torch first and pinned: the CPU build on local disk; a bare `torch` would pull a CUDA build.
 "${pip[@]}" torch==2.13.0
 "${pip[@]}" -r "$root/tools/requirements-dev.txt"
+# lmms-eval and what its command line needs, not its whole dependency list (see the file)
+"${pip[@]}" --no-deps -r "$root/tools/requirements-lmms-eval.txt"
 editable=()
 for p in "${packages[@]}"; do editable+=(-e "$root/packages/$p"); done
 # ONNX Runtime's CPU wheel, the way a user gets it (`illume-runtime[cpu]`), for the ONNX tests
