@@ -763,3 +763,20 @@ def test_generate_a_prompts_file_in_genevals_layout_and_resume_exactly(
     assert code == 2 and "not written by illume" in err
     code, err = _fails([*argv, "a red circle"], capsys)
     assert code == 2 and "not both" in err
+
+
+def test_every_option_of_every_command_says_its_default():
+    """--help of each command: an option with a default (0 included) states it."""
+    import argparse
+
+    from illume.cli import _all_parsers, build_parser
+
+    for parser in _all_parsers(build_parser()):
+        for action in parser._actions:
+            if not action.option_strings or action.default in (None, argparse.SUPPRESS):
+                continue
+            if action.default is False or isinstance(action, argparse._HelpAction):
+                continue
+            assert action.help and "default" in parser._get_formatter()._get_help_string(action), (
+                f"{parser.prog} {action.option_strings[0]}"
+            )
