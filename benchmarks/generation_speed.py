@@ -14,12 +14,19 @@ All three draw the same codes for the same seed, which the benchmark checks as i
   model with random bf16 weights (nothing to download), with the reference's step next to it; on
   a CPU: the ShapesWorld model, as a stand-in until a GPU run.
 
+- Speculative Jacobi decoding (`--sjd`): the torch loop plain against SJD at each batch size,
+  forward passes per call and images per second (at the pipeline's sampling); with `--data
+  SPLIT_DIR` (and `--model`), the unseen-prompt text-to-image score of each over `--seeds`
+  sampling seeds, which SJD must keep (it draws from the same distribution).
+
 Prints tables, then one JSON object on its last line with keys cpu_speedup_1, cpu_speedup_4,
 cpu_speedup_16: the fastest runtime over the reference (named in cpu_fastest_N; every runtime's
 ratio in cpu_speedups_N: torch, torch-compiled, onnx); and gpu_roofline_fraction, gpu_speedup_1
-where a GPU ran.
+where a GPU ran; with --sjd, sjd_N ({passes, images_per_second} of plain and sjd) and
+sjd_t2i_unseen (each seed's score, plain and sjd).
 
 Run: .venv/bin/python benchmarks/generation_speed.py [--model PIPELINE_DIR] [--repeats 3]
+     [--sjd [--data DATA/validation --seeds 0 1 2]]
 """
 
 from __future__ import annotations
@@ -221,7 +228,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--guidance", type=float, default=3.0)
     parser.add_argument("--skip-onnx", action="store_true")
+    parser.add_argument("--sjd", action="store_true", help="plain against SJD in the torch loop")
+    parser.add_argument("--window", type=int, default=16, help="SJD's window (default 16)")
+    parser.add_argument("--data", default=None, help="a validation split: SJD's t2i score")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--t2i-prompts", type=int, default=60)
     args = parser.parse_args()
+    if args.sjd:
+        return sjd_main(args)
 
     from illume_mllm import TorchImageGenerator, generate_image_tokens
     from illume_runtime import OnnxImageGenerator, OnnxModels, export_models
@@ -335,6 +349,65 @@ def main() -> None:
     for key in ("encode_images_per_second", "unet_step_ms", "cpu_roofline", "gpu"):
         if key in figures:
             print(f"{key}: {figures[key]}")
+    print(json.dumps(figures))
+
+
+def sjd_main(args) -> None:
+    """Plain against speculative Jacobi decoding in the torch loop (see the module docstring)."""
+    from illume_mllm import TorchImageGenerator
+
+    workdir = Path(tempfile.mkdtemp(prefix="illume-sjd-"))
+    _, model, processor, _ = (
+        load_pipeline(Path(args.model)) if args.model else shapes_pipeline(workdir / "parts")
+    )
+    sampling = {"guidance": args.guidance, "temperature": 1.0}
+    if args.model:
+        from illume.pipeline import IllumePipeline
+
+        s = IllumePipeline.from_pretrained(args.model).sampling
+        sampling = {"guidance": s.guidance, "temperature": s.temperature, "top_k": s.top_k,
+                    "top_p": s.top_p}  # fmt: skip
+    figures: dict = {"machine": f"{platform.machine()} {torch.get_num_threads()} threads",
+                     "sampling": sampling, "window": args.window}  # fmt: skip
+    fast = TorchImageGenerator(model, processor)
+    print(f"{'images':>6} {'decoding':<8} {'passes':>7} {'images/s':>9}")
+    for batch in args.batches:
+        conversations = [processor.t2i_messages(PROMPTS[i % len(PROMPTS)]) for i in range(batch)]
+        unconditional = [processor.t2i_messages("")] * batch
+        row = {}
+        for decoding in ("plain", "sjd"):
+            passes = []
+
+            def run(decoding=decoding, passes=passes, asked=(conversations, unconditional)):
+                fast(*asked, generator=torch.Generator().manual_seed(0), decoding=decoding,
+                     window=args.window, **sampling)  # fmt: skip
+                passes.append(fast.forward_passes)
+
+            seconds = best_seconds(run, args.repeats)
+            row[decoding] = {"passes": passes[-1], "images_per_second": round(batch / seconds, 2)}
+            print(f"{batch:>6} {decoding:<8} {passes[-1]:>7} {batch / seconds:>9.2f}")
+        row["passes_ratio"] = round(row["plain"]["passes"] / row["sjd"]["passes"], 2)
+        row["speedup"] = round(
+            row["sjd"]["images_per_second"] / row["plain"]["images_per_second"], 2
+        )
+        figures[f"sjd_{batch}"] = row
+    if args.data and args.model:
+        from illume.pipeline import IllumePipeline
+        from illume_eval.shapes.evaluation import t2i_quality
+        from illume_eval.shapes.splits import UNSEEN_TAGS
+
+        pipe = IllumePipeline.from_pretrained(args.model)
+        scores: dict = {"plain": [], "sjd": []}
+        for seed in args.seeds:
+            for decoding in ("plain", "sjd"):
+                pipe.sampling.decoding, pipe.sampling.sjd_window = decoding, args.window
+                result = t2i_quality(pipe, args.data, n=args.t2i_prompts, seed=seed,
+                                     tags=UNSEEN_TAGS)  # fmt: skip
+                scores[decoding].append(round(result["summary"]["overall"], 4))
+                print(f"t2i_unseen seed {seed} {decoding}: {scores[decoding][-1]} "
+                      f"({result['drawings']} drawings)")  # fmt: skip
+        figures["sjd_t2i_unseen"] = scores
+        figures["sjd_t2i_unseen_mean"] = {k: round(sum(v) / len(v), 4) for k, v in scores.items()}
     print(json.dumps(figures))
 
 

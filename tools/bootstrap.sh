@@ -22,11 +22,12 @@ pip=("$venv/bin/python" -m pip install --quiet --disable-pip-version-check -c "$
 # torch first and pinned: the CPU build on local disk; a bare `torch` would pull a CUDA build.
 "${pip[@]}" torch==2.13.0
 "${pip[@]}" -r "$root/tools/requirements-dev.txt"
-# lmms-eval and what its command line needs, not its whole dependency list (see the file)
-"${pip[@]}" --no-deps -r "$root/tools/requirements-lmms-eval.txt"
 editable=()
 for p in "${packages[@]}"; do editable+=(-e "$root/packages/$p"); done
 # ONNX Runtime's CPU wheel, the way a user gets it (`illume-runtime[cpu]`), for the ONNX tests
 editable+=(-e "$root/packages/illume-runtime[cpu]")
 "${pip[@]}" --no-build-isolation "${editable[@]}"
+# lmms-eval and what its command line needs, not its whole dependency list (see the file); last,
+# so that no later install lists the dependencies it was installed without
+"${pip[@]}" --no-deps -r "$root/tools/requirements-lmms-eval.txt"
 echo "$want" > "$venv/.illume-env"

@@ -115,3 +115,67 @@ def test_grid_embeddings_same_codes_as_the_reference(mllm, grid_mllm, t2i, draws
     got = draws_the_reference(fast, model, processor, conversations, unconditional, settings)
     plain = TorchImageGenerator(mllm[0], processor)(conversations, temperature=0.0)
     assert not torch.equal(got, plain)  # the embeddings are used
+
+
+def _two_sample_chi2_rejects(a: torch.Tensor, b: torch.Tensor, categories: int) -> bool:
+    """Whether codes a and b [N] (equal N) differ in distribution at p < 1e-4: the two-sample
+    chi-square statistic against its critical value (Wilson-Hilferty)."""
+    ca, cb = (torch.bincount(x, minlength=categories).double() for x in (a, b))
+    used = (ca + cb) > 0
+    stat = float(((ca - cb)[used] ** 2 / (ca + cb)[used]).sum())
+    df = int(used.sum()) - 1
+    z = 3.719  # the standard normal's 1 - 1e-4 quantile
+    critical = df * (1 - 2 / (9 * df) + z * (2 / (9 * df)) ** 0.5) ** 3
+    return stat > critical
+
+
+def _draw_many(fast, processor, t2i, decoding, seed, images=480, batch=8, **kwargs):
+    conversations, unconditional = t2i(processor, ["a red circle above a blue square"] * batch)
+    generator = torch.Generator().manual_seed(seed)
+    out = [
+        fast(conversations, unconditional, generator=generator, decoding=decoding, window=5,
+             guidance=2.0, **kwargs)
+        for _ in range(images // batch)
+    ]  # fmt: skip
+    return torch.cat(out).flatten(1)  # [images, h * w]
+
+
+def test_speculative_jacobi_decoding_draws_what_plain_decoding_draws(mllm, t2i, monkeypatch):
+    """SJD's acceptance rule keeps each code's distribution: at every grid cell the codes of 480
+    SJD images and 480 plain ones pass a two-sample chi-square test; with the rule broken
+    (every draft accepted) the test rejects them, so it can tell."""
+    import illume_mllm.sampling as sampling
+
+    model, processor = mllm
+    fast = TorchImageGenerator(model, processor)
+    k = processor.config.codebook_size
+    plain = _draw_many(fast, processor, t2i, "plain", seed=1)
+    sjd = _draw_many(fast, processor, t2i, "sjd", seed=2)
+    assert not any(
+        _two_sample_chi2_rejects(plain[:, c], sjd[:, c], k) for c in range(plain.shape[1])
+    )
+
+    real_uniform = sampling.uniform_rows
+    monkeypatch.setattr(sampling, "uniform_rows", lambda rows, g=None: real_uniform(rows, g) * 0)
+    broken = _draw_many(fast, processor, t2i, "sjd", seed=2)
+    assert any(
+        _two_sample_chi2_rejects(plain[:, c], broken[:, c], k) for c in range(plain.shape[1])
+    )
+
+
+def test_sjd_greedy_codes_are_plain_greedy_codes_in_fewer_passes(mllm, t2i):
+    model, processor = mllm
+    fast = TorchImageGenerator(model, processor)
+    conversations, unconditional = t2i(processor, PROMPTS[:1])
+    kwargs = dict(guidance=3.0, temperature=0.0, generator=torch.Generator().manual_seed(0))
+    want = fast(conversations, unconditional, **kwargs)
+    plain_passes = fast.forward_passes
+    got = fast(conversations, unconditional, decoding="sjd", window=8, **kwargs)
+    assert torch.equal(got, want)
+    assert fast.forward_passes <= plain_passes
+    with pytest.raises(ValueError, match="decoding must be one of"):
+        fast(conversations, unconditional, decoding="jacobi")
+    # a batch of one generator per image, as a server draws
+    per_image = [torch.Generator().manual_seed(s) for s in (1, 2)]
+    two, two_uncond = t2i(processor, PROMPTS[:2])
+    assert fast(two, two_uncond, guidance=2.0, generator=per_image, decoding="sjd").shape[0] == 2

@@ -780,3 +780,20 @@ def test_every_option_of_every_command_says_its_default():
             assert action.help and "default" in parser._get_formatter()._get_help_string(action), (
                 f"{parser.prog} {action.option_strings[0]}"
             )
+
+
+def test_sjd_decoding_is_a_sampling_setting_of_the_torch_runtime(pipeline_dir, tmp_path):
+    from illume.pipeline import SamplingConfig
+
+    pipe = IllumePipeline.from_pretrained(pipeline_dir)
+    pipe.sampling = SamplingConfig(steps=2, decoding="sjd", sjd_window=4, temperature=0.0)
+    sjd = pipe("a red circle", seed=0).codes
+    with pipe.sampling_as(decoding="plain"):
+        assert torch.equal(pipe("a red circle", seed=0).codes, sjd)  # greedy: the same codes
+    pipe.save_pretrained(tmp_path / "p")
+    assert IllumePipeline.from_pretrained(tmp_path / "p").sampling.decoding == "sjd"
+    pipe.use_runtime("reference")
+    with pytest.raises(ValueError, match="runs in the torch runtime"):
+        pipe("a red circle", seed=0)
+    with pytest.raises(ValueError, match="decoding must be 'plain' or 'sjd'"):
+        SamplingConfig(decoding="jacobi")

@@ -225,16 +225,18 @@ class FlatDecoder(nn.Module):
         k_cache: torch.Tensor,
         v_cache: torch.Tensor,
         slots: torch.Tensor,
+        every_position: bool = False,
     ) -> torch.Tensor:
         """x [B, T, D] at rotary `positions` [B, T], written to cache `slots` [T] of
-        k_cache / v_cache [L, B, Hkv, S, hd]; bias [B, 1, T, S] -> last hidden state [B, D]."""
+        k_cache / v_cache [L, B, Hkv, S, hd]; bias [B, 1, T, S] -> last hidden state [B, D]
+        (`every_position`: all of them, [B, T, D], as speculative decoding verifies a window)."""
         cos, sin = self.rotary(positions)
         for i in range(self.shape.layers):
             q, k, v = self._qkv(i, x, cos, sin)
             k_cache[i].index_copy_(2, slots, k)
             v_cache[i].index_copy_(2, slots, v)
             x = self._finish(i, x, self._attend(q, k_cache[i], v_cache[i], bias))
-        return x[:, -1]
+        return x if every_position else x[:, -1]
 
     def forward_past(
         self,

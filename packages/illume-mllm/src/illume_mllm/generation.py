@@ -64,6 +64,61 @@ def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) 
     return logits
 
 
+def code_probs(
+    cond: torch.Tensor,
+    uncond: torch.Tensor | None,
+    guidance: float = 1.0,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+) -> torch.Tensor:
+    """The distribution [R, K] (float32) a code is drawn from, given vision-token logits [R, K]
+    of conditional rows (and their unconditional twins when guidance != 1): CFG, temperature,
+    top-k, top-p; greedy (temperature 0) is one-hot on the best code."""
+    logits = cond.float()
+    if guidance != 1.0:
+        uncond = uncond.float()
+        logits = uncond + guidance * (logits - uncond)
+    if temperature == 0:
+        return torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).float()
+    return filter_logits(logits / temperature, top_k, top_p).softmax(-1)
+
+
+def _per_row(generator, rows: int):
+    if generator is None or isinstance(generator, torch.Generator):
+        return None
+    if len(generator) != rows:
+        raise ValueError(f"{len(generator)} generators for {rows} rows: give one per row")
+    return list(generator)
+
+
+def sample_rows(
+    probs: torch.Tensor, generator: torch.Generator | Sequence[torch.Generator] | None = None
+) -> torch.Tensor:
+    """One seeded draw per row of probs [R, K] -> [R] (on probs' device). `generator`: one for
+    the batch, or one per row (see `draw_codes`). The draw runs where the generator lives."""
+    per_row = _per_row(generator, len(probs))
+    if per_row is None:
+        device = generator.device if generator is not None else torch.device("cpu")
+        return torch.multinomial(probs.to(device), 1, generator=generator)[:, 0].to(probs.device)
+    codes = [
+        torch.multinomial(row.to(g.device)[None], 1, generator=g)[0, 0]
+        for row, g in zip(probs, per_row, strict=True)
+    ]
+    return torch.stack(codes).to(probs.device)
+
+
+def uniform_rows(
+    rows: int, generator: torch.Generator | Sequence[torch.Generator] | None = None
+) -> torch.Tensor:
+    """One seeded U(0, 1) number per row [R] (CPU), from the batch's generator or each row's."""
+    per_row = _per_row(generator, rows)
+    if per_row is None:
+        device = generator.device if generator is not None else torch.device("cpu")
+        return torch.rand(rows, generator=generator, device=device).cpu()
+    return torch.stack([torch.rand(1, generator=g, device=g.device)[0].cpu() for g in per_row])
+
+
 def draw_codes(
     cond: torch.Tensor,
     uncond: torch.Tensor | None,
@@ -74,32 +129,20 @@ def draw_codes(
     generator: torch.Generator | Sequence[torch.Generator] | None = None,
 ) -> torch.Tensor:
     """Codes [R] drawn from vision-token logits [R, K] of conditional rows (and their unconditional
-    twins [R, K] when guidance != 1): CFG, temperature, top-k, top-p, then one seeded draw per row.
-    `generator`: one for the batch, or one per row (several rows may share one, drawn in row
-    order), so that a row's draws depend on its own seed alone, not on which rows were batched
-    with it: a server that batches requests draws each as it would alone.
+    twins [R, K] when guidance != 1): CFG, temperature, top-k, top-p (`code_probs`), then one
+    seeded draw per row (`sample_rows`). `generator`: one for the batch, or one per row (several
+    rows may share one, drawn in row order), so that a row's draws depend on its own seed alone,
+    not on which rows were batched with it: a server that batches requests draws each as it would
+    alone.
 
     Every image sampler (this module's, `TorchImageGenerator` and illume-runtime's ONNX loop) draws
     through here, so the same seed gives the same codes whatever computed the logits. The draw runs where the generator
     lives (a CPU generator: on the CPU, as transformers' own sampling would)."""
     check_sampling(guidance, temperature, top_k, top_p)
-    logits = cond.float()
-    if guidance != 1.0:
-        uncond = uncond.float()
-        logits = uncond + guidance * (logits - uncond)
+    probs = code_probs(cond, uncond, guidance, temperature, top_k, top_p)
     if temperature == 0:
-        return logits.argmax(-1)
-    probs = filter_logits(logits / temperature, top_k, top_p).softmax(-1)
-    if generator is None or isinstance(generator, torch.Generator):
-        device = generator.device if generator is not None else torch.device("cpu")
-        return torch.multinomial(probs.to(device), 1, generator=generator)[:, 0].to(cond.device)
-    if len(generator) != len(probs):
-        raise ValueError(f"{len(generator)} generators for {len(probs)} rows: give one per row")
-    codes = [
-        torch.multinomial(row.to(g.device)[None], 1, generator=g)[0, 0]
-        for row, g in zip(probs, generator, strict=True)
-    ]
-    return torch.stack(codes).to(cond.device)
+        return probs.argmax(-1).to(cond.device)
+    return sample_rows(probs, generator).to(cond.device)
 
 
 class ImageTokenSampler(LogitsProcessor):

@@ -27,7 +27,17 @@ import torch
 from illume_core import Message
 
 from .decoder import FlatDecoder, padding_causal_bias, positions_from_mask
-from .generation import draw_codes, guided_conversations, prompt_batch
+from .generation import (
+    check_sampling,
+    code_probs,
+    draw_codes,
+    guided_conversations,
+    prompt_batch,
+    sample_rows,
+    uniform_rows,
+)
+
+DECODINGS = ("plain", "sjd")
 
 
 def image_positions(grid: tuple[int, int]) -> list[bool]:
@@ -110,8 +120,18 @@ class TorchImageGenerator:
         top_k: int | None = None,
         top_p: float | None = None,
         generator: torch.Generator | None = None,
+        decoding: str = "plain",
+        window: int = 16,
     ) -> torch.Tensor:
-        """One image per conversation -> codes [B, h, w] (arguments as generate_image_tokens)."""
+        """One image per conversation -> codes [B, h, w] (arguments as generate_image_tokens).
+        `decoding`: "plain" (one forward pass per token) or "sjd" (speculative Jacobi decoding
+        over `window` positions a pass: the same distribution of images, fewer passes; see
+        `_sjd`). `self.forward_passes` counts the passes of the last call."""
+        if decoding not in DECODINGS:
+            raise ValueError(f"decoding must be one of {DECODINGS}, got {decoding!r}")
+        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+            raise ValueError(f"window must be an integer >= 1, got {window!r}")
+        check_sampling(guidance, temperature, top_k, top_p)
         processor, vocab = self.processor, self.vocab
         examples = [
             processor.encode_conversation(c, add_generation_prompt=True)
@@ -142,6 +162,10 @@ class TorchImageGenerator:
         ws["bias"].copy_(padding_causal_bias(key_mask, slots[-1:], embeds.dtype))
         ws["position"].copy_(mask.sum(-1))
         ws["slot"].fill_(prompt)
+        self.forward_passes = 1
+        sampling = (guidance, temperature, top_k, top_p, generator)
+        if decoding == "sjd":
+            return self._sjd(ws, key_mask, prompt, rows, sampling, window)
 
         # Decode: forced tokens are fed without an LM head; drawn ones from the vision rows only.
         half = rows // 2 if guidance != 1.0 else rows
@@ -162,5 +186,100 @@ class TorchImageGenerator:
                 token = torch.full((rows,), value, dtype=torch.long, device=self.device)
             if position < last_drawn:
                 hidden = self._step(token, self._cells[position : position + 1], ws)
+                self.forward_passes += 1
         h, w = self.grid
         return torch.stack(codes, dim=1).view(half, h, w).cpu()
+
+    def _sjd(self, ws, key_mask, prompt: int, rows: int, sampling: tuple, window: int):
+        """Speculative Jacobi decoding (Teng et al., arXiv 2410.01699): each pass feeds a window of
+        drafted positions after the last committed one and gets every window position's
+        distribution p at once (CFG inside, as `code_probs`); drafts are accepted in order, each
+        with probability min(1, p(d) / q(d)), q being what it was drawn from; the first rejected
+        one is drawn anew from max(0, p - q), normalised. That is speculative sampling's rule, so
+        every committed code has exactly the distribution plain decoding draws it from (tested).
+        Positions after it get fresh drafts from this pass's p (the Jacobi step: they improve as
+        their context settles), positions entering the window uniform ones. A batch commits the
+        prefix every image has settled (the others' extra accepted codes are drafted again), so the
+        saving is largest for one image. The KV cache needs no rollback: a window overwrites the
+        slots of its positions, and the causal mask hides slots past the query's."""
+        guidance, temperature, top_k, top_p, generator = sampling
+        vocab, device = self.vocab, self.device
+        vision = vocab.vision_ids
+        codebook = len(vision)
+        half = rows // 2 if guidance != 1.0 else rows
+        drawn = image_positions(self.grid)
+        total = max(i for i, d in enumerate(drawn) if d) + 1  # positions up to the last code
+        forced = torch.tensor(
+            [vocab.start_of_image if i == 0 else vocab.end_of_line for i in range(total)]
+        )
+        tokens = forced.repeat(half, 1)  # [B, total] token ids: committed, then drafts
+        q = torch.empty(half, total, codebook)  # [B, total, K] what each draft was drawn from
+        uniform = torch.full((half, codebook), 1.0 / codebook)
+        is_drawn = torch.tensor(drawn[:total])
+
+        def draft(positions: range, probs: torch.Tensor | None) -> None:
+            """New drafts at `positions` (drawn ones), from probs [B, len, K] or uniform."""
+            for j, pos in enumerate(positions):
+                if drawn[pos]:
+                    dist = uniform if probs is None else probs[:, j]
+                    tokens[:, pos] = sample_rows(dist, generator) + vision.start
+                    q[:, pos] = dist
+
+        key_mask[:, prompt:] = 1  # causality alone hides the slots past a query's
+        draft(range(1, min(1 + window, total)), None)
+        committed = 1  # position 0, <start_of_image>, is forced
+        while committed < total:
+            span = range(committed, min(committed + window, total))
+            fed = tokens[:, span.start - 1 : span.stop - 1]  # [B, T]: the last committed, drafts
+            slots = torch.arange(prompt + span.start - 1, prompt + span.stop - 1, device=device)
+            steps = torch.arange(len(span), device=device)
+            hidden = self.decoder.forward_static(
+                self.decoder.embed(
+                    fed.repeat(rows // half, 1).to(device),
+                    self._cells[span.start - 1 : span.stop - 1].expand(rows, -1),
+                ),
+                (ws["position"] + span.start - 1)[:, None] + steps,
+                padding_causal_bias(key_mask, slots, self.decoder.dtype),
+                ws["k"],
+                ws["v"],
+                slots,
+                every_position=True,
+            )  # [R, T, D]: position span[i] predicted from hidden[:, i]
+            self.forward_passes += 1
+            logits = self.decoder.logits(hidden, slice(vision.start, vision.stop)).float()
+            cond = logits[:half].reshape(-1, codebook)
+            uncond = logits[half:].reshape(-1, codebook) if guidance != 1.0 else None
+            p = code_probs(cond, uncond, guidance, temperature, top_k, top_p)
+            p = p.view(half, len(span), codebook).cpu()
+
+            settled = torch.zeros(half, dtype=torch.long)  # positions settled this pass
+            alive = torch.ones(half, dtype=torch.bool)  # every earlier draft accepted
+            for i, pos in enumerate(span):
+                if not is_drawn[pos]:
+                    settled += alive
+                    continue
+                code = tokens[:, pos] - vision.start
+                p_code = p[:, i].gather(1, code[:, None])[:, 0]
+                q_code = q[:, pos].gather(1, code[:, None])[:, 0]
+                u = uniform_rows(half, generator)
+                accepted = alive & (u * q_code < p_code)  # p = 0: never
+                rejected = alive & ~accepted
+                if rejected.any():
+                    residual = (p[:, i] - q[:, pos]).clamp(min=0)
+                    mass = residual.sum(-1, keepdim=True)
+                    residual = torch.where(mass > 0, residual / mass.clamp(min=1e-30), p[:, i])
+                    redrawn = sample_rows(residual, generator) + vision.start
+                    tokens[:, pos] = torch.where(rejected, redrawn, tokens[:, pos])
+                settled += alive
+                alive = accepted
+                if not alive.any():
+                    break
+            step = int(settled.min())  # >= 1: the first position always settles
+            committed += step
+            # the Jacobi step: positions left in the window take this pass's p, new ones uniform
+            rest = range(committed, span.stop)
+            draft(rest, p[:, rest.start - span.start :] if len(rest) else None)
+            draft(range(span.stop, min(committed + window, total)), None)
+        h, w = self.grid
+        codes = tokens[:, torch.tensor(drawn[:total])] - vision.start
+        return codes.view(half, h, w)

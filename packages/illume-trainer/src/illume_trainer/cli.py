@@ -106,7 +106,10 @@ def run_stage(stage: str, args: Sequence[str] = (), run: bool = True):
             trainer = super().instantiate_trainer(**kwargs)
             _describe_epochs_plainly(trainer)
             # what the stage's model card says it was trained with (stages.common.training_record)
-            trainer.illume_stage, trainer.illume_recipe = stage, recipes[-1] if recipes else None
+            # (the recipe files; a config given inline as JSON, such as the demo's overrides, is not one)
+            files = [r for r in recipes if not r.lstrip().startswith(("{", "["))]
+            trainer.illume_stage = stage
+            trainer.illume_recipe = " + ".join(files) if files else None
             return trainer
 
     return StageCLI(

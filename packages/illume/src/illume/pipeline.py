@@ -71,13 +71,20 @@ class SamplingConfig:
     consistent with the prompt is kept (`IllumePipeline.judge`); 1 keeps the first."""
     judge_question: str = "Describe the image."
     """The captioning question the judge asks of each drawing; the prompt is scored as its answer."""
+    decoding: str = "plain"
+    """How vision tokens are decoded: "plain" (one forward pass a token) or "sjd" (speculative
+    Jacobi decoding, `sjd_window` positions a pass: images of the same distribution in fewer
+    passes; the torch runtime's, illume_mllm.TorchImageGenerator)."""
+    sjd_window: int = 16
 
     def __post_init__(self):
         check_sampling(self.guidance, self.temperature, self.top_k, self.top_p)
         if self.edit_temperature is not None:
             check_sampling(temperature=self.edit_temperature)
         check_sampling(guidance=self.detokenizer_guidance)
-        for name in ("steps", "best_of"):
+        if self.decoding not in ("plain", "sjd"):
+            raise ValueError(f"decoding must be 'plain' or 'sjd', got {self.decoding!r}")
+        for name in ("steps", "best_of", "sjd_window"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
@@ -355,6 +362,13 @@ class IllumePipeline:
     ) -> torch.Tensor:
         if self.runtime != "reference" and self._generator_impl is None:
             self.use_runtime(self.runtime)
+        if self.sampling.decoding != "plain":
+            if self.runtime != "torch":
+                raise ValueError(
+                    f"decoding {self.sampling.decoding!r} runs in the torch runtime, not "
+                    f"{self.runtime!r}: use_runtime('torch') or decoding='plain'"
+                )
+            sampling |= {"decoding": self.sampling.decoding, "window": self.sampling.sjd_window}
         if self.runtime == "reference":
             return generate_image_tokens(
                 self.model,

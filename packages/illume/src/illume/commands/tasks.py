@@ -93,6 +93,14 @@ def _sampling(parser: argparse.ArgumentParser) -> None:
         help="detokenizer denoising steps (default: the pipeline's generation_config.json)",
     )
     parser.add_argument(
+        "--decoding",
+        default=None,
+        choices=("plain", "sjd"),
+        help="vision tokens one forward pass each (plain) or by speculative Jacobi decoding (sjd: "
+        "the same distribution in fewer passes; torch runtime) (default: the pipeline's "
+        "generation_config.json, else plain)",
+    )
+    parser.add_argument(
         "--runtime",
         default="torch",
         choices=("torch", "reference", "onnx", "onnx-tensorrt", "tensorrt"),
@@ -232,6 +240,7 @@ def _load(args: argparse.Namespace):
         ("top_k", getattr(args, "top_k", None)),
         ("top_p", getattr(args, "top_p", None)),
         ("steps", getattr(args, "steps", None)),
+        ("decoding", getattr(args, "decoding", None)),
     ):
         if value is not None:
             setattr(pipe.sampling, field, value)
