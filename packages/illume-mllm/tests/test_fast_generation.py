@@ -155,8 +155,8 @@ def test_speculative_jacobi_decoding_draws_what_plain_decoding_draws(mllm, t2i, 
         _two_sample_chi2_rejects(plain[:, c], sjd[:, c], k) for c in range(plain.shape[1])
     )
 
-    real_uniform = sampling.uniform_rows
-    monkeypatch.setattr(sampling, "uniform_rows", lambda rows, g=None: real_uniform(rows, g) * 0)
+    real_uniform = sampling._uniform
+    monkeypatch.setattr(sampling, "_uniform", lambda b, n, g=None: real_uniform(b, n, g) * 0)
     broken = _draw_many(fast, processor, t2i, "sjd", seed=2)
     assert any(
         _two_sample_chi2_rejects(plain[:, c], broken[:, c], k) for c in range(plain.shape[1])

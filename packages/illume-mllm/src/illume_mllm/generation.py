@@ -108,17 +108,6 @@ def sample_rows(
     return torch.stack(codes).to(probs.device)
 
 
-def uniform_rows(
-    rows: int, generator: torch.Generator | Sequence[torch.Generator] | None = None
-) -> torch.Tensor:
-    """One seeded U(0, 1) number per row [R] (CPU), from the batch's generator or each row's."""
-    per_row = _per_row(generator, rows)
-    if per_row is None:
-        device = generator.device if generator is not None else torch.device("cpu")
-        return torch.rand(rows, generator=generator, device=device).cpu()
-    return torch.stack([torch.rand(1, generator=g, device=g.device)[0].cpu() for g in per_row])
-
-
 def draw_codes(
     cond: torch.Tensor,
     uncond: torch.Tensor | None,

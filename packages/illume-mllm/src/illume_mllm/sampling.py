@@ -34,10 +34,31 @@ from .generation import (
     guided_conversations,
     prompt_batch,
     sample_rows,
-    uniform_rows,
 )
 
 DECODINGS = ("plain", "sjd")
+
+
+def _draw(probs: torch.Tensor, generator) -> torch.Tensor:
+    """One seeded draw per [b, j] of probs [B, n, K] -> [B, n]: from the batch's generator, or
+    row b from generator[b] (as `sample_rows`)."""
+    b, n, k = probs.shape
+    if generator is None or isinstance(generator, torch.Generator):
+        return sample_rows(probs.reshape(b * n, k), generator).view(b, n)
+    return torch.stack([_draw_one(probs[i], g) for i, g in enumerate(generator)])
+
+
+def _draw_one(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """[n, K] -> [n] from one generator, in one call."""
+    return torch.multinomial(probs.to(generator.device), 1, generator=generator)[:, 0].cpu()
+
+
+def _uniform(b: int, n: int, generator) -> torch.Tensor:
+    """[B, n] seeded U(0, 1): from the batch's generator, or row b from generator[b]."""
+    if generator is None or isinstance(generator, torch.Generator):
+        device = generator.device if generator is not None else torch.device("cpu")
+        return torch.rand(b, n, generator=generator, device=device).cpu()
+    return torch.stack([torch.rand(n, generator=g, device=g.device).cpu() for g in generator])
 
 
 def image_positions(grid: tuple[int, int]) -> list[bool]:
@@ -218,12 +239,15 @@ class TorchImageGenerator:
         is_drawn = torch.tensor(drawn[:total])
 
         def draft(positions: range, probs: torch.Tensor | None) -> None:
-            """New drafts at `positions` (drawn ones), from probs [B, len, K] or uniform."""
-            for j, pos in enumerate(positions):
-                if drawn[pos]:
-                    dist = uniform if probs is None else probs[:, j]
-                    tokens[:, pos] = sample_rows(dist, generator) + vision.start
-                    q[:, pos] = dist
+            """New drafts at `positions`, from probs [B, len, K] (uniform where None)."""
+            if not len(positions):
+                return
+            if probs is None:
+                probs = uniform[:, None].expand(-1, len(positions), -1)
+            tokens[:, positions] = torch.where(
+                is_drawn[positions], _draw(probs, generator) + vision.start, tokens[:, positions]
+            )
+            q[:, positions] = probs
 
         key_mask[:, prompt:] = 1  # causality alone hides the slots past a query's
         draft(range(1, min(1 + window, total)), None)
@@ -252,29 +276,23 @@ class TorchImageGenerator:
             p = code_probs(cond, uncond, guidance, temperature, top_k, top_p)
             p = p.view(half, len(span), codebook).cpu()
 
-            settled = torch.zeros(half, dtype=torch.long)  # positions settled this pass
-            alive = torch.ones(half, dtype=torch.bool)  # every earlier draft accepted
-            for i, pos in enumerate(span):
-                if not is_drawn[pos]:
-                    settled += alive
-                    continue
-                code = tokens[:, pos] - vision.start
-                p_code = p[:, i].gather(1, code[:, None])[:, 0]
-                q_code = q[:, pos].gather(1, code[:, None])[:, 0]
-                u = uniform_rows(half, generator)
-                accepted = alive & (u * q_code < p_code)  # p = 0: never
-                rejected = alive & ~accepted
-                if rejected.any():
-                    residual = (p[:, i] - q[:, pos]).clamp(min=0)
-                    mass = residual.sum(-1, keepdim=True)
-                    residual = torch.where(mass > 0, residual / mass.clamp(min=1e-30), p[:, i])
-                    redrawn = sample_rows(residual, generator) + vision.start
-                    tokens[:, pos] = torch.where(rejected, redrawn, tokens[:, pos])
-                settled += alive
-                alive = accepted
-                if not alive.any():
-                    break
+            # every draft's test at once; an image settles up to its first rejection, included
+            codes = (tokens[:, span] - vision.start).clamp(min=0)[..., None]  # [B, T, 1]
+            p_code, q_code = p.gather(2, codes)[..., 0], q[:, span].gather(2, codes)[..., 0]
+            passed = (_uniform(half, len(span), generator) * q_code < p_code) | ~is_drawn[span]
+            first_failed = torch.where(passed.all(1), len(span), (~passed).int().argmax(1))
+            settled = (first_failed + 1).clamp(max=len(span))
             step = int(settled.min())  # >= 1: the first position always settles
+            failing = first_failed < step  # its redrawn code is committed
+            if failing.any():
+                at = first_failed.clamp(max=len(span) - 1)
+                p_at = p[torch.arange(half), at]
+                residual = (p_at - q[torch.arange(half), span.start + at]).clamp(min=0)
+                mass = residual.sum(-1, keepdim=True)
+                residual = torch.where(mass > 0, residual / mass.clamp(min=1e-30), p_at)
+                redrawn = _draw(residual[:, None], generator)[:, 0] + vision.start
+                rows_failing = torch.nonzero(failing)[:, 0]
+                tokens[rows_failing, span.start + at[rows_failing]] = redrawn[rows_failing]
             committed += step
             # the Jacobi step: positions left in the window take this pass's p, new ones uniform
             rest = range(committed, span.stop)
