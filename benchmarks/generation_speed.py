@@ -22,7 +22,8 @@ All three draw the same codes for the same seed, which the benchmark checks as i
 Prints tables, then one JSON object on its last line with keys cpu_speedup_1, cpu_speedup_4,
 cpu_speedup_16: the fastest runtime over the reference (named in cpu_fastest_N; every runtime's
 ratio in cpu_speedups_N: torch, torch-compiled, onnx); and gpu_roofline_fraction, gpu_speedup_1
-where a GPU ran; with --sjd, sjd_N ({passes, images_per_second} of plain and sjd) and
+where a GPU ran; with --sjd, sjd_RUNTIME_N ({passes, images_per_second} of plain and sjd,
+the torch loop's and ONNX Runtime's) and
 sjd_t2i_unseen (each seed's score, plain and sjd).
 
 Run: .venv/bin/python benchmarks/generation_speed.py [--model PIPELINE_DIR] [--repeats 3]
@@ -357,7 +358,7 @@ def sjd_main(args) -> None:
     from illume_mllm import TorchImageGenerator
 
     workdir = Path(tempfile.mkdtemp(prefix="illume-sjd-"))
-    _, model, processor, _ = (
+    tokenizer, model, processor, detok = (
         load_pipeline(Path(args.model)) if args.model else shapes_pipeline(workdir / "parts")
     )
     sampling = {"guidance": args.guidance, "temperature": 1.0}
@@ -369,28 +370,40 @@ def sjd_main(args) -> None:
                     "top_p": s.top_p}  # fmt: skip
     figures: dict = {"machine": f"{platform.machine()} {torch.get_num_threads()} threads",
                      "sampling": sampling, "window": args.window}  # fmt: skip
-    fast = TorchImageGenerator(model, processor)
-    print(f"{'images':>6} {'decoding':<8} {'passes':>7} {'images/s':>9}")
+    loops = {"torch": TorchImageGenerator(model, processor)}
+    if not args.skip_onnx:
+        from illume_runtime import OnnxImageGenerator, OnnxModels, export_models
+
+        export_models(tokenizer, model, processor, detok, _mkdir(workdir / "onnx"), verify=False)
+        loops["onnx"] = OnnxImageGenerator(OnnxModels(workdir / "onnx"), processor)
+    print(f"{'images':>6} {'runtime':<7} {'decoding':<8} {'passes':>7} {'images/s':>9}")
     for batch in args.batches:
         conversations = [processor.t2i_messages(PROMPTS[i % len(PROMPTS)]) for i in range(batch)]
         unconditional = [processor.t2i_messages("")] * batch
-        row = {}
-        for decoding in ("plain", "sjd"):
-            passes = []
+        for runtime, loop in loops.items():
+            row = {}
+            for decoding in ("plain", "sjd"):
+                passes = []
 
-            def run(decoding=decoding, passes=passes, asked=(conversations, unconditional)):
-                fast(*asked, generator=torch.Generator().manual_seed(0), decoding=decoding,
-                     window=args.window, **sampling)  # fmt: skip
-                passes.append(fast.forward_passes)
+                def run(decoding=decoding, passes=passes, loop=loop,
+                        asked=(conversations, unconditional)):  # fmt: skip
+                    loop(*asked, generator=torch.Generator().manual_seed(0), decoding=decoding,
+                         window=args.window, **sampling)  # fmt: skip
+                    passes.append(loop.forward_passes)
 
-            seconds = best_seconds(run, args.repeats)
-            row[decoding] = {"passes": passes[-1], "images_per_second": round(batch / seconds, 2)}
-            print(f"{batch:>6} {decoding:<8} {passes[-1]:>7} {batch / seconds:>9.2f}")
-        row["passes_ratio"] = round(row["plain"]["passes"] / row["sjd"]["passes"], 2)
-        row["speedup"] = round(
-            row["sjd"]["images_per_second"] / row["plain"]["images_per_second"], 2
-        )
-        figures[f"sjd_{batch}"] = row
+                seconds = best_seconds(run, args.repeats)
+                row[decoding] = {
+                    "passes": passes[-1],
+                    "images_per_second": round(batch / seconds, 2),
+                }
+                print(
+                    f"{batch:>6} {runtime:<7} {decoding:<8} {passes[-1]:>7} {batch / seconds:>9.2f}"
+                )
+            row["passes_ratio"] = round(row["plain"]["passes"] / row["sjd"]["passes"], 2)
+            row["speedup"] = round(
+                row["sjd"]["images_per_second"] / row["plain"]["images_per_second"], 2
+            )
+            figures[f"sjd_{runtime}_{batch}"] = row
     if args.data and args.model:
         from illume.pipeline import IllumePipeline
         from illume_eval.shapes.evaluation import t2i_quality

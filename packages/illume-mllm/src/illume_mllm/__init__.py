@@ -30,7 +30,7 @@ from .generation import (
 )
 from .modeling import GridEmbedding, IllumeConfig, IllumeForConditionalGeneration, grid_positions
 from .processing import IGNORE, Example, IllumeProcessor, ProcessorConfig
-from .sampling import TorchImageGenerator, image_cells, image_positions
+from .sampling import SpeculativeJacobi, TorchImageGenerator, image_cells, image_positions
 from .vocab import MARKERS, VisionVocab, extend_tokenizer, vision_token, vocab_of
 
 __all__ = [
@@ -46,6 +46,7 @@ __all__ = [
     "IllumeProcessor",
     "ImageTokenSampler",
     "ProcessorConfig",
+    "SpeculativeJacobi",
     "TorchImageGenerator",
     "VisionVocab",
     "__version__",

@@ -244,9 +244,11 @@ class FlatDecoder(nn.Module):
         positions: torch.Tensor,
         attention_mask: torch.Tensor,
         past: list[tuple[torch.Tensor, torch.Tensor]],
+        every_position: bool = False,
     ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
         """x [B, T, D] after `past` keys/values [B, Hkv, P, hd] per layer; attention_mask [B, P + T]
-        (1 = attend, left padding 0) -> last hidden state [B, D] and the presents [B, Hkv, P + T, hd]."""
+        (1 = attend, left padding 0) -> last hidden state [B, D] (`every_position`: all, [B, T, D])
+        and the presents [B, Hkv, P + T, hd]."""
         cos, sin = self.rotary(positions)
         total = attention_mask.shape[1]
         slots = torch.arange(total - x.shape[1], total, device=x.device)
@@ -257,7 +259,7 @@ class FlatDecoder(nn.Module):
             k, v = torch.cat([past[i][0], k], dim=2), torch.cat([past[i][1], v], dim=2)
             presents.append((k, v))
             x = self._finish(i, x, self._attend(q, k, v, bias))
-        return x[:, -1], presents
+        return (x if every_position else x[:, -1]), presents
 
 
 def padding_causal_bias(

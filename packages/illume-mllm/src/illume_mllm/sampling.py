@@ -212,57 +212,22 @@ class TorchImageGenerator:
         return torch.stack(codes, dim=1).view(half, h, w).cpu()
 
     def _sjd(self, ws, key_mask, prompt: int, rows: int, sampling: tuple, window: int):
-        """Speculative Jacobi decoding (Teng et al., arXiv 2410.01699): each pass feeds a window of
-        drafted positions after the last committed one and gets every window position's
-        distribution p at once (CFG inside, as `code_probs`); drafts are accepted in order, each
-        with probability min(1, p(d) / q(d)), q being what it was drawn from; the first rejected
-        one is drawn anew from max(0, p - q), normalised. That is speculative sampling's rule, so
-        every committed code has exactly the distribution plain decoding draws it from (tested).
-        Positions after it get fresh drafts from this pass's p (the Jacobi step: they improve as
-        their context settles), positions entering the window uniform ones. A batch commits the
-        prefix every image has settled (the others' extra accepted codes are drafted again), so the
-        saving is largest for one image. The KV cache needs no rollback: a window overwrites the
-        slots of its positions, and the causal mask hides slots past the query's."""
-        guidance, temperature, top_k, top_p, generator = sampling
-        vocab, device = self.vocab, self.device
-        vision = vocab.vision_ids
-        codebook = len(vision)
-        half = rows // 2 if guidance != 1.0 else rows
-        drawn = image_positions(self.grid)
-        total = max(i for i, d in enumerate(drawn) if d) + 1  # positions up to the last code
-        forced = torch.tensor(
-            [vocab.start_of_image if i == 0 else vocab.end_of_line for i in range(total)]
-        )
-        tokens = forced.repeat(half, 1)  # [B, total] token ids: committed, then drafts
-        q = torch.empty(half, total, codebook)  # [B, total, K] what each draft was drawn from
-        uniform = torch.full((half, codebook), 1.0 / codebook)
-        is_drawn = torch.tensor(drawn[:total])
-
-        def draft(positions: range, probs: torch.Tensor | None) -> None:
-            """New drafts at `positions`, from probs [B, len, K] (uniform where None)."""
-            if not len(positions):
-                return
-            if probs is None:
-                probs = uniform[:, None].expand(-1, len(positions), -1)
-            tokens[:, positions] = torch.where(
-                is_drawn[positions], _draw(probs, generator) + vision.start, tokens[:, positions]
-            )
-            q[:, positions] = probs
-
-        key_mask[:, prompt:] = 1  # causality alone hides the slots past a query's
-        draft(range(1, min(1 + window, total)), None)
-        committed = 1  # position 0, <start_of_image>, is forced
-        while committed < total:
-            span = range(committed, min(committed + window, total))
-            fed = tokens[:, span.start - 1 : span.stop - 1]  # [B, T]: the last committed, drafts
+        """`SpeculativeJacobi` over the static KV cache: no rollback is needed, as a window
+        overwrites the slots of its positions and the causal mask hides slots past a query's."""
+        guidance = sampling[0]
+        device, vision = self.device, self.vocab.vision_ids
+        sjd = SpeculativeJacobi(self.vocab, self.grid, rows // 2 if guidance != 1.0 else rows,
+                                window, *sampling)  # fmt: skip
+        key_mask[:, prompt:] = 1
+        while not sjd.done:
+            span, fed = sjd.span, sjd.fed()  # fed [B, T]: the last committed token, then drafts
             slots = torch.arange(prompt + span.start - 1, prompt + span.stop - 1, device=device)
-            steps = torch.arange(len(span), device=device)
             hidden = self.decoder.forward_static(
                 self.decoder.embed(
-                    fed.repeat(rows // half, 1).to(device),
+                    fed.repeat(rows // len(fed), 1).to(device),
                     self._cells[span.start - 1 : span.stop - 1].expand(rows, -1),
                 ),
-                (ws["position"] + span.start - 1)[:, None] + steps,
+                (ws["position"] + span.start - 1)[:, None] + torch.arange(len(span), device=device),
                 padding_causal_bias(key_mask, slots, self.decoder.dtype),
                 ws["k"],
                 ws["v"],
@@ -270,34 +235,110 @@ class TorchImageGenerator:
                 every_position=True,
             )  # [R, T, D]: position span[i] predicted from hidden[:, i]
             self.forward_passes += 1
-            logits = self.decoder.logits(hidden, slice(vision.start, vision.stop)).float()
-            cond = logits[:half].reshape(-1, codebook)
-            uncond = logits[half:].reshape(-1, codebook) if guidance != 1.0 else None
-            p = code_probs(cond, uncond, guidance, temperature, top_k, top_p)
-            p = p.view(half, len(span), codebook).cpu()
+            sjd.verify(self.decoder.logits(hidden, slice(vision.start, vision.stop)))
+        return sjd.codes()
 
-            # every draft's test at once; an image settles up to its first rejection, included
-            codes = (tokens[:, span] - vision.start).clamp(min=0)[..., None]  # [B, T, 1]
-            p_code, q_code = p.gather(2, codes)[..., 0], q[:, span].gather(2, codes)[..., 0]
-            passed = (_uniform(half, len(span), generator) * q_code < p_code) | ~is_drawn[span]
-            first_failed = torch.where(passed.all(1), len(span), (~passed).int().argmax(1))
-            settled = (first_failed + 1).clamp(max=len(span))
-            step = int(settled.min())  # >= 1: the first position always settles
-            failing = first_failed < step  # its redrawn code is committed
-            if failing.any():
-                at = first_failed.clamp(max=len(span) - 1)
-                p_at = p[torch.arange(half), at]
-                residual = (p_at - q[torch.arange(half), span.start + at]).clamp(min=0)
-                mass = residual.sum(-1, keepdim=True)
-                residual = torch.where(mass > 0, residual / mass.clamp(min=1e-30), p_at)
-                redrawn = _draw(residual[:, None], generator)[:, 0] + vision.start
-                rows_failing = torch.nonzero(failing)[:, 0]
-                tokens[rows_failing, span.start + at[rows_failing]] = redrawn[rows_failing]
-            committed += step
-            # the Jacobi step: positions left in the window take this pass's p, new ones uniform
-            rest = range(committed, span.stop)
-            draft(rest, p[:, rest.start - span.start :] if len(rest) else None)
-            draft(range(span.stop, min(committed + window, total)), None)
+
+class SpeculativeJacobi:
+    """Speculative Jacobi decoding of one batch of images (Teng et al., arXiv 2410.01699), apart
+    from whatever runs the model (the torch loop, illume-runtime's ONNX one):
+
+        sjd = SpeculativeJacobi(vocab, grid, images, window, guidance, temperature, top_k, top_p, g)
+        while not sjd.done:
+            logits = model(sjd.fed(), ...)       # [R, T, K] vision logits at the positions of sjd.span
+            sjd.verify(logits)
+        codes = sjd.codes()                      # [B, h, w]
+
+    Each pass feeds the last committed token and the drafts of a window and gets every window
+    position's distribution p at once (CFG inside, as `code_probs`; R = 2B rows under guidance).
+    Drafts are accepted in order, each with probability min(1, p(d) / q(d)), q being what it was
+    drawn from; the first rejected one is drawn anew from max(0, p - q), normalised. That is
+    speculative sampling's rule, so every committed code has exactly the distribution plain
+    decoding draws it from (tested). Positions after it get fresh drafts from this pass's p (the
+    Jacobi step: they improve as their context settles), positions entering the window uniform
+    ones. A batch commits the prefix every image has settled (the others' extra accepted codes are
+    drafted again), so the saving is largest for one image."""
+
+    def __init__(self, vocab, grid, images: int, window: int, guidance=1.0, temperature=1.0,
+                 top_k=None, top_p=None, generator=None):  # fmt: skip
+        self.vocab, self.window, self.images = vocab, window, images
+        self.sampling = (guidance, temperature, top_k, top_p)
+        self.generator = generator
+        self.grid = tuple(grid)
+        self.drawn = image_positions(self.grid)
+        self.total = max(i for i, d in enumerate(self.drawn) if d) + 1  # up to the last code
+        self.is_drawn = torch.tensor(self.drawn[: self.total])
+        forced = [vocab.start_of_image if i == 0 else vocab.end_of_line for i in range(self.total)]
+        self.tokens = torch.tensor(forced).repeat(images, 1)  # [B, total] committed, then drafts
+        codebook = len(vocab.vision_ids)
+        self.q = torch.empty(images, self.total, codebook)  # what each draft was drawn from
+        self.uniform = torch.full((images, codebook), 1.0 / codebook)
+        self.committed = 1  # position 0, <start_of_image>, is forced
+        self._draft(range(1, min(1 + window, self.total)), None)
+
+    @property
+    def done(self) -> bool:
+        return self.committed >= self.total
+
+    @property
+    def span(self) -> range:
+        """The image positions this pass verifies."""
+        return range(self.committed, min(self.committed + self.window, self.total))
+
+    def fed(self) -> torch.Tensor:
+        """The token ids [B, T] to feed (image positions span - 1): the last committed, drafts."""
+        return self.tokens[:, self.span.start - 1 : self.span.stop - 1]
+
+    def _draft(self, positions: range, probs: torch.Tensor | None) -> None:
+        """New drafts at `positions`, from probs [B, len, K] (uniform where None)."""
+        if not len(positions):
+            return
+        if probs is None:
+            probs = self.uniform[:, None].expand(-1, len(positions), -1)
+        start = self.vocab.vision_ids.start
+        drafts = _draw(probs, self.generator) + start
+        self.tokens[:, positions] = torch.where(
+            self.is_drawn[positions], drafts, self.tokens[:, positions]
+        )
+        self.q[:, positions] = probs
+
+    def verify(self, logits: torch.Tensor) -> int:
+        """Vision logits [R, T, K] of the span's positions -> the positions committed (>= 1)."""
+        span, images, start = self.span, self.images, self.vocab.vision_ids.start
+        guidance = self.sampling[0]
+        logits = logits.float()
+        k = logits.shape[-1]
+        cond = logits[:images].reshape(-1, k)
+        uncond = logits[images:].reshape(-1, k) if guidance != 1.0 else None
+        p = code_probs(cond, uncond, *self.sampling).view(images, len(span), k).cpu()
+
+        # every draft's test at once; an image settles up to its first rejection, included
+        codes = (self.tokens[:, span] - start).clamp(min=0)[..., None]  # [B, T, 1]
+        p_code, q_code = p.gather(2, codes)[..., 0], self.q[:, span].gather(2, codes)[..., 0]
+        uniform = _uniform(images, len(span), self.generator)
+        passed = (uniform * q_code < p_code) | ~self.is_drawn[span]  # p = 0: never
+        first_failed = torch.where(passed.all(1), len(span), (~passed).int().argmax(1))
+        step = int((first_failed + 1).clamp(max=len(span)).min())
+        failing = first_failed < step  # the code redrawn there is committed
+        if failing.any():
+            at = first_failed.clamp(max=len(span) - 1)
+            every = torch.arange(images)
+            p_at = p[every, at]
+            residual = (p_at - self.q[every, span.start + at]).clamp(min=0)
+            mass = residual.sum(-1, keepdim=True)
+            residual = torch.where(mass > 0, residual / mass.clamp(min=1e-30), p_at)
+            redrawn = _draw(residual[:, None], self.generator)[:, 0] + start
+            rows = torch.nonzero(failing)[:, 0]
+            self.tokens[rows, span.start + at[rows]] = redrawn[rows]
+        self.committed += step
+        # the Jacobi step: positions left in the window take this pass's p, new ones uniform
+        rest = range(self.committed, span.stop)
+        self._draft(rest, p[:, rest.start - span.start :] if len(rest) else None)
+        self._draft(range(span.stop, min(self.committed + self.window, self.total)), None)
+        return step
+
+    def codes(self) -> torch.Tensor:
+        """The committed codes [B, h, w]."""
         h, w = self.grid
-        codes = tokens[:, torch.tensor(drawn[:total])] - vision.start
-        return codes.view(half, h, w)
+        codes = self.tokens[:, self.is_drawn] - self.vocab.vision_ids.start
+        return codes.view(self.images, h, w)

@@ -12,6 +12,7 @@ Graphs (fp32; B, T, P, I are dynamic):
 | embeddings.onnx | input_ids [B, T] (, grid_positions [B, T]) -> inputs_embeds [B, T, D_llm] |
 | prefill.onnx | inputs_embeds, attention_mask [B, T], position_ids [B, T] -> logits [B, V] (last position), present.{i}.key / .value [B, Hkv, T, hd] |
 | decode.onnx | input_ids [B, 1], attention_mask [B, P + 1], position_ids [B, 1] (, grid_positions [B, 1]), past_key_values.{i}.key / .value [B, Hkv, P, hd] -> logits [B, V], present.{i}.key / .value [B, Hkv, P + 1, hd] |
+| decode_window.onnx | input_ids [B, T], attention_mask [B, P + T], position_ids [B, T] (, grid_positions [B, T]), past [B, Hkv, P, hd] -> vision_logits [B, T, K] (every position, vision rows only: speculative decoding's verification), presents [B, Hkv, P + T, hd] |
 | conditioner.onnx | features [B, N, D] -> encoder_hidden_states (+ spatial, text_embeds) |
 | unet_step.onnx | sample, timestep [B], encoder_hidden_states (+ spatial, text_embeds when the detokenizer has them) -> prediction |
 
@@ -129,6 +130,24 @@ class _Decode(nn.Module):
         x = self.decoder.embed(input_ids, *cells)
         hidden, presents = self.decoder.forward_past(x, position_ids, attention_mask, pairs)
         return (self.decoder.logits(hidden), *[t for kv in presents for t in kv])
+
+
+class _DecodeWindow(nn.Module):
+    """Several tokens after the past, the vision logits of each: what speculative decoding
+    verifies a window of drafts with (illume_mllm.SpeculativeJacobi)."""
+
+    def __init__(self, decoder: FlatDecoder, vision: range):
+        super().__init__()
+        self.decoder, self.vision = decoder, slice(vision.start, vision.stop)
+
+    def forward(self, input_ids, attention_mask, position_ids, *rest):
+        cells, past = (rest[:1], rest[1:]) if len(rest) % 2 else ((), rest)
+        pairs = [(past[2 * i], past[2 * i + 1]) for i in range(self.decoder.shape.layers)]
+        x = self.decoder.embed(input_ids, *cells)
+        hidden, presents = self.decoder.forward_past(
+            x, position_ids, attention_mask, pairs, every_position=True
+        )
+        return (self.decoder.logits(hidden, self.vision), *[t for kv in presents for t in kv])
 
 
 class _Conditioner(nn.Module):
@@ -332,6 +351,27 @@ def export_models(tokenizer, model, processor, detokenizer, out: Path, verify: b
             },
         ),
     )
+
+    window = 3
+    window_mask = torch.cat([mask, torch.ones(2, window, dtype=mask.dtype)], dim=1)
+    window_cells = tuple(c[:, 1 : 1 + window] for c in cells)
+    graphs["decode_window"] = (
+        _DecodeWindow(decoder, processor.vocab.vision_ids),
+        (ids[:, :window], window_mask, positions[:, -1:] + 1 + torch.arange(window),
+         *window_cells, *past),
+        GraphSpec(
+            "decode_window.onnx",
+            ["input_ids", "attention_mask", "position_ids", *cell_names, *past_names],
+            ["vision_logits", *presents],
+            {
+                "input_ids": {0: "batch", 1: "window"},
+                "attention_mask": {0: "batch", 1: "past_sequence + window"},
+                "position_ids": {0: "batch", 1: "window"},
+                **{n: {0: "batch", 1: "window"} for n in cell_names},
+                **{n: {0: "batch", 2: "past_sequence"} for n in past_names},
+            },
+        ),
+    )  # fmt: skip
 
     conditioner = detokenizer.conditioner
     features = tokenizer.decode_features(codes)

@@ -21,6 +21,7 @@ import torch
 from illume_core import Message
 from illume_mllm import (
     IllumeProcessor,
+    SpeculativeJacobi,
     check_context,
     draw_codes,
     grid_positions,
@@ -30,6 +31,15 @@ from illume_mllm import (
 )
 
 from .engines import OnnxModels
+
+
+def _first(value, length: int):
+    """The first `length` positions (axis 2) of a present: a GPU tensor (TensorRT) is cut where
+    it lies; ONNX Runtime's values are cut on the host."""
+    if hasattr(value, "tensor"):  # illume_runtime.tensorrt.CudaValue
+        return type(value)(value.tensor[:, :, :length])
+    return np.ascontiguousarray(value.numpy()[:, :, :length])
+
 
 if TYPE_CHECKING:
     from .tensorrt import TensorRTModels
@@ -120,11 +130,22 @@ class OnnxImageGenerator:
         top_k: int | None = None,
         top_p: float | None = None,
         generator: torch.Generator | None = None,
+        decoding: str = "plain",
+        window: int = 16,
     ) -> torch.Tensor:
-        """One image per conversation -> codes [B, h, w] (arguments as generate_image_tokens)."""
+        """One image per conversation -> codes [B, h, w] (arguments as generate_image_tokens;
+        `decoding` "sjd": speculative Jacobi decoding over `window` positions a pass, as
+        `TorchImageGenerator`'s, through decode_window.onnx). `self.forward_passes` counts the
+        decoder passes of the last call."""
+        if decoding not in ("plain", "sjd"):
+            raise ValueError(f"decoding must be 'plain' or 'sjd', got {decoding!r}")
         rows = guided_conversations(conversations, unconditional, guidance)
         logits, presents, mask, position = self._prefill(rows)
+        self.forward_passes = 1
         half = len(conversations)
+        if decoding == "sjd":
+            sampling = (guidance, temperature, top_k, top_p, generator)
+            return self._sjd(presents, mask, position, len(rows), half, window, sampling)
         vision = self.vocab.vision_ids
         drawn, cells = image_positions(self.grid), image_cells(self.grid)
         last_drawn = max(i for i, d in enumerate(drawn) if d)
@@ -146,9 +167,48 @@ class OnnxImageGenerator:
                 logits, presents = self._decode(
                     token.astype(np.int64), mask, position, presents, cells[step]
                 )
+                self.forward_passes += 1
                 position = position + 1
         h, w = self.grid
         return torch.stack(codes, dim=1).view(half, h, w)
+
+    def _sjd(
+        self, past, mask, position, rows: int, half: int, window: int, sampling
+    ) -> torch.Tensor:
+        """`illume_mllm.SpeculativeJacobi` over decode_window.onnx: each pass feeds the window
+        after the past, and the past kept for the next one is the presents up to the committed
+        prefix (the drafts' keys and values past it are dropped)."""
+        if "decode_window" not in self.models.manifest["graphs"]:
+            raise ValueError(
+                f"{self.models.directory} has no decode_window graph (exported before speculative "
+                "decoding): export the pipeline again, or decode plainly"
+            )
+        sjd = SpeculativeJacobi(self.vocab, self.grid, half, window, *sampling)
+        cells = np.array(image_cells(self.grid))
+        prompt = mask.shape[1]
+        while not sjd.done:
+            span = sjd.span
+            fed = np.tile(sjd.fed().numpy(), (rows // half, 1)).astype(np.int64)  # [R, T]
+            committed_before = span.start - 1  # image positions already in the past
+            feeds = {
+                "input_ids": fed,
+                "attention_mask": np.ones((rows, prompt + committed_before + len(span)), np.int64),
+                "position_ids": position[:, None] + committed_before + np.arange(len(span)),
+            }
+            feeds["attention_mask"][:, :prompt] = mask
+            if self.grid_embeddings:
+                feeds["grid_positions"] = np.tile(cells[span.start - 1 : span.stop - 1], (rows, 1))
+            for i in range(self.layers):
+                feeds[f"past_key_values.{i}.key"] = past[2 * i]
+                feeds[f"past_key_values.{i}.value"] = past[2 * i + 1]
+            out = self.models.run_bound("decode_window", feeds)
+            self.forward_passes += 1
+            step = sjd.verify(torch.from_numpy(out[0].numpy()))
+            # keep the keys and values of the fed tokens that were committed: the last committed
+            # one and the accepted drafts, `step` tokens in all
+            keep = prompt + committed_before + step
+            past = [_first(value, keep) for value in out[1:]]
+        return sjd.codes()
 
     # -- text ---------------------------------------------------------------------------------------
 

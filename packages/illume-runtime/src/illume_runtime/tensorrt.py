@@ -108,6 +108,8 @@ _AXES = {
     "sequence": (1, 128),
     "past_sequence": (1, 255),
     "past_sequence + 1": (2, 256),
+    "window": (1, 16),
+    "past_sequence + window": (2, 256),
 }
 
 

@@ -74,7 +74,7 @@ class SamplingConfig:
     decoding: str = "plain"
     """How vision tokens are decoded: "plain" (one forward pass a token) or "sjd" (speculative
     Jacobi decoding, `sjd_window` positions a pass: images of the same distribution in fewer
-    passes; the torch runtime's, illume_mllm.TorchImageGenerator)."""
+    passes; every runtime but "reference")."""
     sjd_window: int = 16
 
     def __post_init__(self):
@@ -363,10 +363,10 @@ class IllumePipeline:
         if self.runtime != "reference" and self._generator_impl is None:
             self.use_runtime(self.runtime)
         if self.sampling.decoding != "plain":
-            if self.runtime != "torch":
+            if self.runtime == "reference":
                 raise ValueError(
-                    f"decoding {self.sampling.decoding!r} runs in the torch runtime, not "
-                    f"{self.runtime!r}: use_runtime('torch') or decoding='plain'"
+                    f"decoding {self.sampling.decoding!r} runs in the fast runtimes (torch, onnx, "
+                    "onnx-tensorrt, tensorrt), not the reference: pick one, or decoding='plain'"
                 )
             sampling |= {"decoding": self.sampling.decoding, "window": self.sampling.sjd_window}
         if self.runtime == "reference":

@@ -97,8 +97,8 @@ def _sampling(parser: argparse.ArgumentParser) -> None:
         default=None,
         choices=("plain", "sjd"),
         help="vision tokens one forward pass each (plain) or by speculative Jacobi decoding (sjd: "
-        "the same distribution in fewer passes; torch runtime) (default: the pipeline's "
-        "generation_config.json, else plain)",
+        "the same distribution in fewer passes; not with --runtime reference) (default: the "
+        "pipeline's generation_config.json, else plain)",
     )
     parser.add_argument(
         "--runtime",
