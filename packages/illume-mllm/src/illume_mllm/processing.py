@@ -117,18 +117,40 @@ def _slot(k: int) -> str:
     return f"\ue000{k}\ue001"
 
 
-def _encode_piece(tokenizer, text: str, as_text: bool, first: bool) -> list[int]:
-    """Ids of a piece of a rendered chat. Later pieces are encoded after a newline that is then
-    dropped, so a SentencePiece tokenizer adds no word-start space a whole-string encoding would
-    not have (transformers' trick in `encode_marked_chat`); `as_text`: added tokens spelled in the
-    piece stay characters."""
-    options = {"add_special_tokens": False, "split_special_tokens": as_text}
-    if not first:
-        newline = tokenizer("\n", **options)["input_ids"]
-        ids = tokenizer("\n" + text, **options)["input_ids"]
-        if ids[: len(newline)] == newline:
-            return ids[len(newline) :]
-    return tokenizer(text, **options)["input_ids"]
+def _encode_pieces(tokenizer, pieces: list[tuple[str, bool, bool]]) -> list[list[int]]:
+    """Ids of pieces of a rendered chat, (text, as_text, first) each. `as_text`: added tokens
+    spelled in the piece stay characters. A piece but the first is encoded after a newline that
+    is then dropped, so a SentencePiece tokenizer adds no word-start space a whole-string encoding
+    would not have (transformers' trick in `encode_marked_chat`).
+
+    A fast tokenizer's backend encodes each piece directly: a conversation is a dozen short
+    pieces, and the wrapper's batch call (with its thread pool) costs more than they do."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+
+    def encode(text: str, as_text: bool) -> list[int]:
+        if backend is None:
+            return tokenizer(text, add_special_tokens=False, split_special_tokens=as_text)[
+                "input_ids"
+            ]
+        backend.encode_special_tokens = as_text
+        return backend.encode(text, add_special_tokens=False).ids
+
+    saved = backend.encode_special_tokens if backend is not None else None
+    try:
+        newline = {t: encode("\n", t) for t in (True, False)}
+        out = []
+        for text, as_text, first in pieces:
+            if first:
+                out.append(encode(text, as_text))
+                continue
+            ids = encode("\n" + text, as_text)
+            cut = newline[as_text]
+            # the newline merged with the piece: encode the piece alone
+            out.append(ids[len(cut) :] if ids[: len(cut)] == cut else encode(text, as_text))
+        return out
+    finally:
+        if backend is not None:
+            backend.encode_special_tokens = saved
 
 
 def encode_chat(
@@ -188,38 +210,39 @@ def encode_chat(
         add_generation_prompt=add_generation_prompt, **tokenizer.special_tokens_map,
     )  # fmt: skip
 
-    # cut the rendered chat where a slot, an added token or a generation block starts or ends
-    added = sorted(tokenizer.added_tokens_encoder, key=len, reverse=True)
-    control = re.compile("|".join(map(re.escape, added))) if added else None
+    # cut the rendered chat where a slot or a generation block starts or ends; a template piece
+    # goes to the tokenizer whole (it splits off the added tokens in it, as it would alone)
     cuts = {0, len(rendered)} | {i for span in spans for i in span}
     for m in _SLOT.finditer(rendered):
         cuts |= {m.start(), m.end()}
-    if control is not None:
-        for m in control.finditer(rendered):
-            cuts |= {m.start(), m.end()}
-    cuts = sorted(cuts)
+    pieces, values = [], []  # what each piece is: text to tokenize, or a code grid
+    for start, stop in pairwise(sorted(cuts)):
+        piece = rendered[start:stop]
+        slot_match = _SLOT.fullmatch(piece)
+        value = parts[int(slot_match.group(1))] if slot_match else piece
+        if isinstance(value, str) and not value:
+            continue
+        learn = any(a <= start and stop <= b for a, b in spans)
+        values.append((value, bool(slot_match), learn))
+        if isinstance(value, str):
+            pieces.append((value, bool(slot_match), not pieces))
+    encoded = iter(_encode_pieces(tokenizer, pieces))
     ids: list[int] = []
     labels: list[int] = []
     shown = 0
-    for start, stop in pairwise(cuts):
-        piece = rendered[start:stop]
-        if not piece:
-            continue
-        slot_match = _SLOT.fullmatch(piece)
-        if slot_match:
-            value = parts[int(slot_match.group(1))]
-            if isinstance(value, str):
-                new = _encode_piece(tokenizer, value, as_text=True, first=not ids) if value else []
-            elif codes_ids is None:
+    for value, from_slot, learn in values:
+        if not isinstance(value, str):
+            if codes_ids is None:
                 raise ValueError("this tokenizer has no vision vocabulary to write code grids in")
-            else:
-                new = codes_ids(value)
+            new = codes_ids(value)
         else:
-            new = _encode_piece(tokenizer, piece, as_text=False, first=not ids)
-            if image_token is not None and new == [image_token]:
-                shown += 1
-                new = new * image_slots
-        learn = any(a <= start and stop <= b for a, b in spans)
+            new = next(encoded)
+            if not from_slot and image_token is not None and image_token in new:
+                shown += new.count(image_token)
+                expanded: list[int] = []
+                for token in new:
+                    expanded += [token] * image_slots if token == image_token else [token]
+                new = expanded
         ids += new
         labels += new if learn else [IGNORE] * len(new)
     if shown != len(images):
