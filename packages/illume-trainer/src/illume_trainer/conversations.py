@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import lightning as L
 import numpy as np
+import torch
 from PIL import Image
 from torch.utils.data import Dataset
 from torchdata.stateful_dataloader import StatefulDataLoader
@@ -187,7 +188,9 @@ def read_conversations(
 class ConversationSample:
     """One conversation as `ConversationDataset` yields it: its turns with `<image>` placeholders,
     its input images (loaded) with their paths, and its output images' paths, each by the index of
-    its placeholder in the conversation."""
+    its placeholder in the conversation. From shards (illume_trainer.shards) there are no paths:
+    an output image comes as its precomputed `codes`, or loaded in `output_images` to be
+    encoded; `codes` may hold an input image's codes too (an edit's source)."""
 
     id: str
     index: int
@@ -195,6 +198,8 @@ class ConversationSample:
     inputs: dict[int, Image.Image]
     input_paths: dict[int, str]
     outputs: dict[int, str]
+    output_images: dict[int, Image.Image] = field(default_factory=dict)
+    codes: dict[int, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass  # not frozen: Lightning rebuilds dataclasses in a batch to move it
@@ -208,10 +213,12 @@ class PackSample:
 
 @dataclass  # not frozen: Lightning rebuilds dataclasses in a batch to move it
 class BadSample:
-    """An entry whose images cannot be loaded: skipped and counted (illume_trainer.guards)."""
+    """An entry whose images cannot be loaded: skipped and counted (illume_trainer.guards).
+    `whole_shard`: its shard could not be read at all (illume_trainer.shards)."""
 
     index: int
     error: str
+    whole_shard: bool = False
 
 
 Sample = ConversationSample | PackSample | BadSample
@@ -266,6 +273,7 @@ def collate_conversations(samples: list[Sample]) -> dict:
         "skipped": len(samples) - len(good),
         "errors": [s.error for s in samples if isinstance(s, BadSample)],
         "ok": [not isinstance(s, BadSample) for s in samples],
+        "shard_lost": [isinstance(s, BadSample) and s.whole_shard for s in samples],
     }
 
 
@@ -325,9 +333,26 @@ class ConversationDataModule(L.LightningDataModule):
         self.save_hyperparameters()
         self.train_set: list[Conversation | Pack] = []
         self.val_set: list[Conversation] = []
+        self.stream = None  # a ShardStream when the training files are shard directories
+
+    @property
+    def streaming(self) -> bool:
+        """Whether the training files are shard directories (illume_trainer.shards), streamed."""
+        from .shards import is_shard_source
+
+        kinds = {is_shard_source(p) for p in self.hparams.train}
+        if len(kinds) > 1:
+            raise ManifestError(
+                "train mixes conversation files and shard directories: pack the files too "
+                "(`illume data pack FILE --out DIR`) and list the directories"
+            )
+        return kinds == {True}
 
     def setup(self, stage: str | None = None) -> None:
-        if self.train_set:
+        if self.train_set or self.stream is not None:
+            return
+        if self.streaming:
+            self._setup_stream()
             return
         packing = self.hparams.pack_by_image or [False] * len(self.hparams.train)
         absolute = self.hparams.allow_absolute_paths
@@ -344,10 +369,53 @@ class ConversationDataModule(L.LightningDataModule):
             c for p in (self.hparams.val or []) for c in read_conversations(p, absolute)
         ]
 
+    def _setup_stream(self) -> None:
+        from .shards import ShardStream
+
+        hp = self.hparams
+        if any(hp.pack_by_image or []):
+            raise ValueError(
+                "pack_by_image is decided when shards are made (`illume data pack "
+                "--pack-by-image`): drop it from the data settings of a shard-directory run"
+            )
+        if hp.group_by_length:
+            raise ValueError(
+                "group_by_length needs the whole dataset in memory; shards stream: set "
+                "group_by_length: false"
+            )
+        trainer = self.trainer
+        self.stream = ShardStream(
+            hp.train,
+            hp.weights,
+            seed=hp.seed,
+            rank=trainer.global_rank if trainer is not None else None,
+            world=trainer.world_size if trainer is not None else None,
+        )
+        self.val_set = [
+            c for p in (hp.val or []) for c in read_conversations(p, hp.allow_absolute_paths)
+        ]
+
+    def code_fingerprints(self) -> dict[str, str]:
+        """{shard directory: fingerprint of the tokenizer its codes came from}, for the sources
+        packed with codes (illume_trainer.shards.tokenizer_fingerprint)."""
+        self.setup()
+        if self.stream is None:
+            return {}
+        return {str(s.root): s.fingerprint for s in self.stream.sources if s.fingerprint}
+
     def texts(self) -> list[str]:
         """Every turn's text (placeholders removed): what a ShapesWorld word tokenizer learns from."""
         self.setup()
-        return [v.replace(IMAGE, " ") for c in [*self.train_set, *self.val_set] for _, v in c.turns]
+        val = [v.replace(IMAGE, " ") for c in self.val_set for _, v in c.turns]
+        if self.stream is not None:
+            return [
+                turn["value"].replace(IMAGE, " ")
+                for source in self.stream.sources
+                for entry in source.entries()
+                for conversation in entry.get("pack", [entry.get("conversations", [])])
+                for turn in conversation
+            ] + val
+        return [v.replace(IMAGE, " ") for c in self.train_set for _, v in c.turns] + val
 
     def _loader(self, conversations, shuffle: bool) -> StatefulDataLoader:
         return make_loader(
@@ -362,6 +430,17 @@ class ConversationDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> StatefulDataLoader:
+        if self.stream is not None:
+            from .shards import ShardLoader
+
+            workers = self.hparams.num_workers
+            return ShardLoader(
+                self.stream,
+                batch_size=self.hparams.batch_size,
+                num_workers=workers,
+                collate_fn=collate_conversations,
+                persistent_workers=workers > 0,
+            )
         return self._loader(self.train_set, shuffle=True)
 
     def val_dataloader(self):

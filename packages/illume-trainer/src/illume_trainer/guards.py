@@ -49,9 +49,13 @@ class BadSampleGuard(L.Callback):
         flags = batch.get("ok") if isinstance(batch, dict) else None
         if flags is None:
             return
-        for ok in flags:
+        # a shard that cannot be read at all (illume_trainer.shards) is one event, however many
+        # samples it held: its samples count towards the fraction, not the run of bad ones
+        lost = batch.get("shard_lost") or [False] * len(flags)
+        for ok, whole_shard in zip(flags, lost, strict=True):
             self.seen += 1
-            self.in_a_row = 0 if ok else self.in_a_row + 1
+            if not whole_shard:
+                self.in_a_row = 0 if ok else self.in_a_row + 1
             self.skipped += not ok
         room = self.keep - len(self.examples)
         if room > 0:

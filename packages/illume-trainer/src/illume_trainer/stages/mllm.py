@@ -163,6 +163,24 @@ class MLLMStage(FrozenPartsStage):
             layer = self.vision_tokenizer.config.feature_layer
         return -1 if layer is None else layer
 
+    def setup(self, stage: str) -> None:
+        # codes packed into shards by another tokenizer would train the model on a vocabulary
+        # it does not draw with: refused before the first step
+        datamodule = getattr(self.trainer, "datamodule", None)
+        packed = datamodule.code_fingerprints() if hasattr(datamodule, "code_fingerprints") else {}
+        if packed:
+            from ..shards import StaleCodesError, tokenizer_fingerprint
+
+            mine = tokenizer_fingerprint(self.hparams.tokenizer)
+            for directory, fingerprint in packed.items():
+                if fingerprint != mine:
+                    raise StaleCodesError(
+                        f"{directory} holds codes of another tokenizer (fingerprint "
+                        f"{fingerprint[:12]}) than model.tokenizer {self.hparams.tokenizer} "
+                        f"({mine[:12]}): pack the data again with `illume data pack --tokenizer "
+                        f"{self.hparams.tokenizer}`"
+                    )
+
     def configure_model(self) -> None:
         # What trains is fixed here, before a strategy wraps the model: DDP must see only the
         # parameters that receive gradients.

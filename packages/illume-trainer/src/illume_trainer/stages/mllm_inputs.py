@@ -63,9 +63,7 @@ class ConversationTransform:
         if training and draws and self.rng.random() < self.p_uncond:
             # the text dropped, the input images kept: the unconditional prompt of CFG
             turns[0] = (turns[0][0], IMAGE * turns[0][1].count(IMAGE))
-        outputs = dict(
-            zip(sample.outputs, self.codes_of(list(sample.outputs.values())), strict=True)
-        )
+        outputs = self._output_codes(sample)
         messages, k = [], 0
         for role, value in turns:
             parts: list[str | Image.Image | torch.Tensor] = []
@@ -77,9 +75,39 @@ class ConversationTransform:
                     parts.append(text.strip())
             messages.append(Message(role, parts))
         if draws and sample.inputs and self.processor.config.edit_source_codes:  # an edit
-            paths = [sample.input_paths[k] for k in sorted(sample.input_paths)]
-            messages[0] = self.processor.with_source_codes(messages[0], self.codes_of(paths))
+            messages[0] = self.processor.with_source_codes(messages[0], self._input_codes(sample))
         return messages
+
+    def _output_codes(self, sample: ConversationSample) -> dict[int, torch.Tensor]:
+        """Each output image's codes: packed with it (shards), else from its path or its loaded
+        image through the tokenizer."""
+        out = dict(sample.codes)  # by placeholder index; an input's are never looked up here
+        paths = {k: p for k, p in sample.outputs.items() if k not in out}
+        out |= dict(zip(paths, self.codes_of(list(paths.values())), strict=True))
+        images = {k: i for k, i in sample.output_images.items() if k not in out}
+        out |= dict(zip(images, self.encode(list(images.values())), strict=True))
+        return out
+
+    def _input_codes(self, sample: ConversationSample) -> list[torch.Tensor]:
+        """The input images' codes in order (an edit's source): packed, from paths, or encoded."""
+        out = []
+        for k in sorted(sample.inputs):
+            if k in sample.codes:
+                out.append(sample.codes[k])
+            elif k in sample.input_paths:
+                out += self.codes_of([sample.input_paths[k]])
+            else:
+                out += self.encode([sample.inputs[k]])
+        return out
+
+    @torch.no_grad()
+    def encode(self, images: Sequence[Image.Image]) -> list[torch.Tensor]:
+        """The tokenizer's codes [h, w] of images in memory (not cached: they have no path)."""
+        if not images:
+            return []
+        tokenizer = self.vision_tokenizer
+        device = next(tokenizer.parameters()).device
+        return list(tokenizer.encode(tokenizer.preprocess(list(images)).to(device)).codes.cpu())
 
     def __call__(self, sample: ConversationSample | PackSample, training: bool) -> Example:
         """A sample (a conversation, or a pack of them about the same images) -> Example."""
