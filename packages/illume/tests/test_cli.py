@@ -55,3 +55,24 @@ def test_cli_make_and_score(tmp_path, capsys):
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert json.loads(last)["overall"] == 1.0
     assert len((tmp_path / "r.jsonl").read_text().splitlines()) == 4
+
+
+def test_data_pack_writes_shards_a_stage_can_stream(tmp_path, capsys):
+    import pytest
+
+    from illume_trainer.shards import ShardStream
+
+    illume_main(["shapes", "make", "--out", str(tmp_path / "data"), "--n", "20", "--n-eval", "5"])
+    capsys.readouterr()
+    qa = str(tmp_path / "data" / "train" / "qa.json")
+    out = str(tmp_path / "packed")
+    assert illume_main(["data", "pack", qa, "--out", out, "--shard-size", "4", "--pack-by-image"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    # one sample per image: its questions packed together
+    assert summary["samples"] == 20 and summary["shards"] == 5 and not summary["codes"]
+    first = next(iter(ShardStream([out])))
+    assert len(first.samples) > 1 and first.samples[0].inputs[0].size == (32, 32)
+    with pytest.raises(SystemExit) as bad:
+        illume_main(["data", "pack", qa, "--out", str(tmp_path / "x"), "--shard-size", "0"])
+    assert bad.value.code == 2
+    assert capsys.readouterr().err.strip() == "illume: error: --shard-size must be at least 1, got 0"

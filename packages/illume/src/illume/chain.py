@@ -74,8 +74,9 @@ class ChainStage(_Strict):
 
     name: str
     """The stage's name in the chain, the seconds ledger and `--steps NAME=N`."""
-    stage: Literal["encoder", "language_model", "tokenizer", "detokenizer", "mllm"]
-    """The illume-train stage that runs the recipe."""
+    stage: Literal["encoder", "language_model", "tokenizer", "detokenizer", "mllm", "pack"]
+    """The illume-train stage that runs the recipe; `pack`: conversation files packed as shards
+    with the chain's tokenizer (illume_trainer.shards.pack_recipe), trained on by later stages."""
     recipe: str
     """A LightningCLI recipe: a path, or one shipped with illume-trainer (`recipes/shapes/...`)."""
     steps: PositiveInt | None = None

@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action=_VersionAction)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    from .commands import chat, demo, self_enhance, serve, shapes, tasks
+    from .commands import chat, data, demo, self_enhance, serve, shapes, tasks
 
     demo.register(commands)
     shapes.register(commands)
@@ -90,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     self_enhance.register(commands)
     serve.register(commands)
     chat.register(commands)
+    data.register(commands)
     for each in _all_parsers(parser):
         each.formatter_class = DefaultsHelpFormatter
     return parser

@@ -69,6 +69,12 @@ def train(
             install_foundation(stage.foundation, output)
             record(stage.name, start)
             continue
+        if stage.stage == "pack":  # data for later stages, not a training run
+            from illume_trainer.shards import pack_recipe
+
+            pack_recipe(chain.recipe(stage.name), progress=progress)
+            record(stage.name, start)
+            continue
         if stage.stage == "language_model":  # text only: the split's conversations in words
             from illume_eval.shapes.language import ensure_language_corpus
 
