@@ -25,7 +25,9 @@ class RecordBatches(L.Callback):
         self.path = path
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if "index" in batch:  # image-text batches
+            index = batch["index"].tolist()
+        else:  # conversation batches: the samples' ids and places in their stream
+            index = [[item.id, item.index] for item in batch["items"]]
         with open(self.path, "a") as handle:
-            handle.write(
-                json.dumps({"step": trainer.global_step, "index": batch["index"].tolist()}) + "\n"
-            )
+            handle.write(json.dumps({"step": trainer.global_step, "index": index}) + "\n")

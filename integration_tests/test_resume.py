@@ -127,3 +127,91 @@ def test_sigkill_mid_epoch_then_resume_matches_the_uninterrupted_run(tmp_path):
     assert batches("straight") == batches(
         "killed"
     )  # every step, the killed one included, saw the same ids
+
+
+def _train_mllm(work: Path, name: str, kill_at: int | None, resume: bool):
+    """MLLM stage 1 streaming packed shards through one loader worker (illume_trainer.shards)."""
+    run = work / name
+    callbacks = [
+        {"class_path": "illume_trainer.checkpointing.ResumeState"},
+        {
+            "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+            "init_args": {"dirpath": str(run / "ckpt"), "save_last": True, "save_top_k": 0,
+                          "every_n_train_steps": 1},
+        },
+        {"class_path": "integration_tests.resume_helpers.RecordBatches",
+         "init_args": {"path": str(run / "batches.jsonl")}},
+    ]  # fmt: skip
+    if kill_at is not None:
+        callbacks.append(
+            {
+                "class_path": "integration_tests.resume_helpers.KillAtStep",
+                "init_args": {"step": kill_at},
+            }
+        )
+    run.mkdir(exist_ok=True)
+    extra = {"trainer": {"callbacks": callbacks,
+                         "plugins": [{"class_path": "illume_trainer.checkpointing.AtomicCheckpointIO"}]}}  # fmt: skip
+    (run / "extra.yaml").write_text(yaml.safe_dump(extra))
+    args = [
+        sys.executable, "-m", "illume_trainer.cli", "mllm",
+        "--config", "recipes/shapes/mllm_stage1.yaml",
+        "--config", str(run / "extra.yaml"),
+        "--model.llm", "tiny",
+        "--model.tokenizer", str(work / "tok"),
+        "--model.tokenizer_corpus", "[]",
+        "--model.vision_feature_layer", "-1",
+        "--model.output_dir", str(run / "out"),
+        "--data.train", json.dumps([str(work / "i2t"), str(work / "t2i")]),
+        "--data.val", "null",
+        "--data.batch_size", "4",
+        "--data.num_workers", "1",
+        "--trainer.max_steps", str(STEPS + 1),
+        "--trainer.val_check_interval", "null",
+        "--trainer.enable_progress_bar", "false",
+        "--trainer.logger", "false",
+        "--trainer.default_root_dir", str(run),
+        "--trainer.num_sanity_val_steps", "0",
+    ]  # fmt: skip
+    if resume:
+        args += ["--ckpt_path", str(run / "ckpt" / "last.ckpt")]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow  # two short MLLM runs and a kill
+def test_sigkill_mid_shard_then_resume_streams_the_same_batches(tmp_path):
+    from illume_tokenizer import SemanticTokenizer, TokenizerConfig, VisionEncoder
+    from illume_trainer.shards import pack_conversations
+
+    write_dataset(tmp_path / "data", 48, seed=0, n_eval=8, progress=False)
+    torch.manual_seed(0)
+    build_siglip("tiny", vocab_size=40).save_pretrained(tmp_path / "enc")
+    siglip_image_processor(32).save_pretrained(tmp_path / "enc")
+    SemanticTokenizer(
+        TokenizerConfig.from_name("tiny"), VisionEncoder.from_pretrained(tmp_path / "enc")
+    ).save_pretrained(tmp_path / "tok")
+    for name in ("i2t", "t2i"):  # shards of 10: the kill lands inside one
+        pack_conversations(tmp_path / "data" / "train" / f"{name}.json", tmp_path / name,
+                           tokenizer=tmp_path / "tok", shard_size=10, progress=False)  # fmt: skip
+
+    done = _train_mllm(tmp_path, "straight", None, resume=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    killed = _train_mllm(tmp_path, "killed", KILL_AT, resume=False)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    resumed = _train_mllm(tmp_path, "killed", None, resume=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+    io = AtomicCheckpointIO()
+    straight = io.load_checkpoint(tmp_path / "straight" / "ckpt" / "last.ckpt")
+    again = io.load_checkpoint(tmp_path / "killed" / "ckpt" / "last.ckpt")
+    assert straight["global_step"] == again["global_step"] == STEPS + 1
+    for key, value in straight["state_dict"].items():
+        assert torch.equal(value, again["state_dict"][key]), key
+
+    def batches(name):
+        rows = [json.loads(x) for x in (tmp_path / name / "batches.jsonl").read_text().splitlines()]
+        return {r["step"]: r["index"] for r in rows}
+
+    seen = batches("straight")
+    assert len(seen) == STEPS + 1 and batches("killed") == seen

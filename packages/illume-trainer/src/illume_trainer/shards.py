@@ -599,9 +599,18 @@ class ShardLoader(StatefulDataLoader):
     """A StatefulDataLoader over a ShardStream whose state resumes exactly with the same worker
     count and world size, and with any other by re-dealing what is left (module docstring)."""
 
+    #: The batches an endless stream reports as its length. Lightning fetches one batch ahead of
+    #: the step from a loader without a length (to see the end coming), so the state it saves
+    #: in a checkpoint would be one batch ahead and a resumed run would skip that batch; with a
+    #: length it fetches no further than the step. Training ends at max_steps long before this.
+    ENDLESS = 2**40
+
     def __init__(self, dataset: ShardStream, **kwargs):
         super().__init__(dataset, **kwargs)
         dataset.check_readers(self.num_workers)
+
+    def __len__(self) -> int:
+        return self.ENDLESS
 
     def load_state_dict(self, state_dict: dict) -> None:
         states = _reader_states(state_dict)
