@@ -453,3 +453,22 @@ def test_a_misspelt_config_key_is_an_error_naming_it(built, tmp_path):
     (tmp_path / "m" / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match=r"codebook_sise, text_config\.num_hidden_layerz"):
         IllumeForConditionalGeneration.from_pretrained(tmp_path / "m")
+
+
+def test_a_text_tokenizer_trained_with_its_chat_template_knows_the_role_names_whole():
+    from illume_mllm import build_text_tokenizer, chat_template_words, shipped_chat_template
+
+    words = chat_template_words(shipped_chat_template("shapes"))
+    assert words == "USER:ASSISTANT:"
+    assert chat_template_words(shipped_chat_template("vicuna")) == "USER:  ASSISTANT: "
+
+    def count(tokenizer, text):
+        return len(tokenizer.backend_tokenizer.encode(text, add_special_tokens=False).ids)
+
+    plain = build_text_tokenizer(TEXTS * 20)
+    knowing = build_text_tokenizer(TEXTS * 20, template_words=words)
+    assert count(plain, "ASSISTANT:") >= 9  # spelled out letter by letter
+    assert count(knowing, "USER:") == count(knowing, "ASSISTANT:") == 2  # the word, then ":"
+    assert knowing.decode(knowing("USER:hi ASSISTANT:", add_special_tokens=False)["input_ids"]) == (
+        "USER:hi ASSISTANT:"
+    )

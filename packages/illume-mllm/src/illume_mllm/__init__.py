@@ -29,7 +29,14 @@ from .generation import (
     prompt_batch,
 )
 from .modeling import GridEmbedding, IllumeConfig, IllumeForConditionalGeneration, grid_positions
-from .processing import IGNORE, Example, IllumeProcessor, ProcessorConfig
+from .processing import (
+    IGNORE,
+    Example,
+    IllumeProcessor,
+    ProcessorConfig,
+    chat_template_words,
+    shipped_chat_template,
+)
 from .sampling import SpeculativeJacobi, TorchImageGenerator, image_cells, image_positions
 from .vocab import MARKERS, VisionVocab, extend_tokenizer, vision_token, vocab_of
 
@@ -54,6 +61,8 @@ __all__ = [
     "build_model",
     "build_processor",
     "build_text_tokenizer",
+    "chat_template_words",
+    "shipped_chat_template",
     "build_word_tokenizer",
     "check_context",
     "check_sampling",

@@ -53,7 +53,13 @@ def build_word_tokenizer(
     trainer = trainers.WordLevelTrainer(
         vocab_size=max_vocab, special_tokens=[*SPECIAL_TOKENS, *extra_tokens]
     )
-    tokenizer.train_from_iterator(texts, trainer)
+    def corpus():
+        for text in texts:
+            yield text
+            if template_words:
+                yield template_words
+
+    tokenizer.train_from_iterator(corpus(), trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         pad_token="<pad>",
@@ -63,11 +69,17 @@ def build_word_tokenizer(
     )
 
 
-def build_text_tokenizer(texts: Iterable[str], vocab_size: int = 2048):
+def build_text_tokenizer(
+    texts: Iterable[str], vocab_size: int = 2048, template_words: str | None = None
+):
     """A byte-level BPE `PreTrainedTokenizerFast` trained on `texts` with the `tokenizers` library:
     the ShapesWorld MLLM's own tokenizer. Like an LLM's, it encodes any text and decodes it back
     exactly (case, spacing, JSON punctuation), which the model needs to write an assessment that
     parses; a word-level tokenizer would lower-case and re-space it.
+
+    template_words: what the chat template writes around messages (`chat_template_words`), counted
+    once per text, so that its role names are single tokens as in an LLM's vocabulary (never
+    seen, "ASSISTANT:" is spelled in 10 tokens, a quarter of a ShapesWorld drawing request).
 
     Ids: 0 <pad>, 1 </s>, 2 <unk>, 3 <s>, then the byte alphabet and the learned merges.
     """
@@ -83,7 +95,13 @@ def build_text_tokenizer(texts: Iterable[str], vocab_size: int = 2048):
         special_tokens=list(SPECIAL_TOKENS),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
-    tokenizer.train_from_iterator(texts, trainer)
+    def corpus():
+        for text in texts:
+            yield text
+            if template_words:
+                yield template_words
+
+    tokenizer.train_from_iterator(corpus(), trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         pad_token="<pad>",

@@ -56,6 +56,17 @@ def shipped_chat_template(name: str) -> str:
     return resources.files(__package__).joinpath(f"chat_templates/{name}.jinja").read_text()
 
 
+def chat_template_words(chat_template: str) -> str:
+    """What a chat template writes around the messages of a question and its answer (their text
+    and the special tokens left out, e.g. "USER:ASSISTANT:"): a tokenizer trained for the template
+    should know these words whole, or every conversation spends tokens spelling them."""
+    (text,), _ = render_jinja_template(
+        [[{"role": "user", "content": ""}, {"role": "assistant", "content": ""}]],
+        chat_template=chat_template, bos_token="", eos_token="", pad_token="", unk_token="",
+    )  # fmt: skip
+    return text
+
+
 @dataclass
 class ProcessorConfig(Config):
     """How conversations become token ids."""

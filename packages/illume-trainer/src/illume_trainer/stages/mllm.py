@@ -27,10 +27,13 @@ from illume_mllm import (
     IllumeConfig,
     IllumeForConditionalGeneration,
     IllumeProcessor,
+    ProcessorConfig,
     build_model,
     build_processor,
     build_text_tokenizer,
+    chat_template_words,
     check_vision_feature_layer,
+    shipped_chat_template,
 )
 from illume_tokenizer import SemanticTokenizer
 
@@ -207,7 +210,15 @@ class MLLMStage(FrozenPartsStage):
                 for conversation in read_conversations(path)
                 for _, value in conversation.turns
             ]
-            text_tokenizer = build_text_tokenizer([*self.trainer.datamodule.texts(), *extra])
+            layout = (
+                ProcessorConfig.from_name(hp.processor_preset)
+                if hp.processor_preset
+                else ProcessorConfig()
+            )
+            text_tokenizer = build_text_tokenizer(
+                [*self.trainer.datamodule.texts(), *extra],
+                template_words=chat_template_words(shipped_chat_template(layout.chat_format)),
+            )
             llm = LLM_PRESETS[hp.llm]
         else:
             from transformers import AutoTokenizer
