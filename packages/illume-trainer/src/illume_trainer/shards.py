@@ -482,23 +482,38 @@ class ShardStream(IterableDataset):
                 position -= length
         raise AssertionError("unreachable: _epochs is endless")
 
-    def draws(self, slot: int, slots: int) -> Iterator[int]:
-        """The reader's endless sequence of sources, one per sample (seeded)."""
-        if len(self.sources) == 1:
-            while True:
-                yield 0
+    DRAWS = 4096  # mixing draws are made in blocks of this many (a block is one numpy call)
+
+    def _blocks(self, slot: int, slots: int) -> Iterator[np.ndarray]:
         key = [self.seed, slot, slots, 0 if self.base is None else self.base["generation"]]
         rng = np.random.default_rng(key)
         while True:
-            yield from rng.choice(len(self.sources), size=4096, p=self.p).tolist()
+            yield rng.choice(len(self.sources), size=self.DRAWS, p=self.p)
+
+    def draws(self, slot: int, slots: int, start: int = 0) -> Iterator[int]:
+        """The reader's endless sequence of sources, one per sample (seeded), from the
+        `start`-th on."""
+        if len(self.sources) == 1:
+            while True:
+                yield 0
+        blocks = self._blocks(slot, slots)
+        for _ in range(start // self.DRAWS):
+            next(blocks)
+        first = next(blocks)[start % self.DRAWS :]
+        yield from first.tolist()
+        for block in blocks:
+            yield from block.tolist()
 
     def positions(self, yielded: int, slot: int, slots: int) -> list[int]:
         """Samples drawn from each source by a reader that has yielded `yielded` (arithmetic)."""
-        counts = [0] * len(self.sources)
-        draws = self.draws(slot, slots)
-        for _ in range(yielded):
-            counts[next(draws)] += 1
-        return counts
+        if len(self.sources) == 1:
+            return [yielded]
+        counts = np.zeros(len(self.sources), dtype=np.int64)
+        blocks = self._blocks(slot, slots)
+        for _ in range(yielded // self.DRAWS):
+            counts += np.bincount(next(blocks), minlength=len(self.sources))
+        counts += np.bincount(next(blocks)[: yielded % self.DRAWS], minlength=len(self.sources))
+        return counts.tolist()
 
     # -- iteration and state ------------------------------------------------------------------------
 
@@ -508,10 +523,7 @@ class ShardStream(IterableDataset):
         counts = self.positions(self._yielded, slot, slots)
         walks = [self.walk(s, c, slot, slots) for s, c in enumerate(counts)]
         held: dict[int, tuple[tuple[int, int], ShardReader, np.ndarray]] = {}
-        draws = self.draws(slot, slots)
-        for _ in range(self._yielded):
-            next(draws)
-        for source in draws:
+        for source in self.draws(slot, slots, start=self._yielded):
             epoch, shard, place = next(walks[source])
             if source not in held or held[source][0] != (epoch, shard):
                 info = self.sources[source].shards[shard]
