@@ -18,7 +18,9 @@ text-only entries (a Parquet source, LLaVA columns) against reading them as one 
 
 Prints a table, then one JSON object on its last line.
 
-Run: .venv/bin/python benchmarks/data_throughput.py [--samples 2000] [--entries 1000000]
+Rates are the best of three passes over the data.
+
+Run: .venv/bin/python benchmarks/data_throughput.py [--samples 4000] [--entries 1000000]
 """
 
 from __future__ import annotations
@@ -92,8 +94,13 @@ def synthetic_llava(root: Path, n: int, size: int) -> Path:
     return root / "data.json"
 
 
-def rate(loader, tokenizer, batches: int) -> float:
-    """Samples per second through a loader, output images encoded as the stage would."""
+def rate(make_loader, tokenizer, batches: int, repeats: int = 3) -> float:
+    """Samples per second through a loader (best of `repeats` fresh ones), output images encoded
+    as the stage would."""
+    return max(_rate(make_loader(), tokenizer, batches) for _ in range(repeats))
+
+
+def _rate(loader, tokenizer, batches: int) -> float:
     from illume_trainer.conversations import PackSample
 
     it = iter(loader)
@@ -134,14 +141,11 @@ def throughput(root: Path, size: int, n: int, tok_dir: Path, batch: int, workers
     )
     pack_seconds = time.perf_counter() - started
     batches = n // batch - 2
-    json_loader = make_loader(
-        ConversationDataset(read_conversations(source)),
-        collate_conversations,
-        batch,
-        True,
-        workers,
-        0,
-    )
+    conversations = read_conversations(source)
+
+    def json_loader():
+        dataset = ConversationDataset(conversations)
+        return make_loader(dataset, collate_conversations, batch, True, workers, 0)
 
     def shard_loader(path):
         return ShardLoader(
@@ -153,8 +157,8 @@ def throughput(root: Path, size: int, n: int, tok_dir: Path, batch: int, workers
 
     out = {
         "json": rate(json_loader, tokenizer, batches),
-        "shards": rate(shard_loader(root / f"{size}px-shards"), tokenizer, batches),
-        "shards+codes": rate(shard_loader(root / f"{size}px-codes"), tokenizer, batches),
+        "shards": rate(lambda: shard_loader(root / f"{size}px-shards"), tokenizer, batches),
+        "shards+codes": rate(lambda: shard_loader(root / f"{size}px-codes"), tokenizer, batches),
         "pack_with_codes_samples_per_s": n / pack_seconds,
     }
     return out
@@ -217,7 +221,7 @@ def memory_at_scale(root: Path, entries: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--samples", type=int, default=2000, help="conversations per size")
+    parser.add_argument("--samples", type=int, default=4000, help="conversations per size")
     parser.add_argument(
         "--entries", type=int, default=1_000_000, help="entries of the memory check"
     )

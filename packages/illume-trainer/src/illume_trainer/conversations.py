@@ -199,7 +199,7 @@ class ConversationSample:
     input_paths: dict[int, str]
     outputs: dict[int, str]
     output_images: dict[int, Image.Image] = field(default_factory=dict)
-    codes: dict[int, torch.Tensor] = field(default_factory=dict)
+    codes: dict[int, np.ndarray | torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass  # not frozen: Lightning rebuilds dataclasses in a batch to move it

@@ -291,8 +291,11 @@ class ShardReader:
         entry, images = self.entries[i], self.images[i]
         where = f"{self.source.root / self.info.name}, sample {entry.get('id', i)}"
         try:
+            # numpy, not torch: a loader worker hands tensors over through shared memory, one
+            # file descriptor each, which cost more than reading the shard (36 px: 2,619 against
+            # 3,319 samples/s without codes); numpy arrays travel inside the pickle
             codes = [
-                None if c is None else torch.tensor(c, dtype=torch.long)
+                None if c is None else np.asarray(c, dtype=np.int64)
                 for c in entry.get("codes") or [None] * len(images)
             ]
             loaded: dict[int, object] = {}

@@ -81,7 +81,8 @@ class ConversationTransform:
     def _output_codes(self, sample: ConversationSample) -> dict[int, torch.Tensor]:
         """Each output image's codes: packed with it (shards), else from its path or its loaded
         image through the tokenizer."""
-        out = dict(sample.codes)  # by placeholder index; an input's are never looked up here
+        # by placeholder index (an input's are never looked up here); packed ones come as numpy
+        out = {k: torch.as_tensor(c) for k, c in sample.codes.items()}
         paths = {k: p for k, p in sample.outputs.items() if k not in out}
         out |= dict(zip(paths, self.codes_of(list(paths.values())), strict=True))
         images = {k: i for k, i in sample.output_images.items() if k not in out}
@@ -93,7 +94,7 @@ class ConversationTransform:
         out = []
         for k in sorted(sample.inputs):
             if k in sample.codes:
-                out.append(sample.codes[k])
+                out.append(torch.as_tensor(sample.codes[k]))
             elif k in sample.input_paths:
                 out += self.codes_of([sample.input_paths[k]])
             else:
