@@ -130,7 +130,8 @@ def throughput(root: Path, size: int, n: int, tok_dir: Path, batch: int, workers
         read_conversations,
     )
     from illume_trainer.data import make_loader
-    from illume_trainer.shards import ShardLoader, ShardStream, pack_conversations
+    from illume_trainer.packing import pack_conversations
+    from illume_trainer.shards import ShardLoader, ShardStream
 
     tokenizer = SemanticTokenizer.from_pretrained(tok_dir).eval()
     source = synthetic_llava(root / f"{size}px", n, size)

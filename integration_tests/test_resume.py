@@ -182,7 +182,7 @@ def _train_mllm(work: Path, name: str, kill_at: int | None, resume: bool):
 @pytest.mark.slow  # two short MLLM runs and a kill
 def test_sigkill_mid_shard_then_resume_streams_the_same_batches(tmp_path):
     from illume_tokenizer import SemanticTokenizer, TokenizerConfig, VisionEncoder
-    from illume_trainer.shards import pack_conversations
+    from illume_trainer.packing import pack_conversations
 
     write_dataset(tmp_path / "data", 48, seed=0, n_eval=8, progress=False)
     torch.manual_seed(0)

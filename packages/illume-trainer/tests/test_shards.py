@@ -13,6 +13,7 @@ from PIL import Image
 from illume_trainer.conversations import BadSample, ConversationSample, collate_conversations
 from illume_trainer.data import ManifestError
 from illume_trainer.guards import BadSampleGuard, TooManyBadSamples
+from illume_trainer.packing import pack_conversations
 from illume_trainer.shards import (
     MANIFEST,
     PARTIAL,
@@ -20,7 +21,6 @@ from illume_trainer.shards import (
     ShardSource,
     ShardStream,
     StaleCodesError,
-    pack_conversations,
     tokenizer_fingerprint,
 )
 
@@ -102,9 +102,9 @@ def test_pack_writes_shards_and_a_manifest_and_skips_bad_images(packed):
 
 def test_pack_resumes_at_the_first_unwritten_shard(tmp_path, monkeypatch):
     source = _llava(tmp_path, 20)
-    from illume_trainer import shards
+    from illume_trainer import packing
 
-    real, calls = shards._tar_bytes, []
+    real, calls = packing._tar_bytes, []
 
     def failing(samples):
         calls.append(len(samples))
@@ -112,14 +112,14 @@ def test_pack_resumes_at_the_first_unwritten_shard(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(samples)
 
-    monkeypatch.setattr(shards, "_tar_bytes", failing)
+    monkeypatch.setattr(packing, "_tar_bytes", failing)
     with pytest.raises(KeyboardInterrupt):
         pack_conversations(source, tmp_path / "out", shard_size=6, progress=False)
     assert (tmp_path / "out" / PARTIAL).is_file() and not (tmp_path / "out" / MANIFEST).exists()
     with pytest.raises(ManifestError, match="did not finish"):
         ShardSource.open(tmp_path / "out")
     first = (tmp_path / "out" / "shard-000000.tar").read_bytes()
-    monkeypatch.setattr(shards, "_tar_bytes", real)
+    monkeypatch.setattr(packing, "_tar_bytes", real)
     manifest = pack_conversations(source, tmp_path / "out", shard_size=6, progress=False)
     assert manifest["samples"] == 20 and len(manifest["shards"]) == 4
     assert (tmp_path / "out" / "shard-000000.tar").read_bytes() == first  # not written again

@@ -66,7 +66,9 @@ def test_data_pack_writes_shards_a_stage_can_stream(tmp_path, capsys):
     capsys.readouterr()
     qa = str(tmp_path / "data" / "train" / "qa.json")
     out = str(tmp_path / "packed")
-    assert illume_main(["data", "pack", qa, "--out", out, "--shard-size", "4", "--pack-by-image"]) == 0
+    assert (
+        illume_main(["data", "pack", qa, "--out", out, "--shard-size", "4", "--pack-by-image"]) == 0
+    )
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     # one sample per image: its questions packed together
     assert summary["samples"] == 20 and summary["shards"] == 5 and not summary["codes"]
@@ -75,4 +77,6 @@ def test_data_pack_writes_shards_a_stage_can_stream(tmp_path, capsys):
     with pytest.raises(SystemExit) as bad:
         illume_main(["data", "pack", qa, "--out", str(tmp_path / "x"), "--shard-size", "0"])
     assert bad.value.code == 2
-    assert capsys.readouterr().err.strip() == "illume: error: --shard-size must be at least 1, got 0"
+    assert (
+        capsys.readouterr().err.strip() == "illume: error: --shard-size must be at least 1, got 0"
+    )

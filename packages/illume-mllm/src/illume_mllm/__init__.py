@@ -61,9 +61,8 @@ __all__ = [
     "build_model",
     "build_processor",
     "build_text_tokenizer",
-    "chat_template_words",
-    "shipped_chat_template",
     "build_word_tokenizer",
+    "chat_template_words",
     "check_context",
     "check_sampling",
     "check_vision_feature_layer",
@@ -77,6 +76,7 @@ __all__ = [
     "image_cells",
     "image_positions",
     "prompt_batch",
+    "shipped_chat_template",
     "vision_token",
     "vocab_of",
 ]

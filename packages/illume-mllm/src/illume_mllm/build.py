@@ -53,13 +53,7 @@ def build_word_tokenizer(
     trainer = trainers.WordLevelTrainer(
         vocab_size=max_vocab, special_tokens=[*SPECIAL_TOKENS, *extra_tokens]
     )
-    def corpus():
-        for text in texts:
-            yield text
-            if template_words:
-                yield template_words
-
-    tokenizer.train_from_iterator(corpus(), trainer)
+    tokenizer.train_from_iterator(texts, trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         pad_token="<pad>",
@@ -95,6 +89,7 @@ def build_text_tokenizer(
         special_tokens=list(SPECIAL_TOKENS),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
+
     def corpus():
         for text in texts:
             yield text

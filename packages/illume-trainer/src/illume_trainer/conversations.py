@@ -19,12 +19,11 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
 import numpy as np
-import torch
 from PIL import Image
 from torch.utils.data import Dataset
 from torchdata.stateful_dataloader import StatefulDataLoader
@@ -40,9 +39,7 @@ from illume_core import (
 )
 
 from .data import ManifestError, make_loader
-
-IMAGE = "<image>"
-ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
+from .samples import IMAGE, ROLES, BadSample, ConversationSample, PackSample, Sample
 
 
 @dataclass(frozen=True)
@@ -182,46 +179,6 @@ def read_conversations(
             raise ManifestError(f"{where}: {err}") from None
         out.append(Conversation(str(entry.get("id", number)), tuple(turns), resolved))
     return out
-
-
-@dataclass  # not frozen: Lightning rebuilds dataclasses in a batch to move it
-class ConversationSample:
-    """One conversation as `ConversationDataset` yields it: its turns with `<image>` placeholders,
-    its input images (loaded) with their paths, and its output images' paths, each by the index of
-    its placeholder in the conversation. From shards (illume_trainer.shards) there are no paths:
-    an output image comes as its precomputed `codes`, or loaded in `output_images` to be
-    encoded; `codes` may hold an input image's codes too (an edit's source)."""
-
-    id: str
-    index: int
-    turns: tuple[tuple[str, str], ...]
-    inputs: dict[int, Image.Image]
-    input_paths: dict[int, str]
-    outputs: dict[int, str]
-    output_images: dict[int, Image.Image] = field(default_factory=dict)
-    codes: dict[int, np.ndarray | torch.Tensor] = field(default_factory=dict)
-
-
-@dataclass  # not frozen: Lightning rebuilds dataclasses in a batch to move it
-class PackSample:
-    """A `Pack`'s conversations, their shared images loaded once."""
-
-    id: str
-    index: int
-    samples: tuple[ConversationSample, ...]
-
-
-@dataclass  # not frozen: Lightning rebuilds dataclasses in a batch to move it
-class BadSample:
-    """An entry whose images cannot be loaded: skipped and counted (illume_trainer.guards).
-    `whole_shard`: its shard could not be read at all (illume_trainer.shards)."""
-
-    index: int
-    error: str
-    whole_shard: bool = False
-
-
-Sample = ConversationSample | PackSample | BadSample
 
 
 class ConversationDataset(Dataset):

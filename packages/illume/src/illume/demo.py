@@ -70,7 +70,7 @@ def train(
             record(stage.name, start)
             continue
         if stage.stage == "pack":  # data for later stages, not a training run
-            from illume_trainer.shards import pack_recipe
+            from illume_trainer.packing import pack_recipe
 
             pack_recipe(chain.recipe(stage.name), progress=progress)
             record(stage.name, start)

@@ -1,5 +1,5 @@
 """`illume data pack`: a LLaVA-style conversation file and its images as streamable shards, each
-image's tokenizer codes precomputed (illume_trainer.shards)."""
+image's tokenizer codes precomputed (illume_trainer.packing; read by illume_trainer.shards)."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def _pack(args: argparse.Namespace) -> int:
         raise UsageError(
             f"--tokenizer {args.tokenizer}: not a saved vision tokenizer (no config.json)"
         )
-    from illume_trainer.shards import pack_conversations
+    from illume_trainer.packing import pack_conversations
 
     manifest = pack_conversations(
         args.source,
