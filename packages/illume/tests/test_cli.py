@@ -80,3 +80,30 @@ def test_data_pack_writes_shards_a_stage_can_stream(tmp_path, capsys):
     assert (
         capsys.readouterr().err.strip() == "illume: error: --shard-size must be at least 1, got 0"
     )
+
+
+def test_data_pack_turns_a_captions_file_into_conversations_both_ways(tmp_path, capsys):
+    from illume_trainer.shards import ShardStream
+
+    illume_main(["shapes", "make", "--out", str(tmp_path / "data"), "--n", "12", "--n-eval", "4"])
+    captions = str(tmp_path / "data" / "train" / "captions.jsonl")
+    first = json.loads((tmp_path / "data" / "train" / "captions.jsonl").read_text().splitlines()[0])
+    for task in ("i2t", "t2i"):
+        out = str(tmp_path / task)
+        assert illume_main(["data", "pack", captions, "--out", out, "--captions", task]) == 0
+        assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["samples"] == 12
+        stream = iter(ShardStream([out]))
+        samples = {s.id: s for s in (next(stream) for _ in range(12))}
+        sample = samples["captions-1"]
+        if task == "i2t":
+            assert sample.turns == (
+                ("user", "<image>\nWhat does the image show?"),
+                ("assistant", first["text"]),
+            )
+            assert 0 in sample.inputs
+        else:
+            assert sample.turns == (
+                ("user", f"Generate an image of {first['text']}."),
+                ("assistant", "<image>"),
+            )
+            assert 0 in sample.output_images

@@ -22,7 +22,7 @@ from illume_core import (
     read_json,
 )
 
-from .conversations import Pack, read_conversations
+from .conversations import Conversation, Pack, read_conversations
 from .conversations import pack_by_image as group_by_image
 from .data import ManifestError
 from .shards import FORMAT, KINDS, MANIFEST, PARTIAL, tokenizer_fingerprint
@@ -38,9 +38,13 @@ def pack_conversations(
     limits: ImageLimits | None = None,
     progress: bool = True,
     batch_size: int = 64,
+    captions_as: str | None = None,
+    prompt: str | None = None,
 ) -> dict:
     """Packs a LLaVA-style conversation file and its images into shards of `shard_size` entries
-    (`illume data pack`). With `tokenizer` (a saved vision tokenizer) every image's codes are
+    (`illume data pack`); or, with `captions_as` ("i2t" or "t2i"), a captions JSONL
+    (`{"image", "text"}` lines, illume_trainer.data.read_captions) whose pairs become captioning
+    or drawing-request conversations (`captions_conversations`; `prompt`: their instruction). With `tokenizer` (a saved vision tokenizer) every image's codes are
     stored and the tokenizer's fingerprint recorded, so a stage with another tokenizer refuses
     them. Entries whose images cannot be read are skipped and counted. Each shard is written to a
     temporary file and renamed, and recorded in manifest.partial.json, so an interrupted run
@@ -60,10 +64,15 @@ def pack_conversations(
             f"{out} exists and holds files that are not an unfinished pack: choose an empty --out"
         )
     out.mkdir(parents=True, exist_ok=True)
-    conversations = read_conversations(source)
+    if captions_as is not None:
+        conversations = captions_conversations(source, captions_as, prompt)
+    else:
+        conversations = read_conversations(source)
     entries = group_by_image(conversations) if pack_by_image else conversations
     settings = {
         "source": str(Path(source).resolve()),
+        "captions_as": captions_as,
+        "prompt": prompt,
         "shard_size": shard_size,
         "kind": kind,
         "pack_by_image": pack_by_image,
@@ -126,6 +135,35 @@ def pack_conversations(
     atomic_write_json(out / MANIFEST, manifest)
     (out / PARTIAL).unlink()
     return manifest
+
+
+#: The instruction of a caption packed as a conversation, by direction (ShapesWorld's phrasing).
+CAPTION_PROMPTS = {"i2t": "What does the image show?", "t2i": "Generate an image of {caption}."}
+
+
+def captions_conversations(
+    path: str | os.PathLike, captions_as: str, prompt: str | None = None
+) -> list[Conversation]:
+    """A captions JSONL's image-text pairs as conversations, the paper's alignment data in both
+    directions: "i2t" asks about the image and answers with the caption, "t2i" asks for the
+    caption drawn (`prompt` with `{caption}`) and answers with the image."""
+    from .data import read_captions
+
+    if captions_as not in CAPTION_PROMPTS:
+        raise ValueError(
+            f"captions_as must be one of {sorted(CAPTION_PROMPTS)}, got {captions_as!r}"
+        )
+    prompt = prompt or CAPTION_PROMPTS[captions_as]
+    if captions_as == "t2i" and "{caption}" not in prompt:
+        raise ValueError(f"a t2i prompt needs a {{caption}} placeholder, got {prompt!r}")
+    out = []
+    for number, record in enumerate(read_captions(path), 1):
+        if captions_as == "i2t":
+            turns = (("user", f"<image>\n{prompt}"), ("assistant", record.text))
+        else:
+            turns = (("user", prompt.replace("{caption}", record.text)), ("assistant", "<image>"))
+        out.append(Conversation(f"{Path(path).stem}-{number}", turns, (record.image,)))
+    return out
 
 
 def _progress(total: int, done: int, enabled: bool):

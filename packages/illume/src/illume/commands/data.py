@@ -21,7 +21,9 @@ def register(commands: argparse._SubParsersAction) -> None:
         "at the first unwritten shard when run again. Train from the folder by listing it in a "
         "recipe's data.train in place of the file.",
     )
-    pack.add_argument("source", help="a LLaVA-style conversation file (.json or .jsonl)")
+    pack.add_argument(
+        "source", help="a LLaVA-style conversation file (.json or .jsonl), or a captions JSONL"
+    )
     pack.add_argument("--out", required=True, help="an empty folder (or an unfinished pack's)")
     pack.add_argument("--tokenizer", help="a saved vision tokenizer: store every image's codes")
     pack.add_argument("--shard-size", type=int, default=1000, help="entries per shard")
@@ -30,6 +32,17 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--pack-by-image",
         action="store_true",
         help="questions about the same images as one sample (trained as one masked sequence)",
+    )
+    pack.add_argument(
+        "--captions",
+        choices=("i2t", "t2i"),
+        help='SOURCE is a captions JSONL ({"image", "text"} lines): pack each pair as a captioning '
+        "(i2t) or a drawing-request (t2i) conversation",
+    )
+    pack.add_argument(
+        "--prompt",
+        help="with --captions: the instruction (t2i: with {caption}); default: ShapesWorld's "
+        '"What does the image show?" / "Generate an image of {caption}."',
     )
     pack.set_defaults(handler=_pack)
 
@@ -47,6 +60,10 @@ def _pack(args: argparse.Namespace) -> int:
         raise UsageError(
             f"--tokenizer {args.tokenizer}: not a saved vision tokenizer (no config.json)"
         )
+    if args.prompt and not args.captions:
+        raise UsageError("--prompt is the instruction of packed captions: give --captions i2t|t2i")
+    if args.captions == "t2i" and args.prompt and "{caption}" not in args.prompt:
+        raise UsageError(f"--prompt for t2i needs a {{caption}} placeholder, got {args.prompt!r}")
     from illume_trainer.packing import pack_conversations
 
     manifest = pack_conversations(
@@ -56,6 +73,8 @@ def _pack(args: argparse.Namespace) -> int:
         shard_size=args.shard_size,
         kind=args.format,
         pack_by_image=args.pack_by_image,
+        captions_as=args.captions,
+        prompt=args.prompt,
     )
     summary = {k: manifest[k] for k in ("samples", "skipped", "bytes")}
     summary["shards"] = len(manifest["shards"])
