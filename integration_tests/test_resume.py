@@ -92,6 +92,31 @@ def _train(work: Path, name: str, kill_at: int | None, resume: bool) -> subproce
     return subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
 
 
+def _batches(work: Path, name: str) -> dict:
+    """{step: what its batch held}, as RecordBatches wrote it (a resumed step overwrites)."""
+    rows = [json.loads(x) for x in (work / name / "batches.jsonl").read_text().splitlines()]
+    return {r["step"]: r["index"] for r in rows}
+
+
+def _kill_and_resume(work: Path, train) -> tuple[dict, dict]:
+    """Trains straight through, then killed at KILL_AT and resumed from `last`; checks that both
+    end at the same step with the same weights and returns their last checkpoints."""
+    done = train(work, "straight", None, resume=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    killed = train(work, "killed", KILL_AT, resume=False)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    resumed = train(work, "killed", None, resume=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    # Step STEPS + 1 ran in both: compare the state after STEPS steps and the batch of step STEPS.
+    io = AtomicCheckpointIO()
+    straight = io.load_checkpoint(work / "straight" / "ckpt" / "last.ckpt")
+    again = io.load_checkpoint(work / "killed" / "ckpt" / "last.ckpt")
+    assert straight["global_step"] == again["global_step"] == STEPS + 1
+    for key, value in straight["state_dict"].items():
+        assert torch.equal(value, again["state_dict"][key]), key
+    return straight, again
+
+
 @pytest.mark.slow  # two training runs and a kill: ~13 s
 def test_sigkill_mid_epoch_then_resume_matches_the_uninterrupted_run(tmp_path):
     write_dataset(tmp_path / "data", 48, seed=0, n_eval=8, progress=False)
@@ -99,34 +124,15 @@ def test_sigkill_mid_epoch_then_resume_matches_the_uninterrupted_run(tmp_path):
     build_siglip("tiny", vocab_size=40).save_pretrained(tmp_path / "enc")
     siglip_image_processor(32).save_pretrained(tmp_path / "enc")
 
-    done = _train(tmp_path, "straight", None, resume=False)
-    assert done.returncode == 0, done.stderr[-3000:]
-    killed = _train(tmp_path, "killed", KILL_AT, resume=False)
-    assert killed.returncode == -9, killed.stderr[-3000:]
-    resumed = _train(tmp_path, "killed", None, resume=True)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-
-    # Step STEPS + 1 ran in both: compare the state after STEPS steps and the batch of step STEPS.
-    io = AtomicCheckpointIO()
-    straight = io.load_checkpoint(tmp_path / "straight" / "ckpt" / "last.ckpt")
-    again = io.load_checkpoint(tmp_path / "killed" / "ckpt" / "last.ckpt")
-    assert straight["global_step"] == again["global_step"] == STEPS + 1
-    for key, value in straight["state_dict"].items():
-        assert torch.equal(value, again["state_dict"][key]), key
+    straight, again = _kill_and_resume(tmp_path, _train)
     for a, b in zip(
         straight["optimizer_states"][0]["state"].values(),
         again["optimizer_states"][0]["state"].values(),
     ):
         for name in a:
             assert torch.equal(torch.as_tensor(a[name]), torch.as_tensor(b[name])), name
-
-    def batches(name):
-        rows = [json.loads(x) for x in (tmp_path / name / "batches.jsonl").read_text().splitlines()]
-        return {r["step"]: r["index"] for r in rows}
-
-    assert batches("straight") == batches(
-        "killed"
-    )  # every step, the killed one included, saw the same ids
+    # every step, the killed one included, saw the same ids
+    assert _batches(tmp_path, "straight") == _batches(tmp_path, "killed")
 
 
 def _train_mllm(work: Path, name: str, kill_at: int | None, resume: bool):
@@ -195,23 +201,6 @@ def test_sigkill_mid_shard_then_resume_streams_the_same_batches(tmp_path):
         pack_conversations(tmp_path / "data" / "train" / f"{name}.json", tmp_path / name,
                            tokenizer=tmp_path / "tok", shard_size=10, progress=False)  # fmt: skip
 
-    done = _train_mllm(tmp_path, "straight", None, resume=False)
-    assert done.returncode == 0, done.stderr[-3000:]
-    killed = _train_mllm(tmp_path, "killed", KILL_AT, resume=False)
-    assert killed.returncode == -9, killed.stderr[-3000:]
-    resumed = _train_mllm(tmp_path, "killed", None, resume=True)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-
-    io = AtomicCheckpointIO()
-    straight = io.load_checkpoint(tmp_path / "straight" / "ckpt" / "last.ckpt")
-    again = io.load_checkpoint(tmp_path / "killed" / "ckpt" / "last.ckpt")
-    assert straight["global_step"] == again["global_step"] == STEPS + 1
-    for key, value in straight["state_dict"].items():
-        assert torch.equal(value, again["state_dict"][key]), key
-
-    def batches(name):
-        rows = [json.loads(x) for x in (tmp_path / name / "batches.jsonl").read_text().splitlines()]
-        return {r["step"]: r["index"] for r in rows}
-
-    seen = batches("straight")
-    assert len(seen) == STEPS + 1 and batches("killed") == seen
+    _kill_and_resume(tmp_path, _train_mllm)
+    seen = _batches(tmp_path, "straight")
+    assert len(seen) == STEPS + 1 and _batches(tmp_path, "killed") == seen
