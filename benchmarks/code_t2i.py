@@ -70,7 +70,8 @@ def main() -> None:
     os.chdir(args.workdir)
     from illume.pipeline import IllumePipeline, SamplingConfig
     from illume_eval.metrics import macro_interval, wilson_interval
-    from illume_eval.shapes.prompts import PromptSpec, check_spec
+    from illume_eval.shapes.evaluation import t2i_prompts
+    from illume_eval.shapes.prompts import check_spec
     from illume_eval.shapes.splits import UNSEEN_TAGS
 
     data = Path("data/shapes")
@@ -82,11 +83,7 @@ def main() -> None:
     if grid != (3, 3):
         raise SystemExit(f"code-level scoring needs one code per cell (3x3 codes), not {grid}")
     contents = code_contents(pipe, data)
-    specs = [
-        PromptSpec.from_geneval(json.loads(line))
-        for line in (data / "validation" / "geneval_metadata.jsonl").read_text().splitlines()
-    ]
-    specs = [s for s in specs if s.tag in UNSEEN_TAGS]
+    specs = [spec for _, spec in t2i_prompts(data / "validation", tags=UNSEEN_TAGS)]
     generator = torch.Generator().manual_seed(args.seed)
     verdicts: dict[str, list[bool]] = collections.defaultdict(list)
     for start in range(0, len(specs), 16):

@@ -387,7 +387,6 @@ class ShardStream(IterableDataset):
         weights = list(weights) if weights is not None else [1.0] * len(self.sources)
         if len(weights) != len(self.sources) or any(w < 0 for w in weights) or sum(weights) == 0:
             raise ValueError(f"need one weight >= 0 per source, some > 0; got {weights}")
-        self.weights = weights
         mass = np.array([w * s.samples for w, s in zip(weights, self.sources, strict=True)])
         self.p = mass / mass.sum()
         self.seed = seed
@@ -560,7 +559,7 @@ class ShardStream(IterableDataset):
                 f"{state.get('world')} process(es), here worker {slot % workers} of {workers} in "
                 f"{self.world}: resume through ShardLoader, which re-deals the rest"
             )
-        self.base = _int_keys(state.get("base"))
+        self.base = state.get("base")
         self._resume_at = int(state["yielded"])
 
     # -- another layout -----------------------------------------------------------------------------
@@ -570,7 +569,7 @@ class ShardStream(IterableDataset):
         every rank) of `old_world` processes over `old_base`. Records what each old reader had
         consumed in each epoch; the new readers deal out the rest (every sample of an epoch once,
         none twice) with fresh mixing draws."""
-        self.base = _int_keys(old_base)
+        self.base = old_base
         old_slots = old_world * len(yielded)
         start: dict[int, int] = {}
         consumed: dict[int, dict[int, dict[int, int]]] = {s: {} for s in range(len(self.sources))}
@@ -589,22 +588,6 @@ class ShardStream(IterableDataset):
         generation = (self.base or {}).get("generation", 0) + 1
         self._resume_at = 0
         self.base = {"start": start, "consumed": consumed, "generation": generation}
-
-
-def _int_keys(base: dict | None) -> dict | None:
-    """A rebase record with integer keys again (a checkpoint may have stringified them)."""
-    if base is None:
-        return None
-    return {
-        "start": {int(s): int(e) for s, e in base["start"].items()},
-        "consumed": {
-            int(s): {
-                int(e): {int(k): int(v) for k, v in shards.items()} for e, shards in epochs.items()
-            }
-            for s, epochs in base["consumed"].items()
-        },
-        "generation": int(base["generation"]),
-    }
 
 
 class ShardLoader(StatefulDataLoader):
@@ -631,8 +614,7 @@ class ShardLoader(StatefulDataLoader):
         first = states[0]
         workers = max(self.num_workers, 1)
         same = len(states) == workers and first["world"] == self.dataset.world
-        if same:
-            self.dataset.base = _int_keys(first["base"])
+        if same:  # each reader restores its own count and rebase record
             return super().load_state_dict(state_dict)
         warnings.warn(
             f"resuming a stream read by {first['world']} process(es) x {len(states)} worker(s) "

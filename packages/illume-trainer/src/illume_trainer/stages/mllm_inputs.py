@@ -44,15 +44,11 @@ class ConversationTransform:
         self.p_uncond, self.rng, self.pack = p_uncond, rng, pack
         self._codes: dict[str, torch.Tensor] = {}  # the tokenizer is frozen: a path's codes stay
 
-    @torch.no_grad()
     def codes_of(self, paths: Sequence[str]) -> list[torch.Tensor]:
         """The vision tokenizer's codes [h, w] of images, by path (cached)."""
         todo = [p for p in dict.fromkeys(paths) if p not in self._codes]
         if todo:
-            tokenizer = self.vision_tokenizer
-            device = next(tokenizer.parameters()).device
-            pixels = tokenizer.preprocess([load_image(p) for p in todo]).to(device)
-            codes = tokenizer.encode(pixels).codes.cpu()
+            codes = self.encode([load_image(p) for p in todo])
             self._codes.update(zip(todo, codes, strict=True))
         return [self._codes[p] for p in paths]
 
