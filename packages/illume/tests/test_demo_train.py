@@ -200,3 +200,35 @@ def test_the_language_model_chain_copies_the_shipped_llm_and_stage_1_builds_on_i
     assert (copied / "config.json").is_file() and (
         tmp_path / "runs/shapes/language_model/lightning_logs"
     ).is_dir()
+
+
+def test_a_background_stage_must_not_feed_a_later_stage():
+    smoke = Chain.load("smoke")
+    # the detokenizer's output is read by no later stage: it may train beside them
+    smoke.check_background()
+    assert smoke.stage("detokenizer").background
+    # every MLLM stage reads the tokenizer: it may not
+    stages = tuple(s.model_copy(update={"background": s.name == "tokenizer"}) for s in smoke.stages)
+    with pytest.raises(ValueError, match=r"'detokenizer' reads runs/shapes/tokenizer/final"):
+        smoke.model_copy(update={"stages": stages}).check_background()
+    stages = tuple(s.model_copy(update={"background": s.name == "encoder"}) for s in smoke.stages)
+    with pytest.raises(ValueError, match="only a trained stage"):
+        smoke.model_copy(update={"stages": stages}).check_background()
+
+
+def test_a_background_stage_that_fails_stops_the_chain_naming_its_log(tmp_path, monkeypatch):
+    """The detokenizer trains in a child process; its failure is one error that names the stage
+    and its log, raised once the stages beside it are done, and the rerun can resume it."""
+    monkeypatch.chdir(tmp_path)
+    ensure_dataset("data/shapes", 300, seed=0, n_eval=16, progress=False)
+    smoke = Chain.load("smoke").without_self_enhance()
+    for name in ("tokenizer", *smoke.stage_names[3:]):  # present: finished
+        os.makedirs(smoke.output(name))
+    with pytest.raises(RuntimeError, match=r"stage detokenizer failed in the background") as err:
+        train(smoke, progress=False, extra_args={"detokenizer": ["--model.lr", "not-a-rate"]})
+    log = tmp_path / "runs/shapes/detokenizer/train.log"
+    assert str(log.relative_to(tmp_path)) in str(err.value) and "run the demo again" in str(
+        err.value
+    )
+    assert "not-a-rate" in log.read_text()
+    assert not (tmp_path / smoke.output("detokenizer")).exists()

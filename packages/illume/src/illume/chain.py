@@ -87,6 +87,11 @@ class ChainStage(_Strict):
     overrides: dict[str, Any] = Field(default_factory=dict)
     """Recipe fields replaced, nested as in the recipe (`{model: {lr: 5.0e-4}}`); given to the stage
     as a second config after the recipe."""
+    background: bool = False
+    """Train it in a process of its own beside the stages after it, each with half the CPU threads
+    (`illume.demo.train`), when no later stage reads its output: on 2 cores the small MLLM trains
+    as fast on one thread as on two, so a detokenizer beside it costs the chain about a tenth of
+    the MLLM stages' time instead of its own (benchmarks/RESULTS.md)."""
 
 
 class ChainSelfEnhance(_Strict):
@@ -204,6 +209,25 @@ class Chain(_Strict):
         )
         return self.model_copy(update={"stages": stages})
 
+    def check_background(self) -> None:
+        """A ValueError where a later stage's recipe (overrides included) reads what a background
+        stage writes: it would start before that output exists."""
+        for i, stage in enumerate(self.stages):
+            if not stage.background:
+                continue
+            if stage.foundation is not None or stage.stage == "pack":
+                raise ValueError(
+                    f"stage {stage.name!r}: only a trained stage can run in the background"
+                )
+            output = self.output(stage.name)
+            for later in self.stages[i + 1 :]:
+                if later.foundation is None and _mentions(self.recipe(later.name), output):
+                    raise ValueError(
+                        f"stage {later.name!r} reads {output}, which {stage.name!r} writes in the "
+                        f"background, so it would start before that exists: drop `background: true` "
+                        f"from {stage.name!r}"
+                    )
+
     def without_self_enhance(self) -> Chain:
         return self.model_copy(update={"self_enhance": None})
 
@@ -253,6 +277,18 @@ class Chain(_Strict):
     def settings(self) -> dict:
         """What metrics.json records: the file, its hash and the settings as run."""
         return {"file": self.source, "sha256": self.sha256, **self.model_dump()}
+
+
+def _mentions(values: Any, path: str) -> bool:
+    """Whether any string in a recipe (nested mappings and lists) is `path` or lies under it."""
+    if isinstance(values, dict):
+        return any(_mentions(v, path) for v in values.values())
+    if isinstance(values, (list, tuple)):
+        return any(_mentions(v, path) for v in values)
+    if isinstance(values, str):
+        target = Path(path)
+        return Path(values) == target or target in Path(values).parents
+    return False
 
 
 def merge(base: dict, overrides: dict) -> dict:

@@ -40,6 +40,11 @@ def train(
     stage, of this run and of earlier ones (kept in `runs/train_seconds.json`: a resumed or skipped
     stage still reports what it took; an interrupted stage adds up its parts).
 
+    A stage marked `background` trains in a process of its own (its log beside its checkpoints)
+    while the next stages train here, the CPU threads split between them; the chain waits for it
+    before self-enhancement and before returning. Interrupted, it stops with the chain and resumes
+    from its last checkpoint on the next run, as any stage does.
+
     extra_args: more LightningCLI arguments for a stage, by name, after the recipe and the chain's
     overrides (they win): quick explorations, e.g. `{"mllm_stage3": ["--model.lr", "5e-4"]}`; a
     setting that produces a published figure belongs in a chain file.
@@ -50,54 +55,72 @@ def train(
         raise ValueError(
             f"extra_args for unknown stage(s) {sorted(unknown)}; stages: {', '.join(chain.stage_names)}"
         )
+    chain.check_background()
     from illume_trainer.cli import run_stage
 
     ledger = Path(SECONDS)
     seconds = read_json(ledger) if ledger.is_file() else {}
 
-    def record(name: str, start: float) -> None:
-        seconds[name] = round(seconds.get(name, 0.0) + time.perf_counter() - start, 1)
+    def record(name: str, elapsed: float) -> None:
+        seconds[name] = round(seconds.get(name, 0.0) + elapsed, 1)
         ledger.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(ledger, seconds)
 
-    for stage in chain.stages:
-        output = Path(chain.output(stage.name))
-        if output.is_dir():  # written atomically: present means finished
-            continue
-        start = time.perf_counter()
-        if stage.foundation is not None:
-            install_foundation(stage.foundation, output)
-            record(stage.name, start)
-            continue
-        if stage.stage == "pack":  # data for later stages, not a training run
-            from illume_trainer.packing import pack_recipe
+    background: list[BackgroundStage] = []
+    try:
+        for stage in chain.stages:
+            output = Path(chain.output(stage.name))
+            if output.is_dir():  # written atomically: present means finished
+                continue
+            start = time.perf_counter()
+            if stage.foundation is not None:
+                install_foundation(stage.foundation, output)
+                record(stage.name, time.perf_counter() - start)
+                continue
+            if stage.stage == "pack":  # data for later stages, not a training run
+                from illume_trainer.packing import pack_recipe
 
-            pack_recipe(chain.recipe(stage.name), progress=progress)
-            record(stage.name, start)
-            continue
-        if stage.stage == "language_model":  # text only: the split's conversations in words
-            from illume_eval.shapes.language import ensure_language_corpus
+                pack_recipe(chain.recipe(stage.name), progress=progress)
+                record(stage.name, time.perf_counter() - start)
+                continue
+            if stage.stage == "language_model":  # text only: the split's conversations in words
+                from illume_eval.shapes.language import ensure_language_corpus
 
-            ensure_language_corpus(DATA)
-        steps = chain.steps(stage.name)
-        run = {
-            "trainer": {
-                "max_steps": steps,
-                "enable_progress_bar": progress,
-                "val_check_interval": max(1, steps // 2),
-                "log_every_n_steps": max(1, min(20, steps // 10)),
+                ensure_language_corpus(DATA)
+            steps = chain.steps(stage.name)
+            run = {
+                "trainer": {
+                    "max_steps": steps,
+                    "enable_progress_bar": progress and not stage.background,
+                    "val_check_interval": max(1, steps // 2),
+                    "log_every_n_steps": max(1, min(20, steps // 10)),
+                }
             }
-        }
-        # the chain's recipe overrides and this run's settings, one config merged over the recipe
-        args = ["--config", stage.recipe, "--config", json.dumps(merge(stage.overrides, run))]
-        last = output.parent / "checkpoints" / "last.ckpt"
-        if last.is_file():
-            args += ["--ckpt_path", str(last)]
-        args += list(extra_args.get(stage.name, ()))
-        try:
-            run_stage(stage.stage, args)
-        finally:
-            record(stage.name, start)
+            # the chain's recipe overrides and this run's settings, one config merged over the recipe
+            args = ["--config", stage.recipe, "--config", json.dumps(merge(stage.overrides, run))]
+            last = output.parent / "checkpoints" / "last.ckpt"
+            if last.is_file():
+                args += ["--ckpt_path", str(last)]
+            args += list(extra_args.get(stage.name, ()))
+            if stage.background:
+                background.append(
+                    BackgroundStage.start(stage.name, stage.stage, args, output.parent)
+                )
+                continue
+            for job in background:
+                job.raise_if_failed()
+            _share_threads(background)
+            try:
+                run_stage(stage.stage, args)
+            finally:
+                record(stage.name, time.perf_counter() - start)
+        for job in background:
+            record(job.name, job.wait(progress))
+        background.clear()
+    finally:
+        for job in background:  # the chain stopped early: so do they (their checkpoints stay)
+            job.stop()
+        _share_threads([])
     enhance = chain.self_enhance
     if enhance is not None and not Path(chain.final_mllm()).is_dir():
         from .self_enhance.loop import main as self_enhance_main
@@ -109,8 +132,108 @@ def train(
             "progress": progress,
         }
         self_enhance_main(["--config", enhance.recipe, "--config", json.dumps(settings)])
-        record("self_enhance", start)
+        record("self_enhance", time.perf_counter() - start)
     return seconds
+
+
+#: torch's intra-op threads when this module was imported: what the stages share out.
+_THREADS: int | None = None
+
+
+def _share_threads(background: Sequence[BackgroundStage]) -> None:
+    """This process's torch threads: all of them, less one share per background stage still
+    running (each has `BackgroundStage.threads`)."""
+    import torch
+
+    global _THREADS
+    if _THREADS is None:
+        _THREADS = torch.get_num_threads()
+    running = sum(job.threads for job in background if job.running)
+    torch.set_num_threads(max(1, _THREADS - running))
+
+
+def _die_with_parent() -> None:
+    """In a child before it runs: SIGTERM when the parent dies, even by SIGKILL, so that a rerun
+    never trains the same stage twice at once."""
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+
+
+class BackgroundStage:
+    """One illume-train stage in a child process, with half this machine's torch threads and its
+    output to `ROOT/train.log`."""
+
+    def __init__(self, name: str, process, threads: int, log: Path, started: float):
+        import threading
+
+        self.name, self.process, self.threads, self.log = name, process, threads, log
+        self.started, self.ended = started, None
+        self._watch = threading.Thread(target=self._await, daemon=True)
+        self._watch.start()
+
+    @classmethod
+    def start(cls, name: str, kind: str, args: Sequence[str], root: Path) -> BackgroundStage:
+        import subprocess
+        import sys
+
+        import torch
+
+        global _THREADS
+        if _THREADS is None:
+            _THREADS = torch.get_num_threads()
+        threads = max(1, _THREADS // 2)
+        root.mkdir(parents=True, exist_ok=True)
+        log = root / "train.log"
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+        with open(log, "ab") as sink:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "illume_trainer.cli", kind, *args],
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+            )
+        print(f"{name}: training in the background on {threads} of {_THREADS} threads (log: {log})")
+        return cls(name, process, threads, log, time.perf_counter())
+
+    def _await(self) -> None:
+        self.process.wait()
+        self.ended = time.perf_counter()
+
+    @property
+    def running(self) -> bool:
+        return self.ended is None
+
+    def raise_if_failed(self) -> None:
+        code = self.process.poll()
+        if code:
+            tail = self.log.read_text(errors="replace").strip().splitlines()[-1:] or [""]
+            raise RuntimeError(
+                f"stage {self.name} failed in the background (exit {code}): {tail[0]} (whole log: "
+                f"{self.log}); run the demo again to resume it from its last checkpoint"
+            )
+
+    def wait(self, progress: bool = True) -> float:
+        """Waits for it; its seconds from start to end. Raises RuntimeError if it failed."""
+        if self.running and progress:
+            print(f"waiting for {self.name} (background; log: {self.log})")
+        self._watch.join()
+        self.raise_if_failed()
+        return self.ended - self.started
+
+    def stop(self) -> None:
+        import subprocess
+
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
 
 
 def install_foundation(name: str, output: str | os.PathLike) -> None:
