@@ -41,7 +41,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--workdir", default=None, help="where data and runs go (default: a temporary folder)"
     )
-    parser.add_argument("--scenes", type=int, default=4000)
+    parser.add_argument(
+        "--scenes",
+        type=int,
+        default=None,
+        help="training scenes of the data made in the work folder (default 4000; a folder that "
+        "holds a dataset already is used as it is)",
+    )
     parser.add_argument("--encoder-steps", type=int, default=2000)
     parser.add_argument("--tokenizer-steps", type=int, default=2500)
     parser.add_argument(
@@ -57,7 +63,16 @@ def enter_workdir(args, prefix: str) -> dict:
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix=prefix))
     workdir.mkdir(parents=True, exist_ok=True)
     os.chdir(workdir)
-    ensure_dataset("data/shapes", args.scenes, seed=0, progress=False)
+    info = Path("data/shapes/info.json")
+    if info.is_file():  # e.g. a demo's folder: its stages trained on this data, which stays
+        held = json.loads(info.read_text())["counts"]["train"]["scenes"]
+        if args.scenes not in (None, held):
+            raise SystemExit(
+                f"{workdir} holds a ShapesWorld dataset of {held} training scenes, which "
+                f"--scenes {args.scenes} would rewrite: drop --scenes or use another --workdir"
+            )
+    else:
+        ensure_dataset("data/shapes", args.scenes or 4000, seed=0, progress=False)
     return {"workdir": str(workdir)}
 
 

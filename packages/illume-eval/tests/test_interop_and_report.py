@@ -154,3 +154,33 @@ def test_ensure_dataset_keeps_a_current_one_and_rewrites_an_older_format(tmp_pat
     assert marker.read_bytes() == (tmp_path / "train/scenes.jsonl").read_bytes()
     ensure_dataset(tmp_path, 30, seed=1, n_eval=5, progress=False)  # other counts: rewritten
     assert len((tmp_path / "train/scenes.jsonl").read_text().splitlines()) == 30
+
+
+def test_a_dataset_write_cut_short_is_never_taken_for_finished(tmp_path, monkeypatch):
+    """Images are written in place (no temp file per image): the dataset's info.json goes first
+    and comes back last, so a write that stops half way (here: a torn image, the validation split
+    failing) over a finished dataset leaves none that ensure_dataset would keep."""
+    from illume_eval.shapes import dataset, ensure_dataset
+
+    whole = tmp_path / "whole"
+    write_dataset(whole, 20, seed=1, n_eval=5, progress=False)
+    cut = tmp_path / "cut"
+    write_dataset(cut, 20, seed=1, n_eval=5, progress=False)
+    (cut / "validation/images/000003.png").write_bytes(b"\x89PNG torn")  # the stop never reaches it
+    real = dataset.write_split
+
+    def failing(out, split, *args, **kwargs):
+        if split == "validation":
+            raise KeyboardInterrupt
+        return real(out, split, *args, **kwargs)
+
+    monkeypatch.setattr(dataset, "write_split", failing)
+    with pytest.raises(KeyboardInterrupt):
+        write_dataset(cut, 20, seed=1, n_eval=5, progress=False)
+    assert not (cut / "info.json").exists()
+    assert (cut / "validation/images/000003.png").read_bytes() == b"\x89PNG torn"
+    monkeypatch.setattr(dataset, "write_split", real)
+    ensure_dataset(cut, 20, seed=1, n_eval=5, progress=False)
+    for path in whole.rglob("*"):
+        if path.is_file():
+            assert path.read_bytes() == (cut / path.relative_to(whole)).read_bytes(), path

@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from illume_core import atomic_write, atomic_write_json, atomic_write_text, read_json
+from illume_core import atomic_write_json, atomic_write_text, read_json
 
 from .edits import sample_edit
 from .prompts import sample_prompt
@@ -80,7 +80,11 @@ def _jsonl(rows: list[dict]) -> str:
 
 
 def _save_png(path: Path, array: np.ndarray) -> None:
-    atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))
+    # Written in place, not through atomic_write: a dataset is complete once its info.json is
+    # written (last, atomically, after os.sync), and an incomplete one is rewritten whole by
+    # ensure_dataset, so a torn image never outlives a crash. A temp file, fsync and rename per
+    # image took half of the 20,000-scene dataset's minute.
+    Image.fromarray(array).save(path, format="PNG")
 
 
 def write_split(
@@ -267,6 +271,9 @@ def write_dataset(
     sizes = {"train": n, "validation": n_eval, "heldout": n_eval}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    # the marker goes first and comes back last: a crash in between leaves no dataset that
+    # ensure_dataset would take for finished (the images are written in place)
+    (out / "info.json").unlink(missing_ok=True)
     counts = {}
     if progress:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
@@ -296,6 +303,8 @@ def write_dataset(
             "relations": [" ".join(r) for r in HELDOUT_RELATIONS],
         },
     }
+    if hasattr(os, "sync"):  # every image on disk before the marker that says they are all there
+        os.sync()
     atomic_write_json(out / "info.json", info)
     return info
 
