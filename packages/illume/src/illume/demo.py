@@ -136,8 +136,18 @@ def train(
     return seconds
 
 
-#: torch's intra-op threads when this module was imported: what the stages share out.
+#: torch's intra-op threads before the first background stage took its share: what the stages
+#: share out.
 _THREADS: int | None = None
+
+
+def _all_threads() -> int:
+    import torch
+
+    global _THREADS
+    if _THREADS is None:
+        _THREADS = torch.get_num_threads()
+    return _THREADS
 
 
 def _share_threads(background: Sequence[BackgroundStage]) -> None:
@@ -145,11 +155,8 @@ def _share_threads(background: Sequence[BackgroundStage]) -> None:
     running (each has `BackgroundStage.threads`)."""
     import torch
 
-    global _THREADS
-    if _THREADS is None:
-        _THREADS = torch.get_num_threads()
     running = sum(job.threads for job in background if job.running)
-    torch.set_num_threads(max(1, _THREADS - running))
+    torch.set_num_threads(max(1, _all_threads() - running))
 
 
 def _die_with_parent() -> None:
@@ -178,14 +185,9 @@ class BackgroundStage:
         import subprocess
         import sys
 
-        import torch
-
-        global _THREADS
-        if _THREADS is None:
-            _THREADS = torch.get_num_threads()
-        threads = max(1, _THREADS // 2)
+        threads = max(1, _all_threads() // 2)
         root.mkdir(parents=True, exist_ok=True)
-        log = root / "train.log"
+        log = (root / "train.log").resolve()  # the demo runs in its --out folder: say where
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
         with open(log, "ab") as sink:
             process = subprocess.Popen(
@@ -196,7 +198,10 @@ class BackgroundStage:
                 env=env,
                 preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
             )
-        print(f"{name}: training in the background on {threads} of {_THREADS} threads (log: {log})")
+        print(
+            f"{name}: training in the background on {threads} of {_all_threads()} threads "
+            f"(log: {log})"
+        )
         return cls(name, process, threads, log, time.perf_counter())
 
     def _await(self) -> None:

@@ -18,7 +18,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         dest="chain",
         default="default",
         metavar="NAME_OR_FILE",
-        help="the chain to run: a shipped one (default: about 12 min on 2 CPU cores, from the "
+        help="the chain to run: a shipped one (default: about 14 min on 2 CPU cores, from the "
         "shipped encoder; scratch: the encoder trained too; full: the benchmark figures, hours; "
         "smoke: seconds, plumbing only) or a chain YAML file (recipes/shapes/chains/*.yaml)",
     )
