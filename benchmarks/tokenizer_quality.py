@@ -26,6 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from illume_core import read_json
 from illume_eval.shapes import ensure_dataset
 from illume_eval.shapes.codec import (
     code_locality,
@@ -65,7 +66,7 @@ def enter_workdir(args, prefix: str) -> dict:
     os.chdir(workdir)
     info = Path("data/shapes/info.json")
     if info.is_file():  # e.g. a demo's folder: its stages trained on this data, which stays
-        held = json.loads(info.read_text())["counts"]["train"]["scenes"]
+        held = read_json(info)["counts"]["train"]["scenes"]
         if args.scenes not in (None, held):
             raise SystemExit(
                 f"{workdir} holds a ShapesWorld dataset of {held} training scenes, which "

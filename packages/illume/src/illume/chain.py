@@ -90,8 +90,8 @@ class ChainStage(_Strict):
     background: bool = False
     """Train it in a process of its own beside the stages after it, each with half the CPU threads
     (`illume.demo.train`), when no later stage reads its output: on 2 cores the small MLLM trains
-    as fast on one thread as on two, so a detokenizer beside it costs the chain about a tenth of
-    the MLLM stages' time instead of its own (benchmarks/RESULTS.md)."""
+    about as fast on one thread as on two, so a detokenizer beside it slows the MLLM stages it
+    overlaps (by a fifth to a half) instead of adding its own time (benchmarks/RESULTS.md)."""
 
 
 class ChainSelfEnhance(_Strict):
