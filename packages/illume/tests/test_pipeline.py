@@ -113,6 +113,18 @@ def test_task_commands(pipeline_dir, tmp_path, capsys):
         == 0
     )
     assert sorted(p.name for p in (tmp_path / "gen").glob("*.png")) == ["0000.png", "0001.png"]
+    # one drawing may be named as a file; several, or a prompts file, need a folder
+    one = tmp_path / "one.png"
+    assert main(["generate", *fast, "a red circle", "--out", str(one)]) == 0
+    assert one.is_file() and Image.open(one).size == (32, 32)
+    code, err = _fails(["generate", *fast, "a red circle", "--out", str(one)], capsys)
+    assert code == 2 and "exists; name a new file, or pass --overwrite" in err
+    code, err = _fails(
+        ["generate", *fast, "a red circle", "--num-images", "2", "--out", str(tmp_path / "x.png")],
+        capsys,
+    )
+    assert code == 2 and "names one PNG; with --num-images name a folder" in err
+    assert not (tmp_path / "x.png").exists()
     assert (
         main(["edit", *fast, str(image), "make it blue", "--out", str(tmp_path / "edited.png")])
         == 0

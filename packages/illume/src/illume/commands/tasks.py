@@ -141,7 +141,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     generate.add_argument(
         "--out",
         default="generated",
-        help="folder for the PNGs (new or empty, or with --prompts one to resume; default ./generated)",
+        help="folder for the PNGs (new or empty, or with --prompts one to resume; default "
+        "./generated), or one drawing's file name ending in .png",
     )
     generate.add_argument(
         "--overwrite",
@@ -255,9 +256,16 @@ def _generate(args: argparse.Namespace) -> int:
     if (args.prompt is None) == (args.prompts is None):
         raise UsageError("give a prompt, or --prompts FILE, not both")
     _check_args(args)
+    out = Path(args.out)
+    if out.suffix.lower() == ".png":  # one drawing, named as `illume edit --out` names its file
+        if args.prompts is not None or args.num_images != 1:
+            raise UsageError(
+                f"--out {out} names one PNG; with {'--prompts' if args.prompts else '--num-images'}"
+                " name a folder"
+            )
+        return _generate_one(args, out)
     if args.prompts is not None:
         return _generate_file(args)
-    out = Path(args.out)
     _check_out_folder(out, args.overwrite)
     pipe = _load(args)
     with _working(f"drawing {args.num_images} image(s)"):
@@ -272,6 +280,18 @@ def _generate(args: argparse.Namespace) -> int:
         _check_out_folder(out, args.overwrite)  # another run may have filled it meanwhile
     for i in range(len(images)):
         print(out / f"{i:04d}.png")
+    return 0
+
+
+def _generate_one(args: argparse.Namespace, out: Path) -> int:
+    from illume_core import atomic_write_bytes
+
+    _check_out_file(out, args.overwrite)
+    pipe = _load(args)
+    with _working("drawing 1 image"):
+        (image,) = pipe.generate_image(args.prompt, seed=args.seed, best_of=args.best_of)
+    atomic_write_bytes(out, _png(image))
+    print(out)
     return 0
 
 
