@@ -186,3 +186,82 @@ def edit_metrics(edits: Sequence[Edit], images: Sequence) -> dict[str, float]:
     }
     out |= {f"target_reached_{k}": sum(v) / len(v) for k, v in sorted(by_kind.items())}
     return out
+
+
+#: Two-sided 95% quantiles of Student's t by degrees of freedom (beyond 30: the normal's).
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262,
+       10: 2.228, 12: 2.179, 15: 2.131, 20: 2.086, 25: 2.060, 30: 2.042}  # fmt: skip
+
+
+def t95(df: int) -> float:
+    """The two-sided 95% quantile of Student's t with `df` degrees of freedom (the table's next
+    lower entry between its rows: slightly wide, never narrow)."""
+    if df < 1:
+        raise ValueError(f"degrees of freedom must be at least 1, got {df}")
+    if df > 30:
+        return Z95
+    return T95[max(k for k in T95 if k <= df)]
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """Arm minus control over paired units (training seeds), with its 95% t-interval and what it
+    says about the claim that the arm is no lower than the control less `margin` (margin 0: the
+    arm is higher; margin 0.05: it costs at most 0.05, a claim of no harm)."""
+
+    mean: float
+    sd: float
+    low: float
+    high: float
+    n: int
+    margin: float
+    verdict: str
+    """"reproduced" (the interval lies above -margin), "not reproduced" (at or below it) or
+    "inconclusive" (it holds -margin)."""
+    units_to_settle: int | None
+    """Where inconclusive, about how many paired units an interval of this spread needs to exclude
+    -margin at this mean difference (None: the mean lies on -margin, or there is no spread)."""
+
+    def describe(self) -> str:
+        text = f"{self.mean:+.3f} (95% {self.low:+.3f} to {self.high:+.3f}, n {self.n})"
+        text += (
+            f" against {-self.margin:+.2f}: {self.verdict}" if self.margin else f": {self.verdict}"
+        )
+        if self.verdict == "inconclusive" and self.units_to_settle:
+            text += f", about {self.units_to_settle} seeds would settle a difference this size"
+        elif self.verdict == "inconclusive":
+            text += ", more seeds than 1,000 would be needed"
+        return text
+
+
+def paired_difference(
+    arm: Sequence[float], control: Sequence[float], margin: float = 0.0
+) -> PairedDifference:
+    """The paired difference `arm - control` unit by unit (e.g. per training seed, each a mean over
+    sampling seeds), with a t-interval: the units, not the drawings, are what varies between runs
+    of a training recipe, so the drawings' binomial interval would claim far more than is known.
+    The verdict tests `arm - control > -margin` (see PairedDifference)."""
+    if len(arm) != len(control) or len(arm) < 2:
+        raise ValueError(
+            f"a paired difference needs two or more paired units, got {len(arm)} and {len(control)}"
+        )
+    if margin < 0:
+        raise ValueError(f"margin must be >= 0, got {margin}")
+    diffs = [a - c for a, c in zip(arm, control, strict=True)]
+    n = len(diffs)
+    mean = sum(diffs) / n
+    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
+    half = t95(n - 1) * sd / math.sqrt(n)
+    low, high = mean - half, mean + half
+    if low > -margin:
+        verdict = "reproduced"
+    elif high <= -margin:
+        verdict = "not reproduced"
+    else:
+        verdict = "inconclusive"
+    settle, distance = None, abs(mean + margin)
+    if verdict == "inconclusive" and distance > 0 and sd > 0:
+        settle = next(
+            (k for k in range(n + 1, 1001) if t95(k - 1) * sd / math.sqrt(k) < distance), None
+        )
+    return PairedDifference(mean, sd, low, high, n, margin, verdict, settle)
