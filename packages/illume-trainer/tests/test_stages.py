@@ -484,8 +484,19 @@ def test_mllm_stages_one_to_three_through_the_cli(tmp_path, shapes_data):
             args += ["--model.vision_feature_layer", "[0, -2]"]
         else:
             args += ["--model.init", str(previous)]
+        if stage == "stage2":  # the model as it stood after step 1, beside the output
+            args += ["--model.snapshot_every", "1"]
         run_stage("mllm", args)
         previous = out
+    snapshots = tmp_path / "stage2.steps"
+    assert sorted(p.name for p in snapshots.iterdir()) == ["1"]  # step 2 is the output itself
+    early = IllumeForConditionalGeneration.from_pretrained(snapshots / "1")
+    final = IllumeForConditionalGeneration.from_pretrained(tmp_path / "stage2")
+    assert IllumeProcessor.from_pretrained(snapshots / "1").config.image_grid == (4, 4)
+    assert any(
+        not torch.equal(a, b)
+        for a, b in zip(early.state_dict().values(), final.state_dict().values(), strict=True)
+    )
     model = IllumeForConditionalGeneration.from_pretrained(previous)
     processor = IllumeProcessor.from_pretrained(previous)
     assert model.config.codebook_size == 64 and processor.config.image_grid == (4, 4)

@@ -15,6 +15,7 @@ CFG, which for an edit is its source image alone, as `IllumePipeline.edit` contr
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 
@@ -84,6 +85,9 @@ class MLLMStage(FrozenPartsStage):
     edit_source_codes: show an edit's source image as its codes too, after its features
         (ProcessorConfig.edit_source_codes; not in the paper). None keeps the init's processor as
         it is; saved with the processor, so the pipeline edits the way the model trained.
+    snapshot_every: also save the model as it stands every this many optimizer steps, loadable
+        as the output is, in `<output_dir>.steps/<step>/`: a learning curve scores them (the
+        paper's Fig. 6, benchmarks/paper_claims.py). None: only the output.
     """
 
     frozen = ("vision_tokenizer.",)  # reloaded from its directory
@@ -106,6 +110,7 @@ class MLLMStage(FrozenPartsStage):
         grid_embeddings: bool | None = None,
         edit_source_codes: bool | None = None,
         attn_implementation: str | None = None,
+        snapshot_every: int | None = None,
         seed: int = 0,
         max_skipped_fraction: float = 0.01,
         max_skipped_in_a_row: int = 50,
@@ -118,6 +123,8 @@ class MLLMStage(FrozenPartsStage):
             raise ValueError("new_rows is part of llm: train one or the other")
         if loss_weighting not in ("token", "example"):
             raise ValueError(f"loss_weighting must be 'token' or 'example', got {loss_weighting!r}")
+        if snapshot_every is not None and snapshot_every < 1:
+            raise ValueError(f"snapshot_every must be None or >= 1, got {snapshot_every}")
         self.save_hyperparameters()
         check_replaceable(output_dir, "mllm")  # refused now, not after training
         self.vision_tokenizer = (
@@ -354,13 +361,24 @@ class MLLMStage(FrozenPartsStage):
         if "rng" in checkpoint:
             self._rng.setstate(checkpoint["rng"])
 
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        every, step = self.hparams.get("snapshot_every"), self.trainer.global_step
+        if every and step % every == 0 and step < self.trainer.max_steps:
+            folder = Path(f"{self.hparams.output_dir}.steps") / str(step)
+            if self.trainer.is_global_zero and not folder.is_dir():  # a resumed run keeps it
+                self._save(folder)
+
     def on_train_end(self) -> None:
         if self.trainer.is_global_zero:
             self.model.release_rows()
-            with atomic_directory(self.hparams.output_dir, "mllm") as tmp:
-                self.model.save_pretrained(tmp)
-                self.processor.save_pretrained(tmp)
-                add_training(tmp, training_record(self))
-                (Path(tmp) / "vision_tokenizer.txt").write_text(
-                    str(Path(self.hparams.tokenizer).resolve()) + "\n"
-                )
+            self._save(self.hparams.output_dir)
+
+    def _save(self, directory: str | os.PathLike) -> None:
+        """The model and processor as one loadable directory, written whole or not at all."""
+        with atomic_directory(directory, "mllm") as tmp:
+            self.model.save_pretrained(tmp)
+            self.processor.save_pretrained(tmp)
+            add_training(tmp, training_record(self))
+            (Path(tmp) / "vision_tokenizer.txt").write_text(
+                str(Path(self.hparams.tokenizer).resolve()) + "\n"
+            )
