@@ -223,6 +223,17 @@ def test_every_runtime_draws_the_same_codes_and_the_export_command(pipeline_dir,
         )
     assert torch.equal(codes["torch"], codes["reference"])
     assert torch.equal(codes["onnx"], codes["reference"])
+    # the exported runtime denoises through the exported U-Net step: the same pixels, to float error
+    pixels = {}
+    for runtime in ("torch", "onnx"):
+        pipe.use_runtime(runtime, tmp_path / "onnx")
+        assert (pipe.detokenizer.unet_step is None) == (runtime == "torch")
+        pixels[runtime] = pipe.detokenizer(
+            codes=codes["torch"], tokenizer=pipe.tokenizer, num_inference_steps=3,
+            generator=torch.Generator().manual_seed(1), output_type="pt",
+        ).pixels  # fmt: skip
+    assert pixels["onnx"].shape == pixels["torch"].shape
+    assert torch.allclose(pixels["onnx"], pixels["torch"], atol=2e-3)
     # a prompt longer than the context: the same clear error from every runtime
     context = pipe.model.config.text_config.max_position_embeddings
     long = [pipe.processor.t2i_messages("red " * (context + 10))]

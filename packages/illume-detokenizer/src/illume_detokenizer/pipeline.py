@@ -130,6 +130,13 @@ class DetokenizerPipeline(DiffusionPipeline):
             coordinate_channels=coordinate_channels,
             patch_coordinates=patch_coordinates,
         )
+        self.unet_step = None
+
+    def use_unet_step(self, step) -> DetokenizerPipeline:
+        """Denoises with `step(sample, t, conditions) -> prediction` (what `predict` computes: an
+        exported U-Net, illume_runtime.OnnxUNetStep) instead of the module; None: the module."""
+        self.unet_step = step
+        return self
 
     def save_pretrained(self, save_directory, **kwargs) -> None:
         """diffusers' folder (model_index.json, a subfolder per component) and a model card."""
@@ -332,7 +339,9 @@ class DetokenizerPipeline(DiffusionPipeline):
         for t in self.progress_bar(self.scheduler.timesteps):
             model_in = torch.cat([sample, sample]) if use_cfg else sample
             model_in = self.scheduler.scale_model_input(model_in, t)
-            prediction = self.predict(model_in, t.expand(len(model_in)), conditions)
+            prediction = (self.unet_step or self.predict)(
+                model_in, t.expand(len(model_in)), conditions
+            )
             if use_cfg:
                 uncond, cond = prediction.chunk(2)
                 prediction = uncond + guidance * (cond - uncond)

@@ -5,10 +5,12 @@ from .__about__ import __version__
 from .engines import OnnxModels
 from .export import export_models, export_pipeline
 from .onnx_generation import OnnxImageGenerator
+from .unet_step import OnnxUNetStep
 
 __all__ = [
     "OnnxImageGenerator",
     "OnnxModels",
+    "OnnxUNetStep",
     "__version__",
     "export_models",
     "export_pipeline",

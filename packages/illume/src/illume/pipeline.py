@@ -316,7 +316,8 @@ class IllumePipeline:
         self, runtime: str, onnx_dir: str | os.PathLike | None = None
     ) -> IllumePipeline:
         """Chooses what draws vision tokens: "torch", "reference", "onnx", "onnx-tensorrt" or
-        "tensorrt" (see the module docstring). `onnx_dir`: the export to run (default
+        "tensorrt" (see the module docstring); "onnx" and "onnx-tensorrt" run the detokenizer's
+        U-Net steps too (illume_runtime.OnnxUNetStep). `onnx_dir`: the export to run (default
         `<pipeline dir>/onnx`)."""
         if runtime not in RUNTIMES:
             raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
@@ -340,6 +341,14 @@ class IllumePipeline:
             )
             impl = OnnxImageGenerator(self._onnx_dir(onnx_dir), self.processor, device=device)
         self.runtime, self._generator_impl = runtime, impl
+        unet_step = None
+        # ONNX Runtime runs the detokenizer's U-Net steps too, at any batch; the native TensorRT
+        # engines are built for at most 32 rows (16 guided images), so they leave it to PyTorch
+        if runtime in ("onnx", "onnx-tensorrt"):
+            from illume_runtime import OnnxUNetStep
+
+            unet_step = OnnxUNetStep(impl.models)
+        self.detokenizer.use_unet_step(unet_step)
         return self
 
     def _onnx_dir(self, onnx_dir: str | os.PathLike | None) -> Path:
