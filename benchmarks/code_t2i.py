@@ -8,8 +8,8 @@ same codes back to pixels and detects the objects, which loses what the codec lo
 not the minutes of the full evaluation: what the step sweeps of the MLLM stages read.
 
 Prints one line per category, then one JSON object on its last line (macro: the mean over the
-unseen categories, as the headline; variety: the share of a prompt's drawings unlike its first).
-The scoring itself is illume_eval.shapes.evaluation.code_t2i_quality.
+unseen categories, as the headline; variety: the share of cells that differ between a prompt's
+drawings). The scoring itself is illume_eval.shapes.evaluation.code_t2i_quality.
 
 Run: .venv/bin/python benchmarks/code_t2i.py --workdir DEMO_DIR [--mllm runs/shapes/mllm/anneal/final]
      [--images 2] [--seed 0]   (DEMO_DIR: an `illume demo` folder, or one with its data and runs)

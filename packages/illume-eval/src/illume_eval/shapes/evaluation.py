@@ -234,7 +234,8 @@ def code_t2i_quality(
     prompt's spec is checked on those cells by the exact scorer's rules. Seconds where the pixel
     score takes minutes; it loses nothing to the detokenizer, so it reads above `t2i_quality`.
     {"summary": GenEval figures (overall: the mean over tags), "ci95", "drawings", "variety": the
-    share of a prompt's drawings that differ from its first (1 - identical copies), "records"}."""
+    share of cells whose code differs between a prompt's first drawing and each later one (0: the
+    same drawing every time; two independent uniform draws differ in nearly all), "records"}."""
     import torch
 
     prompts = t2i_prompts(split_dir, n, tags)
@@ -255,7 +256,7 @@ def code_t2i_quality(
         for k in range(0, len(codes), images_per_prompt):
             first = codes[k]
             variety += [
-                float(not torch.equal(first, c)) for c in codes[k + 1 : k + images_per_prompt]
+                float((first != c).float().mean()) for c in codes[k + 1 : k + images_per_prompt]
             ]
     verdicts = [(r["spec"].tag, r["correct"]) for r in records]
     return {
