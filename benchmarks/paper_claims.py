@@ -718,8 +718,9 @@ def main() -> None:
         "--fraction",
         type=float,
         default=0.5,
-        help="table-2: the MLLM stages' steps as this share of the default chain's",
+        help="table-2, fig-6: the MLLM stages' steps as this share of the default chain's",
     )
+    parser.add_argument("--points", type=int, default=4, help="fig-6: models scored along stage 2")
     parser.add_argument(
         "--margin",
         type=float,
