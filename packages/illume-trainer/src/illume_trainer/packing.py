@@ -46,9 +46,10 @@ def pack_conversations(
     (`{"image", "text"}` lines, illume_trainer.data.read_captions) whose pairs become captioning
     or drawing-request conversations (`captions_conversations`; `prompt`: their instruction).
     With `tokenizer` (a saved vision tokenizer) every image's codes are stored and the tokenizer's
-    fingerprint recorded, so a stage with another tokenizer refuses them. Entries whose images cannot be read are skipped and counted. Each shard is written to a
-    temporary file and renamed, and recorded in manifest.partial.json, so an interrupted run
-    resumes at the first unwritten shard; manifest.json is written last. Returns the manifest."""
+    fingerprint recorded, so a stage with another tokenizer refuses them. Entries whose images
+    cannot be read are skipped and counted. Each shard is written to a temporary file and renamed,
+    and recorded in manifest.partial.json, so an interrupted run resumes at the first unwritten
+    shard; manifest.json is written last. Returns the manifest."""
     from illume_core import atomic_write_bytes
 
     if kind not in KINDS:
