@@ -165,13 +165,14 @@ class Claims:
 
     # -- scores ---------------------------------------------------------------------------------
 
-    def scores(self, name: str, mllm: Path) -> dict:
-        """The cached figures of one model (`name`: its file in claims/scores/), dropped when the
-        model's weights are newer than they."""
+    def scores(self, name: str, mllm: Path) -> tuple[Path, dict]:
+        """The file of one model's cached figures (`name`: its file in claims/scores/) and what it
+        holds, dropped when the model's weights are newer than they."""
         path = self.root / "scores" / f"{name}.json"
         stamp = max(f.stat().st_mtime_ns for f in Path(mllm).rglob("*.safetensors"))
         cache = read_json(path) if path.is_file() else {}
-        return cache if cache.get("weights_mtime_ns") == stamp else {"weights_mtime_ns": stamp}
+        fresh = cache.get("weights_mtime_ns") == stamp
+        return path, cache if fresh else {"weights_mtime_ns": stamp}
 
     def score(
         self,
@@ -180,6 +181,7 @@ class Claims:
         sampling: tuple = DEFAULT,
         qa: bool = True,
         tokenizer: Path = Path(TOKENIZER),
+        extra: dict | None = None,
     ) -> dict:
         """{"t2i_unseen", "t2i_heldout", "variety": means over the sampling seeds, "by_seed",
         "qa_macro", "qa_by_type", "pope_f1_worst"} of one model at one sampling setting
@@ -188,8 +190,7 @@ class Claims:
         from illume_eval.shapes.audit import TrainingOverlap, split_scenes
         from illume_eval.shapes.evaluation import code_t2i_quality, qa_quality
 
-        cache = self.scores(name, mllm)
-        path = self.root / "scores" / f"{name}.json"
+        path, cache = self.scores(name, mllm)
         contents = self.contents(tokenizer)
         pipe = None
         guidance, temperature, top_k = sampling
@@ -234,6 +235,8 @@ class Claims:
             },
             "by_seed": by_seed,
         }
+        for key, compute in (extra or {}).items():  # {key: compute(pipe)}, cached as the rest
+            out[key] = cached(key, compute)
         if qa:
 
             def answers(p):
@@ -641,15 +644,9 @@ def fig_6(claims: Claims, seeds: list[int], fraction: float, points: int) -> dic
             for snapshot in [*snapshots, stage2]:
                 step = steps if snapshot == stage2 else int(snapshot.name)
                 name = f"fig6-fraction{fraction:g}-{arm}-seed{seed}-step{step}"
-                r = claims.score(name, snapshot, qa=False, tokenizer=tokenizer)
-                cache_path = claims.root / "scores" / f"{name}.json"
-                cache = read_json(cache_path)
-                if "t2i_loss" not in cache:
-                    with inside(claims.demo):
-                        cache["t2i_loss"] = t2i_loss(claims.pipeline(snapshot, tokenizer),
-                                                     f"{DATA}/validation", UNSEEN_TAGS)  # fmt: skip
-                    atomic_write_json(cache_path, cache)
-                curve[step] = {"t2i_unseen": r["t2i_unseen"], "t2i_loss": cache["t2i_loss"]}
+                loss = {"t2i_loss": lambda p: t2i_loss(p, f"{DATA}/validation", UNSEEN_TAGS)}
+                r = claims.score(name, snapshot, qa=False, tokenizer=tokenizer, extra=loss)
+                curve[step] = {"t2i_unseen": r["t2i_unseen"], "t2i_loss": r["t2i_loss"]}
             curves[f"{arm}-seed{seed}"] = curve
     steps = sorted(next(iter(curves.values())))
     widths = [10, 8] + [18] * len(steps)
