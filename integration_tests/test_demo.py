@@ -5,9 +5,11 @@ import json
 import pytest
 
 from illume.cli import main
+from illume.commands.demo import SLOW_CPU_NOTE
 from illume.demo import HEADLINE
 from illume.pipeline import IllumePipeline
 from illume_eval.shapes import UNSEEN_TAGS
+from illume_trainer.precision import cpu_has_bf16_units
 
 
 @pytest.mark.slow  # every stage, twice: ~11 s
@@ -60,6 +62,8 @@ def test_demo_smoke_chain_runs_and_resumes(tmp_path, capsys):
     # the demo ends with each headline figure against the chain's target, with a verdict
     assert metrics["targets"] == chain["targets"] and metrics["targets"]["t2i_unseen"] == 0.60
     printed = capsys.readouterr().out
+    # where the MLLM stages must train in float32, the demo says so first, and what it costs
+    assert printed.startswith(SLOW_CPU_NOTE) == (not cpu_has_bf16_units())
     t2i_row = next(line for line in printed.splitlines() if line.startswith("t2i_unseen"))
     assert ">= 0.60" in t2i_row and t2i_row.split()[-1] in ("met", "missed", "inconclusive")
     assert sum(row["drawings"] for row in failed.values()) == drawn

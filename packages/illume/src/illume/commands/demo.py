@@ -4,6 +4,15 @@ from __future__ import annotations
 
 import argparse
 
+# The default demo's wall time rests on bf16 matrix units (illume_trainer.precision): measured at
+# 14 min 34 s on a 2-core EPYC with AVX512-BF16 and 38 min 4 s on a 2-core EPYC with AVX2 only,
+# where the MLLM stages train in float32 (that CPU is also about 2x slower in float32: the
+# detokenizer took 1,291 s against 585; benchmarks/RESULTS.md, "Where it stands").
+SLOW_CPU_NOTE = (
+    "note: this CPU has no bf16 matrix units (AVX512-BF16 or AMX), so the MLLM stages train in "
+    "float32: the default demo took 38 min on 2 cores of such a CPU, against 15 with them"
+)
+
 
 def register(commands: argparse._SubParsersAction) -> None:
     demo = commands.add_parser(
@@ -18,9 +27,9 @@ def register(commands: argparse._SubParsersAction) -> None:
         dest="chain",
         default="default",
         metavar="NAME_OR_FILE",
-        help="the chain to run: a shipped one (default: about 14 min on 2 CPU cores, from the "
-        "shipped encoder; scratch: the encoder trained too; full: the benchmark figures, hours; "
-        "smoke: seconds, plumbing only) or a chain YAML file (recipes/shapes/chains/*.yaml)",
+        help="the chain to run: a shipped one (default: about 15 min on 2 CPU cores with bf16 "
+        "units, 38 without, from the shipped encoder; scratch: the encoder trained too; full: "
+        "the benchmark figures, hours; smoke: seconds, plumbing only) or a chain YAML file (recipes/shapes/chains/*.yaml)",
     )
     demo.set_defaults(handler=_demo)
 
@@ -37,6 +46,10 @@ def _demo(args: argparse.Namespace) -> int:
         chain = Chain.load(args.chain)
     except ValueError as err:
         raise UsageError(str(err)) from None
+    from illume_trainer.precision import cpu_has_bf16_units
+
+    if not cpu_has_bf16_units():
+        print(SLOW_CPU_NOTE, flush=True)
     metrics = run_demo(args.out, chain)
     out = Path(args.out).resolve()
     print(
