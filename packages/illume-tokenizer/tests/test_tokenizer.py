@@ -233,3 +233,32 @@ def test_paper_scale_config_instantiates_on_meta(tmp_path):
     assert tokenizer.decoder.proj_out.weight.device.type == "meta"
     params = sum(p.numel() for p in tokenizer.encoder.parameters())
     assert 380e6 < params < 440e6  # so400m's vision tower
+
+
+def test_codes_of_patch_embeddings_that_reconstruct_a_deeper_layer(siglip_dir, tmp_path):
+    # codes quantize layer 0 and the decoder rebuilds the penultimate layer: each code is a
+    # function of its own patch, what the codes stand for is the deeper layer's
+    encoder = VisionEncoder.from_pretrained(siglip_dir, feature_layer=0)
+    torch.manual_seed(0)
+    tokenizer = SemanticTokenizer(TokenizerConfig.from_name("tiny", target_layer=-2), encoder)
+    torch.manual_seed(1)
+    pixels = torch.randn(2, 3, 32, 32)
+    changed = pixels.clone()
+    changed[:, :, :8, :8] = torch.randn(2, 3, 8, 8)  # the first of the 4x4 patches only
+    with torch.no_grad():
+        deeper = VisionEncoder.from_pretrained(siglip_dir, feature_layer=-2)
+        assert not torch.allclose(deeper(pixels)[:, 1:], deeper(changed)[:, 1:])  # mixed there
+        before, after = (tokenizer.encode(p).codes.flatten(1) for p in (pixels, changed))
+    assert torch.equal(before[:, 1:], after[:, 1:])  # no other patch's code moves
+    # what it learns to reconstruct, and calls its features, is the deeper layer
+    assert torch.allclose(tokenizer.features(pixels), deeper(pixels))
+    out = tokenizer(pixels)
+    assert torch.allclose(out.features, deeper(pixels))
+    out.loss.backward()
+    assert tokenizer.decoder.proj_out.weight.grad is not None
+    with pytest.raises(ValueError, match="give pixels, not features"):
+        tokenizer(features=encoder(pixels))
+    tokenizer.save_pretrained(tmp_path / "tok")
+    reloaded = SemanticTokenizer.from_pretrained(tmp_path / "tok")
+    assert (reloaded.config.feature_layer, reloaded.config.target_layer) == (0, -2)
+    assert torch.equal(reloaded.encode(pixels).codes, tokenizer.encode(pixels).codes)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -176,16 +177,21 @@ class VisionEncoder(nn.Module):
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         """[B, 3, H, W] normalised pixels -> [B, N, D] patch features, N = grid[0] * grid[1]."""
-        out = self.model(pixel_values=pixels, output_hidden_states=self.feature_layer is not None)
-        tokens = (
-            out.last_hidden_state
-            if self.feature_layer is None
-            else out.hidden_states[self.feature_layer]
-        )
+        return self.layers(pixels, [self.feature_layer])[0]
+
+    def layers(self, pixels: torch.Tensor, layers: Sequence[int | None]) -> list[torch.Tensor]:
+        """The patch features [B, N, D] of several layers (as `feature_layer` names one), from one
+        pass of the model."""
+        hidden = any(layer is not None for layer in layers)
+        out = self.model(pixel_values=pixels, output_hidden_states=hidden)
         n = self.grid[0] * self.grid[1]
-        if tokens.shape[1] == n + 1:  # a class token (CLIP) comes first
-            tokens = tokens[:, 1:]
-        return tokens
+        picked = []
+        for layer in layers:
+            tokens = out.last_hidden_state if layer is None else out.hidden_states[layer]
+            if tokens.shape[1] == n + 1:  # a class token (CLIP) comes first
+                tokens = tokens[:, 1:]
+            picked.append(tokens)
+        return picked
 
     def preprocess(self, images) -> torch.Tensor:
         """PIL images -> [B, 3, H, W] pixels, with the model's own image processor."""

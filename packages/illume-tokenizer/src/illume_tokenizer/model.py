@@ -41,7 +41,14 @@ class TokenizerConfig(Config):
     encoder: str = "encoder"
     """Encoder directory: relative to the tokenizer directory, or absolute (a saved-by-reference SigLIP)."""
     feature_layer: int | None = None
-    """Encoder layer whose patch tokens are the features: None = final output, -2 = penultimate."""
+    """Encoder layer whose patch tokens the codes quantize: None = final output, -2 = penultimate."""
+    target_layer: int | None = None
+    """Encoder layer the decoder reconstructs from the codes (`features`, what the detokenizer
+    renders): None, the layer the codes quantize (ILLUME's tokenizer). A deeper layer than
+    `feature_layer` 0 gives codes that are each a function of their own patch, as patch
+    embeddings are, yet stand for what the deeper layer says of the image: on a small encoder
+    whose deeper layers mix every patch, an empty cell's code there changes with what the other
+    cells hold, so an edit could copy no code it leaves alone (benchmarks/RESULTS.md)."""
     codebook_size: int = 1024
     """K, the number of codes (one new LLM token each)."""
     code_dim: int = 32
@@ -86,10 +93,13 @@ class TokenizerConfig(Config):
         # with 1,024), so two-object scenes lose a shape. 96% of the codes used at 800 steps
         # (benchmarks/RESULTS.md).
         "shapes-local-1024": {"codebook_size": 1024, "code_dim": 32, "decoder_width": 192, "decoder_depth": 4, "decoder_heads": 4, "feature_layer": 0, "dead_code_restart": "error"},
-        # On the `shapes-cells` encoder (one token per cell of the 3x3 grid): a code says what a
-        # cell holds. 64 codes for ShapesWorld's 19 cell contents (18 objects and empty) and how
-        # they sit in the cell; the penultimate layer, where the encoder's dense loss made each
-        # token name its cell's content.
+        # On the `shapes-cells` encoder (one token per cell of the 3x3 grid): 64 codes for
+        # ShapesWorld's 19 cell contents (18 objects and empty) and how they sit in the cell; the
+        # penultimate layer, where the encoder's dense loss made each token name its cell's
+        # content. An object's code stays when the rest of the image changes (97% of 172 cells
+        # an edit leaves alone), an empty cell's does not (27% of 1,234: 43 codes say "empty" and
+        # something of the other cells), so an edit cannot copy them; `target_layer` on
+        # `feature_layer` 0 gives codes that stay (benchmarks/RESULTS.md).
         "shapes-cells": {"codebook_size": 64, "code_dim": 16, "decoder_width": 128, "decoder_depth": 2, "decoder_heads": 4, "feature_layer": -2, "dead_code_restart": "error"},
         # Paper scale on SigLIP-so400m (1152-d features, 27x27 patches at 384 px).
         "illume-7b": {"codebook_size": 16384, "code_dim": 32, "decoder_width": 1152, "decoder_depth": 12, "decoder_heads": 16, "feature_layer": -2},
@@ -203,9 +213,19 @@ class SemanticTokenizer(nn.Module):
 
     @torch.no_grad()
     def features(self, pixels: torch.Tensor) -> torch.Tensor:
-        """[B, 3, H, W] -> [B, N, D] continuous encoder features (what understanding reads)."""
+        """[B, 3, H, W] -> [B, N, D] continuous encoder features that the codes stand for: what
+        `decode_features` reconstructs (the `target_layer`)."""
         self._check_pixels(pixels)
-        return self.encoder(pixels)
+        return self._layers(pixels)[1]
+
+    def _layers(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(what the codes quantize, what the decoder reconstructs) [B, N, D] each, one pass."""
+        layer, target = self.config.feature_layer, self.config.target_layer
+        if target is None or target == layer:
+            x = self.encoder(pixels)
+            return x, x
+        x, y = self.encoder.layers(pixels, [layer, target])
+        return x, y
 
     def quantize(self, features: torch.Tensor):
         return self.quantizer(self.proj(features))
@@ -216,8 +236,9 @@ class SemanticTokenizer(nn.Module):
         # The codes are what the model's own dtype gives, whatever autocast the caller runs in:
         # an MLLM or detokenizer trained in bf16-mixed must learn the codes its pipeline will read.
         with torch.autocast(pixels.device.type, enabled=False):
+            self._check_pixels(pixels)
             codes = self.quantizer.lookup(
-                self.proj(self.features(pixels))
+                self.proj(self._layers(pixels)[0])
             )  # no codebook update, even in train mode
         return VisionTokens(
             codes=codes.reshape(-1, *self.grid), quantized=self.quantizer.embed(codes)
@@ -248,13 +269,23 @@ class SemanticTokenizer(nn.Module):
     def forward(
         self, pixels: torch.Tensor | None = None, features: torch.Tensor | None = None
     ) -> TokenizerOutput:
-        """Reconstruction of the encoder features of `pixels` (or of precomputed `features`)."""
-        x = self.features(pixels) if features is None else features
+        """Reconstruction of the encoder features of `pixels` (or of precomputed `features`, where
+        the codes quantize the layer they reconstruct)."""
+        if features is None:
+            self._check_pixels(pixels)
+            x, target = self._layers(pixels)
+        elif self.config.target_layer not in (None, self.config.feature_layer):
+            raise ValueError(
+                "this tokenizer reconstructs another layer (target_layer) than it quantizes: "
+                "give pixels, not features"
+            )
+        else:
+            x = target = features
         q = self.quantize(x)
         x_rec = self.decoder(q.quantized)
-        reconstruction_loss, cosine = feature_loss(x, x_rec)
+        reconstruction_loss, cosine = feature_loss(target, x_rec)
         return TokenizerOutput(
-            features=x, reconstruction=x_rec, codes=q.codes.reshape(-1, *self.grid),
+            features=target, reconstruction=x_rec, codes=q.codes.reshape(-1, *self.grid),
             loss=reconstruction_loss + q.loss, reconstruction_loss=reconstruction_loss, quantizer_loss=q.loss,
             cosine=cosine.detach(), perplexity=q.perplexity.detach(), usage=q.usage.detach(),
         )  # fmt: skip
