@@ -3,12 +3,15 @@
 Steps: write ShapesWorld data; pretrain the `shapes` SigLIP encoder (sigmoid image-text loss);
 measure image-to-caption retrieval; train the tokenizer (quantizer + feature decoder) on the
 frozen encoder; measure cos(x, x_rec), codebook usage and perplexity on validation images, and how
-local the codes are (the share that a recolour changes inside and outside the object's cell); for
+local the codes are (the share that a recolour changes inside and outside the object's cell); on
+a grid of one code per cell, the code-level ceiling (`code_ceiling`: the unseen prompts' and the
+held-out compositions' own images read back from their codes, no detokenizer); for
 a patch-local tokenizer (layer 0), what its codes alone keep: each drawn as the mean of its
 training patches and read by the exact scorer (scene recovery, and text-to-image with each image
 scored on its own caption), no detokenizer needed.
 Prints a table, then one JSON object on the last line with keys cosine, code_usage, perplexity,
-retrieval_top1, code_change_inside, code_change_outside, patch_decode_recovery, patch_decode_t2i,
+retrieval_top1, code_change_inside, code_change_outside, code_ceiling_unseen,
+code_ceiling_heldout (3x3 grids), patch_decode_recovery, patch_decode_t2i,
 patch_decode_by_category (layer 0 only), train_seconds.
 
 Run: .venv/bin/python benchmarks/tokenizer_quality.py [--workdir DIR] [--encoder-steps N] [--tokenizer-steps N]
@@ -27,13 +30,14 @@ import time
 from pathlib import Path
 
 from illume_core import read_json
-from illume_eval.shapes import ensure_dataset
+from illume_eval.shapes import UNSEEN_TAGS, ensure_dataset
 from illume_eval.shapes.codec import (
     code_locality,
     encoder_retrieval,
     mean_patch_decode,
     tokenizer_quality,
 )
+from illume_eval.shapes.evaluation import code_ceiling, code_contents
 from illume_tokenizer import SemanticTokenizer
 from illume_trainer.cli import run_stage
 
@@ -126,9 +130,21 @@ def main() -> None:
     tokenizer = SemanticTokenizer.from_pretrained(train_tokenizer(args, figures))
     figures |= tokenizer_quality(tokenizer, "data/shapes/validation")
     figures |= code_locality(tokenizer, "data/shapes/validation")
+    if tokenizer.grid == (3, 3):  # one code per cell: the codes read back as the cells' contents
+        contents = code_contents(tokenizer, "data/shapes/train")
+        for key, split, tags in (
+            ("unseen", "validation", UNSEEN_TAGS),
+            ("heldout", "heldout", None),
+        ):
+            ceiling = code_ceiling(tokenizer, f"data/shapes/{split}", contents, tags=tags)
+            figures[f"code_ceiling_{key}"] = ceiling["summary"]["overall"]
     # patch-local codes: what they keep, with no detokenizer
     if tokenizer.config.feature_layer == 0:
-        decoded = mean_patch_decode(tokenizer, "data/shapes/train", "data/shapes/validation")
+        # 400 validation scenes, or all a smaller split holds (a demo's data has 200)
+        scenes = Path("data/shapes/validation/scenes.jsonl").read_text().count("\n")
+        decoded = mean_patch_decode(
+            tokenizer, "data/shapes/train", "data/shapes/validation", n=min(400, scenes)
+        )
         figures["patch_decode_recovery"] = decoded["scene_recovery"]
         figures["patch_decode_t2i"] = decoded["t2i"]["overall"]
         figures["patch_decode_by_category"] = decoded["t2i"]
@@ -144,6 +160,8 @@ def main() -> None:
         "perplexity",
         "code_change_inside",
         "code_change_outside",
+        "code_ceiling_unseen",
+        "code_ceiling_heldout",
         "patch_decode_recovery",
         "patch_decode_t2i",
         "encoder_train_seconds",
