@@ -29,7 +29,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         metavar="NAME_OR_FILE",
         help="the chain to run: a shipped one (default: about 15 min on 2 CPU cores with bf16 "
         "units, 38 without, from the shipped encoder; scratch: the encoder trained too; full: "
-        "the benchmark figures, hours; smoke: seconds, plumbing only) or a chain YAML file (recipes/shapes/chains/*.yaml)",
+        "the benchmark chain, sized for an hour with bf16 units; smoke: seconds, plumbing only) or a chain YAML file (recipes/shapes/chains/*.yaml)",
     )
     demo.set_defaults(handler=_demo)
 
