@@ -1,7 +1,7 @@
 """The codec ceiling of a demo chain's tokenizer and detokenizer, per evaluation split.
 
-Each split's real images go through the tokenizer's codes and the detokenizer (the pipeline's
-sampling: DPM-Solver++ 20 steps, guidance 3) and are scored by the exact scorer on their own
+Each split's real images go through the tokenizer's codes and the detokenizer (the chain's
+sampling: its sampler, steps and detokenizer guidance, as the demo draws) and are scored by the exact scorer on their own
 prompts: what an MLLM that drew every code right would score. A drawing figure above it is
 impossible; one far below it is the MLLM's. Splits as the demo reports them: validation's unseen
 categories (the headline's), its seen ones, and the held-out compositions (illume_eval.shapes.splits).
@@ -25,6 +25,7 @@ from pathlib import Path
 
 import illume.demo as demo
 from illume.chain import Chain
+from illume.pipeline import SamplingConfig
 from illume_detokenizer import DetokenizerPipeline
 from illume_eval.metrics import grouped, macro_interval
 from illume_eval.shapes import SEEN_TAGS, UNSEEN_TAGS
@@ -70,6 +71,9 @@ def main() -> None:
     tokenizer = SemanticTokenizer.from_pretrained(chain.output("tokenizer"))
     pipe = DetokenizerPipeline.from_pretrained(chain.output("detokenizer"))
     pipe.set_progress_bar_config(disable=True)
+    # the detokenizer drawn as the demo draws it: the demo's codec ceiling
+    sampling = SamplingConfig(**chain.sampling)
+    sampler = (sampling.sampler, sampling.steps)
 
     figures: dict = {}
     groups = {
@@ -80,9 +84,14 @@ def main() -> None:
         n = min(
             args.n, len((Path("data/shapes") / split / "scenes.jsonl").read_text().splitlines())
         )
-        quality = detokenizer_quality(tokenizer, pipe, f"data/shapes/{split}", n=n)["by_sampler"][
-            "dpm++@20"
-        ]
+        quality = detokenizer_quality(
+            tokenizer,
+            pipe,
+            f"data/shapes/{split}",
+            n=n,
+            samplers=(sampler,),
+            guidance=sampling.detokenizer_guidance,
+        )["by_sampler"]["{}@{}".format(*sampler)]
         for name, tags in subsets.items():
             verdicts = grouped(v for v in quality["t2i_verdicts"] if tags is None or v[0] in tags)
             by_tag = {k: sum(v) / len(v) for k, v in verdicts.items()}
@@ -97,6 +106,7 @@ def main() -> None:
     figures |= {
         "chain": chain.settings(),
         "steps": {name: chain.steps(name) for name in codec},
+        "sampling": {"sampler": sampler, "guidance": sampling.detokenizer_guidance},
         "train_seconds": seconds,
         "seconds": round(time.perf_counter() - start, 1),
         "workdir": str(workdir),

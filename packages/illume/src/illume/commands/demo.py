@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 
 # The default demo's wall time rests on bf16 matrix units (illume_trainer.precision): measured at
-# 14 min 34 s on a 2-core EPYC with AVX512-BF16 and 38 min 4 s on a 2-core EPYC with AVX2 only,
-# where the MLLM stages train in float32 (that CPU is also about 2x slower in float32: the
-# detokenizer took 1,291 s against 585; benchmarks/RESULTS.md, "Where it stands").
+# 14 min 34 s on a 2-core EPYC with AVX512-BF16, and 38 min 4 s and 49 min 55 s on two 2-core
+# EPYCs with AVX2 only, where the MLLM stages train in float32 (those CPUs are also 2-3x slower in
+# float32: the detokenizer took 1,291 s and 1,610 s against 585; benchmarks/RESULTS.md).
 SLOW_CPU_NOTE = (
     "note: this CPU has no bf16 matrix units (AVX512-BF16 or AMX), so the MLLM stages train in "
-    "float32: the default demo took 38 min on 2 cores of such a CPU, against 15 with them"
+    "float32: the default demo took 38-50 min on 2 cores of such CPUs, against 15 with them"
 )
 
 
@@ -28,7 +28,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         default="default",
         metavar="NAME_OR_FILE",
         help="the chain to run: a shipped one (default: about 15 min on 2 CPU cores with bf16 "
-        "units, 38 without, from the shipped encoder; scratch: the encoder trained too; full: "
+        "units, 38-50 without, from the shipped encoder; scratch: the encoder trained too; full: "
         "the benchmark chain, sized for an hour with bf16 units; smoke: seconds, plumbing only) or a chain YAML file (recipes/shapes/chains/*.yaml)",
     )
     demo.set_defaults(handler=_demo)
