@@ -1,10 +1,11 @@
 """The codec ceiling of a demo chain's tokenizer and detokenizer, per evaluation split.
 
 Each split's real images go through the tokenizer's codes and the detokenizer (the chain's
-sampling: its sampler, steps and detokenizer guidance, as the demo draws) and are scored by the exact scorer on their own
-prompts: what an MLLM that drew every code right would score. A drawing figure above it is
-impossible; one far below it is the MLLM's. Splits as the demo reports them: validation's unseen
-categories (the headline's), its seen ones, and the held-out compositions (illume_eval.shapes.splits).
+sampling: its sampler, steps and detokenizer guidance, as the demo draws) and are scored by the
+exact scorer on their own prompts: what an MLLM that drew every code right would score. A
+drawing figure above it is impossible; one far below it is the MLLM's. Splits as the demo reports
+them: validation's unseen categories (the headline's), its seen ones, and the held-out
+compositions (illume_eval.shapes.splits).
 
 Trains the chain's encoder, tokenizer and detokenizer in --workdir (finished stages are reused,
 so pointing it at an `illume demo --out DIR` only evaluates). Prints a table, then one JSON line.

@@ -9,9 +9,9 @@ from illume_mllm.decoder import positions_from_mask
 PROMPTS = ["a red circle", "a red circle above a blue square", "what is it"]
 
 
-@pytest.mark.parametrize("fuse", [True, False])
+@pytest.mark.parametrize("fuse, norm_form", [(True, "rsqrt"), (False, "rsqrt"), (True, "divide")])
 def test_flat_decoder_matches_the_transformers_forward_with_left_padding_and_images(
-    mllm, edits, fuse
+    mllm, edits, fuse, norm_form
 ):
     model, processor = mllm
     short, _ = edits([(200, 30, 30)])
@@ -24,7 +24,7 @@ def test_flat_decoder_matches_the_transformers_forward_with_left_padding_and_ima
     positions = positions_from_mask(mask)
     with torch.no_grad():
         want = model(**batch, position_ids=positions).logits[:, -1]
-        decoder = FlatDecoder(model, fuse=fuse)
+        decoder = FlatDecoder(model, fuse=fuse, norm_form=norm_form)
         assert decoder.fused == fuse
         embeds = model.prompt_embeddings(batch["input_ids"], batch["pixel_values"])
         s = decoder.shape
@@ -33,6 +33,8 @@ def test_flat_decoder_matches_the_transformers_forward_with_left_padding_and_ima
         got = decoder.logits(hidden)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
     assert presents[0][0].shape == (2, s.kv_heads, mask.shape[1], s.head_dim)
+    with pytest.raises(ValueError, match="norm_form must be one of"):
+        FlatDecoder(model, norm_form="sqrt")
 
 
 @pytest.mark.parametrize(

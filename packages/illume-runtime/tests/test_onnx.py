@@ -63,6 +63,20 @@ def test_every_graph_is_listed_checked_and_named_by_the_kv_convention(exported):
     ]
 
 
+def test_onnx_runtime_fuses_each_rmsnorm_of_the_decode_graph_into_one_kernel(exported, tmp_path):
+    import onnxruntime as ort
+
+    out, manifest = exported
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(tmp_path / "decode.optimized.onnx")
+    ort.InferenceSession(str(out / "decode.onnx"), options, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node]
+    # two a layer and the final norm; none left as Pow / ReduceMean / Sqrt / division
+    assert ops.count("SimplifiedLayerNormalization") == 2 * manifest["decoder"]["layers"] + 1
+    assert "Reciprocal" not in ops and "ReduceMean" not in ops
+
+
 def _close(got, want):
     np.testing.assert_allclose(got, want.detach().numpy(), atol=1e-4, rtol=1e-3)
 

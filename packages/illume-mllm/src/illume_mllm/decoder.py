@@ -24,6 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 SUPPORTED = ("llama", "mistral", "qwen2")
+#: FlatDecoder's ways of writing RMSNorm (see its docstring).
+NORM_FORMS = ("rsqrt", "divide")
 
 
 @dataclass(frozen=True)
@@ -55,10 +57,25 @@ class FlatDecoder(nn.Module):
     rows by each matrix, and on a CPU fewer, larger, contiguous products are markedly faster. The
     packed copies are made once, so a decoder with `fuse` is for inference on frozen weights (and
     costs their size again; on a GPU, where it would double the memory, it is off by default).
+
+    `norm_form`: how RMSNorm divides by the root mean square. "rsqrt" multiplies by its reciprocal
+    square root, transformers' Llama arithmetic to the bit, so the PyTorch loops draw the
+    reference's codes. "divide" divides by the square root: the same function within float
+    rounding, written as ONNX Runtime's graph optimizer recognises it, which fuses the five
+    operators into one SimplifiedLayerNormalization kernel (the exporter's choice).
     """
 
-    def __init__(self, model, max_positions: int | None = None, fuse: bool | None = None):
+    def __init__(
+        self,
+        model,
+        max_positions: int | None = None,
+        fuse: bool | None = None,
+        norm_form: str = "rsqrt",
+    ):
         super().__init__()
+        if norm_form not in NORM_FORMS:
+            raise ValueError(f"norm_form must be one of {NORM_FORMS}, got {norm_form!r}")
+        self.norm_form = norm_form
         lm, head = language_parts(model)
         config = lm.config
         if config.model_type not in SUPPORTED or getattr(config, "sliding_window", None):
@@ -141,11 +158,11 @@ class FlatDecoder(nn.Module):
         y = x @ weight
         return y if bias is None else y + bias
 
-    @staticmethod
-    def _rms(x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
+    def _rms(self, x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
         dtype = x.dtype
         x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon)
+        variance = x.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon
+        x = x * torch.rsqrt(variance) if self.norm_form == "rsqrt" else x / torch.sqrt(variance)
         return norm.weight * x.to(dtype)
 
     @staticmethod

@@ -296,7 +296,8 @@ def export_models(tokenizer, model, processor, detokenizer, out: Path, verify: b
         ),
     )
 
-    decoder = FlatDecoder(model)
+    # RMSNorm as a division: ONNX Runtime fuses it into one kernel (FlatDecoder's norm_form)
+    decoder = FlatDecoder(model, norm_form="divide")
     s = decoder.shape
     ids = torch.randint(0, s.vocab, (2, 5))
     grid = decoder.grid_embedding is not None
