@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from illume.cli import main
-from illume.pipeline import IllumePipeline
+from illume.pipeline import IllumePipeline, SamplingConfig
 from illume_core import Message
 from illume_mllm import (
     ContextLengthError,
@@ -68,7 +68,8 @@ def test_sampling_settings_are_saved_with_the_pipeline(pipeline_dir, tmp_path):
     pipe = IllumePipeline.from_pretrained(pipeline_dir)
     for sampling in (
         SamplingConfig(guidance=2.0, temperature=0.7, top_k=20, top_p=0.9, best_of=4),
-        SamplingConfig(temperature=0.0, edit_temperature=0.1, steps=3),  # greedy
+        # greedy, edits apart
+        SamplingConfig(temperature=0.0, edit_temperature=0.1, edit_guidance=1.25, steps=3),
     ):
         pipe.sampling = sampling
         pipe.save_pretrained(tmp_path / "cool")
@@ -390,6 +391,64 @@ def test_edits_draw_at_the_edit_temperature(pipeline_dir):
     pipe.sampling.edit_temperature = 1e-4
     assert torch.equal(edit(0), edit(1))
     assert not torch.equal(draw(0), draw(1))
+
+
+def test_edits_draw_at_the_edit_guidance(pipeline_dir):
+    """`edit_guidance` guides edits and only edits: with it at 1, an edit's codes are those of an
+    unguided pipeline whatever `guidance` is, while text-to-image follows `guidance`."""
+    from PIL import Image
+
+    pipe = IllumePipeline.from_pretrained(pipeline_dir)
+    pipe.sampling.temperature = 1.0
+    source = Image.new("RGB", (32, 32), (200, 40, 40))
+
+    def edit():
+        return pipe.edit_codes([source], ["make it blue"], torch.Generator().manual_seed(0))
+
+    def draw():
+        t2i = pipe.processor.t2i_messages
+        return pipe.draw_codes([t2i("a red circle")], [t2i("")], torch.Generator().manual_seed(0))
+
+    pipe.sampling.guidance = 1.0
+    unguided_edit, unguided_drawing = edit(), draw()
+    pipe.sampling.guidance = 100.0  # the random tiny model's instruction barely moves its logits
+    assert pipe.sampling.edit_guidance is None  # the library default: edits as drawings
+    assert not torch.equal(edit(), unguided_edit)
+    pipe.sampling.edit_guidance = 1.0
+    assert torch.equal(edit(), unguided_edit)
+    assert not torch.equal(draw(), unguided_drawing)
+    with pytest.raises(ValueError, match="guidance"):
+        SamplingConfig(edit_guidance=-1.0)
+
+
+def test_an_edits_guidance_and_temperature_set_the_edit_settings(pipeline_dir, tmp_path):
+    """`illume edit --guidance/--temperature` and an /v1/images/edits request's guidance_scale and
+    temperature set the settings edits draw at (edit_guidance, edit_temperature), which a saved
+    pipeline may hold apart from the drawings' ones."""
+    from illume.serve.schemas import ImageEditRequest, ImageGenerationRequest
+
+    pipe = IllumePipeline.from_pretrained(pipeline_dir)
+    pipe.sampling.steps = 2
+    pipe.sampling.edit_guidance, pipe.sampling.edit_temperature = 4.0, 1.0
+    pipe.save_pretrained(tmp_path / "pipe")
+    source = tmp_path / "source.png"
+    Image.new("RGB", (32, 32), (200, 40, 40)).save(source)
+    out = tmp_path / "edited.png"
+    cli = ["edit", "--model", str(tmp_path / "pipe"), str(source), "make it blue", "--seed", "3"]
+    assert main([*cli, "--guidance", "1", "--temperature", "0", "--out", str(out)]) == 0
+    with pipe.sampling_as(edit_guidance=1.0, edit_temperature=0.0):
+        expected = pipe.edit(Image.open(source), "make it blue", seed=3)
+    assert np.array_equal(np.asarray(Image.open(out)), np.asarray(expected))
+    assert not np.array_equal(np.asarray(pipe.edit(Image.open(source), "make it blue", seed=3)),
+                              np.asarray(expected))  # fmt: skip
+
+    fields = {"prompt": "make it blue", "guidance_scale": 1.25, "temperature": 0.2, "top_k": 3}
+    assert ImageEditRequest(**fields).overrides() == {
+        "edit_guidance": 1.25, "edit_temperature": 0.2, "top_k": 3
+    }  # fmt: skip
+    assert ImageGenerationRequest(**fields).overrides() == {
+        "guidance": 1.25, "temperature": 0.2, "top_k": 3
+    }  # fmt: skip
 
 
 def test_object_layout_counts_objects_by_row_and_column(tmp_path):

@@ -60,6 +60,10 @@ class SamplingConfig:
     """Editing's temperature (`edit`, and a chat turn that draws with an image in the conversation);
     None: `temperature`. An edit copies most of its source token for token, and a cooler draw
     copies more faithfully."""
+    edit_guidance: float | None = None
+    """Editing's classifier-free guidance, against the image without the instruction; None:
+    `guidance`. Guidance pushes every code away from what the unguided model would write for the
+    image alone, which for an edit is mostly a copy: an edit wants less of it than a drawing."""
     top_k: int | None = None
     top_p: float | None = None
     steps: int = 20
@@ -81,6 +85,8 @@ class SamplingConfig:
         check_sampling(self.guidance, self.temperature, self.top_k, self.top_p)
         if self.edit_temperature is not None:
             check_sampling(temperature=self.edit_temperature)
+        if self.edit_guidance is not None:
+            check_sampling(guidance=self.edit_guidance)
         check_sampling(guidance=self.detokenizer_guidance)
         if self.decoding not in ("plain", "sjd"):
             raise ValueError(f"decoding must be 'plain' or 'sjd', got {self.decoding!r}")
@@ -454,13 +460,14 @@ class IllumePipeline:
         edits: bool = False,
     ) -> torch.Tensor:
         """Vision tokens [B, h, w] for conversations ending in a drawing request, at the pipeline's
-        sampling (`edits`: the requests show images to edit, drawn at its edit temperature)."""
+        sampling (`edits`: the requests show images to edit, drawn at its edit guidance and
+        temperature)."""
         s = self.sampling
         return self._draw(
             conversations,
             unconditional,
             generator,
-            guidance=s.guidance,
+            guidance=s.edit_guidance if edits and s.edit_guidance is not None else s.guidance,
             temperature=self._temperature(edits),
             top_k=s.top_k,
             top_p=s.top_p,

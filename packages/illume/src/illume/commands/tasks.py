@@ -49,7 +49,13 @@ def placement(args: argparse.Namespace):
     return device, getattr(torch, name)
 
 
-def _sampling(parser: argparse.ArgumentParser) -> None:
+def _sampling(parser: argparse.ArgumentParser, edits: bool = False) -> None:
+    # an edit draws at the pipeline's edit guidance and temperature where it has them
+    default = (
+        "edit_{0} in generation_config.json, else its {0}"
+        if edits
+        else "{0} in generation_config.json"
+    )
     parser.add_argument(
         "--model", required=True, help="pipeline directory (e.g. DEMO_OUT/pipeline)"
     )
@@ -65,13 +71,17 @@ def _sampling(parser: argparse.ArgumentParser) -> None:
         "--guidance",
         type=float,
         default=None,
-        help="CFG scale of the vision tokens, >= 0 (1: none; default: the pipeline's generation_config.json)",
+        help="CFG scale of the vision tokens, >= 0 (1: none; default: the pipeline's "
+        + default.format("guidance")
+        + ")",
     )
     parser.add_argument(
         "--temperature",
         type=float,
         default=None,
-        help="of the vision tokens, >= 0 (0: greedy; default: the pipeline's generation_config.json)",
+        help="of the vision tokens, >= 0 (0: greedy; default: the pipeline's "
+        + default.format("temperature")
+        + ")",
     )
     parser.add_argument(
         "--top-k",
@@ -159,7 +169,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     answer.set_defaults(handler=_answer)
 
     edit = commands.add_parser("edit", help="edit an image by an instruction")
-    _sampling(edit)
+    _sampling(edit, edits=True)
     edit.add_argument("image", help="the image file to edit (PNG, JPEG, ...)")
     edit.add_argument("instruction", help='e.g. "change the red circle to green"')
     edit.add_argument("--out", default="edited.png", help="the PNG to write (default edited.png)")
@@ -231,13 +241,16 @@ def _check_out_file(out: Path, overwrite: bool) -> None:
 GENERATED_KIND = "generated-images"
 
 
-def _load(args: argparse.Namespace):
+def _load(args: argparse.Namespace, edits: bool = False):
+    """The pipeline with the command line's sampling settings (`edits`: --guidance and
+    --temperature set the edit guidance and temperature, which edits draw at)."""
     from illume.pipeline import IllumePipeline
 
     pipe = IllumePipeline.from_pretrained(args.model, *placement(args))
+    prefix = "edit_" if edits else ""
     for field, value in (
-        ("guidance", getattr(args, "guidance", None)),
-        ("temperature", getattr(args, "temperature", None)),
+        (prefix + "guidance", getattr(args, "guidance", None)),
+        (prefix + "temperature", getattr(args, "temperature", None)),
         ("top_k", getattr(args, "top_k", None)),
         ("top_p", getattr(args, "top_p", None)),
         ("steps", getattr(args, "steps", None)),
@@ -400,7 +413,7 @@ def _edit(args: argparse.Namespace) -> int:
     _check_args(args)
     _check_out_file(Path(args.out), args.overwrite)
     source = load_image(args.image)
-    pipe = _load(args)
+    pipe = _load(args, edits=True)
     with _working("editing"):
         image = pipe.edit(source, args.instruction, seed=args.seed)
     atomic_write_bytes(args.out, _png(image))

@@ -8,7 +8,7 @@ sampling settings are extensions beside OpenAI's fields (`seed`, `guidance_scale
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -29,10 +29,14 @@ class Sampling(_Strict):
     top_k: Annotated[int, Field(ge=1)] | None = None
     top_p: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
 
+    # request field -> SamplingConfig field
+    sampling_fields: ClassVar[dict[str, str]] = {
+        "guidance_scale": "guidance", "temperature": "temperature", "top_k": "top_k", "top_p": "top_p",
+    }  # fmt: skip
+
     def overrides(self) -> dict[str, Any]:
         """SamplingConfig fields this request sets."""
-        names = {"guidance_scale": "guidance", "temperature": "temperature", "top_k": "top_k",
-                 "top_p": "top_p"}  # fmt: skip
+        names = self.sampling_fields
         return {names[k]: v for k, v in self.model_dump(exclude_none=True).items() if k in names}
 
 
@@ -56,7 +60,13 @@ class ImageGenerationRequest(_ImageRequest):
 
 
 class ImageEditRequest(_ImageRequest):
-    """POST /v1/images/edits (multipart: the image is a file part, these are the form fields)."""
+    """POST /v1/images/edits (multipart: the image is a file part, these are the form fields).
+    Its guidance and temperature are the edit's (SamplingConfig.edit_guidance, edit_temperature),
+    which an edit draws at."""
+
+    sampling_fields: ClassVar[dict[str, str]] = {
+        **Sampling.sampling_fields, "guidance_scale": "edit_guidance", "temperature": "edit_temperature",
+    }  # fmt: skip
 
 
 class ImageData(BaseModel):
