@@ -396,8 +396,6 @@ def test_edits_draw_at_the_edit_temperature(pipeline_dir):
 def test_edits_draw_at_the_edit_guidance(pipeline_dir):
     """`edit_guidance` guides edits and only edits: with it at 1, an edit's codes are those of an
     unguided pipeline whatever `guidance` is, while text-to-image follows `guidance`."""
-    from PIL import Image
-
     pipe = IllumePipeline.from_pretrained(pipeline_dir)
     pipe.sampling.temperature = 1.0
     source = Image.new("RGB", (32, 32), (200, 40, 40))
