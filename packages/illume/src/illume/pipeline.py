@@ -98,6 +98,16 @@ class SamplingConfig:
             if not isinstance(getattr(self, name), str):
                 raise ValueError(f"{name} must be a string, got {getattr(self, name)!r}")
 
+    def guidance_for(self, edits: bool) -> float:
+        """The vision tokens' guidance for a drawing, or for an edit (`edit_guidance` when set)."""
+        return self.edit_guidance if edits and self.edit_guidance is not None else self.guidance
+
+    def temperature_for(self, edits: bool) -> float:
+        """The vision tokens' temperature for a drawing, or for an edit (`edit_temperature` when set)."""
+        if edits and self.edit_temperature is not None:
+            return self.edit_temperature
+        return self.temperature
+
     @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> SamplingConfig:
         """Settings from `generation_config.json` (transformers' names for the vision tokens'
@@ -336,7 +346,8 @@ class IllumePipeline:
             from illume_runtime import OnnxImageGenerator
             from illume_runtime.tensorrt import TensorRTModels
 
-            impl = OnnxImageGenerator(TensorRTModels(self._onnx_dir(onnx_dir)), self.processor)
+            models = TensorRTModels(self._onnx_dir(onnx_dir, portable=True))
+            impl = OnnxImageGenerator(models, self.processor)
         elif runtime in ("onnx", "onnx-tensorrt"):
             from illume_runtime import OnnxImageGenerator
 
@@ -357,19 +368,21 @@ class IllumePipeline:
         self.detokenizer.use_unet_step(unet_step)
         return self
 
-    def _onnx_dir(self, onnx_dir: str | os.PathLike | None) -> Path:
+    def _onnx_dir(self, onnx_dir: str | os.PathLike | None, portable: bool = False) -> Path:
+        """The export to run: `onnx_dir`, or one made once beside the pipeline (`onnx/`, or for
+        TensorRT's native engines `onnx-portable/`, standard operators only)."""
         if onnx_dir is not None:
             return Path(onnx_dir)
         if self.directory is None:
             raise ValueError(
                 "this pipeline was not loaded from a directory: pass onnx_dir (made by `illume export`)"
             )
-        out = self.directory / "onnx"
+        out = self.directory / ("onnx-portable" if portable else "onnx")
         if not (out / "manifest.json").is_file():
             from illume_runtime import export_pipeline
 
             logger.info("exporting ONNX graphs to %s (once)", out)
-            export_pipeline(self.directory, out)
+            export_pipeline(self.directory, out, portable=portable)
         return out
 
     def _draw(
@@ -467,15 +480,11 @@ class IllumePipeline:
             conversations,
             unconditional,
             generator,
-            guidance=s.edit_guidance if edits and s.edit_guidance is not None else s.guidance,
-            temperature=self._temperature(edits),
+            guidance=s.guidance_for(edits),
+            temperature=s.temperature_for(edits),
             top_k=s.top_k,
             top_p=s.top_p,
         )
-
-    def _temperature(self, edits: bool) -> float:
-        s = self.sampling
-        return s.edit_temperature if edits and s.edit_temperature is not None else s.temperature
 
     # -- tasks ------------------------------------------------------------------------------------
 
@@ -684,7 +693,7 @@ class IllumePipeline:
                 [messages],
                 None,
                 generator,
-                temperature=self._temperature(edits),
+                temperature=self.sampling.temperature_for(edits),
                 top_k=self.sampling.top_k,
                 top_p=self.sampling.top_p,
             )
