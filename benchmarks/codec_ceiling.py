@@ -30,6 +30,7 @@ from illume.pipeline import SamplingConfig
 from illume_detokenizer import DetokenizerPipeline
 from illume_eval.metrics import grouped, macro_interval
 from illume_eval.shapes import SEEN_TAGS, UNSEEN_TAGS
+from illume_eval.shapes.audit import split_scenes
 from illume_eval.shapes.codec import detokenizer_quality
 from illume_tokenizer import SemanticTokenizer
 
@@ -82,9 +83,7 @@ def main() -> None:
         "heldout": {"heldout_compositions": None},
     }
     for split, subsets in groups.items():
-        n = min(
-            args.n, len((Path("data/shapes") / split / "scenes.jsonl").read_text().splitlines())
-        )
+        n = min(args.n, len(split_scenes(f"data/shapes/{split}")))
         quality = detokenizer_quality(
             tokenizer,
             pipe,

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from illume_core import read_json
 from illume_eval.shapes import UNSEEN_TAGS, ensure_dataset
+from illume_eval.shapes.audit import split_scenes
 from illume_eval.shapes.codec import (
     code_locality,
     encoder_retrieval,
@@ -141,7 +142,7 @@ def main() -> None:
     # patch-local codes: what they keep, with no detokenizer
     if tokenizer.config.feature_layer == 0:
         # 400 validation scenes, or all a smaller split holds (a demo's data has 200)
-        scenes = Path("data/shapes/validation/scenes.jsonl").read_text().count("\n")
+        scenes = len(split_scenes("data/shapes/validation"))
         decoded = mean_patch_decode(
             tokenizer, "data/shapes/train", "data/shapes/validation", n=min(400, scenes)
         )
