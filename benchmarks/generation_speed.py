@@ -12,7 +12,10 @@ All three draw the same codes for the same seed, which the benchmark checks as i
 - Decode-step roofline: one CFG decode step of the fast loop against the memory-bandwidth bound
   (bytes of weights + KV cache read per step / measured copy bandwidth). On a GPU: a Llama-7B-shaped
   model with random bf16 weights (nothing to download), with the reference's step next to it; on
-  a CPU: the ShapesWorld model, as a stand-in until a GPU run.
+  a CPU: the ShapesWorld model, as a stand-in until a GPU run; and the exported decode graph's
+  step in ONNX Runtime against the same bound, with its rotary attention as ONNX Runtime's fused
+  kernels (the export's default) and in standard operators (`portable=True`, TensorRT's).
+  Weights counted: the layers and the LM head's vision rows (one row of the embedding table).
 
 - Speculative Jacobi decoding (`--sjd`): the torch loop plain against SJD at each batch size,
   forward passes per call and images per second (at the pipeline's sampling); with `--data
@@ -22,7 +25,8 @@ All three draw the same codes for the same seed, which the benchmark checks as i
 Prints tables, then one JSON object on its last line with keys cpu_speedup_1, cpu_speedup_4,
 cpu_speedup_16: the fastest runtime over the reference (named in cpu_fastest_N; every runtime's
 ratio in cpu_speedups_N: torch, torch-compiled, onnx); and gpu_roofline_fraction, gpu_speedup_1
-where a GPU ran; with --sjd, sjd_RUNTIME_N ({passes, images_per_second} of plain and sjd,
+where a GPU ran; cpu_roofline (the torch loop's step), cpu_roofline_onnx and
+cpu_roofline_onnx_portable ({step_ms, bound_ms, roofline_fraction}); with --sjd, sjd_RUNTIME_N ({passes, images_per_second} of plain and sjd,
 the torch loop's and ONNX Runtime's) and
 sjd_t2i_unseen (each seed's score, plain and sjd).
 
@@ -49,6 +53,10 @@ PROMPTS = [
     "a purple square above a cyan triangle",
     "a yellow circle and a red square",
 ]
+
+
+#: timed calls of a single decode step (a millisecond each on the CPU): the best of few is noise
+STEP_REPEATS = 50
 
 
 def shapes_pipeline(root: Path):
@@ -123,6 +131,45 @@ def copy_bandwidth(device: str) -> float:
     return 2 * src.numel() * src.element_size() / seconds
 
 
+def step_weight_bytes(model, processor) -> int:
+    """Bytes of weights a decode step reads: the layers, the final norm and the vision rows of the
+    LM head (of the embedding table it reads one row a token: left out)."""
+    lm, embedding = model.language_model, model.language_model.embed_tokens.weight
+    weights = sum(p.numel() * p.element_size() for p in lm.parameters() if p is not embedding)
+    vision = processor.vocab.vision_ids
+    rows = model.lm_head.weight[vision.start : vision.stop]
+    return weights + rows.numel() * rows.element_size()
+
+
+def onnx_decode_roofline(models, model, processor, repeats: int) -> dict:
+    """One CFG decode step (2 rows) of the exported decode graph in ONNX Runtime, fed and read as
+    `OnnxImageGenerator` does (OrtValues through IO binding), against the bandwidth bound at the
+    KV length of `decode_roofline`."""
+    import numpy as np
+
+    s = models.manifest["decoder"]
+    h, w = processor.config.image_grid
+    length, rows = 64 + h * (w + 1) + 2, 2
+    rng = np.random.default_rng(0)
+    feeds = {
+        "input_ids": np.zeros((rows, 1), np.int64),
+        "attention_mask": np.ones((rows, length), np.int64),
+        "position_ids": np.full((rows, 1), length - 1, np.int64),
+    }
+    if models.manifest.get("grid_embeddings"):
+        feeds["grid_positions"] = np.zeros((rows, 1), np.int64)
+    for i in range(s["layers"]):
+        for kind in ("key", "value"):
+            feeds[f"past_key_values.{i}.{kind}"] = rng.standard_normal(
+                (rows, s["kv_heads"], length - 1, s["head_dim"]), dtype=np.float32
+            )
+    bound_feeds = {k: models.ortvalue(v) for k, v in feeds.items()}
+    step = best_seconds(lambda: models.run_bound("decode", bound_feeds), max(repeats, STEP_REPEATS))
+    cache = 2 * s["layers"] * rows * s["kv_heads"] * length * s["head_dim"] * 4
+    bound = (step_weight_bytes(model, processor) + cache) / copy_bandwidth("cpu")
+    return {"step_ms": step * 1e3, "bound_ms": bound * 1e3, "roofline_fraction": bound / step}
+
+
 def decode_roofline(model, processor, device: str, repeats: int, reference: bool) -> dict:
     """One CFG decode step (2 rows) of the fast loop, and optionally of transformers' forward with a
     DynamicCache, against bytes-read / bandwidth at a KV length of prompt + one image."""
@@ -148,12 +195,8 @@ def decode_roofline(model, processor, device: str, repeats: int, reference: bool
         hidden = decoder.forward_static(decoder.embed_tokens(token), position, bias, k, v, slot)
         return decoder.logits(hidden, slice(vision.start, vision.stop))
 
-    step = best_seconds(fast_step, repeats)
-    weights = sum(p.numel() * p.element_size() for p in model.language_model.parameters())
-    weights += (
-        model.lm_head.weight[vision.start : vision.stop].numel()
-        * model.lm_head.weight.element_size()
-    )
+    step = best_seconds(fast_step, max(repeats, STEP_REPEATS))
+    weights = step_weight_bytes(model, processor)
     cache = 2 * k.numel() * k.element_size()
     bound = (weights + cache) / copy_bandwidth(device)
     out = {
@@ -259,6 +302,10 @@ def main() -> None:
         figures["export_seconds"] = round(time.perf_counter() - start, 1)
         models = OnnxModels(workdir / "onnx")
         onnx_loop = OnnxImageGenerator(models, processor)
+        # the same graphs in standard operators only (TensorRT's), for the decode step's table
+        export_models(
+            tokenizer, model, processor, detok, _mkdir(workdir / "onnx-portable"), portable=True
+        )
 
     tokens_per_image = processor.config.image_grid[0] * processor.config.image_grid[1]
     rows = []
@@ -332,6 +379,13 @@ def main() -> None:
         k: round(v, 4)
         for k, v in decode_roofline(model, processor, "cpu", args.repeats, True).items()
     }
+    if onnx_loop is not None:
+        for name, directory in (("onnx", "onnx"), ("onnx_portable", "onnx-portable")):
+            export = OnnxModels(workdir / directory)
+            roof = onnx_decode_roofline(export, model, processor, args.repeats)
+            figures[f"cpu_roofline_{name}"] = {k: round(v, 4) for k, v in roof.items()} | {
+                "attention_form": export.manifest["attention_form"]
+            }
     if torch.cuda.is_available():
         big, big_processor = gpu_model(workdir / "gpu-processor")
         roof = decode_roofline(big, big_processor, "cuda", args.repeats, reference=True)
@@ -347,7 +401,8 @@ def main() -> None:
             print(
                 f"{batch:>6} {name:<10} {value:>10.1f} {value / speed['reference']:>12.2f}  {identical}"
             )
-    for key in ("encode_images_per_second", "unet_step_ms", "cpu_roofline", "gpu"):
+    keys = ("encode_images_per_second", "unet_step_ms", "cpu_roofline", "cpu_roofline_onnx")
+    for key in (*keys, "cpu_roofline_onnx_portable", "gpu"):
         if key in figures:
             print(f"{key}: {figures[key]}")
     print(json.dumps(figures))

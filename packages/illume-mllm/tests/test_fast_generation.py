@@ -4,14 +4,21 @@ import pytest
 import torch
 
 from illume_mllm import FlatDecoder, TorchImageGenerator, generate_image_tokens, prompt_batch
-from illume_mllm.decoder import positions_from_mask
+from illume_mllm.decoder import ATTENTION_FORMS, positions_from_mask
 
 PROMPTS = ["a red circle", "a red circle above a blue square", "what is it"]
 
 
-@pytest.mark.parametrize("fuse, norm_form", [(True, "rsqrt"), (False, "rsqrt"), (True, "divide")])
+@pytest.mark.parametrize(
+    "fuse, norm_form, attention_form",
+    [
+        (True, "rsqrt", "decomposed"),
+        (False, "rsqrt", "decomposed"),
+        (True, "divide", "decomposed"),
+    ],
+)
 def test_flat_decoder_matches_the_transformers_forward_with_left_padding_and_images(
-    mllm, edits, fuse, norm_form
+    mllm, edits, fuse, norm_form, attention_form
 ):
     model, processor = mllm
     short, _ = edits([(200, 30, 30)])
@@ -24,7 +31,7 @@ def test_flat_decoder_matches_the_transformers_forward_with_left_padding_and_ima
     positions = positions_from_mask(mask)
     with torch.no_grad():
         want = model(**batch, position_ids=positions).logits[:, -1]
-        decoder = FlatDecoder(model, fuse=fuse, norm_form=norm_form)
+        decoder = FlatDecoder(model, fuse=fuse, norm_form=norm_form, attention_form=attention_form)
         assert decoder.fused == fuse
         embeds = model.prompt_embeddings(batch["input_ids"], batch["pixel_values"])
         s = decoder.shape
@@ -33,8 +40,53 @@ def test_flat_decoder_matches_the_transformers_forward_with_left_padding_and_ima
         got = decoder.logits(hidden)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
     assert presents[0][0].shape == (2, s.kv_heads, mask.shape[1], s.head_dim)
+    # a decode step after those presents, as the ONNX decode graph takes one
+    step_mask = torch.cat([mask, torch.ones(2, 1, dtype=mask.dtype)], dim=1)
+    token = torch.tensor([[5], [6]])
+    with torch.no_grad():
+        want = model(
+            input_ids=torch.cat([batch["input_ids"], token], 1),
+            pixel_values=batch["pixel_values"],
+            attention_mask=step_mask,
+            position_ids=positions_from_mask(step_mask),
+        ).logits[:, -1]
+        step_positions = positions_from_mask(step_mask)[:, -1:]
+        hidden, _ = decoder.forward_past(decoder.embed(token), step_positions, step_mask, presents)
+    torch.testing.assert_close(decoder.logits(hidden), want, atol=1e-5, rtol=1e-4)
     with pytest.raises(ValueError, match="norm_form must be one of"):
         FlatDecoder(model, norm_form="sqrt")
+    with pytest.raises(ValueError, match="attention_form must be one of"):
+        FlatDecoder(model, attention_form="fused")
+    # this model shares key/value heads between queries (GQA), which MultiHeadAttention cannot
+    with pytest.raises(ValueError, match="use attention_form='decomposed'"):
+        FlatDecoder(model, attention_form="contrib")
+
+
+def test_the_contrib_attention_form_computes_the_decomposed_forms_logits_and_presents(tiny_stages):
+    """The operators the exporter maps to ONNX Runtime's fused kernels, run by PyTorch: the same
+    prefill (left padding) and decode step as the decomposed form."""
+    from illume_mllm import IllumeForConditionalGeneration
+
+    model = IllumeForConditionalGeneration.from_pretrained(tiny_stages / "mllm").eval()
+    decomposed, contrib = (FlatDecoder(model, attention_form=f) for f in ATTENTION_FORMS)
+    s = decomposed.shape
+    assert s.kv_heads == s.heads
+    torch.manual_seed(0)
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])
+    embeds = torch.randn(2, 6, s.hidden)
+    empty = [(torch.zeros(2, s.kv_heads, 0, s.head_dim),) * 2 for _ in range(s.layers)]
+    step_mask = torch.cat([mask, torch.ones(2, 1, dtype=mask.dtype)], dim=1)
+    token = torch.tensor([[3], [4]])
+    outputs = []
+    with torch.no_grad():
+        for decoder in (decomposed, contrib):
+            hidden, presents = decoder.forward_past(embeds, positions_from_mask(mask), mask, empty)
+            step, step_presents = decoder.forward_past(
+                decoder.embed(token), positions_from_mask(step_mask)[:, -1:], step_mask, presents
+            )
+            outputs.append((decoder.logits(hidden), decoder.logits(step), step_presents[-1][0]))
+    for want, got in zip(*outputs, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize(

@@ -26,6 +26,20 @@ def exported(pipeline_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def portable(pipeline_dir, tmp_path_factory):
+    """The export in standard ONNX operators only, as TensorRT parses it."""
+    out = tmp_path_factory.mktemp("onnx") / "portable"
+    manifest = export_pipeline(pipeline_dir, out, portable=True)
+    return out, manifest
+
+
+def _ops(path) -> list[tuple[str, str]]:
+    return [
+        (n.domain, n.op_type) for n in onnx.load(str(path), load_external_data=False).graph.node
+    ]
+
+
+@pytest.fixture(scope="module")
 def reference(pipeline_dir):
     return (
         SemanticTokenizer.from_pretrained(pipeline_dir / "tokenizer").eval(),
@@ -61,6 +75,41 @@ def test_every_graph_is_listed_checked_and_named_by_the_kv_convention(exported):
     assert outputs == ["logits"] + [
         f"present.{i}.{k}" for i in range(layers) for k in ("key", "value")
     ]
+    # each layer's rotary embeddings (queries, keys) and attention as ONNX Runtime's fused kernels
+    assert manifest["attention_form"] == "contrib"
+    for graph in ("prefill", "decode", "decode_window"):
+        ops = _ops(out / manifest["graphs"][graph]["file"])
+        assert ops.count(("com.microsoft", "MultiHeadAttention")) == layers
+        assert ops.count(("com.microsoft", "RotaryEmbedding")) == 2 * layers
+        assert ("", "Softmax") not in ops
+
+
+@pytest.mark.slow  # a second export: ~30 s
+def test_a_portable_export_keeps_to_standard_operators_and_draws_the_same_codes(
+    portable, exported, reference
+):
+    out, manifest = portable
+    assert manifest["attention_form"] == "decomposed"
+    for spec in manifest["graphs"].values():
+        assert {domain for domain, _ in _ops(out / spec["file"])} <= {""}
+    _, _, processor, _ = reference
+    conversations = [processor.t2i_messages(p) for p in ("a red circle", "make it green")]
+    unconditional = [processor.t2i_messages("")] * 2
+    kwargs = {"guidance": 3.0, "temperature": 1.0}
+    draws = [
+        OnnxImageGenerator(directory)(
+            conversations, unconditional, generator=torch.Generator().manual_seed(3), **kwargs
+        )
+        for directory in (out, exported[0])
+    ]
+    assert torch.equal(*draws)
+
+
+def test_tensorrt_refuses_an_export_with_onnx_runtimes_contrib_kernels(exported):
+    from illume_runtime.tensorrt import TensorRTModels
+
+    with pytest.raises(ValueError, match="illume export --portable"):
+        TensorRTModels(exported[0])
 
 
 def test_onnx_runtime_fuses_each_rmsnorm_of_the_decode_graph_into_one_kernel(exported, tmp_path):
@@ -232,11 +281,11 @@ def test_onnx_runtime_on_cuda_draws_the_greedy_codes_of_the_cpu(exported, refere
 
 
 @pytest.mark.gpu
-def test_tensorrt_engines_match_onnx_runtime_and_are_cached(exported):
+def test_tensorrt_engines_match_onnx_runtime_and_are_cached(portable):
     pytest.importorskip("tensorrt")
     from illume_runtime.tensorrt import TensorRTSession, build_engine, graph_profiles
 
-    out, manifest = exported
+    out, manifest = portable
     models = OnnxModels(out)
     codes = torch.randint(
         0, manifest["tokenizer"]["codebook_size"], (3, *manifest["tokenizer"]["grid"])
@@ -321,11 +370,11 @@ def test_a_gpu_provider_that_is_missing_names_the_wheel_to_swap(exported):
 
 
 @pytest.mark.gpu
-def test_native_tensorrt_runtime_draws_the_greedy_codes_of_the_torch_loop(pipeline_dir, exported):
+def test_native_tensorrt_runtime_draws_the_greedy_codes_of_the_torch_loop(pipeline_dir, portable):
     pytest.importorskip("tensorrt")
     from illume.pipeline import IllumePipeline
 
-    out, _ = exported
+    out, _ = portable
     pipe = IllumePipeline.from_pretrained(pipeline_dir)
     pipe.sampling.temperature = 0.0
     want = pipe("a red circle", seed=0).codes

@@ -11,6 +11,12 @@ parameter tensors (on a CPU, fused copies of them: see `fuse`), in two forms:
 - `forward_past`: the past keys/values passed in and the presents returned (the optimum /
   onnxruntime-genai convention). Used for the ONNX prefill and decode graphs.
 
+`attention_form="contrib"` writes each layer's rotary embedding and attention (with the cache's
+concatenation) as one custom operator each, `illume::rotary_embedding` and
+`illume::attention_after_past`: PyTorch runs them as the same arithmetic, and the ONNX exporter
+maps them to ONNX Runtime's fused RotaryEmbedding and MultiHeadAttention kernels
+(`illume_runtime.export`), a decode step's dozens of small operators per layer in two.
+
 Llama-family decoders only (Llama, Vicuna, Mistral without sliding windows, Qwen2): a model with
 anything else raises, naming what it lacks.
 """
@@ -26,6 +32,62 @@ from torch import nn
 SUPPORTED = ("llama", "mistral", "qwen2")
 #: FlatDecoder's ways of writing RMSNorm (see its docstring).
 NORM_FORMS = ("rsqrt", "divide")
+#: FlatDecoder's ways of writing rotary attention (see the module docstring).
+ATTENTION_FORMS = ("decomposed", "contrib")
+
+
+# -- two operators as ONNX Runtime's contrib kernels define them ----------------------------------
+
+
+@torch.library.custom_op("illume::rotary_embedding", mutates_args=())
+def rotary_embedding(
+    x: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: int
+) -> torch.Tensor:
+    """x [B, T, H * hd] rotated at positions [B, T] by the half tables cos, sin [P, hd / 2]
+    (rotate-half, not interleaved): ONNX Runtime's com.microsoft.RotaryEmbedding."""
+    b, t, d = x.shape
+    half = d // heads // 2
+    cos = torch.cat([cos, cos], dim=-1)[positions][:, :, None]  # [B, T, 1, hd]
+    sin = torch.cat([sin, sin], dim=-1)[positions][:, :, None]
+    x = x.view(b, t, heads, 2 * half)
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return (x * cos + rotated * sin).reshape(b, t, d)
+
+
+@rotary_embedding.register_fake
+def _(x, positions, cos, sin, heads):
+    return torch.empty_like(x)
+
+
+@torch.library.custom_op("illume::attention_after_past", mutates_args=())
+def attention_after_past(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    bias: torch.Tensor,
+    past_key: torch.Tensor,
+    past_value: torch.Tensor,
+    heads: int,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q, k, v [B, T, H * hd] after past_key / past_value [B, H, P, hd], additive bias
+    [B, 1, T, P + T] -> attended [B, T, H * hd] and the presents [B, H, P + T, hd]: ONNX Runtime's
+    com.microsoft.MultiHeadAttention (one head count for queries and keys)."""
+    b, t, d = q.shape
+
+    def split(x):  # [B, T, H * hd] -> [B, H, T, hd]
+        return x.view(b, t, heads, d // heads).transpose(1, 2)
+
+    key, value = torch.cat([past_key, split(k)], dim=2), torch.cat([past_value, split(v)], dim=2)
+    weights = torch.softmax((split(q) @ key.transpose(-1, -2)) * scale + bias, dim=-1)
+    return (weights @ value).transpose(1, 2).reshape(b, t, d), key, value
+
+
+@attention_after_past.register_fake
+def _(q, k, v, bias, past_key, past_value, heads, scale):
+    b, t, d = q.shape
+    present = (b, heads, past_key.shape[2] + t, d // heads)
+    return torch.empty_like(q), past_key.new_empty(present), past_value.new_empty(present)
 
 
 @dataclass(frozen=True)
@@ -58,6 +120,11 @@ class FlatDecoder(nn.Module):
     packed copies are made once, so a decoder with `fuse` is for inference on frozen weights (and
     costs their size again; on a GPU, where it would double the memory, it is off by default).
 
+    `attention_form`: "decomposed" (the default) or "contrib", each layer's rotary embedding and
+    attention as two custom operators that export to ONNX Runtime's fused kernels (see the module
+    docstring; `forward_past` only, and only for models with as many key/value heads as query
+    heads, as MultiHeadAttention takes them).
+
     `norm_form`: how RMSNorm divides by the root mean square. "rsqrt" multiplies by its reciprocal
     square root, transformers' Llama arithmetic to the bit, so the PyTorch loops draw the
     reference's codes. "divide" divides by the square root: the same function within float
@@ -71,11 +138,16 @@ class FlatDecoder(nn.Module):
         max_positions: int | None = None,
         fuse: bool | None = None,
         norm_form: str = "rsqrt",
+        attention_form: str = "decomposed",
     ):
         super().__init__()
         if norm_form not in NORM_FORMS:
             raise ValueError(f"norm_form must be one of {NORM_FORMS}, got {norm_form!r}")
-        self.norm_form = norm_form
+        if attention_form not in ATTENTION_FORMS:
+            raise ValueError(
+                f"attention_form must be one of {ATTENTION_FORMS}, got {attention_form!r}"
+            )
+        self.norm_form, self.attention_form = norm_form, attention_form
         lm, head = language_parts(model)
         config = lm.config
         if config.model_type not in SUPPORTED or getattr(config, "sliding_window", None):
@@ -95,6 +167,12 @@ class FlatDecoder(nn.Module):
             head_dim=head_dim,
             vocab=head.weight.shape[0],
         )
+        if attention_form == "contrib" and self.shape.kv_heads != self.shape.heads:
+            raise ValueError(
+                f"attention_form='contrib' takes as many key/value heads as query heads "
+                f"(ONNX Runtime's MultiHeadAttention); this model has {self.shape.kv_heads} for "
+                f"{self.shape.heads}: use attention_form='decomposed'"
+            )
         self.embed_tokens, self.layers, self.norm, self.lm_head = (
             lm.embed_tokens,
             lm.layers,
@@ -171,20 +249,25 @@ class FlatDecoder(nn.Module):
         rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
         return x * cos + rotated * sin
 
-    def _qkv(self, i: int, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
-        """x [B, T, D] -> q [B, H, T, hd], k, v [B, Hkv, T, hd] (rotary applied)."""
+    def _projections(self, i: int, x: torch.Tensor):
+        """x [B, T, D] -> q [B, T, H * hd], k, v [B, T, Hkv * hd] (no rotary)."""
         s, attn = self.shape, self.layers[i].self_attn
-        b, t, _ = x.shape
         h = self._rms(x, self.layers[i].input_layernorm)
         if self.fused:
             p = self.packed[i]
-            q, k, v = self._project(h, p["qkv"], p["qkv_bias"]).split(
+            return self._project(h, p["qkv"], p["qkv_bias"]).split(
                 [s.heads * s.head_dim, s.kv_heads * s.head_dim, s.kv_heads * s.head_dim], dim=-1
             )
-        else:
-            q = F.linear(h, attn.q_proj.weight, attn.q_proj.bias)
-            k = F.linear(h, attn.k_proj.weight, attn.k_proj.bias)
-            v = F.linear(h, attn.v_proj.weight, attn.v_proj.bias)
+        q = F.linear(h, attn.q_proj.weight, attn.q_proj.bias)
+        k = F.linear(h, attn.k_proj.weight, attn.k_proj.bias)
+        v = F.linear(h, attn.v_proj.weight, attn.v_proj.bias)
+        return q, k, v
+
+    def _qkv(self, i: int, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        """x [B, T, D] -> q [B, H, T, hd], k, v [B, Hkv, T, hd] (rotary applied)."""
+        s = self.shape
+        b, t, _ = x.shape
+        q, k, v = self._projections(i, x)
         q = q.view(b, t, s.heads, s.head_dim)
         k = k.view(b, t, s.kv_heads, s.head_dim)
         v = v.view(b, t, s.kv_heads, s.head_dim)
@@ -266,11 +349,25 @@ class FlatDecoder(nn.Module):
         """x [B, T, D] after `past` keys/values [B, Hkv, P, hd] per layer; attention_mask [B, P + T]
         (1 = attend, left padding 0) -> last hidden state [B, D] (`every_position`: all, [B, T, D])
         and the presents [B, Hkv, P + T, hd]."""
-        cos, sin = self.rotary(positions)
         total = attention_mask.shape[1]
         slots = torch.arange(total - x.shape[1], total, device=x.device)
         bias = padding_causal_bias(attention_mask, slots, x.dtype)
         presents = []
+        if self.attention_form == "contrib":
+            s, half = self.shape, self.shape.head_dim // 2
+            # [P, hd / 2]: the tables repeat their first half (rotate-half rotary)
+            cos, sin = self.cos[:, :half], self.sin[:, :half]
+            for i in range(s.layers):
+                q, k, v = self._projections(i, x)
+                q = rotary_embedding(q, positions, cos, sin, s.heads)
+                k = rotary_embedding(k, positions, cos, sin, s.kv_heads)
+                attended, key, value = attention_after_past(
+                    q, k, v, bias, past[i][0], past[i][1], s.heads, self.scaling
+                )
+                presents.append((key, value))
+                x = self._finish(i, x, attended)
+            return (x if every_position else x[:, -1]), presents
+        cos, sin = self.rotary(positions)
         for i in range(self.shape.layers):
             q, k, v = self._qkv(i, x, cos, sin)
             k, v = torch.cat([past[i][0], k], dim=2), torch.cat([past[i][1], v], dim=2)

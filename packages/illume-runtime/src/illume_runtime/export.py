@@ -16,6 +16,12 @@ Graphs (fp32; B, T, P, I are dynamic):
 | conditioner.onnx | features [B, N, D] -> encoder_hidden_states (+ spatial, text_embeds) |
 | unet_step.onnx | sample, timestep [B], encoder_hidden_states (+ spatial, text_embeds when the detokenizer has them) -> prediction |
 
+The decoder graphs (prefill, decode, decode_window) run each layer's rotary embedding and attention,
+the cache's concatenation included, as ONNX Runtime's fused contrib kernels (com.microsoft
+RotaryEmbedding and MultiHeadAttention; `manifest["attention_form"] == "contrib"`) where the model
+has as many key/value heads as query heads. `portable=True` (`illume export --portable`) keeps
+to standard ONNX operators, which TensorRT and other runtimes parse (`"decomposed"`).
+
 `grid_positions` (int64, `illume_mllm.grid_positions`: each token's cell of its image grid, -1 for
 other tokens) is an input only of a model with grid embeddings (`manifest["grid_embeddings"]`).
 The key/value names follow optimum and onnxruntime-genai. The decoder graphs are exported from
@@ -47,6 +53,7 @@ MANIFEST = "manifest.json"
 #: What `atomic_directory` records an export folder as: an export replaces only an export.
 EXPORT_KIND = "onnx-export"
 OPSET = 18
+CONTRIB_DOMAIN = "com.microsoft"  # ONNX Runtime's contrib operators
 
 
 @dataclass
@@ -177,6 +184,96 @@ class _UNetStep(nn.Module):
         )
 
 
+# -- ONNX Runtime's contrib kernels for FlatDecoder's attention_form="contrib" -------------------
+
+
+def _register_contrib_schemas() -> None:
+    """The two com.microsoft operators' signatures, as ONNX Runtime defines them: the exporter
+    builds nodes from registered schemas, and onnx ships none for ONNX Runtime's domain."""
+    import onnx
+    from onnx.defs import OpSchema
+
+    param, optional = OpSchema.FormalParameter, OpSchema.FormalParameterOption.Optional
+    floats = ["tensor(float)", "tensor(float16)", "tensor(bfloat16)"]
+
+    def attribute(name, kind, required=False):
+        return OpSchema.Attribute(name, kind, "", required=required)
+
+    if not onnx.defs.has("RotaryEmbedding", CONTRIB_DOMAIN):
+        onnx.defs.register_schema(
+            OpSchema(
+                "RotaryEmbedding",
+                CONTRIB_DOMAIN,
+                1,
+                inputs=[
+                    param("input", "T"),
+                    param("position_ids", "M"),
+                    param("cos_cache", "T"),
+                    param("sin_cache", "T"),
+                ],
+                outputs=[param("output", "T")],
+                type_constraints=[("T", floats, ""), ("M", ["tensor(int64)"], "")],
+                attributes=[
+                    attribute("num_heads", OpSchema.AttrType.INT),
+                    attribute("interleaved", OpSchema.AttrType.INT),
+                ],
+            )
+        )
+    if not onnx.defs.has("MultiHeadAttention", CONTRIB_DOMAIN):
+        names = (
+            "key",
+            "value",
+            "bias",
+            "key_padding_mask",
+            "attention_bias",
+            "past_key",
+            "past_value",
+        )
+        onnx.defs.register_schema(
+            OpSchema(
+                "MultiHeadAttention",
+                CONTRIB_DOMAIN,
+                1,
+                inputs=[param("query", "T")]
+                + [
+                    param(n, "M" if n == "key_padding_mask" else "T", param_option=optional)
+                    for n in names
+                ],
+                outputs=[
+                    param("output", "T"),
+                    param("present_key", "T", param_option=optional),
+                    param("present_value", "T", param_option=optional),
+                ],
+                type_constraints=[("T", floats, ""), ("M", ["tensor(int32)"], "")],
+                attributes=[
+                    attribute("num_heads", OpSchema.AttrType.INT, required=True),
+                    attribute("scale", OpSchema.AttrType.FLOAT),
+                ],
+            )
+        )
+
+
+def _contrib_translations() -> dict:
+    """torch.onnx's custom_translation_table for FlatDecoder's two contrib operators."""
+    import onnxscript
+
+    _register_contrib_schemas()
+    microsoft = onnxscript.values.Opset(CONTRIB_DOMAIN, 1)
+
+    def rotary_embedding(x, positions, cos, sin, heads: int):
+        return microsoft.RotaryEmbedding(x, positions, cos, sin, num_heads=heads, interleaved=0)
+
+    def attention_after_past(q, k, v, bias, past_key, past_value, heads: int, scale: float):
+        return microsoft.MultiHeadAttention(
+            q, k, v, None, None, bias, past_key, past_value, num_heads=heads, scale=scale
+        )
+
+    return {
+        torch.ops.illume.rotary_embedding.default: rotary_embedding,
+        torch.ops.illume.attention_after_past.default: attention_after_past,
+    }
+
+
 def kv_names(layers: int, prefix: str) -> list[str]:
     return [f"{prefix}.{i}.{kind}" for i in range(layers) for kind in ("key", "value")]
 
@@ -184,7 +281,10 @@ def kv_names(layers: int, prefix: str) -> list[str]:
 # -- export ---------------------------------------------------------------------------------------
 
 
-def _export(module: nn.Module, args: tuple, path: Path, spec: GraphSpec) -> None:
+def _export(
+    module: nn.Module, args: tuple, path: Path, spec: GraphSpec, contrib: bool = False
+) -> None:
+    """`contrib`: the module runs FlatDecoder's contrib operators (attention_form="contrib")."""
     import onnx
 
     dims: dict[str, torch.export.Dim] = {}
@@ -218,6 +318,7 @@ def _export(module: nn.Module, args: tuple, path: Path, spec: GraphSpec) -> None
             output_names=spec.outputs,
             dynamic_shapes=dynamic_shapes,
             opset_version=OPSET,
+            custom_translation_table=_contrib_translations() if contrib else None,
             external_data=False,
             verbose=False,
         )
@@ -238,9 +339,13 @@ def _export(module: nn.Module, args: tuple, path: Path, spec: GraphSpec) -> None
 
 
 def export_pipeline(
-    pipeline_dir: str | os.PathLike, out_dir: str | os.PathLike, verify: bool = True
+    pipeline_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    verify: bool = True,
+    portable: bool = False,
 ) -> dict:
-    """Exports the pipeline directory's sub-models to `out_dir` (replaced atomically); returns the manifest."""
+    """Exports the pipeline directory's sub-models to `out_dir` (replaced atomically); returns the
+    manifest. `portable`: standard ONNX operators only (for TensorRT; see the module docstring)."""
     from illume_detokenizer import DetokenizerPipeline
     from illume_mllm import IllumeForConditionalGeneration, IllumeProcessor
     from illume_tokenizer import SemanticTokenizer
@@ -257,12 +362,22 @@ def export_pipeline(
     processor = IllumeProcessor.from_pretrained(pipeline_dir / "mllm")
     detokenizer = DetokenizerPipeline.from_pretrained(pipeline_dir / "detokenizer")
     with atomic_directory(out_dir, EXPORT_KIND) as tmp:
-        manifest = export_models(tokenizer, model, processor, detokenizer, Path(tmp), verify=verify)
+        manifest = export_models(
+            tokenizer, model, processor, detokenizer, Path(tmp), verify=verify, portable=portable
+        )
     return manifest
 
 
 @torch.no_grad()
-def export_models(tokenizer, model, processor, detokenizer, out: Path, verify: bool = True) -> dict:
+def export_models(
+    tokenizer,
+    model,
+    processor,
+    detokenizer,
+    out: Path,
+    verify: bool = True,
+    portable: bool = False,
+) -> dict:
     """Exports into `out` (which must exist) and writes the manifest there."""
     out = Path(out)
     graphs: dict[str, tuple[nn.Module, tuple, GraphSpec]] = {}
@@ -296,8 +411,13 @@ def export_models(tokenizer, model, processor, detokenizer, out: Path, verify: b
         ),
     )
 
-    # RMSNorm as a division: ONNX Runtime fuses it into one kernel (FlatDecoder's norm_form)
-    decoder = FlatDecoder(model, norm_form="divide")
+    # RMSNorm as a division: ONNX Runtime fuses it into one kernel (FlatDecoder's norm_form);
+    # rotary attention as ONNX Runtime's contrib kernels unless asked for a portable graph, or the
+    # model shares key/value heads between queries (MultiHeadAttention has one head count)
+    text = model.config.text_config
+    shared_kv = (text.num_key_value_heads or text.num_attention_heads) != text.num_attention_heads
+    attention_form = "decomposed" if portable or shared_kv else "contrib"
+    decoder = FlatDecoder(model, norm_form="divide", attention_form=attention_form)
     s = decoder.shape
     ids = torch.randint(0, s.vocab, (2, 5))
     grid = decoder.grid_embedding is not None
@@ -412,7 +532,8 @@ def export_models(tokenizer, model, processor, detokenizer, out: Path, verify: b
         task = progress.add_task("exporting ONNX graphs", total=len(graphs))
         for name, (module, args, spec) in graphs.items():
             progress.update(task, description=f"exporting {name}")
-            _export(module, args, out / spec.file, spec)
+            contrib = attention_form == "contrib" and getattr(module, "decoder", None) is decoder
+            _export(module, args, out / spec.file, spec, contrib=contrib)
             if verify:
                 _verify(module, args, out / spec.file, spec)
             progress.advance(task)
@@ -424,6 +545,8 @@ def export_models(tokenizer, model, processor, detokenizer, out: Path, verify: b
         "dtype": "float32",
         "graphs": {name: asdict(spec) for name, (_, _, spec) in graphs.items()},
         "decoder": asdict(s),
+        # "contrib": the decoder graphs use ONNX Runtime's com.microsoft kernels (not TensorRT's)
+        "attention_form": attention_form,
         # the language model's context: prompt and drawing together must fit it
         "context": int(model.config.text_config.max_position_embeddings),
         "grid_embeddings": grid,

@@ -180,15 +180,21 @@ class TensorRTModels:
 
         from .export import MANIFEST
 
-        _trt()
-        if not torch.cuda.is_available():
-            raise RuntimeError("TensorRT engines run on a CUDA GPU, and this machine has none")
         self.directory = Path(directory)
         if not (self.directory / MANIFEST).is_file():
             raise FileNotFoundError(
-                f"{self.directory} has no {MANIFEST}: export a pipeline first (`illume export --model DIR --out DIR`)"
+                f"{self.directory} has no {MANIFEST}: export a pipeline first (`illume export --model DIR --out DIR --portable`)"
             )
         self.manifest = read_json(self.directory / MANIFEST)
+        if self.manifest.get("attention_form") == "contrib":
+            raise ValueError(
+                f"{self.directory}: its decoder graphs use ONNX Runtime's contrib attention, "
+                "which TensorRT cannot parse; export with `illume export --portable` "
+                "(export_pipeline(..., portable=True))"
+            )
+        _trt()
+        if not torch.cuda.is_available():
+            raise RuntimeError("TensorRT engines run on a CUDA GPU, and this machine has none")
         self.max_batch, self.max_sequence = max_batch, max_sequence
         self._sessions: dict[str, TensorRTSession] = {}
 

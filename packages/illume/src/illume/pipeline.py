@@ -13,7 +13,8 @@ which give the same codes for the same seed on the CPU: "torch" (default: the fa
 "reference" (transformers' `generate`), and three over the graphs that `illume export` writes
 (exported into `<pipeline dir>/onnx` on first use when no directory is given): "onnx" (ONNX
 Runtime, on the CPU or CUDA as the model is), "onnx-tensorrt" (ONNX Runtime's TensorRT execution
-provider) and "tensorrt" (native TensorRT engines, illume_runtime.tensorrt).
+provider) and "tensorrt" (native TensorRT engines, illume_runtime.tensorrt, over graphs in
+standard operators only: exported into `<pipeline dir>/onnx-portable`).
 """
 
 from __future__ import annotations

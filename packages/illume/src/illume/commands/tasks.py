@@ -182,6 +182,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     export.add_argument("--model", required=True, help="pipeline directory")
     export.add_argument("--out", required=True, help="folder for the graphs and manifest.json")
     export.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime check")
+    export.add_argument(
+        "--portable",
+        action="store_true",
+        help="standard ONNX operators only, for TensorRT (default: the decoder's attention as "
+        "ONNX Runtime's fused kernels)",
+    )
     export.set_defaults(handler=_export)
 
 
@@ -442,7 +448,9 @@ def _export(args: argparse.Namespace) -> int:
     if not Path(args.model).is_dir():
         raise UsageError(f"--model {args.model}: no such pipeline directory")
 
-    manifest = export_pipeline(args.model, args.out, verify=not args.no_verify)
+    manifest = export_pipeline(
+        args.model, args.out, verify=not args.no_verify, portable=args.portable
+    )
     for name, spec in manifest["graphs"].items():
         print(f"{name:<18} {Path(args.out) / spec['file']}")
     return 0
