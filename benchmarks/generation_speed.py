@@ -131,6 +131,12 @@ def copy_bandwidth(device: str) -> float:
     return 2 * src.numel() * src.element_size() / seconds
 
 
+def step_kv_length(processor) -> int:
+    """The KV length a timed decode step attends over: a 64-token prompt and one image."""
+    h, w = processor.config.image_grid
+    return 64 + h * (w + 1) + 2
+
+
 def step_weight_bytes(model, processor) -> int:
     """Bytes of weights a decode step reads: the layers, the final norm and the vision rows of the
     LM head (of the embedding table it reads one row a token: left out)."""
@@ -148,8 +154,7 @@ def onnx_decode_roofline(models, model, processor, repeats: int) -> dict:
     import numpy as np
 
     s = models.manifest["decoder"]
-    h, w = processor.config.image_grid
-    length, rows = 64 + h * (w + 1) + 2, 2
+    length, rows = step_kv_length(processor), 2
     rng = np.random.default_rng(0)
     feeds = {
         "input_ids": np.zeros((rows, 1), np.int64),
@@ -179,9 +184,7 @@ def decode_roofline(model, processor, device: str, repeats: int, reference: bool
 
     decoder = FlatDecoder(model)
     s, dtype = decoder.shape, decoder.dtype
-    h, w = processor.config.image_grid
-    length = 64 + h * (w + 1) + 2
-    rows = 2
+    length, rows = step_kv_length(processor), 2
     k = torch.randn(s.layers, rows, s.kv_heads, length, s.head_dim, dtype=dtype, device=device)
     v = torch.randn_like(k)
     bias = torch.zeros(rows, 1, 1, length, dtype=dtype, device=device)
