@@ -233,3 +233,24 @@ def test_sjd_greedy_codes_are_plain_greedy_codes_in_fewer_passes(mllm, t2i):
     per_image = [torch.Generator().manual_seed(s) for s in (1, 2)]
     two, two_uncond = t2i(processor, PROMPTS[:2])
     assert fast(two, two_uncond, guidance=2.0, generator=per_image, decoding="sjd").shape[0] == 2
+
+
+@pytest.mark.parametrize("rows", [1, 16])
+def test_the_one_sample_draw_is_torch_multinomials_draw(rows):
+    """Every image sampler draws through `multinomial_one`: it must stay torch.multinomial's draw
+    for the same generator state (with zeros from top-k among the probabilities), while a draw
+    from other probabilities with the same generator state differs."""
+    from illume_mllm.generation import code_probs, multinomial_one
+
+    logits = torch.randn(300, rows, 512, generator=torch.Generator().manual_seed(1))
+    ours, theirs = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+    differs_from_other_probs = False
+    for step in logits:
+        probs = code_probs(step, None, top_k=20 if rows == 16 else None)
+        state = ours.get_state()
+        other = multinomial_one(probs.flip(-1), ours)
+        ours.set_state(state)
+        drawn = multinomial_one(probs, ours)
+        assert torch.equal(drawn, torch.multinomial(probs, 1, generator=theirs)[:, 0])
+        differs_from_other_probs |= not torch.equal(drawn, other)
+    assert differs_from_other_probs

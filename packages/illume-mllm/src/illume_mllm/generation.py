@@ -92,6 +92,16 @@ def _per_row(generator, rows: int):
     return list(generator)
 
 
+def multinomial_one(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """One draw per row of probs [R, K] -> [R], the same draw as `torch.multinomial(probs, 1,
+    generator=generator)[:, 0]` for the same generator state: it is that function's own one-sample
+    algorithm (argmax of p / q, q ~ Exp(1), one exponential per entry), without its validity checks
+    on `probs` (two reductions read back to the host, most of its time at a drawing step's size).
+    The probabilities here come from a softmax, so those checks cannot fail."""
+    noise = torch.empty_like(probs).exponential_(1, generator=generator)
+    return (probs / noise).argmax(-1)
+
+
 def sample_rows(
     probs: torch.Tensor, generator: torch.Generator | Sequence[torch.Generator] | None = None
 ) -> torch.Tensor:
@@ -100,10 +110,9 @@ def sample_rows(
     per_row = _per_row(generator, len(probs))
     if per_row is None:
         device = generator.device if generator is not None else torch.device("cpu")
-        return torch.multinomial(probs.to(device), 1, generator=generator)[:, 0].to(probs.device)
+        return multinomial_one(probs.to(device), generator).to(probs.device)
     codes = [
-        torch.multinomial(row.to(g.device)[None], 1, generator=g)[0, 0]
-        for row, g in zip(probs, per_row, strict=True)
+        multinomial_one(row.to(g.device)[None], g)[0] for row, g in zip(probs, per_row, strict=True)
     ]
     return torch.stack(codes).to(probs.device)
 

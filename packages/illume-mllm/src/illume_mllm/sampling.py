@@ -32,6 +32,7 @@ from .generation import (
     code_probs,
     draw_codes,
     guided_conversations,
+    multinomial_one,
     prompt_batch,
     sample_rows,
 )
@@ -50,7 +51,7 @@ def _draw(probs: torch.Tensor, generator) -> torch.Tensor:
 
 def _draw_one(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """[n, K] -> [n] from one generator, in one call."""
-    return torch.multinomial(probs.to(generator.device), 1, generator=generator)[:, 0].cpu()
+    return multinomial_one(probs.to(generator.device), generator).cpu()
 
 
 def _uniform(b: int, n: int, generator) -> torch.Tensor:
