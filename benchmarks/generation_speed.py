@@ -17,6 +17,15 @@ All three draw the same codes for the same seed, which the benchmark checks as i
   kernels (the export's default) and in standard operators (`portable=True`, TensorRT's).
   Weights counted: the layers and the LM head's vision rows (one row of the embedding table).
 
+- Weight-only quantized decoder graphs (`illume export --decoder-weights int8|int4`): the ONNX
+  loop over them in the speed table ("onnx-int8", "onnx-int4": other codes than the reference's
+  for a seed, so they are listed beside the exact runtimes, not counted in cpu_speedup_N), their
+  decode step against their own bound (their weights' bytes) and the float bound; with `--model`
+  and `--data SPLIT_DIR` (validation; its sibling train split names what each code stands for),
+  the unseen-prompt text-to-image score at the level of codes (`code_t2i_quality`: what the
+  quantization changes, the detokenizer left out) of each export over `--seeds` sampling seeds,
+  and each quantized export's paired difference from float32 with a verdict against a 0.02 loss.
+
 - Speculative Jacobi decoding (`--sjd`): the torch loop plain against SJD at each batch size,
   forward passes per call and images per second (at the pipeline's sampling); with `--data
   SPLIT_DIR` (and `--model`), the unseen-prompt text-to-image score of each over `--seeds`
@@ -26,7 +35,10 @@ Prints tables, then one JSON object on its last line with keys cpu_speedup_1, cp
 cpu_speedup_16: the fastest runtime over the reference (named in cpu_fastest_N; every runtime's
 ratio in cpu_speedups_N: torch, torch-compiled, onnx); and gpu_roofline_fraction, gpu_speedup_1
 where a GPU ran; cpu_roofline (the torch loop's step), cpu_roofline_onnx and
-cpu_roofline_onnx_portable ({step_ms, bound_ms, roofline_fraction}); with --sjd, sjd_RUNTIME_N ({passes, images_per_second} of plain and sjd,
+cpu_roofline_onnx_portable ({step_ms, bound_ms, roofline_fraction}); cpu_speedup_quantized_N
+(each quantized export over the reference), cpu_roofline_onnx_int8 / _int4 (also
+float_bound_fraction); with --model and --data, t2i_unseen_codes ({export: score per seed}) and
+quantized_difference_EXPORT; with --sjd, sjd_RUNTIME_N ({passes, images_per_second} of plain and sjd,
 the torch loop's and ONNX Runtime's) and
 sjd_t2i_unseen (each seed's score, plain and sjd).
 
@@ -54,6 +66,9 @@ PROMPTS = [
     "a yellow circle and a red square",
 ]
 
+
+#: the weight-only quantized exports timed beside float32 (`illume export --decoder-weights`)
+QUANTIZED = ("int8", "int4")
 
 #: timed calls of a single decode step (a millisecond each on the CPU): the best of few is noise
 STEP_REPEATS = 50
@@ -147,10 +162,28 @@ def step_weight_bytes(model, processor) -> int:
     return weights + rows.numel() * rows.element_size()
 
 
+def quantized_weight_bytes(path: Path) -> tuple[int, int]:
+    """(bytes stored, bytes as float32) of a graph's MatMulNBits weights (codes, scales and zero
+    points, against K x N float32 each): what quantization takes off a step's reads."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(path)).graph
+    sizes = {w.name: numpy_helper.to_array(w).nbytes for w in graph.initializer}
+    stored = as_float = 0
+    for node in graph.node:
+        if node.op_type == "MatMulNBits":
+            shape = {a.name: a.i for a in node.attribute}
+            stored += sum(sizes.get(name, 0) for name in node.input[1:])
+            as_float += shape["K"] * shape["N"] * 4
+    return stored, as_float
+
+
 def onnx_decode_roofline(models, model, processor, repeats: int) -> dict:
     """One CFG decode step (2 rows) of the exported decode graph in ONNX Runtime, fed and read as
     `OnnxImageGenerator` does (OrtValues through IO binding), against the bandwidth bound at the
-    KV length of `decode_roofline`."""
+    KV length of `decode_roofline` (for quantized weights, the bytes they are stored in; and
+    float_bound_fraction: against the float32 graph's bound)."""
     import numpy as np
 
     s = models.manifest["decoder"]
@@ -171,8 +204,16 @@ def onnx_decode_roofline(models, model, processor, repeats: int) -> dict:
     bound_feeds = {k: models.ortvalue(v) for k, v in feeds.items()}
     step = best_seconds(lambda: models.run_bound("decode", bound_feeds), max(repeats, STEP_REPEATS))
     cache = 2 * s["layers"] * rows * s["kv_heads"] * length * s["head_dim"] * 4
-    bound = (step_weight_bytes(model, processor) + cache) / copy_bandwidth("cpu")
-    return {"step_ms": step * 1e3, "bound_ms": bound * 1e3, "roofline_fraction": bound / step}
+    weights = step_weight_bytes(model, processor)
+    bandwidth = copy_bandwidth("cpu")
+    figures = {}
+    if models.manifest.get("decoder_weights", "float32") != "float32":
+        stored, as_float = quantized_weight_bytes(models.directory / "decode.onnx")
+        figures["float_bound_fraction"] = (weights + cache) / bandwidth / step
+        weights += stored - as_float
+    bound = (weights + cache) / bandwidth
+    return {"step_ms": step * 1e3, "bound_ms": bound * 1e3, "roofline_fraction": bound / step,
+            **figures}  # fmt: skip
 
 
 def decode_roofline(model, processor, device: str, repeats: int, reference: bool) -> dict:
@@ -277,7 +318,9 @@ def main() -> None:
     parser.add_argument("--skip-onnx", action="store_true")
     parser.add_argument("--sjd", action="store_true", help="plain against SJD in the torch loop")
     parser.add_argument("--window", type=int, default=16, help="SJD's window (default 16)")
-    parser.add_argument("--data", default=None, help="a validation split: SJD's t2i score")
+    parser.add_argument(
+        "--data", default=None, help="a validation split: SJD's or the quantized exports' t2i score"
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--t2i-prompts", type=int, default=60)
     args = parser.parse_args()
@@ -309,6 +352,11 @@ def main() -> None:
         export_models(
             tokenizer, model, processor, detok, _mkdir(workdir / "onnx-portable"), portable=True
         )
+        quantized = {}
+        for weights in QUANTIZED:
+            directory = _mkdir(workdir / f"onnx-{weights}")
+            export_models(tokenizer, model, processor, detok, directory, decoder_weights=weights)
+            quantized[f"onnx-{weights}"] = OnnxImageGenerator(OnnxModels(directory), processor)
 
     tokens_per_image = processor.config.image_grid[0] * processor.config.image_grid[1]
     rows = []
@@ -323,6 +371,7 @@ def main() -> None:
         }
         if onnx_loop is not None:
             loops["onnx"] = onnx_loop
+            loops.update(quantized)
         runners = {
             name: partial(loop, conversations, unconditional, guidance=args.guidance)
             for name, loop in loops.items()
@@ -330,7 +379,9 @@ def main() -> None:
         codes = {
             name: run(generator=torch.Generator().manual_seed(0)) for name, run in runners.items()
         }
-        identical = all(torch.equal(c, codes["reference"]) for c in codes.values())
+        # the quantized graphs compute other logits: their codes differ by design
+        exact = [name for name in codes if name not in quantized]
+        identical = all(torch.equal(codes[name], codes["reference"]) for name in exact)
         speed = {}
         for name, run in runners.items():
             seconds = best_seconds(
@@ -339,7 +390,11 @@ def main() -> None:
             speed[name] = batch * tokens_per_image / seconds
         rows.append((batch, speed, identical))
         # The headline is the fastest runtime that gives the reference's codes; each one is listed.
-        fastest = max((name for name in speed if name != "reference"), key=speed.get)
+        fastest = max((name for name in exact if name != "reference"), key=speed.get)
+        for name in quantized:
+            figures[f"cpu_speedup_quantized_{batch}"] = figures.get(
+                f"cpu_speedup_quantized_{batch}", {}
+            ) | {name: round(speed[name] / speed["reference"], 2)}
         figures[f"cpu_speedup_{batch}"] = round(speed[fastest] / speed["reference"], 2)
         figures[f"cpu_fastest_{batch}"] = fastest
         figures[f"cpu_speedups_{batch}"] = {
@@ -383,12 +438,16 @@ def main() -> None:
         for k, v in decode_roofline(model, processor, "cpu", args.repeats, True).items()
     }
     if onnx_loop is not None:
-        for name, directory in (("onnx", "onnx"), ("onnx_portable", "onnx-portable")):
+        exports = [("onnx", "onnx"), ("onnx_portable", "onnx-portable")]
+        exports += [(f"onnx_{w}", f"onnx-{w}") for w in QUANTIZED]
+        for name, directory in exports:
             export = OnnxModels(workdir / directory)
             roof = onnx_decode_roofline(export, model, processor, args.repeats)
             figures[f"cpu_roofline_{name}"] = {k: round(v, 4) for k, v in roof.items()} | {
                 "attention_form": export.manifest["attention_form"]
             }
+        if args.model and args.data:
+            figures |= quantized_scores(args, workdir, QUANTIZED)
     if torch.cuda.is_available():
         big, big_processor = gpu_model(workdir / "gpu-processor")
         roof = decode_roofline(big, big_processor, "cuda", args.repeats, reference=True)
@@ -398,17 +457,50 @@ def main() -> None:
         figures["gpu_roofline_fraction"] = round(roof["roofline_fraction"], 3)
         figures["gpu_speedup_1"] = round(roof["reference_step_ms"] / roof["step_ms"], 2)
 
-    print(f"{'images':>6} {'runtime':<10} {'tokens/s':>10} {'x reference':>12}  same codes")
+    print(f"{'images':>6} {'runtime':<14} {'tokens/s':>10} {'x reference':>12}  same codes")
     for batch, speed, identical in rows:
         for name, value in speed.items():
+            same = "no (quantized)" if name.startswith("onnx-int") else identical
             print(
-                f"{batch:>6} {name:<10} {value:>10.1f} {value / speed['reference']:>12.2f}  {identical}"
+                f"{batch:>6} {name:<14} {value:>10.1f} {value / speed['reference']:>12.2f}  {same}"
             )
     keys = ("encode_images_per_second", "unet_step_ms", "cpu_roofline", "cpu_roofline_onnx")
-    for key in (*keys, "cpu_roofline_onnx_portable", "gpu"):
+    keys += ("cpu_roofline_onnx_portable", *(f"cpu_roofline_onnx_{w}" for w in QUANTIZED))
+    for key in (*keys, "t2i_unseen_codes", *(f"quantized_difference_{w}" for w in QUANTIZED),
+                "gpu"):  # fmt: skip
         if key in figures:
             print(f"{key}: {figures[key]}")
     print(json.dumps(figures))
+
+
+def quantized_scores(args, workdir: Path, quantized: tuple[str, ...]) -> dict:
+    """The unseen-prompt text-to-image score at the level of codes of the float32 export and each
+    quantized one, per sampling seed, and each quantized one's paired difference from float32
+    (units: sampling seeds, the same prompts in both) against a loss of 0.02."""
+    from illume.pipeline import IllumePipeline
+    from illume_eval.metrics import paired_difference
+    from illume_eval.shapes.evaluation import code_contents, code_t2i_quality
+    from illume_eval.shapes.splits import UNSEEN_TAGS
+
+    pipe = IllumePipeline.from_pretrained(args.model)
+    contents = code_contents(pipe.tokenizer, Path(args.data).parent / "train")
+    scores: dict = {}
+    for weights in ("float32", *quantized):
+        pipe.use_runtime(
+            "onnx", onnx_dir=workdir / ("onnx" if weights == "float32" else f"onnx-{weights}")
+        )
+        scores[weights] = []
+        for seed in args.seeds:
+            result = code_t2i_quality(pipe, args.data, contents, n=args.t2i_prompts, seed=seed,
+                                      tags=UNSEEN_TAGS)  # fmt: skip
+            scores[weights].append(round(result["summary"]["overall"], 4))
+            print(f"t2i_unseen (codes) {weights} seed {seed}: {scores[weights][-1]} "
+                  f"({result['drawings']} drawings)")  # fmt: skip
+    figures: dict = {"t2i_unseen_codes": scores}
+    for weights in quantized:
+        difference = paired_difference(scores[weights], scores["float32"], margin=0.02)
+        figures[f"quantized_difference_{weights}"] = difference.describe()
+    return figures
 
 
 def sjd_main(args) -> None:

@@ -424,3 +424,68 @@ def test_sjd_through_onnx_runtime_draws_the_torch_loops_greedy_codes_in_fewer_pa
     sampled = onnx_loop(conversations, unconditional, guidance=2.0, decoding="sjd",
                         generator=torch.Generator().manual_seed(0))  # fmt: skip
     assert sampled.shape == want.shape
+
+
+def test_export_options_are_checked_before_anything_is_exported(tmp_path):
+    from illume_runtime.export import check_export_options
+
+    with pytest.raises(ValueError, match="decoder_weights must be one of"):
+        export_pipeline(tmp_path, tmp_path / "out", decoder_weights="int3")
+    with pytest.raises(ValueError, match="portable"):
+        check_export_options(portable=True, decoder_weights="int8")
+    check_export_options(portable=True, decoder_weights="float32")
+
+
+@pytest.mark.slow  # a second export, quantized: ~30 s
+def test_int8_decoder_weights_quantize_every_layer_matmul_and_stay_close(
+    pipeline_dir, exported, reference, tmp_path
+):
+    float_out, float_manifest = exported
+    out = tmp_path / "int8"
+    manifest = export_pipeline(pipeline_dir, out, decoder_weights="int8")
+    assert manifest["decoder_weights"] == "int8" and float_manifest["decoder_weights"] == "float32"
+    for name, spec in manifest["graphs"].items():
+        ops, float_ops = _ops(out / spec["file"]), _ops(float_out / spec["file"])
+        quantized = ops.count(("com.microsoft", "MatMulNBits"))
+        if name in ("prefill", "decode", "decode_window"):
+            # every matmul by a weight (fused q/k/v, output, fused gate/up, down) of every layer
+            graph = onnx.load(str(float_out / spec["file"])).graph
+            weights = {w.name for w in graph.initializer}
+            by_weight = [n for n in graph.node if n.op_type == "MatMul" and n.input[1] in weights]
+            assert quantized == len(by_weight) >= 4 * manifest["decoder"]["layers"]
+            assert ops.count(("", "MatMul")) == float_ops.count(("", "MatMul")) - quantized
+        else:
+            assert quantized == 0
+
+    # the same prompt through both decode graphs: int8's logits within 5% of the float logits'
+    # spread (a quantizer that dropped or scrambled the weights moves them by about the spread)
+    _, _, processor, _ = reference
+    fast = {d: OnnxImageGenerator(d) for d in (out, float_out)}
+    conversations = [processor.t2i_messages(p) for p in ("a red circle", "two blue squares")]
+    logits = {}
+    for directory, loop in fast.items():
+        first, presents, mask, position = loop._prefill(conversations)
+        token = np.full(len(conversations), processor.vocab.start_of_image, np.int64)
+        mask = np.concatenate([mask, np.ones((len(token), 1), np.int64)], axis=1)
+        step, _ = loop._decode(token, mask, position, presents)
+        logits[directory] = (first.numpy(), step.numpy())
+    for got, want in zip(logits[out], logits[float_out], strict=True):
+        assert np.abs(got - want).max() < 0.05 * want.std()
+    codes = fast[out](
+        conversations,
+        [processor.t2i_messages("")] * 2,
+        guidance=3.0,
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert codes.shape == (2, *processor.config.image_grid)
+
+
+def test_tensorrt_refuses_quantized_decoder_weights(exported, tmp_path):
+    from illume_runtime.tensorrt import TensorRTModels
+
+    out = tmp_path / "copy"
+    out.mkdir()
+    manifest = dict(exported[1], attention_form="decomposed", decoder_weights="int8")
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="MatMulNBits"):
+        TensorRTModels(out)

@@ -179,6 +179,15 @@ def test_bad_command_lines_are_one_line_errors_and_lose_nothing(pipeline_dir, tm
     assert code == 2 and "not written by illume" in err
     code, err = _fails(["export", "--model", str(pipeline_dir), "--out", str(mine)], capsys)
     assert code == 1 and "not written by illume" in err
+    code, err = _fails(
+        [
+            "export",
+            *["--model", str(pipeline_dir), "--out", str(tmp_path / "x")],
+            *["--portable", "--decoder-weights", "int8"],
+        ],
+        capsys,
+    )
+    assert code == 2 and "MatMulNBits" in err and not (tmp_path / "x").exists()
     assert [p.name for p in mine.iterdir()] == ["chapter1.txt"]
     code, err = _fails(
         [

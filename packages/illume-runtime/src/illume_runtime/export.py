@@ -22,6 +22,14 @@ RotaryEmbedding and MultiHeadAttention; `manifest["attention_form"] == "contrib"
 has as many key/value heads as query heads. `portable=True` (`illume export --portable`) keeps
 to standard ONNX operators, which TensorRT and other runtimes parse (`"decomposed"`).
 
+`decoder_weights="int8"` or `"int4"` (`illume export --decoder-weights int8`) stores the decoder
+layers' matmul weights quantized (ONNX Runtime's MatMulNBits: symmetric, blocks of 32 along the
+input, activations quantized to int8 for the product), in prefill, decode and decode_window
+alike; embeddings and the LM head stay float32. A CPU decode step reads a quarter (int8) or an
+eighth (int4) of the layers' bytes: faster drawing, and no longer the float model's codes for a
+seed (`benchmarks/generation_speed.py` measures both the speed and the score difference).
+`manifest["decoder_weights"]` names the form; TensorRT takes float32 only.
+
 `grid_positions` (int64, `illume_mllm.grid_positions`: each token's cell of its image grid, -1 for
 other tokens) is an input only of a model with grid embeddings (`manifest["grid_embeddings"]`).
 The key/value names follow optimum and onnxruntime-genai. The decoder graphs are exported from
@@ -54,6 +62,10 @@ MANIFEST = "manifest.json"
 EXPORT_KIND = "onnx-export"
 OPSET = 18
 CONTRIB_DOMAIN = "com.microsoft"  # ONNX Runtime's contrib operators
+#: How the decoder graphs store their layers' matmul weights (see the module docstring).
+DECODER_WEIGHTS = ("float32", "int8", "int4")
+#: Graphs whose matmuls a quantized export stores as MatMulNBits: the language model's.
+DECODER_GRAPHS = ("prefill", "decode", "decode_window")
 
 
 @dataclass
@@ -339,14 +351,68 @@ def _export(
             )
 
 
+def check_export_options(portable: bool, decoder_weights: str) -> None:
+    """The one check of an export's options: a ValueError naming the problem and the fix."""
+    if decoder_weights not in DECODER_WEIGHTS:
+        raise ValueError(
+            f"decoder_weights must be one of {DECODER_WEIGHTS}, got {decoder_weights!r}"
+        )
+    if portable and decoder_weights != "float32":
+        raise ValueError(
+            f"decoder_weights={decoder_weights!r} needs ONNX Runtime's MatMulNBits kernel, which "
+            "a portable (TensorRT) export cannot hold: export portable graphs in float32, or "
+            "quantized graphs without --portable"
+        )
+
+
+def quantize_matmul_weights(path: Path, bits: int) -> None:
+    """Rewrites the graph at `path` with its constant-weight MatMuls as MatMulNBits (`bits` 8 or
+    4; symmetric, blocks of 32; accuracy level 4: the activations quantized to int8 per block,
+    the form ONNX Runtime's x86 and ARM kernels run fastest)."""
+    import onnx
+
+    root = logging.getLogger()
+    handlers, root_level = list(root.handlers), root.level
+    try:
+        from onnxruntime.quantization.matmul_nbits_quantizer import (
+            DefaultWeightOnlyQuantConfig,
+            MatMulNBitsQuantizer,
+        )
+    finally:
+        # its import calls logging.basicConfig at INFO: undone, so that the program keeps its own
+        # logging (and its libraries' INFO lines stay quiet)
+        for handler in [h for h in root.handlers if h not in handlers]:
+            root.removeHandler(handler)
+        root.setLevel(root_level)
+
+    config = DefaultWeightOnlyQuantConfig(
+        block_size=32, is_symmetric=True, accuracy_level=4, bits=bits
+    )
+    quantizer = MatMulNBitsQuantizer(onnx.load(str(path)), algo_config=config)
+    quantize_log = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
+    level = quantize_log.level
+    quantize_log.setLevel(logging.WARNING)  # a line per node it skips or quantizes
+    try:
+        quantizer.process()
+    finally:
+        quantize_log.setLevel(level)
+    model = quantizer.model.model
+    if not any(node.op_type == "MatMulNBits" for node in model.graph.node):
+        raise RuntimeError(f"{path.name}: no matmul weights were quantized")
+    onnx.save(model, str(path))
+
+
 def export_pipeline(
     pipeline_dir: str | os.PathLike,
     out_dir: str | os.PathLike,
     verify: bool = True,
     portable: bool = False,
+    decoder_weights: str = "float32",
 ) -> dict:
     """Exports the pipeline directory's sub-models to `out_dir` (replaced atomically); returns the
-    manifest. `portable`: standard ONNX operators only (for TensorRT; see the module docstring)."""
+    manifest. `portable`: standard ONNX operators only (for TensorRT); `decoder_weights`: one of
+    DECODER_WEIGHTS (see the module docstring)."""
+    check_export_options(portable, decoder_weights)
     from illume_detokenizer import DetokenizerPipeline
     from illume_mllm import IllumeForConditionalGeneration, IllumeProcessor
     from illume_tokenizer import SemanticTokenizer
@@ -364,7 +430,14 @@ def export_pipeline(
     detokenizer = DetokenizerPipeline.from_pretrained(pipeline_dir / "detokenizer")
     with atomic_directory(out_dir, EXPORT_KIND) as tmp:
         manifest = export_models(
-            tokenizer, model, processor, detokenizer, Path(tmp), verify=verify, portable=portable
+            tokenizer,
+            model,
+            processor,
+            detokenizer,
+            Path(tmp),
+            verify=verify,
+            portable=portable,
+            decoder_weights=decoder_weights,
         )
     return manifest
 
@@ -378,8 +451,10 @@ def export_models(
     out: Path,
     verify: bool = True,
     portable: bool = False,
+    decoder_weights: str = "float32",
 ) -> dict:
     """Exports into `out` (which must exist) and writes the manifest there."""
+    check_export_options(portable, decoder_weights)
     out = Path(out)
     graphs: dict[str, tuple[nn.Module, tuple, GraphSpec]] = {}
     size = tokenizer.config.image_size
@@ -534,8 +609,13 @@ def export_models(
         for name, (module, args, spec) in graphs.items():
             progress.update(task, description=f"exporting {name}")
             _export(module, args, out / spec.file, spec, contrib=attention_form == "contrib")
-            if verify:
+            if verify:  # the float graph against PyTorch, before any quantization
                 _verify(module, args, out / spec.file, spec)
+            if decoder_weights != "float32" and name in DECODER_GRAPHS:
+                progress.update(task, description=f"quantizing {name} ({decoder_weights})")
+                quantize_matmul_weights(out / spec.file, bits=int(decoder_weights[3:]))
+                if verify:
+                    _check_runs(out / spec.file, spec, args)
             progress.advance(task)
 
     vocab = processor.vocab
@@ -547,6 +627,8 @@ def export_models(
         "decoder": asdict(s),
         # "contrib": the decoder graphs use ONNX Runtime's com.microsoft kernels (not TensorRT's)
         "attention_form": attention_form,
+        # "int8" / "int4": the decoder layers' matmuls as MatMulNBits (ONNX Runtime only)
+        "decoder_weights": decoder_weights,
         # the language model's context: prompt and drawing together must fit it
         "context": int(model.config.text_config.max_position_embeddings),
         "grid_embeddings": grid,
@@ -612,3 +694,15 @@ def _verify(
                 f"{path.name}: output {name} differs from PyTorch (shapes {g.shape} vs {t.shape}, "
                 f"max |diff| {np.abs(g - t).max() if g.shape == t.shape else 'n/a'})"
             )
+
+
+def _check_runs(path: Path, spec: GraphSpec, args: tuple) -> None:
+    """A quantized graph computes other numbers than PyTorch's: it must load and give finite
+    outputs of PyTorch's shapes (how close its drawings stay is a benchmark's question)."""
+    from .ort import onnxruntime
+
+    session = onnxruntime().InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {n: a.numpy() for n, a in zip(spec.inputs, args, strict=True)})
+    for name, value in zip(spec.outputs, got, strict=True):
+        if not np.isfinite(value).all():
+            raise RuntimeError(f"{path.name}: output {name} is not finite after quantization")

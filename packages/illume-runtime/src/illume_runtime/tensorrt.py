@@ -192,6 +192,12 @@ class TensorRTModels:
                 "which TensorRT cannot parse; export with `illume export --portable` "
                 "(export_pipeline(..., portable=True))"
             )
+        if self.manifest.get("decoder_weights", "float32") != "float32":
+            raise ValueError(
+                f"{self.directory}: its decoder weights are {self.manifest['decoder_weights']} "
+                "(ONNX Runtime's MatMulNBits), which TensorRT cannot parse; export float32 "
+                "portable graphs (`illume export --portable`)"
+            )
         _trt()
         if not torch.cuda.is_available():
             raise RuntimeError("TensorRT engines run on a CUDA GPU, and this machine has none")

@@ -188,6 +188,14 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="standard ONNX operators only, for TensorRT (default: the decoder's attention as "
         "ONNX Runtime's fused kernels)",
     )
+    export.add_argument(
+        "--decoder-weights",
+        choices=["float32", "int8", "int4"],
+        default="float32",
+        help="the language model's layer weights: float32 (default; the PyTorch model's codes), "
+        "or int8 / int4 weight-only (ONNX Runtime's MatMulNBits: faster drawing on a CPU, "
+        "other codes for a seed; see RESULTS.md for the score difference)",
+    )
     export.set_defaults(handler=_export)
 
 
@@ -448,8 +456,17 @@ def _export(args: argparse.Namespace) -> int:
     if not Path(args.model).is_dir():
         raise UsageError(f"--model {args.model}: no such pipeline directory")
 
+    if args.portable and args.decoder_weights != "float32":
+        raise UsageError(
+            f"--decoder-weights {args.decoder_weights} needs ONNX Runtime's MatMulNBits, which a "
+            "--portable (TensorRT) export cannot hold: drop one of the two"
+        )
     manifest = export_pipeline(
-        args.model, args.out, verify=not args.no_verify, portable=args.portable
+        args.model,
+        args.out,
+        verify=not args.no_verify,
+        portable=args.portable,
+        decoder_weights=args.decoder_weights,
     )
     for name, spec in manifest["graphs"].items():
         print(f"{name:<18} {Path(args.out) / spec['file']}")
