@@ -137,6 +137,23 @@ def best_seconds(fn, repeats: int) -> float:
     return min(times)
 
 
+def interleaved_best_seconds(runs: dict, repeats: int) -> dict:
+    """Best of `repeats` timed calls of each, one call of each in turn per round (after one
+    warm-up each): a ratio between runtimes then compares calls made minutes apart neither in
+    time nor in the machine's load, which drifts on a shared machine."""
+    for fn in runs.values():
+        fn()
+    best = dict.fromkeys(runs, float("inf"))
+    for _ in range(repeats):
+        for name, fn in runs.items():
+            start = time.perf_counter()
+            fn()
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
+
+
 def copy_bandwidth(device: str) -> float:
     """Measured bytes/s of a large tensor copy (read + write) on `device`."""
     n = (1 << 28) if device == "cuda" else (1 << 26)  # 1 GiB / 256 MiB of fp32
@@ -382,12 +399,14 @@ def main() -> None:
         # the quantized graphs compute other logits: their codes differ by design
         exact = [name for name in codes if name not in quantized]
         identical = all(torch.equal(codes[name], codes["reference"]) for name in exact)
-        speed = {}
-        for name, run in runners.items():
-            seconds = best_seconds(
-                lambda run=run: run(generator=torch.Generator().manual_seed(0)), args.repeats
-            )
-            speed[name] = batch * tokens_per_image / seconds
+        seconds = interleaved_best_seconds(
+            {
+                name: lambda run=run: run(generator=torch.Generator().manual_seed(0))
+                for name, run in runners.items()
+            },
+            args.repeats,
+        )
+        speed = {name: batch * tokens_per_image / seconds[name] for name in runners}
         rows.append((batch, speed, identical))
         # The headline is the fastest runtime that gives the reference's codes; each one is listed.
         fastest = max((name for name in exact if name != "reference"), key=speed.get)
