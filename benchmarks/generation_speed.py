@@ -358,7 +358,7 @@ def main() -> None:
     }
     fast = TorchImageGenerator(model, processor)
     compiled = TorchImageGenerator(model, processor, compile=True)
-    onnx_loop = None
+    onnx_loop, quantized = None, {}
     if not args.skip_onnx:
         start = time.perf_counter()
         export_models(tokenizer, model, processor, detok, _mkdir(workdir / "onnx"))
@@ -369,7 +369,6 @@ def main() -> None:
         export_models(
             tokenizer, model, processor, detok, _mkdir(workdir / "onnx-portable"), portable=True
         )
-        quantized = {}
         for weights in QUANTIZED:
             directory = _mkdir(workdir / f"onnx-{weights}")
             export_models(tokenizer, model, processor, detok, directory, decoder_weights=weights)
@@ -410,10 +409,10 @@ def main() -> None:
         rows.append((batch, speed, identical))
         # The headline is the fastest runtime that gives the reference's codes; each one is listed.
         fastest = max((name for name in exact if name != "reference"), key=speed.get)
-        for name in quantized:
-            figures[f"cpu_speedup_quantized_{batch}"] = figures.get(
-                f"cpu_speedup_quantized_{batch}", {}
-            ) | {name: round(speed[name] / speed["reference"], 2)}
+        if quantized:
+            figures[f"cpu_speedup_quantized_{batch}"] = {
+                name: round(speed[name] / speed["reference"], 2) for name in quantized
+            }
         figures[f"cpu_speedup_{batch}"] = round(speed[fastest] / speed["reference"], 2)
         figures[f"cpu_fastest_{batch}"] = fastest
         figures[f"cpu_speedups_{batch}"] = {
