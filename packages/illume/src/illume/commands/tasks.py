@@ -114,7 +114,8 @@ def _sampling(parser: argparse.ArgumentParser, edits: bool = False) -> None:
         "--runtime",
         default="torch",
         choices=("torch", "reference", "onnx", "onnx-tensorrt", "tensorrt"),
-        help="what draws the vision tokens (same codes for the same seed on a CPU); onnx (ONNX "
+        help="what draws the vision tokens (same codes for the same seed on a CPU, but from an "
+        "export with --decoder-weights int8/int4); onnx (ONNX "
         "Runtime), onnx-tensorrt (its TensorRT provider) and tensorrt (native TensorRT engines) "
         "run the graphs of --onnx, exported into MODEL/onnx when not given",
     )
