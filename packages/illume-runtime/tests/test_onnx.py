@@ -457,8 +457,9 @@ def test_int8_decoder_weights_quantize_every_layer_matmul_and_stay_close(
         else:
             assert quantized == 0
 
-    # the same prompt through both decode graphs: int8's logits within 5% of the float logits'
-    # spread (a quantizer that dropped or scrambled the weights moves them by about the spread)
+    # the same prompts through both: int8's logits off the float logits by under 5% of their
+    # spread, root mean square (on the random-weight `shapes` model: int8 0.012, int4 0.13, the
+    # int8 weights shuffled 1.45; a max-based bound sat at 0.047 for int8 there)
     _, _, processor, _ = reference
     fast = {d: OnnxImageGenerator(d) for d in (out, float_out)}
     conversations = [processor.t2i_messages(p) for p in ("a red circle", "two blue squares")]
@@ -470,7 +471,7 @@ def test_int8_decoder_weights_quantize_every_layer_matmul_and_stay_close(
         step, _ = loop._decode(token, mask, position, presents)
         logits[directory] = (first.numpy(), step.numpy())
     for got, want in zip(logits[out], logits[float_out], strict=True):
-        assert np.abs(got - want).max() < 0.05 * want.std()
+        assert np.sqrt(((got - want) ** 2).mean()) < 0.05 * want.std()
     codes = fast[out](
         conversations,
         [processor.t2i_messages("")] * 2,
