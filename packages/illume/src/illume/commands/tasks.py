@@ -453,15 +453,14 @@ def _png(image) -> bytes:
 
 def _export(args: argparse.Namespace) -> int:
     from illume_runtime import export_pipeline
+    from illume_runtime.export import check_export_options
 
     if not Path(args.model).is_dir():
         raise UsageError(f"--model {args.model}: no such pipeline directory")
-
-    if args.portable and args.decoder_weights != "float32":
-        raise UsageError(
-            f"--decoder-weights {args.decoder_weights} needs ONNX Runtime's MatMulNBits, which a "
-            "--portable (TensorRT) export cannot hold: drop one of the two"
-        )
+    try:
+        check_export_options(args.portable, args.decoder_weights)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
     manifest = export_pipeline(
         args.model,
         args.out,
