@@ -886,3 +886,29 @@ def test_sjd_decoding_is_a_sampling_setting_of_the_torch_runtime(pipeline_dir, t
         pipe("a red circle", seed=0)
     with pytest.raises(ValueError, match="decoding must be 'plain' or 'sjd'"):
         SamplingConfig(decoding="jacobi")
+
+
+def test_a_drawing_in_chat_is_guided_as_generate_and_edit_guide_theirs(pipeline_dir):
+    """`chat`'s drawings: a first request draws the codes `draw_codes` draws for the same
+    conversation (CFG against the empty prompt), an image with an instruction the codes
+    `edit_codes` draws (CFG against the image alone, at the edit sampling), seed for seed."""
+    pipe = IllumePipeline.from_pretrained(pipeline_dir)
+    pipe.sampling.guidance, pipe.sampling.edit_guidance = 3.0, 2.0
+    pipe.sampling.temperature, pipe.sampling.edit_temperature = 1.0, 0.7
+    request = pipe.processor.t2i_messages("a red circle")
+    source = Image.new("RGB", (32, 32), (200, 16, 16))
+    edit = [Message("user", ["make it blue", source])]
+    unguided = 0
+    for seed in range(4):
+        drawn = pipe.chat_codes(request, torch.Generator().manual_seed(seed))
+        want = pipe.draw_codes(
+            [request], [pipe.processor.t2i_messages("")], torch.Generator().manual_seed(seed)
+        )
+        assert torch.equal(drawn, want)
+        edited = pipe.chat_codes(edit, torch.Generator().manual_seed(seed))
+        want = pipe.edit_codes([source], ["make it blue"], torch.Generator().manual_seed(seed))
+        assert torch.equal(edited, want)
+        with pipe.sampling_as(guidance=1.0):
+            plain = pipe.chat_codes(request, torch.Generator().manual_seed(seed))
+        unguided += not torch.equal(plain, drawn)
+    assert unguided > 0  # the guidance changes what is drawn: the test sees a missing one

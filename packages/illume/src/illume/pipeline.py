@@ -686,23 +686,24 @@ class IllumePipeline:
             if self.processor.config.edit_source_codes:  # this turn is a drawing request too
                 messages[-1] = self._with_codes(messages[-1])
             generator = self._generator(seed, None)
-            # with an image in the conversation (shown, or drawn in an earlier turn) it edits one
-            edits = any(
-                _draws(m) or any(isinstance(p, Image.Image) for p in m.parts) for m in messages
-            )
-            codes = self._draw(
-                [messages],
-                None,
-                generator,
-                temperature=self.sampling.temperature_for(edits),
-                top_k=self.sampling.top_k,
-                top_p=self.sampling.top_p,
-            )
-            return self.render(codes, generator)[0]
+            return self.render(self.chat_codes(messages, generator), generator)[0]
         extra = {"streamer": streamer} if streamer is not None else {}
         return generate_text(
             self.model, self.processor, [messages], max_new_tokens=max_new_tokens, **extra
         )[0]
+
+    def chat_codes(self, messages: Sequence[Message], generator: torch.Generator) -> torch.Tensor:
+        """The MLLM's half of a drawing `chat` answers with: codes [1, h, w] for a conversation
+        whose last user turn asks for one (drawings in its history as codes, input images with
+        theirs where the processor wants them), guided as `draw_codes` and `edit_codes` guide:
+        against the same conversation without the last turn's words (a first request: the empty
+        prompt; an image and an instruction: the image alone). With an image anywhere in the
+        conversation (shown, or drawn in an earlier turn) it is an edit, at the edit sampling."""
+        edits = any(_draws(m) or any(isinstance(p, Image.Image) for p in m.parts) for m in messages)
+        last = messages[-1]
+        shown = [p for p in last.parts if not isinstance(p, str)]
+        unconditional = [*messages[:-1], Message(last.role, shown or "")]
+        return self.draw_codes([list(messages)], [unconditional], generator, edits=edits)
 
     def drawings_as_codes(self, messages: Sequence[Message]) -> list[Message]:
         """The conversation with each image in an assistant turn (a drawing, as `chat` returned
