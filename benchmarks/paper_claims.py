@@ -15,9 +15,11 @@ Claims (one a run; each prints its tables, then one JSON object on its last line
            alone, and on both; also whether understanding data that shows the held-out
            compositions (never drawn in training) helps drawing them.
   fig-6    Fig. 6: an MLLM learns to draw faster from a semantic tokenizer than from a pixel-
-           reconstruction one. Two tokenizers of the same grid and codebook (the encoder's
-           penultimate layer, as the chain's, against its patch embedding, a linear map of the
-           pixels), MLLM stages 1-2 on each, scored along stage 2 (--points models) by the
+           reconstruction one. Two tokenizers that differ only in what their decoder
+           reconstructs: both quantize the encoder's patch embeddings (as the chain's, a code a
+           cell) into the same codebook; the semantic one reconstructs the encoder's penultimate
+           layer (the chain's), the pixel one the patch embedding itself, a linear map of the
+           pixels. MLLM stages 1-2 on each, scored along stage 2 (--points models) by the
            drawing figure and the text-to-image loss; the curves in claims/fig6/*/report.html.
 
 Base models, one a training seed: the demo's own (seed 0: its chain's seeds), and for seed s > 0
@@ -563,21 +565,23 @@ def table_2(claims: Claims, seeds: list[int], fraction: float, margin: float) ->
             "fraction": fraction, "verdicts": verdicts}  # fmt: skip
 
 
-#: Fig. 6's tokenizers: the encoder layer each quantizes. The chain's reads the penultimate layer,
-#: where the encoder's dense loss made each cell's token name what the cell holds (semantic); layer
-#: 0 is the patch embedding, a linear map of the cell's pixels, so reconstructing it is
-#: reconstructing the pixels (the pixel-reconstruction tokenizer at the same grid and codebook).
-TOKENIZER_LAYERS = {"semantic": -2, "pixel": 0}
+#: Fig. 6's tokenizers: the encoder layer each one's decoder reconstructs from codes of the patch
+#: embeddings (the chain's `feature_layer` 0). The chain's reconstructs the penultimate layer, where
+#: the encoder's dense loss made each cell's token name what the cell holds (semantic); layer 0 is
+#: the patch embedding, a linear map of the cell's pixels, so reconstructing it is reconstructing
+#: the pixels (the pixel-reconstruction tokenizer, at the same input, grid and codebook).
+TOKENIZER_TARGETS = {"semantic": -2, "pixel": 0}
 
 
 def tokenizer_chain(arm: str, seed: int, fraction: float, points: int) -> Chain:
-    """The tokenizer (quantizing `arm`'s layer) and MLLM stages 1-2 at `fraction` of their steps,
+    """The tokenizer (reconstructing `arm`'s layer) and MLLM stages 1-2 at `fraction` of their steps,
     stage 2 saving the model `points` times along the way, all at training seed `seed`."""
     seeds = {"seed_everything": seed, "model": {"seed": seed}, "data": {"seed": seed}}
     stages = []
     for stage in CHAIN.stages:
         if stage.name == "tokenizer":
-            overrides = {"seed_everything": seed, "model": {"feature_layer": TOKENIZER_LAYERS[arm]}}
+            target = {"overrides": {"target_layer": TOKENIZER_TARGETS[arm]}}
+            overrides = {"seed_everything": seed, "model": target}
             stages.append(stage.model_copy(update={"overrides": merge(stage.overrides, overrides)}))
         elif stage.name in ("mllm_stage1", "mllm_stage2"):
             steps = max(1, round(CHAIN.steps(stage.name) * fraction))
@@ -621,8 +625,8 @@ def fig_6(claims: Claims, seeds: list[int], fraction: float, points: int) -> dic
     curves: dict[str, dict] = {}  # "arm-seed": {step: figures}
     ceilings: dict[str, dict] = {}
     for seed in seeds:
-        for arm in TOKENIZER_LAYERS:
-            folder = linked_folder(claims.demo, claims.root / "fig6" / f"fraction{fraction:g}-points{points}" / f"{arm}-seed{seed}",
+        for arm in TOKENIZER_TARGETS:
+            folder = linked_folder(claims.demo, claims.root / "fig6" / f"targets-fraction{fraction:g}-points{points}" / f"{arm}-seed{seed}",
                                    [CHAIN.output("encoder")])  # fmt: skip
             chain = tokenizer_chain(arm, seed, fraction, points)
             with inside(folder):
@@ -643,7 +647,7 @@ def fig_6(claims: Claims, seeds: list[int], fraction: float, points: int) -> dic
             curve = {}
             for snapshot in [*snapshots, stage2]:
                 step = steps if snapshot == stage2 else int(snapshot.name)
-                name = f"fig6-fraction{fraction:g}-{arm}-seed{seed}-step{step}"
+                name = f"fig6-targets-fraction{fraction:g}-{arm}-seed{seed}-step{step}"
                 loss = {"t2i_loss": lambda p: t2i_loss(p, f"{DATA}/validation", UNSEEN_TAGS)}
                 r = claims.score(name, snapshot, qa=False, tokenizer=tokenizer, extra=loss)
                 curve[step] = {"t2i_unseen": r["t2i_unseen"], "t2i_loss": r["t2i_loss"]}
@@ -653,11 +657,11 @@ def fig_6(claims: Claims, seeds: list[int], fraction: float, points: int) -> dic
     print(f"\nFig. 6: {len(seeds)} training seeds x {len(claims.sampling_seeds)} sampling seeds; MLLM "
           f"stage 1 then stage 2 at {fraction:g} of the default chain's steps; unseen prompts, codes")  # fmt: skip
     print(row(["tokenizer", "figure", *(f"stage-2 step {k}" for k in steps)], widths))
-    for arm in TOKENIZER_LAYERS:
+    for arm in TOKENIZER_TARGETS:
         for figure in ("t2i_unseen", "t2i_loss"):
             print(row([arm, figure.removeprefix("t2i_"),
                        *(spread([curves[f"{arm}-seed{s}"][k][figure] for s in seeds]) for k in steps)], widths))  # fmt: skip
-    for arm in TOKENIZER_LAYERS:
+    for arm in TOKENIZER_TARGETS:
         print(f"  {arm} tokenizer: code-level ceiling "
               + spread([ceilings[f"{arm}-seed{s}"]["overall"] for s in seeds])
               + ", codes used " + spread([ceilings[f"{arm}-seed{s}"]["codes_used"] for s in seeds]))  # fmt: skip
@@ -680,7 +684,7 @@ def fig_6(claims: Claims, seeds: list[int], fraction: float, points: int) -> dic
     report.metrics({claim: v["verdict"] + f" ({v['mean']:+.3f}, {v['low']:+.3f} to {v['high']:+.3f})"
                     for claim, v in verdicts.items()})  # fmt: skip
     path = report.write(
-        claims.root / "fig6" / f"fraction{fraction:g}-points{points}" / "report.html"
+        claims.root / "fig6" / f"targets-fraction{fraction:g}-points{points}" / "report.html"
     )
     print(f"curves: {path}")
     return {"curves": curves, "ceilings": ceilings, "fraction": fraction, "verdicts": verdicts,

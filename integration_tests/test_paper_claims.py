@@ -56,22 +56,27 @@ def test_table_2_arms_differ_only_in_their_data(claims):
     assert len({tuple(c) for c in corpora.values()}) == 1
 
 
-def test_fig_6_arms_differ_only_in_the_layer_their_tokenizer_quantizes(claims):
+def test_fig_6_arms_differ_only_in_the_layer_their_tokenizer_reconstructs(claims):
     chains = {
         arm: claims.tokenizer_chain(arm, seed=1, fraction=0.5, points=4)
         for arm in ("semantic", "pixel")
     }
+    chain_tokenizer = claims.CHAIN.recipe("tokenizer")["model"]
     for arm, chain in chains.items():
         assert chain.stage_names == ("tokenizer", "mllm_stage1", "mllm_stage2")
         tokenizer = chain.recipe("tokenizer")
-        assert tokenizer["model"]["feature_layer"] == claims.TOKENIZER_LAYERS[arm]
+        # both quantize what the chain's tokenizer quantizes (patch embeddings: a code a cell)
+        assert tokenizer["model"]["feature_layer"] == chain_tokenizer["feature_layer"] == 0
+        assert tokenizer["model"]["overrides"]["target_layer"] == claims.TOKENIZER_TARGETS[arm]
+        assert {k: v for k, v in tokenizer["model"].items() if k != "overrides"} == {
+            k: v for k, v in chain_tokenizer.items() if k != "overrides"
+        }
         assert tokenizer["seed_everything"] == 1
         assert chain.steps("tokenizer") == claims.CHAIN.steps("tokenizer")
         steps = chain.steps("mllm_stage2")
         assert steps == round(claims.CHAIN.steps("mllm_stage2") * 0.5)
         assert chain.recipe("mllm_stage2")["model"]["snapshot_every"] == steps // 4
-    # the semantic arm's layer is the default chain's own tokenizer's
-    from illume_tokenizer import TokenizerConfig
-
-    preset = claims.CHAIN.recipe("tokenizer")["model"]["preset"]
-    assert TokenizerConfig.from_name(preset).feature_layer == claims.TOKENIZER_LAYERS["semantic"]
+    # the semantic arm reconstructs what the default chain's own tokenizer reconstructs; the
+    # pixel arm the patch embedding, a linear map of the pixels
+    assert chain_tokenizer["overrides"]["target_layer"] == claims.TOKENIZER_TARGETS["semantic"]
+    assert claims.TOKENIZER_TARGETS["pixel"] == 0
