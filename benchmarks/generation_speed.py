@@ -28,8 +28,12 @@ All three draw the same codes for the same seed, which the benchmark checks as i
 
 - Speculative Jacobi decoding (`--sjd`): the torch loop plain against SJD at each batch size,
   forward passes per call and images per second (at the pipeline's sampling); with `--data
-  SPLIT_DIR` (and `--model`), the unseen-prompt text-to-image score of each over `--seeds`
-  sampling seeds, which SJD must keep (it draws from the same distribution).
+  SPLIT_DIR` (and `--model`), the unseen-prompt text-to-image score of each at the level of codes
+  (what the decoding changes; the detokenizer both share is left out) over `--seeds` sampling
+  seeds, `--drawings` drawings of every prompt a seed, which SJD must keep (it draws from the
+  same distribution): the difference SJD - plain paired by prompt (each prompt's share of correct
+  drawings over every seed, so that the prompts' own difficulty drops out), with a verdict of
+  equivalence within 0.02 both ways.
 
 Prints tables, then one JSON object on its last line with keys cpu_speedup_1, cpu_speedup_4,
 cpu_speedup_16: the fastest runtime over the reference (named in cpu_fastest_N; every runtime's
@@ -39,11 +43,11 @@ cpu_roofline_onnx_portable ({step_ms, bound_ms, roofline_fraction}); cpu_speedup
 (each quantized export over the reference), cpu_roofline_onnx_int8 / _int4 (also
 float_bound_fraction); with --model and --data, t2i_unseen_codes ({export: score per seed}) and
 quantized_difference_EXPORT; with --sjd, sjd_RUNTIME_N ({passes, images_per_second} of plain and sjd,
-the torch loop's and ONNX Runtime's) and
-sjd_t2i_unseen (each seed's score, plain and sjd).
+the torch loop's and ONNX Runtime's) and, with --data, sjd_t2i_unseen_codes (each seed's score, plain
+and sjd) and sjd_difference ({mean, low, high, prompts, drawings, within_0.02}).
 
 Run: .venv/bin/python benchmarks/generation_speed.py [--model PIPELINE_DIR] [--repeats 3]
-     [--sjd [--data DATA/validation --seeds 0 1 2]]
+     [--sjd [--data DATA/validation --seeds 0 1 2 --t2i-prompts 1000 --drawings 16]]
 """
 
 from __future__ import annotations
@@ -340,6 +344,9 @@ def main() -> None:
     )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--t2i-prompts", type=int, default=60)
+    parser.add_argument(
+        "--drawings", type=int, default=2, help="--sjd --data: drawings of each prompt a seed"
+    )
     args = parser.parse_args()
     if args.sjd:
         return sjd_main(args)
@@ -521,6 +528,46 @@ def quantized_scores(args, workdir: Path, quantized: tuple[str, ...]) -> dict:
     return figures
 
 
+def sjd_scores(args) -> dict:
+    """The unseen-prompt text-to-image score at the level of codes of plain sampling and SJD, per
+    sampling seed, and SJD - plain paired by prompt: each prompt's share of correct drawings over
+    every seed in each decoding. SJD keeps the distribution, so the two must agree: equivalent
+    when the interval lies inside +-0.02."""
+    from collections import defaultdict
+
+    from illume.pipeline import IllumePipeline
+    from illume_eval.metrics import paired_difference
+    from illume_eval.shapes.evaluation import code_contents, code_t2i_quality
+    from illume_eval.shapes.splits import UNSEEN_TAGS
+
+    pipe = IllumePipeline.from_pretrained(args.model)
+    contents = code_contents(pipe.tokenizer, Path(args.data).parent / "train")
+    scores: dict = {"plain": [], "sjd": []}
+    correct: dict = {"plain": defaultdict(list), "sjd": defaultdict(list)}  # prompt: verdicts
+    for seed in args.seeds:
+        for decoding in ("plain", "sjd"):
+            pipe.sampling.decoding, pipe.sampling.sjd_window = decoding, args.window
+            result = code_t2i_quality(pipe, args.data, contents, n=args.t2i_prompts, seed=seed,
+                                      images_per_prompt=args.drawings, tags=UNSEEN_TAGS)  # fmt: skip
+            scores[decoding].append(round(result["summary"]["overall"], 4))
+            for record in result["records"]:
+                correct[decoding][record["prompt"]].append(float(record["correct"]))
+            print(f"t2i_unseen (codes) seed {seed} {decoding}: {scores[decoding][-1]} "
+                  f"({result['drawings']} drawings)")  # fmt: skip
+    prompts = sorted(correct["plain"])
+    share = {k: [sum(v[p]) / len(v[p]) for p in prompts] for k, v in correct.items()}
+    d = paired_difference(share["sjd"], share["plain"], margin=0.02)
+    within = d.low > -0.02 and d.high < 0.02
+    print(f"SJD - plain, paired by prompt ({len(prompts)} prompts, "
+          f"{len(correct['plain'][prompts[0]])} drawings each a decoding): {d.mean:+.4f} "
+          f"(95% {d.low:+.4f} to {d.high:+.4f}): "
+          + ("equivalent within 0.02" if within else "not shown within 0.02"))  # fmt: skip
+    difference = {"mean": round(d.mean, 4), "low": round(d.low, 4), "high": round(d.high, 4),
+                  "prompts": len(prompts), "drawings": len(correct["plain"][prompts[0]]),
+                  "within_0.02": within}  # fmt: skip
+    return {"sjd_t2i_unseen_codes": scores, "sjd_difference": difference}
+
+
 def sjd_main(args) -> None:
     """Plain against speculative Jacobi decoding in the torch loop (see the module docstring)."""
     from illume_mllm import TorchImageGenerator
@@ -573,22 +620,7 @@ def sjd_main(args) -> None:
             )
             figures[f"sjd_{runtime}_{batch}"] = row
     if args.data and args.model:
-        from illume.pipeline import IllumePipeline
-        from illume_eval.shapes.evaluation import t2i_quality
-        from illume_eval.shapes.splits import UNSEEN_TAGS
-
-        pipe = IllumePipeline.from_pretrained(args.model)
-        scores: dict = {"plain": [], "sjd": []}
-        for seed in args.seeds:
-            for decoding in ("plain", "sjd"):
-                pipe.sampling.decoding, pipe.sampling.sjd_window = decoding, args.window
-                result = t2i_quality(pipe, args.data, n=args.t2i_prompts, seed=seed,
-                                     tags=UNSEEN_TAGS)  # fmt: skip
-                scores[decoding].append(round(result["summary"]["overall"], 4))
-                print(f"t2i_unseen seed {seed} {decoding}: {scores[decoding][-1]} "
-                      f"({result['drawings']} drawings)")  # fmt: skip
-        figures["sjd_t2i_unseen"] = scores
-        figures["sjd_t2i_unseen_mean"] = {k: round(sum(v) / len(v), 4) for k, v in scores.items()}
+        figures |= sjd_scores(args)
     print(json.dumps(figures))
 
 
