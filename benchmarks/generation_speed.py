@@ -558,12 +558,13 @@ def sjd_scores(args) -> dict:
     share = {k: [sum(v[p]) / len(v[p]) for p in prompts] for k, v in correct.items()}
     d = paired_difference(share["sjd"], share["plain"], margin=0.02)
     within = d.low > -0.02 and d.high < 0.02
+    drawings = len(args.seeds) * args.drawings  # of each prompt, in each decoding
     print(f"SJD - plain, paired by prompt ({len(prompts)} prompts, "
-          f"{len(correct['plain'][prompts[0]])} drawings each a decoding): {d.mean:+.4f} "
+          f"{drawings} drawings each a decoding): {d.mean:+.4f} "
           f"(95% {d.low:+.4f} to {d.high:+.4f}): "
           + ("equivalent within 0.02" if within else "not shown within 0.02"))  # fmt: skip
     difference = {"mean": round(d.mean, 4), "low": round(d.low, 4), "high": round(d.high, 4),
-                  "prompts": len(prompts), "drawings": len(correct["plain"][prompts[0]]),
+                  "prompts": len(prompts), "drawings": drawings,
                   "within_0.02": within}  # fmt: skip
     return {"sjd_t2i_unseen_codes": scores, "sjd_difference": difference}
 
